@@ -1,0 +1,73 @@
+"""The agent protocol: what a node's agent and the leader's dispatcher say to each other.
+
+Swarmkit's dispatcher calls, reduced to four: register, heartbeat, a stream of assignments, and
+batched task status updates, plus a log stream the manager asks of an agent. Messages are msgspec
+structs so that one transport runs them in-process (a single-host daemon) and another carries them
+over gRPC with mutual TLS between hosts, without either side changing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import msgspec
+
+from shoal.models import NodeDescription, Task, TaskStatus
+
+
+class SessionInfo(msgspec.Struct):
+    node_id: str
+    session_id: str
+    heartbeat_period_s: float
+
+
+class TaskStatusUpdate(msgspec.Struct):
+    task_id: str
+    status: TaskStatus
+
+
+class Assignments(msgspec.Struct):
+    """``full``: ``tasks`` is the node's whole set (first message of a session); otherwise a delta."""
+
+    full: bool
+    tasks: list[Task]
+    removed: list[str] = msgspec.field(default_factory=list)
+
+
+class LogOptions(msgspec.Struct):
+    follow: bool = False
+    tail: int = -1  # -1: all lines
+    since: float = 0.0  # seconds since the epoch; 0: from the start
+    timestamps: bool = False
+    stdout: bool = True
+    stderr: bool = True
+
+
+class LogMessage(msgspec.Struct):
+    task_id: str
+    service_id: str
+    node_id: str
+    stream: int  # 1 stdout, 2 stderr
+    timestamp: str  # RFC 3339, as the engine gave it
+    data: bytes  # one line, newline included
+
+
+class DispatcherClient(Protocol):
+    """What an agent calls. The in-process transport and the gRPC one both implement it."""
+
+    async def register(self, node_id: str | None, description: NodeDescription, addr: str) -> SessionInfo: ...
+
+    async def heartbeat(self, session_id: str) -> float:
+        """Returns the heartbeat period (seconds) the manager wants next."""
+        ...
+
+    def assignments(self, session_id: str) -> AsyncIterator[Assignments]: ...
+
+    async def update_task_status(self, session_id: str, updates: list[TaskStatusUpdate]) -> None: ...
+
+
+class LogSource(Protocol):
+    """What the manager asks an agent for when a client wants a service's logs."""
+
+    def task_logs(self, tasks: list[Task], options: LogOptions) -> AsyncIterator[LogMessage]: ...

@@ -1,0 +1,40 @@
+"""Errors that carry their Docker API status, so every layer can raise and the API maps once."""
+
+from __future__ import annotations
+
+
+class ShoalError(Exception):
+    """Base error. ``status`` is the HTTP status the Docker API would answer with."""
+
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ShoalError):
+    status = 400
+
+
+class NotFound(ShoalError):
+    status = 404
+
+
+class Conflict(ShoalError):
+    status = 409
+
+
+class Unavailable(ShoalError):
+    status = 503
+
+
+NOT_IN_SWARM = (
+    "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect "
+    "this node to swarm and try again."
+)
+
+
+class NotInSwarm(Unavailable):
+    def __init__(self, message: str = NOT_IN_SWARM) -> None:
+        super().__init__(message)

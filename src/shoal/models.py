@@ -1,0 +1,545 @@
+"""Typed models of the Docker Engine API's swarm objects (API 1.41).
+
+Field names at the JSON boundary are Docker's own (``ID``, ``Spec``, ``TaskTemplate`` ...), so the
+``docker`` CLI and SDK read and write these shapes unchanged. msgspec is used because it decodes and
+validates about ten times faster than the alternatives, which matters with 100,000 tasks in memory.
+
+Specs (what users send) forbid unknown fields: a typo in a request is a 400, never silently dropped.
+Objects (what the cluster reports) are plain structs; they are treated as immutable once stored, and
+writers make changed copies with :func:`msgspec.structs.replace`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, field
+
+UInt = Annotated[int, Meta(ge=0)]
+# Durations are int64 nanoseconds in Docker's JSON.
+Nanos = Annotated[int, Meta(ge=0)]
+SECOND = 1_000_000_000
+
+
+def now_ts() -> str:
+    """An RFC 3339 timestamp with nanosecond-style precision, as Docker prints them."""
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+
+
+def parse_ts(ts: str) -> float:
+    """Seconds since the epoch for a timestamp written by :func:`now_ts` (or by Docker)."""
+    if not ts:
+        return 0.0
+    main, _, frac = ts.rstrip("Z").partition(".")
+    base = _dt.datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=_dt.UTC).timestamp()
+    return base + (float("0." + frac[:9]) if frac else 0.0)
+
+
+class Spec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Base of every user-supplied spec: unknown keys are errors."""
+
+
+class FullSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """A spec whose defaults are not zero values, so they are always written out (Role, Protocol ...)."""
+
+
+class Obj(msgspec.Struct):
+    """Base of every object the cluster reports: every field is written, as Docker does."""
+
+
+class Version(Obj):
+    Index: int = 0
+
+
+# --------------------------------------------------------------------------- task states
+
+
+class TaskState(enum.StrEnum):
+    """Swarm mode's task state machine, in order. A task only ever moves forward."""
+
+    NEW = "new"
+    ALLOCATED = "allocated"
+    PENDING = "pending"
+    ASSIGNED = "assigned"
+    ACCEPTED = "accepted"
+    PREPARING = "preparing"
+    READY = "ready"
+    STARTING = "starting"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    SHUTDOWN = "shutdown"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    REMOVE = "remove"
+    ORPHANED = "orphaned"
+
+    @property
+    def order(self) -> int:
+        return _STATE_ORDER[self]
+
+    @property
+    def terminal(self) -> bool:
+        """True once the task can never run again (complete, shutdown, failed, ...)."""
+        return _STATE_ORDER[self] > _STATE_ORDER[TaskState.RUNNING]
+
+
+_STATE_ORDER = {s: i for i, s in enumerate(TaskState)}
+
+
+# --------------------------------------------------------------------------- service spec
+
+
+class Mount(Spec):
+    Type: str = "volume"
+    Source: str = ""
+    Target: str = ""
+    ReadOnly: bool = False
+    Consistency: str = ""
+    BindOptions: dict[str, Any] | None = None
+    VolumeOptions: dict[str, Any] | None = None
+    TmpfsOptions: dict[str, Any] | None = None
+
+
+class HealthConfig(Spec):
+    Test: list[str] | None = None
+    Interval: Nanos = 0
+    Timeout: Nanos = 0
+    Retries: UInt = 0
+    StartPeriod: Nanos = 0
+    StartInterval: Nanos = 0
+
+
+class SecretReference(Spec):
+    SecretID: str = ""
+    SecretName: str = ""
+    File: dict[str, Any] | None = None
+
+
+class ConfigReference(Spec):
+    ConfigID: str = ""
+    ConfigName: str = ""
+    File: dict[str, Any] | None = None
+    Runtime: dict[str, Any] | None = None
+
+
+class Ulimit(Spec):
+    Name: str = ""
+    Soft: int = 0
+    Hard: int = 0
+
+
+class ContainerSpec(Spec):
+    Image: str = ""
+    Labels: dict[str, str] | None = None
+    Command: list[str] | None = None
+    Args: list[str] | None = None
+    Hostname: str = ""
+    Env: list[str] | None = None
+    Dir: str = ""
+    User: str = ""
+    Groups: list[str] | None = None
+    Privileges: dict[str, Any] | None = None
+    Init: bool | None = None
+    TTY: bool = False
+    OpenStdin: bool = False
+    ReadOnly: bool = False
+    Mounts: list[Mount] | None = None
+    StopSignal: str = ""
+    StopGracePeriod: Nanos | None = None
+    Healthcheck: HealthConfig | None = None
+    Hosts: list[str] | None = None
+    DNSConfig: dict[str, Any] | None = None
+    Secrets: list[SecretReference] | None = None
+    Configs: list[ConfigReference] | None = None
+    Isolation: str = ""
+    Sysctls: dict[str, str] | None = None
+    CapabilityAdd: list[str] | None = None
+    CapabilityDrop: list[str] | None = None
+    Ulimits: list[Ulimit] | None = None
+    OomScoreAdj: int = 0
+
+
+class GenericResource(Spec):
+    NamedResourceSpec: dict[str, str] | None = None
+    DiscreteResourceSpec: dict[str, Any] | None = None
+
+
+class ResourceLimits(Spec):
+    NanoCPUs: UInt = 0
+    MemoryBytes: UInt = 0
+    Pids: UInt = 0
+
+
+class ResourceReservations(Spec):
+    NanoCPUs: UInt = 0
+    MemoryBytes: UInt = 0
+    GenericResources: list[GenericResource] | None = None
+
+
+class ResourceRequirements(Spec):
+    Limits: ResourceLimits | None = None
+    Reservations: ResourceReservations | None = None
+
+
+class RestartCondition(enum.StrEnum):
+    NONE = "none"
+    ON_FAILURE = "on-failure"
+    ANY = "any"
+
+
+class RestartPolicy(Spec):
+    Condition: RestartCondition | None = None
+    Delay: Nanos | None = None
+    MaxAttempts: UInt | None = None
+    Window: Nanos | None = None
+
+
+class PlacementPreference(Spec):
+    Spread: dict[str, str] | None = None
+
+
+class Platform(Spec):
+    Architecture: str = ""
+    OS: str = ""
+
+
+class Placement(Spec):
+    Constraints: list[str] | None = None
+    Preferences: list[PlacementPreference] | None = None
+    MaxReplicas: UInt = 0
+    Platforms: list[Platform] | None = None
+
+
+class NetworkAttachmentConfig(Spec):
+    Target: str = ""
+    Aliases: list[str] | None = None
+    DriverOpts: dict[str, str] | None = None
+
+
+class Driver(Spec):
+    Name: str = ""
+    Options: dict[str, str] | None = None
+
+
+class TaskSpec(Spec):
+    ContainerSpec: ContainerSpec | None = None
+    PluginSpec: dict[str, Any] | None = None
+    NetworkAttachmentSpec: dict[str, Any] | None = None
+    Resources: ResourceRequirements | None = None
+    RestartPolicy: RestartPolicy | None = None
+    Placement: Placement | None = None
+    ForceUpdate: UInt = 0
+    Runtime: str = ""
+    Networks: list[NetworkAttachmentConfig] | None = None
+    LogDriver: Driver | None = None
+
+
+class ReplicatedService(Spec):
+    Replicas: UInt | None = None
+
+
+class GlobalService(Spec):
+    pass
+
+
+class ReplicatedJob(Spec):
+    MaxConcurrent: UInt | None = None
+    TotalCompletions: UInt | None = None
+
+
+class GlobalJob(Spec):
+    pass
+
+
+class ServiceMode(Spec):
+    Replicated: ReplicatedService | None = None
+    Global: GlobalService | None = None
+    ReplicatedJob: ReplicatedJob | None = None
+    GlobalJob: GlobalJob | None = None
+
+
+class UpdateConfig(Spec):
+    Parallelism: UInt = 0
+    Delay: Nanos = 0
+    FailureAction: str = ""
+    Monitor: Nanos = 0
+    MaxFailureRatio: Annotated[float, Meta(ge=0, le=1)] = 0.0
+    Order: str = ""
+
+
+class PortConfig(FullSpec):
+    Name: str = ""
+    Protocol: str = "tcp"
+    TargetPort: Annotated[int, Meta(ge=0, le=65535)] = 0
+    PublishedPort: Annotated[int, Meta(ge=0, le=65535)] = 0
+    PublishMode: str = "ingress"
+
+
+class EndpointSpec(Spec):
+    Mode: str = ""
+    Ports: list[PortConfig] | None = None
+
+
+class ServiceSpec(Spec):
+    Name: str = ""
+    Labels: dict[str, str] | None = None
+    TaskTemplate: TaskSpec = field(default_factory=TaskSpec)
+    Mode: ServiceMode | None = None
+    UpdateConfig: UpdateConfig | None = None
+    RollbackConfig: UpdateConfig | None = None
+    Networks: list[NetworkAttachmentConfig] | None = None
+    EndpointSpec: EndpointSpec | None = None
+
+
+# --------------------------------------------------------------------------- service object
+
+
+class PortStatus(Obj):
+    Ports: list[PortConfig] | None = None
+
+
+class EndpointVirtualIP(Obj):
+    NetworkID: str = ""
+    Addr: str = ""
+
+
+class Endpoint(Obj):
+    Spec: EndpointSpec | None = None
+    Ports: list[PortConfig] | None = None
+    VirtualIPs: list[EndpointVirtualIP] | None = None
+
+
+class UpdateStatus(Obj):
+    State: str = ""
+    StartedAt: str = ""
+    CompletedAt: str = ""
+    Message: str = ""
+
+
+class ServiceStatus(Obj):
+    RunningTasks: int = 0
+    DesiredTasks: int = 0
+    CompletedTasks: int = 0
+
+
+class JobStatus(Obj):
+    JobIteration: Version = field(default_factory=Version)
+    LastExecution: str = ""
+
+
+class Service(Obj):
+    ID: str
+    Version: Version
+    CreatedAt: str
+    UpdatedAt: str
+    Spec: ServiceSpec
+    PreviousSpec: ServiceSpec | None = None
+    Endpoint: Endpoint | None = None
+    UpdateStatus: UpdateStatus | None = None
+    ServiceStatus: ServiceStatus | None = None
+    JobStatus: JobStatus | None = None
+
+
+# --------------------------------------------------------------------------- task object
+
+
+class ContainerStatus(Obj):
+    ContainerID: str = ""
+    PID: int = 0
+    ExitCode: int = 0
+
+
+class TaskStatus(Obj):
+    Timestamp: str = ""
+    State: TaskState = TaskState.NEW
+    Message: str = ""
+    Err: str = ""
+    ContainerStatus: ContainerStatus | None = None
+    PortStatus: PortStatus | None = None
+
+
+class Task(Obj):
+    ID: str
+    Version: Version
+    CreatedAt: str
+    UpdatedAt: str
+    Spec: TaskSpec
+    ServiceID: str
+    Status: TaskStatus
+    DesiredState: TaskState
+    Name: str = ""
+    Labels: dict[str, str] | None = None
+    Slot: int = 0
+    NodeID: str = ""
+    # The service spec version this task was made from: how `_up-to-date` and updates tell stale tasks.
+    SpecVersion: Version | None = None
+    # The service's endpoint when the task was made: the agent publishes ports from it.
+    Endpoint: Endpoint | None = None
+    ServiceAnnotations: dict[str, Any] | None = None
+    NetworksAttachments: list[dict[str, Any]] | None = None
+    GenericResources: list[GenericResource] | None = None
+    JobIteration: Version | None = None
+
+
+# --------------------------------------------------------------------------- node object
+
+
+class NodeRole(enum.StrEnum):
+    WORKER = "worker"
+    MANAGER = "manager"
+
+
+class NodeAvailability(enum.StrEnum):
+    ACTIVE = "active"
+    PAUSE = "pause"
+    DRAIN = "drain"
+
+
+class NodeState(enum.StrEnum):
+    UNKNOWN = "unknown"
+    DOWN = "down"
+    READY = "ready"
+    DISCONNECTED = "disconnected"
+
+
+class NodeSpec(FullSpec):
+    Name: str = ""
+    Labels: dict[str, str] | None = None
+    Role: NodeRole = NodeRole.WORKER
+    Availability: NodeAvailability = NodeAvailability.ACTIVE
+
+
+class Resources(Obj):
+    NanoCPUs: int = 0
+    MemoryBytes: int = 0
+    GenericResources: list[GenericResource] | None = None
+
+
+class EngineDescription(Obj):
+    EngineVersion: str = ""
+    Labels: dict[str, str] | None = None
+    Plugins: list[dict[str, str]] | None = None
+
+
+class TLSInfo(Obj):
+    TrustRoot: str = ""
+    CertIssuerSubject: str = ""
+    CertIssuerPublicKey: str = ""
+
+
+class NodeDescription(Obj):
+    Hostname: str = ""
+    Platform: Platform = field(default_factory=Platform)
+    Resources: Resources = field(default_factory=Resources)
+    Engine: EngineDescription = field(default_factory=EngineDescription)
+    TLSInfo: TLSInfo | None = None
+
+
+class NodeStatus(Obj):
+    State: NodeState = NodeState.UNKNOWN
+    Message: str = ""
+    Addr: str = ""
+
+
+class ManagerStatus(Obj):
+    Leader: bool = False
+    Reachability: str = "reachable"
+    Addr: str = ""
+
+
+class Node(Obj):
+    ID: str
+    Version: Version
+    CreatedAt: str
+    UpdatedAt: str
+    Spec: NodeSpec
+    Description: NodeDescription = field(default_factory=NodeDescription)
+    Status: NodeStatus = field(default_factory=NodeStatus)
+    ManagerStatus: ManagerStatus | None = None
+
+
+# --------------------------------------------------------------------------- cluster (swarm) object
+
+
+class OrchestrationConfig(Spec):
+    TaskHistoryRetentionLimit: int | None = None
+
+
+class RaftConfig(Spec):
+    SnapshotInterval: UInt = 0
+    KeepOldSnapshots: UInt | None = None
+    LogEntriesForSlowFollowers: UInt = 0
+    ElectionTick: UInt = 0
+    HeartbeatTick: UInt = 0
+
+
+class DispatcherConfig(Spec):
+    HeartbeatPeriod: Nanos = 0
+
+
+class CAConfig(Spec):
+    NodeCertExpiry: Nanos = 0
+    ExternalCAs: list[dict[str, Any]] | None = None
+    SigningCACert: str = ""
+    SigningCAKey: str = ""
+    ForceRotate: UInt = 0
+
+
+class EncryptionConfig(Spec):
+    AutoLockManagers: bool = False
+
+
+class TaskDefaults(Spec):
+    LogDriver: Driver | None = None
+
+
+class SwarmSpec(Spec):
+    Name: str = ""
+    Labels: dict[str, str] | None = None
+    Orchestration: OrchestrationConfig | None = None
+    Raft: RaftConfig | None = None
+    Dispatcher: DispatcherConfig | None = None
+    CAConfig: CAConfig | None = None
+    EncryptionConfig: EncryptionConfig | None = None
+    TaskDefaults: TaskDefaults | None = None
+
+
+class JoinTokens(Obj):
+    Worker: str = ""
+    Manager: str = ""
+
+
+class Cluster(Obj):
+    ID: str
+    Version: Version
+    CreatedAt: str
+    UpdatedAt: str
+    Spec: SwarmSpec
+    TLSInfo: TLSInfo | None = None
+    RootRotationInProgress: bool = False
+    DefaultAddrPool: list[str] | None = None
+    SubnetSize: int = 24
+    DataPathPort: int = 4789
+    JoinTokens: JoinTokens | None = None
+
+
+class InitRequest(Spec):
+    ListenAddr: str = ""
+    AdvertiseAddr: str = ""
+    DataPathAddr: str = ""
+    DataPathPort: UInt = 0
+    DefaultAddrPool: list[str] | None = None
+    ForceNewCluster: bool = False
+    SubnetSize: UInt = 0
+    Spec: SwarmSpec | None = None
+    AutoLockManagers: bool = False
+    Availability: str = ""
+
+
+DEFAULT_TASK_HISTORY = 5
+DEFAULT_RESTART_DELAY = 5 * SECOND
+DEFAULT_HEARTBEAT = 5 * SECOND
+DEFAULT_STOP_GRACE = 10 * SECOND

@@ -1,0 +1,222 @@
+"""The in-memory, indexed view of the store, with transactions and watches.
+
+Reads never touch the backend: they are dictionary look-ups on this view, which is what keeps API
+reads fast at 100,000 tasks. Tasks are indexed by service and by node, so no component ever scans
+every task to answer "what runs on node N" or "what belongs to service S".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from shoal.errors import Conflict
+from shoal.models import Version, now_ts
+from shoal.store.base import KINDS, Action, Backend, Event, Kind
+
+_REPLAY = 50_000  # events kept for watchers that resume from a revision
+
+
+class Watcher:
+    """A subscription to committed batches of events. Iterate it; close it when done."""
+
+    def __init__(self, store: MemoryStore, kinds: frozenset[Kind] | None) -> None:
+        self._store = store
+        self.kinds = kinds
+        self.queue: asyncio.Queue[list[Event]] = asyncio.Queue()
+
+    def _offer(self, events: list[Event]) -> None:
+        if self.kinds is not None:
+            events = [e for e in events if e.kind in self.kinds]
+        if events:
+            self.queue.put_nowait(events)
+
+    async def get(self) -> list[Event]:
+        return await self.queue.get()
+
+    def drain(self) -> list[Event]:
+        """Everything queued so far, without waiting (to coalesce bursts)."""
+        out: list[Event] = []
+        while not self.queue.empty():
+            out.extend(self.queue.get_nowait())
+        return out
+
+    def __aiter__(self) -> Watcher:
+        return self
+
+    async def __anext__(self) -> list[Event]:
+        return await self.queue.get()
+
+    def close(self) -> None:
+        self._store._watchers.discard(self)
+
+
+class Tx:
+    """A batch of writes; see :meth:`MemoryStore.tx`. Reads inside the batch see its own writes."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self._writes: dict[tuple[Kind, str], tuple[Action, Any, Any]] = {}
+
+    def get(self, kind: Kind, oid: str) -> Any | None:
+        w = self._writes.get((kind, oid))
+        if w is not None:
+            return None if w[0] is Action.DELETE else w[1]
+        return self._store.get(kind, oid)
+
+    def create(self, kind: Kind, obj: Any) -> Any:
+        if self.get(kind, obj.ID) is not None:
+            raise Conflict(f"{kind} {obj.ID} already exists")
+        self._writes[(kind, obj.ID)] = (Action.CREATE, obj, None)
+        return obj
+
+    def update(self, kind: Kind, obj: Any, expected_version: int | None = None) -> Any:
+        """Replace an object. With ``expected_version``, a stale writer gets :class:`Conflict`."""
+        key = (kind, obj.ID)
+        prev = self._writes.get(key)
+        cur = self._store.get(kind, obj.ID)
+        if prev is not None and prev[0] is Action.DELETE or (prev is None and cur is None):
+            raise Conflict(f"{kind} {obj.ID} does not exist")
+        if expected_version is not None and cur is not None and cur.Version.Index != expected_version:
+            raise Conflict("update out of sequence")
+        action = prev[0] if prev is not None else Action.UPDATE
+        self._writes[key] = (action, obj, cur)
+        return obj
+
+    def delete(self, kind: Kind, oid: str) -> None:
+        key = (kind, oid)
+        prev = self._writes.get(key)
+        if prev is not None and prev[0] is Action.CREATE:
+            del self._writes[key]
+            return
+        cur = self._store.get(kind, oid)
+        if cur is not None:
+            self._writes[key] = (Action.DELETE, None, cur)
+
+    def __len__(self) -> int:
+        return len(self._writes)
+
+
+class MemoryStore:
+    """Objects by kind and ID, secondary indexes for tasks, and the commit/watch machinery."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._objects: dict[Kind, dict[str, Any]] = {k: {} for k in KINDS}
+        self._tasks_by_service: dict[str, dict[str, Any]] = {}
+        self._tasks_by_node: dict[str, dict[str, Any]] = {}
+        self._service_by_name: dict[str, str] = {}
+        self._watchers: set[Watcher] = set()
+        self._history: deque[Event] = deque(maxlen=_REPLAY)
+        self.revision, loaded = backend.load()
+        for kind, objs in loaded.items():
+            for obj in objs:
+                self._index(kind, obj, None)
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, kind: Kind, oid: str) -> Any | None:
+        return self._objects[kind].get(oid)
+
+    def list(self, kind: Kind) -> list[Any]:
+        return list(self._objects[kind].values())
+
+    def count(self, kind: Kind) -> int:
+        return len(self._objects[kind])
+
+    def tasks_of_service(self, service_id: str) -> list[Any]:
+        return list(self._tasks_by_service.get(service_id, {}).values())
+
+    def tasks_on_node(self, node_id: str) -> list[Any]:
+        return list(self._tasks_by_node.get(node_id, {}).values())
+
+    def service_by_name(self, name: str) -> Any | None:
+        sid = self._service_by_name.get(name)
+        return self._objects["service"].get(sid) if sid else None
+
+    def cluster(self) -> Any | None:
+        """The one cluster object, or None when this daemon is not in a swarm."""
+        objs = self._objects["cluster"]
+        return next(iter(objs.values())) if objs else None
+
+    # ------------------------------------------------------------------ writes
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[Tx]:
+        """Open a batch; it commits when the block ends, or is dropped whole if the block raises."""
+        tx = Tx(self)
+        yield tx
+        self.commit(tx)
+
+    def commit(self, tx: Tx) -> list[Event]:
+        if not tx._writes:
+            return []
+        rev = self.revision + 1
+        ts = now_ts()
+        puts: list[tuple[Kind, Any]] = []
+        deletes: list[tuple[Kind, str]] = []
+        events: list[Event] = []
+        for (kind, oid), (action, obj, old) in tx._writes.items():
+            if action is Action.DELETE:
+                deletes.append((kind, oid))
+                events.append(Event(kind, action, old, old, rev))
+                continue
+            obj.Version = Version(rev)
+            if action is Action.CREATE and not obj.CreatedAt:
+                obj.CreatedAt = ts
+            obj.UpdatedAt = ts
+            puts.append((kind, obj))
+            events.append(Event(kind, action, obj, old, rev))
+        # Durable first: if the backend fails, memory and watchers never saw the batch.
+        self.backend.commit(rev, puts, deletes)
+        self.revision = rev
+        for e in events:
+            self._index(e.kind, None if e.action is Action.DELETE else e.obj, e.old)
+        self._history.extend(events)
+        for w in list(self._watchers):
+            w._offer(events)
+        return events
+
+    def wipe(self) -> None:
+        """Forget every object (``swarm leave``); watchers see deletes."""
+        with self.tx() as tx:
+            for kind in KINDS:
+                for oid in list(self._objects[kind]):
+                    tx.delete(kind, oid)
+        self.backend.wipe()
+
+    # ------------------------------------------------------------------ watches
+
+    def watch(self, *kinds: Kind, since: int | None = None) -> Watcher:
+        """Subscribe to commits of the given kinds (all when none). ``since`` replays later events."""
+        w = Watcher(self, frozenset(kinds) if kinds else None)
+        if since is not None:
+            backlog = [e for e in self._history if e.revision > since]
+            if backlog:
+                w._offer(backlog)
+        self._watchers.add(w)
+        return w
+
+    # ------------------------------------------------------------------ indexes
+
+    def _index(self, kind: Kind, new: Any | None, old: Any | None) -> None:
+        table = self._objects[kind]
+        if old is not None:
+            table.pop(old.ID, None)
+            if kind == "task":
+                self._tasks_by_service.get(old.ServiceID, {}).pop(old.ID, None)
+                if old.NodeID:
+                    self._tasks_by_node.get(old.NodeID, {}).pop(old.ID, None)
+            elif kind == "service" and self._service_by_name.get(old.Spec.Name) == old.ID:
+                del self._service_by_name[old.Spec.Name]
+        if new is not None:
+            table[new.ID] = new
+            if kind == "task":
+                self._tasks_by_service.setdefault(new.ServiceID, {})[new.ID] = new
+                if new.NodeID:
+                    self._tasks_by_node.setdefault(new.NodeID, {})[new.ID] = new
+            elif kind == "service":
+                self._service_by_name[new.Spec.Name] = new.ID
