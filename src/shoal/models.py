@@ -312,7 +312,9 @@ class Endpoint(Obj):
     VirtualIPs: list[EndpointVirtualIP] | None = None
 
 
-class UpdateStatus(Obj):
+class UpdateStatus(Obj, omit_defaults=True):
+    """Empty times are left out: Go clients cannot parse an empty timestamp."""
+
     State: str = ""
     StartedAt: str = ""
     CompletedAt: str = ""
@@ -325,7 +327,7 @@ class ServiceStatus(Obj):
     CompletedTasks: int = 0
 
 
-class JobStatus(Obj):
+class JobStatus(Obj, omit_defaults=True):
     JobIteration: Version = field(default_factory=Version)
     LastExecution: str = ""
 
@@ -543,3 +545,55 @@ DEFAULT_TASK_HISTORY = 5
 DEFAULT_RESTART_DELAY = 5 * SECOND
 DEFAULT_HEARTBEAT = 5 * SECOND
 DEFAULT_STOP_GRACE = 10 * SECOND
+
+
+# --------------------------------------------------------------------------- decoding like Go
+
+
+def decode(body: bytes, typ: type[Any]) -> Any:
+    """Decode JSON into ``typ`` matching struct keys case-insensitively, as Go's encoding/json does.
+
+    Docker's daemon accepts ``{"Mode": {"replicated": {...}}}`` (the Docker SDK for Python sends
+    exactly that), so Shoal must too; keys of maps (labels, options) are user data and kept as sent.
+    Unknown keys still fail, in msgspec's strict conversion afterwards.
+    """
+    raw = msgspec.json.decode(body)
+    return msgspec.convert(_canonical(raw, msgspec.inspect.type_info(typ)), typ)
+
+
+_KEYMAPS: dict[type, dict[str, str]] = {}
+
+
+def _keymap(info: msgspec.inspect.StructType) -> dict[str, str]:
+    km = _KEYMAPS.get(info.cls)
+    if km is None:
+        km = _KEYMAPS[info.cls] = {f.encode_name.lower(): f.encode_name for f in info.fields}
+    return km
+
+
+def _canonical(value: Any, info: msgspec.inspect.Type) -> Any:
+    mi = msgspec.inspect
+    if isinstance(info, mi.StructType) and isinstance(value, dict):
+        km = _keymap(info)
+        by_name = {f.encode_name: f.type for f in info.fields}
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if v is None:
+                continue  # Go leaves a field at its zero value for null; so does Shoal (the default)
+            name = k if k in by_name else km.get(k.lower(), k)
+            out[name] = _canonical(v, by_name[name]) if name in by_name else v
+        return out
+    if isinstance(info, mi.UnionType):
+        for t in info.types:
+            if isinstance(t, mi.StructType) and isinstance(value, dict):
+                return _canonical(value, t)
+            if isinstance(t, mi.ListType | mi.DictType) and isinstance(value, list | dict):
+                return _canonical(value, t)
+        return value
+    if isinstance(info, mi.ListType) and isinstance(value, list):
+        return [_canonical(v, info.item_type) for v in value]
+    if isinstance(info, mi.DictType) and isinstance(value, dict):
+        return {k: _canonical(v, info.value_type) for k, v in value.items()}
+    if isinstance(info, mi.Metadata):
+        return _canonical(value, info.type)
+    return value

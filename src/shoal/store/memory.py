@@ -78,7 +78,7 @@ class Tx:
         key = (kind, obj.ID)
         prev = self._writes.get(key)
         cur = self._store.get(kind, obj.ID)
-        if prev is not None and prev[0] is Action.DELETE or (prev is None and cur is None):
+        if (prev is not None and prev[0] is Action.DELETE) or (prev is None and cur is None):
             raise Conflict(f"{kind} {obj.ID} does not exist")
         if expected_version is not None and cur is not None and cur.Version.Index != expected_version:
             raise Conflict("update out of sequence")

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Time to converge a 200-replica service: Shoal against Docker's own Swarm mode, same engine.
+
+Each round creates the same service (busybox ``sleep``) first through Swarm mode on the machine's
+dockerd, then through a Shoal daemon driving that same dockerd, and times create-request →
+every replica running (as the API reports it: tasks in state ``running``). Between runs all the
+service's containers are removed and awaited, so neither run competes with the other's clean-up.
+
+Usage: bench/converge.py [--replicas 200] [--rounds 3] [--image busybox:latest]
+The last line is: converge: replicas=N shoal_s=S swarm_s=S ratio=R   (medians over the rounds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.integration.shoal_process import ShoalProcess  # noqa: E402
+
+ENGINE = "unix:///var/run/docker.sock"
+
+
+def running_tasks(client: docker.DockerClient, service_id: str) -> int:
+    tasks = client.api.tasks(filters={"service": service_id, "desired-state": "running"})
+    return sum(1 for t in tasks if t["Status"]["State"] == "running")
+
+
+def converge(client: docker.DockerClient, replicas: int, image: str, timeout: float = 600) -> float:
+    """Create the service, wait for every replica to run, remove it; return the seconds taken."""
+    t0 = time.monotonic()
+    svc = client.services.create(image, command=["sleep", "3600"], name="converge-bench",
+                                 mode=docker.types.ServiceMode("replicated", replicas=replicas))
+    try:
+        while running_tasks(client, svc.id) < replicas:
+            if time.monotonic() - t0 > timeout:
+                raise SystemExit(f"not converged within {timeout}s")
+            time.sleep(0.1)
+        return time.monotonic() - t0
+    finally:
+        svc.remove()
+
+
+def wait_containers_gone(engine: docker.DockerClient, label: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while engine.containers.list(all=True, filters={"label": label}):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"containers labelled {label} still present after {timeout}s")
+        time.sleep(0.5)
+
+
+def swarm_round(engine: docker.DockerClient, replicas: int, image: str) -> float:
+    engine.swarm.init(advertise_addr="127.0.0.1")
+    try:
+        secs = converge(engine, replicas, image)
+        wait_containers_gone(engine, "com.docker.swarm.service.name=converge-bench")
+        return secs
+    finally:
+        engine.swarm.leave(force=True)
+
+
+def shoal_round(engine: docker.DockerClient, replicas: int, image: str) -> float:
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
+        proc = ShoalProcess(Path(tmp))
+        proc.start()
+        client = proc.client()
+        try:
+            client.swarm.init(advertise_addr="127.0.0.1")
+            secs = converge(client, replicas, image)
+            wait_containers_gone(engine, "shoal.service.name=converge-bench")
+            return secs
+        finally:
+            with contextlib.suppress(docker.errors.APIError):
+                client.swarm.leave(force=True)
+            proc.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--replicas", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--image", default="busybox:latest")
+    args = ap.parse_args()
+
+    subprocess.run([str(ROOT / "scripts/build-test-image.sh"), args.image], check=True)
+    engine = docker.DockerClient(base_url=ENGINE, version="1.41", timeout=300)
+    if engine.info().get("Swarm", {}).get("LocalNodeState") != "inactive":
+        raise SystemExit("the engine is already in a swarm; leave it first (docker swarm leave --force)")
+
+    shoal_s: list[float] = []
+    swarm_s: list[float] = []
+    for r in range(1, args.rounds + 1):
+        swarm_s.append(swarm_round(engine, args.replicas, args.image))
+        print(f"round {r}: swarm mode {swarm_s[-1]:.2f}s", flush=True)
+        shoal_s.append(shoal_round(engine, args.replicas, args.image))
+        print(f"round {r}: shoal      {shoal_s[-1]:.2f}s", flush=True)
+
+    sh, sw = statistics.median(shoal_s), statistics.median(swarm_s)
+    print(f"shoal runs: {', '.join(f'{s:.2f}' for s in shoal_s)}")
+    print(f"swarm runs: {', '.join(f'{s:.2f}' for s in swarm_s)}")
+    print(f"converge: replicas={args.replicas} shoal_s={sh:.2f} swarm_s={sw:.2f} ratio={sh / sw:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Install the Debian packages Shoal needs that this machine lacks (shared by setup.sh and .ci/run).
+# Checks commands, not package names, so an engine installed some other way is left alone;
+# `apt-get update` runs only when something has to be installed. Needs root only in that case.
+set -euo pipefail
+
+# command-to-check:package. Add a line here when the project needs another tool.
+needs=(
+  dockerd:docker.io
+  docker:docker.io
+  curl:curl
+  iptables:iptables
+  file:file
+  python3:python3
+)
+
+missing=()
+add() { [[ " ${missing[*]-} " == *" $1 "* ]] || missing+=("$1"); }
+for pair in "${needs[@]}"; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || add "${pair#*:}"
+done
+# The test image is built from a *static* busybox (Debian's `busybox` package is dynamic).
+if ! { [ -x /bin/busybox ] && command -v file >/dev/null && ! file -L /bin/busybox | grep -q dynamic; }; then
+  add busybox-static
+fi
+# Debian's python3 ships venv and ensurepip separately.
+if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  add python3-venv
+fi
+[ -e /etc/ssl/certs/ca-certificates.crt ] || add ca-certificates
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "system packages: all present"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing packages (${missing[*]}); run as root to install them" >&2
+  exit 1
+fi
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "system packages: installed ${missing[*]}"

@@ -1,0 +1,81 @@
+"""Batched task status reports from an agent to the dispatcher.
+
+Task controllers report every state they pass through; the reporter keeps only the latest per task
+and sends a batch every ~50 ms, or at once when 100 are queued, so starting 200 containers costs a
+handful of dispatcher calls (and store transactions), not a thousand. While the session is down,
+reports wait here and go out when the agent has registered again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from shoal.dispatcher.protocol import DispatcherClient, TaskStatusUpdate
+from shoal.models import TaskStatus
+
+log = logging.getLogger(__name__)
+
+
+class StatusReporter:
+    def __init__(self, client: DispatcherClient, interval_s: float = 0.05, max_batch: int = 100) -> None:
+        self.client = client
+        self.interval_s = interval_s
+        self.max_batch = max_batch
+        self._pending: dict[str, TaskStatus] = {}
+        self._session: str | None = None
+        self._wake = asyncio.Event()  # something queued, or a session came up
+        self._full = asyncio.Event()  # a full batch is waiting: skip the rest of the interval
+
+    def report(self, task_id: str, status: TaskStatus) -> None:
+        self._pending[task_id] = status  # the latest wins; the dispatcher only needs where a task is now
+        self._wake.set()
+        if len(self._pending) >= self.max_batch:
+            self._full.set()
+
+    def set_session(self, session_id: str | None) -> None:
+        self._session = session_id
+        if session_id is not None:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._pending or self._session is None:
+                continue
+            if len(self._pending) < self.max_batch:
+                try:
+                    await asyncio.wait_for(self._full.wait(), self.interval_s)
+                except TimeoutError:
+                    pass
+            self._full.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        session = self._session
+        if session is None or not self._pending:
+            return
+        batch, self._pending = self._pending, {}
+        updates = [TaskStatusUpdate(tid, st) for tid, st in batch.items()]
+        try:
+            await self.client.update_task_status(session, updates)
+        except asyncio.CancelledError:
+            self._requeue(batch)
+            raise
+        except Exception as exc:  # the session broke; the agent reconnects, we resend
+            log.info("status report failed (%s); will resend", exc)
+            self._requeue(batch)
+            if self._session == session:
+                self._session = None
+            return
+        if self._pending:
+            self._wake.set()
+
+    def _requeue(self, batch: dict[str, TaskStatus]) -> None:
+        for tid, st in batch.items():
+            self._pending.setdefault(tid, st)  # a newer report made meanwhile wins

@@ -1,0 +1,312 @@
+"""One task's controller on a node: drives its container from what the manager wants to what runs.
+
+Swarmkit's ``agent/exec.Do`` as a loop: each step moves the observed state one notch forward
+(ACCEPTED → PREPARING → READY → STARTING → RUNNING → COMPLETE/FAILED) or, when the manager asks for
+SHUTDOWN/REMOVE, stops the container and reports SHUTDOWN. It never moves backwards. Between steps it
+sleeps until the manager changes the task or the container exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from shoal.agent.executor.base import (
+    ContainerInfo,
+    ContainerNotFound,
+    Executor,
+    ExecutorError,
+    ExitInfo,
+    task_ports,
+)
+from shoal.agent.executor.spec import stop_grace_s
+from shoal.models import (
+    DEFAULT_STOP_GRACE,
+    ContainerStatus,
+    PortConfig,
+    PortStatus,
+    Task,
+    TaskState,
+    TaskStatus,
+    now_ts,
+)
+
+log = logging.getLogger(__name__)
+
+_RUNNING = TaskState.RUNNING.order
+
+
+class Reporter(Protocol):
+    def report(self, task_id: str, status: TaskStatus) -> None: ...
+
+
+class Hooks(Protocol):
+    """What the worker wants to hear from a controller (the ingress proxy follows running tasks)."""
+
+    def task_running(self, task: Task, ip: str) -> None: ...
+
+    def task_stopped(self, task: Task) -> None: ...
+
+
+def _has_healthcheck(task: Task) -> bool:
+    spec = task.Spec.ContainerSpec
+    hc = spec.Healthcheck if spec is not None else None
+    return bool(hc is not None and hc.Test and hc.Test[0] != "NONE")
+
+
+def port_status(task: Task, bound: list[PortConfig]) -> PortStatus | None:
+    """The task's host-mode ports with the host ports the engine actually bound (0 → a random one)."""
+    wanted = task_ports(task, "host")
+    if not wanted:
+        return None
+    by_key = {(p.TargetPort, p.Protocol or "tcp"): p.PublishedPort for p in bound}
+    out = [
+        PortConfig(
+            Name=p.Name,
+            Protocol=p.Protocol,
+            TargetPort=p.TargetPort,
+            PublishedPort=by_key.get((p.TargetPort, p.Protocol or "tcp"), p.PublishedPort),
+            PublishMode="host",
+        )
+        for p in wanted
+    ]
+    return PortStatus(Ports=out)
+
+
+class TaskController:
+    def __init__(
+        self,
+        task: Task,
+        executor: Executor,
+        reporter: Reporter,
+        hooks: Hooks,
+        adopted: ContainerInfo | None = None,
+        adopting: bool = False,
+        on_done: Callable[[TaskController], None] | None = None,
+    ) -> None:
+        self.task = task
+        self.executor = executor
+        self.reporter = reporter
+        self.hooks = hooks
+        self.state = task.Status.State
+        self.container_id = adopted.id if adopted is not None else ""
+        self._adopted = adopted
+        # True on the agent's first full assignment set: we know what containers exist, so a task the
+        # store thinks is running without one really lost its container.
+        self._adopting = adopting
+        self._info: ContainerInfo | None = None  # after start: ports and IP
+        self._exit_code = 0
+        self._removed = False
+        self._wake = asyncio.Event()
+        self._exit: asyncio.Future[ExitInfo] | None = None
+        self._on_done = on_done
+        self.runner = asyncio.create_task(self._run(), name=f"task-{task.ID}")
+
+    # ------------------------------------------------------------------ from the worker
+
+    def update(self, task: Task) -> None:
+        self.task = task
+        self._wake.set()
+
+    def remove(self) -> None:
+        """The task is gone from the store (or this node): stop and remove its container, then end."""
+        self._removed = True
+        self._wake.set()
+
+    async def cancel(self) -> None:
+        """Stop driving the task but leave its container as it is (agent shutting down)."""
+        self.runner.cancel()
+        await asyncio.gather(self.runner, return_exceptions=True)
+
+    # ------------------------------------------------------------------ reporting
+
+    def _report(self, state: TaskState, message: str, err: str = "") -> None:
+        self.state = state
+        cs = None
+        if self.container_id:
+            cs = ContainerStatus(
+                ContainerID=self.container_id, PID=self._info.pid if self._info else 0, ExitCode=self._exit_code
+            )
+        ps = port_status(self.task, self._info.ports) if self._info is not None else None
+        status = TaskStatus(
+            Timestamp=now_ts(), State=state, Message=message, Err=err, ContainerStatus=cs, PortStatus=ps
+        )
+        self.reporter.report(self.task.ID, status)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _run(self) -> None:
+        try:
+            if self._adopted is not None or self._adopting:
+                await self._guarded(self._adopt)
+            while not self._removed:
+                self._wake.clear()
+                if not await self._guarded(self._step):
+                    await self._wait()
+            await self._guarded(self._remove)
+        finally:  # cancelled: the agent is stopping, and the container is left as it is
+            if self._exit is not None:
+                self._exit.cancel()
+        if self._on_done is not None:
+            self._on_done(self)
+
+    async def _guarded(self, step: Callable[[], Awaitable[bool | None]]) -> bool:
+        """Run a step; an unexpected error fails the task instead of killing the controller (which
+        must live on to remove the container when the task is deleted)."""
+        try:
+            return await step() is not False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("task %s: %s failed", self.task.ID, step.__name__)
+            if self.state.terminal:
+                return False
+            self._report(TaskState.FAILED, "controller error", str(exc))
+            return True
+
+    async def _wait(self) -> None:
+        """Until the manager changes the task, or (while running) the container exits."""
+        waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._wake.wait())]
+        if self._exit is not None and self.state == TaskState.RUNNING:
+            waits.append(self._exit)  # type: ignore[arg-type]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waits[0].cancel()
+
+    async def _step(self) -> bool:
+        """One move towards the desired state; False when there is nothing to do but wait."""
+        s, desired = self.state, self.task.DesiredState
+        if s.terminal:
+            return False
+        if desired.order > _RUNNING:
+            await self._shutdown()
+            return True
+        if s.order < TaskState.ACCEPTED.order:
+            self._report(TaskState.ACCEPTED, "accepted")
+        elif s == TaskState.ACCEPTED:
+            self._report(TaskState.PREPARING, "preparing")
+        elif s == TaskState.PREPARING:
+            if not self.container_id:
+                try:
+                    self.container_id = await self.executor.create(self.task)
+                except ExecutorError as exc:
+                    self._report(TaskState.REJECTED, "preparing", str(exc))
+                    return True
+            self._report(TaskState.READY, "prepared")
+        elif s == TaskState.READY:
+            if desired.order < _RUNNING:
+                return False  # prepared, not to be started yet
+            self._report(TaskState.STARTING, "starting")
+        elif s == TaskState.STARTING:
+            await self._start()
+        elif s == TaskState.RUNNING:
+            if self._exit is None:
+                self._exit = asyncio.ensure_future(self.executor.wait_exit(self.container_id))
+            if not self._exit.done():
+                return False
+            self._exited(self._exit.result())
+        return True
+
+    async def _start(self) -> None:
+        try:
+            self._info = await self.executor.start(self.task, self.container_id)
+        except ExecutorError as exc:
+            self._report(TaskState.FAILED, "starting", str(exc))
+            return
+        self._exit = asyncio.ensure_future(self.executor.wait_exit(self.container_id))
+        if _has_healthcheck(self.task) and not await self._healthy():
+            return
+        self._running()
+
+    async def _healthy(self) -> bool:
+        """Swarm keeps a task with a healthcheck STARTING until the container reports healthy."""
+        assert self._exit is not None
+        health = asyncio.ensure_future(self.executor.wait_health(self.container_id))
+        wake = asyncio.ensure_future(self._wake.wait())
+        try:
+            while True:
+                await asyncio.wait([health, self._exit, wake], return_when=asyncio.FIRST_COMPLETED)
+                if self._exit.done():
+                    self._exited(self._exit.result())
+                    return False
+                if wake.done() and (self._removed or self.task.DesiredState.order > _RUNNING):
+                    return False  # the loop shuts it down
+                if health.done():
+                    if health.result():
+                        return True
+                    await self.executor.stop(self.container_id, 0)
+                    self._report(TaskState.FAILED, "starting", "task: unhealthy container")
+                    return False
+                if wake.done():
+                    self._wake.clear()
+                    wake = asyncio.ensure_future(self._wake.wait())
+        finally:
+            health.cancel()
+            wake.cancel()
+
+    def _running(self) -> None:
+        self._report(TaskState.RUNNING, "started")
+        if self._info is not None:
+            self.hooks.task_running(self.task, self._info.ip)
+
+    def _exited(self, info: ExitInfo) -> None:
+        self._exit_code = info.exit_code
+        self.hooks.task_stopped(self.task)
+        if info.exit_code == 0:
+            self._report(TaskState.COMPLETE, "finished")
+            return
+        err = f"task: non-zero exit ({info.exit_code})"
+        if info.error:
+            err = f"{err}: {info.error}"
+        self._report(TaskState.FAILED, "started", err)
+
+    async def _shutdown(self) -> None:
+        if self.container_id and self.state.order >= TaskState.STARTING.order:
+            await self._stop()
+        self.hooks.task_stopped(self.task)
+        self._report(TaskState.SHUTDOWN, "shutdown")
+
+    async def _stop(self) -> None:
+        spec = self.task.Spec.ContainerSpec
+        await self.executor.stop(self.container_id, stop_grace_s(spec, DEFAULT_STOP_GRACE))
+        if self._exit is not None and not self._exit.done():
+            try:
+                self._exit_code = (await asyncio.wait_for(asyncio.shield(self._exit), 5)).exit_code
+            except TimeoutError:
+                pass
+
+    async def _remove(self) -> None:
+        self.hooks.task_stopped(self.task)
+        if not self.container_id:
+            return
+        if self.state.order >= TaskState.STARTING.order and not self.state.terminal:
+            await self._stop()  # as swarmkit: a graceful stop before removal
+        await self.executor.remove(self.container_id)
+
+    # ------------------------------------------------------------------ adoption (agent restart)
+
+    async def _adopt(self) -> None:
+        """Take over what a previous agent left: never recreate a container that exists."""
+        info = self._adopted
+        if self.state.terminal:
+            return
+        if info is None:
+            if self.state.order >= TaskState.STARTING.order:
+                self._report(TaskState.FAILED, "started", "task: container not found")
+            return  # earlier states: prepare it as usual
+        if info.running:
+            self._info = info
+            self._exit = asyncio.ensure_future(self.executor.wait_exit(self.container_id))
+            self._running()
+            return
+        if info.state == "created" and self.state.order <= TaskState.STARTING.order:
+            return  # prepared but never started: the loop goes on from here with this container
+        try:
+            done = await self.executor.inspect(self.container_id)
+        except ContainerNotFound:
+            self.container_id = ""
+            return
+        self._exited(ExitInfo(done.exit_code, done.error))

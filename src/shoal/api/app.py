@@ -1,0 +1,112 @@
+"""The aiohttp application: routes (each also under ``/v<major>.<minor>``), version check, errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+import shoal
+from shoal.api import logs, nodes, services, swarm, system, tasks
+from shoal.api.common import MANAGER, ManagerAPI, json_response
+from shoal.errors import InvalidArgument, NotFound, ShoalError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in v.split("."))
+    except ValueError:
+        raise InvalidArgument(f"invalid API version: {v}") from None
+
+
+_MAX = _version_tuple(shoal.API_VERSION)
+_MIN = _version_tuple(shoal.MIN_API_VERSION)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes Docker's ``{"message": ...}`` with the right status."""
+    try:
+        return await handler(request)
+    except ShoalError as e:
+        return json_response({"message": e.message}, status=e.status)
+    except web.HTTPNotFound:
+        return json_response({"message": "page not found"}, status=404)
+    except web.HTTPMethodNotAllowed:
+        return json_response({"message": "method not allowed"}, status=405)
+    except web.HTTPException as e:
+        return json_response({"message": e.text or e.reason}, status=e.status)
+    except Exception as e:
+        log.exception("%s %s failed", request.method, request.path)
+        return json_response({"message": str(e) or type(e).__name__}, status=500)
+
+
+@web.middleware
+async def version_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Reject a ``/vX.Y`` prefix outside [MinAPIVersion, APIVersion], with moby's wording."""
+    raw = request.match_info.get("api_version")
+    if raw:
+        v = _version_tuple(raw)
+        if v > _MAX:
+            raise InvalidArgument(
+                f"client version {raw} is too new. Maximum supported API version is {shoal.API_VERSION}"
+            )
+        if v < _MIN:
+            raise InvalidArgument(
+                f"client version {raw} is too old. Minimum supported API version is {shoal.MIN_API_VERSION}, "
+                "please upgrade your client to a newer version"
+            )
+    return await handler(request)
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = system.SERVER_HEADER
+
+
+async def distribution_inspect(request: web.Request) -> web.Response:
+    """No registry is consulted: the CLI then warns it could not pin a digest and carries on."""
+    raise NotFound(f"{request.match_info['name']}: image digest resolution through a registry is not available")
+
+
+_ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/_ping", system.ping),
+    ("HEAD", "/_ping", system.ping),
+    ("GET", "/version", system.version),
+    ("GET", "/info", system.info),
+    ("GET", "/swarm", swarm.inspect),
+    ("POST", "/swarm/init", swarm.init),
+    ("POST", "/swarm/join", swarm.join),
+    ("POST", "/swarm/leave", swarm.leave),
+    ("POST", "/swarm/update", swarm.update),
+    ("GET", "/swarm/unlockkey", swarm.unlock_key),
+    ("GET", "/nodes", nodes.list_nodes),
+    ("GET", "/nodes/{id}", nodes.inspect),
+    ("POST", "/nodes/{id}/update", nodes.update),
+    ("DELETE", "/nodes/{id}", nodes.remove),
+    ("GET", "/services", services.list_services),
+    ("POST", "/services/create", services.create),
+    ("GET", "/services/{id}", services.inspect),
+    ("POST", "/services/{id}/update", services.update),
+    ("DELETE", "/services/{id}", services.remove),
+    ("GET", "/services/{id}/logs", logs.service_logs),
+    ("GET", "/tasks", tasks.list_tasks),
+    ("GET", "/tasks/{id}", tasks.inspect),
+    ("GET", "/tasks/{id}/logs", logs.task_logs),
+    ("GET", "/distribution/{name:.+}/json", distribution_inspect),
+]
+
+
+def create_app(manager: ManagerAPI) -> web.Application:
+    """The Docker Engine API (swarm part) over ``manager``; serve it with :func:`shoal.api.serve`."""
+    app = web.Application(middlewares=[errors_middleware, version_middleware], client_max_size=16 * 1024**2)
+    app[MANAGER] = manager
+    for method, path, handler in _ROUTES:
+        app.router.add_route(method, path, handler)
+        app.router.add_route(method, r"/v{api_version:[0-9][0-9.]*}" + path, handler)
+    app.on_response_prepare.append(_server_header)
+    return app

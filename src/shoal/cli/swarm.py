@@ -1,0 +1,143 @@
+"""`shoal swarm ...`: init, join, join-token, leave, inspect, update."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from shoal.cli import format as fmt
+from shoal.cli.client import Client
+from shoal.cli.parse import flag, parse_choice, parse_duration
+
+app = typer.Typer(help="Manage Swarm.", no_args_is_help=True)
+
+DEFAULT_LISTEN = "0.0.0.0:2377"
+
+
+def client_of(ctx: typer.Context) -> Client:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Client)
+    return obj
+
+
+def join_instructions(c: Client, role: str, node_id: str | None = None) -> str:
+    """"To add a worker to this swarm, run ..." with the token and this manager's address."""
+    swarm = c.get("/swarm")
+    token = (swarm.get("JoinTokens") or {}).get(role.capitalize(), "")
+    node = c.get("/nodes/{0}", node_id or c.self_node_id())
+    addr = (node.get("ManagerStatus") or {}).get("Addr", "")
+    return (
+        f"To add a {role} to this swarm, run the following command:\n\n"
+        f"    shoal swarm join --token {token} {addr}\n"
+    )
+
+
+def _orchestration(limit: int | None) -> dict[str, Any] | None:
+    return {"TaskHistoryRetentionLimit": limit} if limit is not None else None
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    advertise_addr: Annotated[str | None, typer.Option(help="Advertised address: <ip|interface>[:port]")] = None,
+    listen_addr: Annotated[str, typer.Option(help="Listen address (format: <ip|interface>[:port])")] = DEFAULT_LISTEN,
+    force_new_cluster: Annotated[bool, typer.Option(help="Force create a new cluster from current state")] = False,
+    availability: Annotated[str, typer.Option(parser=flag(parse_choice("active", "pause", "drain")))] = "active",
+    task_history_limit: Annotated[int | None, typer.Option(help="Task history retention limit")] = None,
+) -> None:
+    """Initialize a swarm."""
+    c = client_of(ctx)
+    spec: dict[str, Any] = {}
+    if task_history_limit is not None:
+        spec["Orchestration"] = _orchestration(task_history_limit)
+    body = {
+        "ListenAddr": listen_addr,
+        "AdvertiseAddr": advertise_addr or "",
+        "ForceNewCluster": force_new_cluster,
+        "Availability": availability,
+        "Spec": spec,
+    }
+    node_id = c.post("/swarm/init", body=body)
+    print(f"Swarm initialized: current node ({node_id}) is now a manager.\n")
+    print(join_instructions(c, "worker", str(node_id)))
+    print("To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n")
+
+
+@app.command()
+def join(
+    ctx: typer.Context,
+    remote: Annotated[str, typer.Argument(metavar="HOST:PORT")],
+    token: Annotated[str, typer.Option("--token", help="Token for entry into the swarm")],
+    advertise_addr: Annotated[str | None, typer.Option(help="Advertised address")] = None,
+    listen_addr: Annotated[str, typer.Option(help="Listen address")] = DEFAULT_LISTEN,
+    availability: Annotated[str, typer.Option(parser=flag(parse_choice("active", "pause", "drain")))] = "active",
+) -> None:
+    """Join a swarm as a node and/or manager."""
+    c = client_of(ctx)
+    c.post("/swarm/join", body={
+        "ListenAddr": listen_addr, "AdvertiseAddr": advertise_addr or "", "RemoteAddrs": [remote],
+        "JoinToken": token, "Availability": availability,
+    })
+    manager = c.info().get("Swarm", {}).get("ControlAvailable", False)
+    print(f"This node joined a swarm as a {'manager' if manager else 'worker'}.")
+
+
+@app.command("join-token")
+def join_token(
+    ctx: typer.Context,
+    role: Annotated[str, typer.Argument(metavar="(worker|manager)", parser=flag(parse_choice("worker", "manager")))],
+    rotate: Annotated[bool, typer.Option("--rotate", help="Rotate join token")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only display token")] = False,
+) -> None:
+    """Manage join tokens."""
+    c = client_of(ctx)
+    if rotate:
+        swarm = c.get("/swarm")
+        c.post("/swarm/update", body=swarm["Spec"], params={
+            "version": swarm["Version"]["Index"],
+            "rotateWorkerToken": role == "worker",
+            "rotateManagerToken": role == "manager",
+        })
+        if not quiet:
+            print(f"Successfully rotated {role} join token.\n")
+    if quiet:
+        print((c.get("/swarm").get("JoinTokens") or {}).get(role.capitalize(), ""))
+        return
+    print(join_instructions(c, role))
+
+
+@app.command()
+def leave(
+    ctx: typer.Context,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Force this node to leave the swarm")] = False,
+) -> None:
+    """Leave the swarm."""
+    client_of(ctx).post("/swarm/leave", params={"force": force})
+    print("Node left the swarm.")
+
+
+@app.command()
+def inspect(ctx: typer.Context) -> None:
+    """Display detailed information on the swarm."""
+    fmt.print_json([client_of(ctx).get("/swarm")])
+
+
+@app.command()
+def update(
+    ctx: typer.Context,
+    task_history_limit: Annotated[int | None, typer.Option(min=-1, help="Task history retention limit")] = None,
+    dispatcher_heartbeat: Annotated[
+        int | None, typer.Option(parser=flag(parse_duration), metavar="DURATION", help="Dispatcher heartbeat period")
+    ] = None,
+) -> None:
+    """Update the swarm."""
+    c = client_of(ctx)
+    swarm = c.get("/swarm")
+    spec = swarm["Spec"]
+    if task_history_limit is not None:
+        spec["Orchestration"] = {**(spec.get("Orchestration") or {}), "TaskHistoryRetentionLimit": task_history_limit}
+    if dispatcher_heartbeat is not None:
+        spec["Dispatcher"] = {**(spec.get("Dispatcher") or {}), "HeartbeatPeriod": dispatcher_heartbeat}
+    c.post("/swarm/update", body=spec, params={"version": swarm["Version"]["Index"]})
+    print("Swarm updated.")

@@ -1,0 +1,39 @@
+"""The control API: swarm-mode domain logic over the store, independent of HTTP.
+
+Each function validates its input completely before it opens a transaction, so a request that fails
+never changes stored state. Errors are :mod:`shoal.errors` subclasses carrying Docker's status and,
+where Swarm mode's messages come from swarmkit, its ``rpc error: code = ... desc = ...`` wording.
+"""
+
+from shoal.controlapi.cluster import inspect_cluster, update_cluster
+from shoal.controlapi.filters import Filters, parse_filters
+from shoal.controlapi.nodes import list_nodes, remove_node, update_node
+from shoal.controlapi.resolve import get_node, get_service, get_task
+from shoal.controlapi.services import (
+    create_service,
+    list_services,
+    remove_service,
+    service_status,
+    update_service,
+)
+from shoal.controlapi.tasks import list_tasks, task_up_to_date
+
+__all__ = [
+    "Filters",
+    "create_service",
+    "get_node",
+    "get_service",
+    "get_task",
+    "inspect_cluster",
+    "list_nodes",
+    "list_services",
+    "list_tasks",
+    "parse_filters",
+    "remove_node",
+    "remove_service",
+    "service_status",
+    "task_up_to_date",
+    "update_cluster",
+    "update_node",
+    "update_service",
+]

@@ -1,0 +1,48 @@
+"""The cluster (``/swarm``) object: inspect and update, including join-token rotation."""
+
+from __future__ import annotations
+
+import msgspec
+
+from shoal.ca.tokens import generate_join_token
+from shoal.controlapi.errors import invalid
+from shoal.errors import NotInSwarm
+from shoal.models import SECOND, Cluster, JoinTokens, SwarmSpec
+from shoal.store import MemoryStore
+
+_MIN_CERT_EXPIRY = 3600 * SECOND
+
+
+def inspect_cluster(store: MemoryStore) -> Cluster:
+    cluster = store.cluster()
+    if cluster is None:
+        raise NotInSwarm()
+    return cluster
+
+
+def update_cluster(
+    store: MemoryStore,
+    version: int,
+    spec: SwarmSpec,
+    rotate_worker_token: bool = False,
+    rotate_manager_token: bool = False,
+) -> Cluster:
+    """Replace the swarm spec (stale ``version`` → 409) and rotate the join tokens asked for."""
+    cur = inspect_cluster(store)
+    ca = spec.CAConfig
+    if ca is not None and ca.NodeCertExpiry and ca.NodeCertExpiry < _MIN_CERT_EXPIRY:
+        raise invalid("minimum certificate expiry time is: 1h0m0s")
+    orch = spec.Orchestration
+    if orch is not None and orch.TaskHistoryRetentionLimit is not None and orch.TaskHistoryRetentionLimit < 0:
+        raise invalid("TaskHistoryRetentionLimit cannot be negative")
+    tokens = cur.JoinTokens or JoinTokens()
+    if rotate_worker_token or rotate_manager_token:
+        root = cur.TLSInfo.TrustRoot if cur.TLSInfo is not None else ""
+        tokens = JoinTokens(
+            Worker=generate_join_token(root) if rotate_worker_token else tokens.Worker,
+            Manager=generate_join_token(root) if rotate_manager_token else tokens.Manager,
+        )
+    new = msgspec.structs.replace(cur, Spec=spec, JoinTokens=tokens)
+    with store.tx() as tx:
+        tx.update("cluster", new, expected_version=version)
+    return new

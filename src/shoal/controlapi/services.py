@@ -1,0 +1,122 @@
+"""Services: create, update (and manual rollback), remove, list with filters and status."""
+
+from __future__ import annotations
+
+import msgspec
+
+from shoal.controlapi.errors import already_exists, invalid, precondition, unimplemented
+from shoal.controlapi.filters import Filters, match_labels, match_prefix
+from shoal.controlapi.names import random_name
+from shoal.controlapi.ports import allocate_endpoint
+from shoal.controlapi.resolve import get_service
+from shoal.controlapi.validate import mode_kind, validate_service_spec
+from shoal.errors import InvalidArgument
+from shoal.ids import new_id
+from shoal.models import Service, ServiceSpec, ServiceStatus, TaskState, UpdateStatus, Version, now_ts
+from shoal.store import MemoryStore
+
+SERVICE_FILTERS = ("id", "label", "mode", "name", "runtime")
+
+
+def create_service(store: MemoryStore, spec: ServiceSpec) -> Service:
+    """Validate, allocate ports and store a new service. Nothing is written if any check fails."""
+    if not spec.Name:
+        # Docker names an anonymous service itself (moby's spec conversion does it).
+        name = random_name()
+        while store.service_by_name(name) is not None:
+            name = random_name()
+        spec = msgspec.structs.replace(spec, Name=name)
+    spec = validate_service_spec(spec)
+    if store.service_by_name(spec.Name) is not None:
+        raise already_exists(f"name conflicts with an existing object: service {spec.Name} already exists")
+    endpoint = allocate_endpoint(store, spec, None)
+    svc = Service(ID=new_id(), Version=Version(), CreatedAt="", UpdatedAt="", Spec=spec, Endpoint=endpoint)
+    with store.tx() as tx:
+        tx.create("service", svc)
+    return svc
+
+
+def update_service(
+    store: MemoryStore, ref: str, version: int, spec: ServiceSpec, rollback: str | None = None
+) -> Service:
+    """Replace a service's spec (the old one becomes PreviousSpec), or swap back with rollback=previous.
+
+    ``version`` must be the service's current ``Version.Index``: a stale writer gets 409.
+    """
+    cur = get_service(store, ref)
+    if rollback == "previous":
+        if cur.PreviousSpec is None:
+            raise precondition(f"service {cur.ID} does not have a previous spec")
+        new_spec, prev_spec = cur.PreviousSpec, cur.Spec
+        status: UpdateStatus | None = UpdateStatus(
+            State="rollback_started", Message="manually requested rollback", StartedAt=now_ts()
+        )
+    elif rollback:
+        raise InvalidArgument(f"unrecognized rollback option {rollback}")
+    else:
+        new_spec = validate_service_spec(spec)
+        if new_spec.Name != cur.Spec.Name:
+            raise unimplemented("renaming services is not supported")
+        if mode_kind(new_spec) != mode_kind(cur.Spec):
+            raise invalid("service mode change is not allowed")
+        prev_spec, status = cur.Spec, None
+    endpoint = allocate_endpoint(store, new_spec, cur)
+    new = msgspec.structs.replace(
+        cur, Spec=new_spec, PreviousSpec=prev_spec, Endpoint=endpoint, UpdateStatus=status
+    )
+    with store.tx() as tx:
+        tx.update("service", new, expected_version=version)
+    return new
+
+
+def remove_service(store: MemoryStore, ref: str) -> None:
+    """Delete a service; the orchestrator then shuts its tasks down (DesiredState=REMOVE)."""
+    svc = get_service(store, ref)
+    with store.tx() as tx:
+        tx.delete("service", svc.ID)
+
+
+def service_status(store: MemoryStore, svc: Service) -> ServiceStatus:
+    """Running/desired/completed counts from the service's own tasks (an index look-up, no scan)."""
+    running = completed = desired_running = 0
+    for t in store.tasks_of_service(svc.ID):
+        state = t.Status.State
+        if state is TaskState.RUNNING and t.DesiredState in (TaskState.RUNNING, TaskState.COMPLETE):
+            running += 1
+        elif state is TaskState.COMPLETE:
+            completed += 1
+        if t.DesiredState is TaskState.RUNNING:
+            desired_running += 1
+    mode = svc.Spec.Mode
+    if mode is not None and mode.Replicated is not None:
+        desired = mode.Replicated.Replicas or 0
+    elif mode is not None and mode.ReplicatedJob is not None:
+        total = mode.ReplicatedJob.TotalCompletions or 0
+        desired = min(mode.ReplicatedJob.MaxConcurrent or 0, max(total - completed, 0))
+    else:
+        # Global services (and jobs): one task per eligible node, and the orchestrator keeps exactly
+        # those tasks' desired state at running.
+        desired = desired_running
+    return ServiceStatus(RunningTasks=running, DesiredTasks=desired, CompletedTasks=completed)
+
+
+def list_services(store: MemoryStore, filters: Filters | None = None, status: bool = False) -> list[Service]:
+    """Services matching Docker's filters (id and name are prefixes); with ``status``, counts too."""
+    filters = filters or {}
+    names = filters.get("name")
+    ids, labels, modes = filters.get("id"), filters.get("label"), filters.get("mode")
+    runtimes = filters.get("runtime")
+    out: list[Service] = []
+    for s in store.list("service"):
+        if ids and not match_prefix(s.ID, ids):
+            continue
+        if names and not match_prefix(s.Spec.Name, names):
+            continue
+        if labels and not match_labels(s.Spec.Labels, labels):
+            continue
+        if modes and mode_kind(s.Spec) not in modes:
+            continue
+        if runtimes and (s.Spec.TaskTemplate.Runtime or "container") not in runtimes:
+            continue
+        out.append(msgspec.structs.replace(s, ServiceStatus=service_status(store, s)) if status else s)
+    return out

@@ -1,0 +1,191 @@
+"""Validation and normalisation of service specs, with swarmkit's rules and wording.
+
+Everything here is pure: it inspects a decoded :class:`ServiceSpec` and returns a normalised copy
+(defaults Docker shows explicitly, such as ``Mode``) or raises before anything is written.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from shoal.controlapi.errors import invalid
+from shoal.errors import InvalidArgument
+from shoal.models import (
+    ContainerSpec,
+    EndpointSpec,
+    ReplicatedJob,
+    ReplicatedService,
+    ResourceRequirements,
+    ServiceMode,
+    ServiceSpec,
+    TaskSpec,
+    UpdateConfig,
+)
+
+_NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-_.]*[a-zA-Z0-9])?$")
+
+# An image reference as the distribution grammar defines it: [domain[:port]/]path[:tag][@digest].
+_HOST_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*(?::[0-9]+)?"
+_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_RE = re.compile(
+    rf"^(?:{_DOMAIN}/)?{_PATH}(?:/{_PATH})*(?::[\w][\w.-]{{0,127}})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+
+_CONSTRAINT_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9\-_.]+$")
+_CONSTRAINT_VALUE_RE = re.compile(r"^[a-zA-Z0-9:\-_\s.*()?+\[\]\\^$|/]+$")
+CONSTRAINT_KEYS = frozenset(
+    {"node.id", "node.hostname", "node.ip", "node.role", "node.platform.os", "node.platform.arch"}
+)
+CONSTRAINT_LABEL_PREFIXES = ("node.labels.", "engine.labels.")
+
+_MIN_NANO_CPUS = 1_000_000
+_MIN_MEMORY = 4 * 1024 * 1024
+_MIN_DURATION = 1_000_000  # 1 ms, swarmkit's minimum for health-check durations
+
+
+def mode_kind(spec: ServiceSpec) -> str:
+    """``replicated``, ``global``, ``replicated-job`` or ``global-job`` (the spec is normalised)."""
+    m = spec.Mode
+    if m is None or m.Replicated is not None:
+        return "replicated"
+    if m.Global is not None:
+        return "global"
+    if m.ReplicatedJob is not None:
+        return "replicated-job"
+    return "global-job"
+
+
+def parse_constraint(expr: str) -> tuple[str, str, str]:
+    """Split ``key==value`` / ``key!=value`` into (key, operator, value), checking the key is known."""
+    for op in ("==", "!="):
+        if op in expr:
+            key, value = (p.strip() for p in expr.split(op, 1))
+            if not _CONSTRAINT_KEY_RE.match(key):
+                raise invalid(f"key '{key}' is invalid")
+            if not _CONSTRAINT_VALUE_RE.match(value):
+                raise invalid(f"value '{value}' is invalid")
+            low = key.lower()
+            known = low in CONSTRAINT_KEYS or any(
+                low.startswith(p) and len(low) > len(p) for p in CONSTRAINT_LABEL_PREFIXES
+            )
+            if not known:
+                raise invalid(f"constraint key '{key}' is not supported")
+            return key, op, value
+    raise invalid("constraint expected one operator from ==, !=")
+
+
+def _check_name(name: str) -> None:
+    if not _NAME_RE.match(name):
+        raise invalid("name must be valid as a DNS name component")
+    if len(name) > 63:
+        raise invalid("name must be 63 characters or fewer")
+
+
+def _check_resources(res: ResourceRequirements | None) -> None:
+    if res is None:
+        return
+    for part in (res.Limits, res.Reservations):
+        if part is None:
+            continue
+        if part.NanoCPUs and part.NanoCPUs < _MIN_NANO_CPUS:
+            raise invalid(f"invalid cpu value {part.NanoCPUs / 1e9:g}: Must be at least 0.001")
+        if part.MemoryBytes and part.MemoryBytes < _MIN_MEMORY:
+            raise invalid(f"invalid memory value {part.MemoryBytes}: Must be at least 4MiB")
+
+
+def _check_container(cs: ContainerSpec) -> None:
+    if not cs.Image:
+        raise invalid("ContainerSpec: image reference must be provided")
+    if not _IMAGE_RE.match(cs.Image):
+        raise invalid(f'ContainerSpec: "{cs.Image}" is not a valid repository/tag')
+    seen: set[str] = set()
+    for m in cs.Mounts or ():
+        if m.Type not in ("bind", "volume", "tmpfs", "npipe", "cluster"):
+            raise invalid(f"ContainerSpec: invalid mount type: {m.Type}")
+        if not m.Target.startswith("/"):
+            raise invalid(f"ContainerSpec: invalid mount target, must be an absolute path: {m.Target}")
+        if m.Target in seen:
+            raise invalid(f"ContainerSpec: duplicate mount point: {m.Target}")
+        if m.Type == "bind" and not m.Source.startswith("/"):
+            raise invalid(f"ContainerSpec: invalid bind mount source, must be an absolute path: {m.Source}")
+        seen.add(m.Target)
+    hc = cs.Healthcheck
+    if hc is not None:
+        for label, value in (("Interval", hc.Interval), ("Timeout", hc.Timeout), ("StartPeriod", hc.StartPeriod)):
+            if value and value < _MIN_DURATION:
+                raise invalid(f"ContainerSpec: {label} in HealthConfig cannot be less than 1ms")
+
+
+def _check_task(ts: TaskSpec) -> None:
+    _check_resources(ts.Resources)
+    if ts.Placement is not None:
+        for expr in ts.Placement.Constraints or ():
+            parse_constraint(expr)
+    if ts.PluginSpec is not None or ts.NetworkAttachmentSpec is not None:
+        raise invalid("RuntimeSpec: unimplemented runtime in service spec")
+    if ts.ContainerSpec is None:
+        raise invalid("TaskSpec: missing runtime")
+    _check_container(ts.ContainerSpec)
+
+
+def _check_update_config(uc: UpdateConfig | None) -> None:
+    if uc is None:
+        return
+    if uc.FailureAction not in ("", "pause", "continue", "rollback"):
+        raise InvalidArgument(f"unrecognized update failure action {uc.FailureAction}")
+    if uc.Order not in ("", "stop-first", "start-first"):
+        raise InvalidArgument(f"unrecognized update order {uc.Order}")
+
+
+def _check_endpoint(ep: EndpointSpec | None) -> None:
+    if ep is None:
+        return
+    if ep.Mode not in ("", "vip", "dnsrr"):
+        raise InvalidArgument(f'invalid resolution mode: "{ep.Mode}"')
+    seen: set[tuple[int, str]] = set()
+    for p in ep.Ports or ():
+        if p.Protocol not in ("tcp", "udp", "sctp"):
+            raise invalid(f"EndpointSpec: invalid protocol '{p.Protocol}': must be tcp, udp or sctp")
+        if p.PublishMode not in ("ingress", "host"):
+            raise invalid(f"EndpointSpec: invalid publish mode '{p.PublishMode}': must be ingress or host")
+        if p.TargetPort == 0:
+            raise invalid("EndpointSpec: TargetPort must be provided")
+        if ep.Mode == "dnsrr" and p.PublishMode == "ingress":
+            raise invalid("EndpointSpec: port published with ingress mode can't be used with dnsrr mode")
+        if p.PublishedPort == 0:
+            continue
+        if (p.PublishedPort, p.Protocol) in seen:
+            raise invalid("EndpointSpec: duplicate published ports provided")
+        seen.add((p.PublishedPort, p.Protocol))
+
+
+def _normalise_mode(mode: ServiceMode | None) -> ServiceMode:
+    if mode is None:
+        return ServiceMode(Replicated=ReplicatedService(Replicas=1))
+    count = sum(m is not None for m in (mode.Replicated, mode.Global, mode.ReplicatedJob, mode.GlobalJob))
+    if count > 1:
+        raise InvalidArgument("must specify only one service mode")
+    if count == 0:
+        return ServiceMode(Replicated=ReplicatedService(Replicas=1))
+    if mode.Replicated is not None and mode.Replicated.Replicas is None:
+        return ServiceMode(Replicated=ReplicatedService(Replicas=1))
+    if mode.ReplicatedJob is not None:
+        mc = 1 if mode.ReplicatedJob.MaxConcurrent is None else mode.ReplicatedJob.MaxConcurrent
+        tc = mc if mode.ReplicatedJob.TotalCompletions is None else mode.ReplicatedJob.TotalCompletions
+        return ServiceMode(ReplicatedJob=ReplicatedJob(MaxConcurrent=mc, TotalCompletions=tc))
+    return mode
+
+
+def validate_service_spec(spec: ServiceSpec) -> ServiceSpec:
+    """Check a spec as swarmkit (and moby's conversion) would; return it with ``Mode`` made explicit."""
+    _check_name(spec.Name)
+    _check_task(spec.TaskTemplate)
+    _check_update_config(spec.UpdateConfig)
+    _check_update_config(spec.RollbackConfig)
+    _check_endpoint(spec.EndpointSpec)
+    mode = _normalise_mode(spec.Mode)
+    return spec if mode is spec.Mode else msgspec.structs.replace(spec, Mode=mode)

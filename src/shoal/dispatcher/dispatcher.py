@@ -1,0 +1,367 @@
+"""The dispatcher: the manager's end of every agent session.
+
+Modelled on swarmkit's ``manager/dispatcher``. A node registers and gets a session; it heartbeats to
+keep it; it reads one stream of assignments (its whole task set, then deltas); it reports task status
+in batches. The dispatcher turns missed heartbeats into ``node down``, and status reports into store
+writes that never move a task backwards.
+
+Scale shapes the code: one store watcher for all sessions, fanned out by node ID (never every event
+to every session), and status reports from all nodes coalesced into few transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import msgspec
+
+from shoal.dispatcher.merge import merge_streams
+from shoal.dispatcher.protocol import (
+    Assignments,
+    LogMessage,
+    LogOptions,
+    LogSource,
+    SessionInfo,
+    TaskStatusUpdate,
+)
+from shoal.errors import NotFound, Unavailable
+from shoal.ids import new_id
+from shoal.models import (
+    SECOND,
+    Node,
+    NodeDescription,
+    NodeState,
+    NodeStatus,
+    Task,
+    TaskState,
+    TaskStatus,
+    now_ts,
+)
+from shoal.store import Action, Event, MemoryStore, Tx, Watcher
+
+log = logging.getLogger(__name__)
+
+GRACE_MULTIPLIER = 3  # a node is down after this many missed heartbeat periods (swarmkit's default)
+MAX_STATUS_BATCH = 10_000  # status updates per transaction; bounds one commit's size at startup
+_ASSIGNED = TaskState.ASSIGNED.order
+
+
+class SessionInvalid(Unavailable):
+    """The session ended (heartbeat missed, node re-registered, dispatcher stopped): register again."""
+
+    def __init__(self, message: str = "session invalid") -> None:
+        super().__init__(message)
+
+
+@dataclass(eq=False)
+class _Session:
+    id: str
+    node_id: str
+    deadline: float
+    closed: bool = False
+    streams: set[_Stream] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One assignments stream: the events for its node, and a wake-up for its reader."""
+
+    session: _Session
+    since: int  # store revision of the full set; older events are already in it
+    events: list[Event] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _visible(task: Task | None, node_id: str) -> bool:
+    """Whether the node's agent is told about this task (swarmkit: state >= assigned)."""
+    return task is not None and task.NodeID == node_id and task.Status.State.order >= _ASSIGNED
+
+
+def _same_status(a: TaskStatus, b: TaskStatus) -> bool:
+    return (
+        a.State == b.State
+        and a.Message == b.Message
+        and a.Err == b.Err
+        and a.ContainerStatus == b.ContainerStatus
+        and a.PortStatus == b.PortStatus
+    )
+
+
+class Dispatcher:
+    """Agent sessions on the manager; the server side of :class:`DispatcherClient`."""
+
+    def __init__(
+        self,
+        store: MemoryStore,
+        heartbeat_period_s: float = 5.0,
+        status_batch_interval_s: float = 0.005,
+    ) -> None:
+        self.store = store
+        self._default_period = heartbeat_period_s
+        # Long enough to gather reports that arrive together from many nodes, short enough not to show.
+        self._batch_interval = status_batch_interval_s
+        self._sessions: dict[str, _Session] = {}
+        self._node_sessions: dict[str, _Session] = {}
+        # Nodes the store says are up but that have not registered with this dispatcher (a manager
+        # restart): they get one grace period to come back before they are marked down.
+        self._unknown: dict[str, float] = {}
+        self._log_sources: dict[str, LogSource] = {}
+        self._pending: dict[str, tuple[str, TaskStatus]] = {}
+        self._flush_task: asyncio.Task[None] | None = None
+        self._flushed: asyncio.Future[None] | None = None
+        # Created here, not in run(), so a session opened before run() starts misses nothing.
+        self._watcher: Watcher | None = store.watch("task")
+        self._stopped = False  # run() ended: no new sessions (nothing would feed their streams)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def heartbeat_period(self) -> float:
+        """The cluster's configured period (``docker swarm update --dispatcher-heartbeat``) or ours."""
+        cluster = self.store.cluster()
+        if cluster is not None and cluster.Spec.Dispatcher is not None and cluster.Spec.Dispatcher.HeartbeatPeriod:
+            return cluster.Spec.Dispatcher.HeartbeatPeriod / SECOND
+        return self._default_period
+
+    async def run(self) -> None:
+        """Fan task events out to sessions and expire sessions whose heartbeats stopped."""
+        if self._watcher is None:
+            # A second run() (the manager restarted the component): events in between were lost,
+            # so every agent starts over with a full set.
+            self._watcher = self.store.watch("task")
+            self._close_all_sessions()
+        self._stopped = False
+        grace = self.heartbeat_period() * GRACE_MULTIPLIER
+        now = time.monotonic()
+        for node in self.store.list("node"):
+            if node.Status.State == NodeState.READY and node.ID not in self._node_sessions:
+                self._unknown[node.ID] = now + grace
+        fanout = asyncio.create_task(self._fanout(self._watcher))
+        try:
+            while True:
+                await asyncio.sleep(min(self.heartbeat_period() / 2, 1.0))
+                if fanout.done():
+                    fanout.result()  # it died: crash, so the manager restarts us
+                self._expire(time.monotonic())
+        finally:
+            fanout.cancel()
+            self._watcher.close()
+            self._watcher = None
+            self._stopped = True
+            self._close_all_sessions()
+
+    def _close_all_sessions(self) -> None:
+        for sess in list(self._sessions.values()):
+            self._close(sess)
+
+    def _expire(self, now: float) -> None:
+        down: list[tuple[str, str]] = []
+        for sess in list(self._sessions.values()):
+            if sess.deadline < now:
+                self._close(sess)
+                down.append((sess.node_id, "heartbeat failure"))
+        for node_id, deadline in list(self._unknown.items()):
+            if deadline < now:
+                del self._unknown[node_id]
+                down.append((node_id, 'heartbeat failure for node in "unknown" state'))
+        if not down:
+            return
+        with self.store.tx() as tx:
+            for node_id, message in down:
+                node: Node | None = tx.get("node", node_id)
+                if node is None or node.Status.State == NodeState.DOWN:
+                    continue
+                log.info("node %s is down: %s", node_id, message)
+                status = msgspec.structs.replace(node.Status, State=NodeState.DOWN, Message=message)
+                tx.update("node", msgspec.structs.replace(node, Status=status))
+
+    def _close(self, sess: _Session) -> None:
+        sess.closed = True
+        self._sessions.pop(sess.id, None)
+        if self._node_sessions.get(sess.node_id) is sess:
+            del self._node_sessions[sess.node_id]
+        for stream in sess.streams:
+            stream.wake.set()
+
+    def _session(self, session_id: str) -> _Session:
+        sess = self._sessions.get(session_id)
+        if sess is None:
+            raise SessionInvalid()
+        return sess
+
+    # ------------------------------------------------------------------ register / heartbeat
+
+    async def register(self, node_id: str | None, description: NodeDescription, addr: str) -> SessionInfo:
+        """Open a session for a known node; its previous session (if any) ends."""
+        if self._stopped:
+            raise Unavailable("dispatcher is stopped")
+        period = self.heartbeat_period()
+        with self.store.tx() as tx:
+            node = self._node_for_register(tx, node_id)
+            status = NodeStatus(State=NodeState.READY, Message="", Addr=addr or node.Status.Addr)
+            tx.update("node", msgspec.structs.replace(node, Description=description, Status=status))
+        old = self._node_sessions.get(node.ID)
+        if old is not None:
+            self._close(old)
+        self._unknown.pop(node.ID, None)
+        sess = _Session(new_id(), node.ID, time.monotonic() + period * GRACE_MULTIPLIER)
+        self._sessions[sess.id] = sess
+        self._node_sessions[node.ID] = sess
+        log.debug("node %s registered (session %s)", node.ID, sess.id)
+        return SessionInfo(node_id=node.ID, session_id=sess.id, heartbeat_period_s=period)
+
+    def _node_for_register(self, tx: Tx, node_id: str | None) -> Node:
+        """The node a registering agent is. Joining a new host (``create_node`` with a join token
+        and a certificate) plugs in here; for now only nodes already in the store may register."""
+        node = tx.get("node", node_id) if node_id else None
+        if node is None:
+            raise NotFound(f"node {node_id or '(none)'} not found")
+        return node
+
+    async def heartbeat(self, session_id: str) -> float:
+        sess = self._session(session_id)
+        if self.store.get("node", sess.node_id) is None:  # removed with `docker node rm --force`
+            self._close(sess)
+            raise SessionInvalid("node removed")
+        period = self.heartbeat_period()
+        sess.deadline = time.monotonic() + period * GRACE_MULTIPLIER
+        return period
+
+    # ------------------------------------------------------------------ assignments
+
+    async def _fanout(self, watcher: Watcher) -> None:
+        """Route each task event to the streams of the node(s) it concerns: O(events), not O(nodes)."""
+        async for batch in watcher:
+            events = batch + watcher.drain()
+            touched: set[_Stream] = set()
+            for e in events:
+                nodes = {e.obj.NodeID if e.obj is not None else "", e.old.NodeID if e.old is not None else ""}
+                for node_id in nodes:
+                    sess = self._node_sessions.get(node_id) if node_id else None
+                    if sess is None:
+                        continue
+                    for stream in sess.streams:
+                        if e.revision > stream.since:
+                            stream.events.append(e)
+                            touched.add(stream)
+            for stream in touched:
+                stream.wake.set()
+
+    async def assignments(self, session_id: str) -> AsyncIterator[Assignments]:
+        """The node's tasks: the full set first, then only what changed (coalesced)."""
+        sess = self._session(session_id)
+        node_id = sess.node_id
+        stream = _Stream(sess, since=self.store.revision)
+        tasks = [t for t in self.store.tasks_on_node(node_id) if t.Status.State.order >= _ASSIGNED]
+        sess.streams.add(stream)
+        try:
+            yield Assignments(full=True, tasks=tasks)
+            while True:
+                await stream.wake.wait()
+                stream.wake.clear()
+                if sess.closed:
+                    raise SessionInvalid()
+                events, stream.events = stream.events, []
+                delta = self._delta(node_id, events)
+                if delta is not None:
+                    yield delta
+        finally:
+            sess.streams.discard(stream)
+
+    @staticmethod
+    def _delta(node_id: str, events: list[Event]) -> Assignments | None:
+        """What the agent must hear about: new assignments, DesiredState or Spec changes, deletions.
+        Status writes (mostly the agent's own reports) are not echoed back."""
+        changed: dict[str, Task] = {}
+        removed: dict[str, None] = {}
+        for e in events:
+            old: Task | None = e.old
+            new: Task | None = None if e.action is Action.DELETE else e.obj
+            was, now = _visible(old, node_id), _visible(new, node_id)
+            if now:
+                assert new is not None
+                relevant = (
+                    not was
+                    or old is None
+                    or old.DesiredState != new.DesiredState
+                    or (old.Spec is not new.Spec and old.Spec != new.Spec)
+                )
+                if relevant or new.ID in changed:
+                    changed[new.ID] = new  # a later version of a task already going out replaces it
+                    removed.pop(new.ID, None)
+            elif was:
+                assert old is not None
+                changed.pop(old.ID, None)
+                removed[old.ID] = None
+        if not changed and not removed:
+            return None
+        return Assignments(full=False, tasks=list(changed.values()), removed=list(removed))
+
+    # ------------------------------------------------------------------ task status
+
+    async def update_task_status(self, session_id: str, updates: list[TaskStatusUpdate]) -> None:
+        """Queue the updates and return once the transaction holding them committed. Calls that
+        arrive within one short interval share that transaction."""
+        sess = self._session(session_id)
+        for u in updates:
+            prev = self._pending.get(u.task_id)
+            if prev is not None and prev[1].State.order > u.status.State.order:
+                continue
+            self._pending[u.task_id] = (sess.node_id, u.status)
+        if self._flushed is None:
+            self._flushed = asyncio.get_running_loop().create_future()
+            self._flush_task = asyncio.create_task(self._flush_soon())
+        await asyncio.shield(self._flushed)
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(self._batch_interval)
+        pending, self._pending = self._pending, {}
+        done, self._flushed = self._flushed, None
+        self._flush_task = None
+        assert done is not None
+        try:
+            items = list(pending.items())
+            for i in range(0, len(items), MAX_STATUS_BATCH):
+                self._apply_statuses(items[i : i + MAX_STATUS_BATCH])
+        except Exception as exc:  # the callers get the error
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+
+    def _apply_statuses(self, items: list[tuple[str, tuple[str, TaskStatus]]]) -> None:
+        with self.store.tx() as tx:
+            for task_id, (node_id, status) in items:
+                task: Task | None = tx.get("task", task_id)
+                if task is None or task.NodeID != node_id:
+                    continue  # deleted, or not this node's to report on
+                cur = task.Status
+                if status.State.order < cur.State.order or _same_status(cur, status):
+                    continue  # never backwards; nothing new
+                if not status.Timestamp:
+                    status = msgspec.structs.replace(status, Timestamp=now_ts())
+                tx.update("task", msgspec.structs.replace(task, Status=status))
+
+    # ------------------------------------------------------------------ logs
+
+    def register_log_source(self, node_id: str, source: LogSource) -> None:
+        """Where to ask for the logs of tasks on ``node_id`` (an agent, in-process or remote)."""
+        self._log_sources[node_id] = source
+
+    def unregister_log_source(self, node_id: str) -> None:
+        self._log_sources.pop(node_id, None)
+
+    async def logs(self, tasks: list[Task], options: LogOptions) -> AsyncIterator[LogMessage]:
+        """The log lines of ``tasks``, merged from the nodes they run on. Tasks on nodes without a
+        log source are skipped (their node is gone)."""
+        by_node: dict[str, list[Task]] = {}
+        for t in tasks:
+            if t.NodeID:
+                by_node.setdefault(t.NodeID, []).append(t)
+        streams = [
+            self._log_sources[nid].task_logs(ts, options) for nid, ts in by_node.items() if nid in self._log_sources
+        ]
+        async for msg in merge_streams(streams):
+            yield msg

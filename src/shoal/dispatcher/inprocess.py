@@ -1,0 +1,33 @@
+"""The in-process transport: an agent in the manager's own process calls the dispatcher directly.
+
+The single-host daemon uses it. Messages stay the protocol's structs, so swapping this for the gRPC
+transport changes nothing on either side. Objects are shared, not copied: both ends already treat
+stored objects as immutable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from shoal.dispatcher.dispatcher import Dispatcher
+from shoal.dispatcher.protocol import Assignments, SessionInfo, TaskStatusUpdate
+from shoal.models import NodeDescription
+
+
+class InProcessClient:
+    """A :class:`~shoal.dispatcher.protocol.DispatcherClient` bound to a local :class:`Dispatcher`."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    async def register(self, node_id: str | None, description: NodeDescription, addr: str) -> SessionInfo:
+        return await self.dispatcher.register(node_id, description, addr)
+
+    async def heartbeat(self, session_id: str) -> float:
+        return await self.dispatcher.heartbeat(session_id)
+
+    def assignments(self, session_id: str) -> AsyncIterator[Assignments]:
+        return self.dispatcher.assignments(session_id)
+
+    async def update_task_status(self, session_id: str, updates: list[TaskStatusUpdate]) -> None:
+        await self.dispatcher.update_task_status(session_id, updates)

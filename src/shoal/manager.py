@@ -1,0 +1,246 @@
+"""The manager: the store plus the reconcilers that run while this host is in a swarm.
+
+It owns swarm membership (``init`` and ``leave``) and the lifetime of every leader component
+(dispatcher, orchestrators, scheduler, reaper). Components do not know each other; the manager
+only starts them, as asyncio tasks over one store, and cancels them on leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from shoal.ca.rootca import create_root_ca
+from shoal.ca.tokens import generate_join_token
+from shoal.dispatcher.dispatcher import Dispatcher
+from shoal.dispatcher.protocol import LogMessage, LogOptions
+from shoal.errors import NotInSwarm, Unavailable
+from shoal.ids import new_id
+from shoal.models import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_TASK_HISTORY,
+    SECOND,
+    CAConfig,
+    Cluster,
+    DispatcherConfig,
+    InitRequest,
+    JoinTokens,
+    ManagerStatus,
+    Node,
+    NodeAvailability,
+    NodeDescription,
+    NodeRole,
+    NodeSpec,
+    NodeState,
+    NodeStatus,
+    OrchestrationConfig,
+    RaftConfig,
+    SwarmSpec,
+    Task,
+    TLSInfo,
+    Version,
+)
+from shoal.orchestrator.global_ import GlobalOrchestrator
+from shoal.orchestrator.reaper import TaskReaper
+from shoal.orchestrator.replicated import ReplicatedOrchestrator
+from shoal.scheduler.scheduler import Scheduler
+from shoal.store import Backend, MemoryStore, SqliteBackend
+
+log = logging.getLogger(__name__)
+
+ALREADY_IN_SWARM = (
+    'This node is already part of a swarm. Use "docker swarm leave" to leave this swarm and join another one.'
+)
+LAST_MANAGER = (
+    "You are attempting to leave the swarm on a node that is participating as a manager. Removing the "
+    "last manager erases all current state of the swarm. Use `--force` to ignore this message."
+)
+SWARM_PORT = 2377
+
+Hook = Callable[[str], Awaitable[None]]
+
+
+def default_addr() -> str:
+    """This host's address as others would reach it; loopback when it has no other."""
+    with contextlib.suppress(OSError):
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            addr = str(info[4][0])
+            if not addr.startswith("127."):
+                return addr
+    return "127.0.0.1"
+
+
+class Manager:
+    """Swarm membership, the store, and the leader's reconcilers for one host."""
+
+    def __init__(
+        self,
+        data_root: str | Path,
+        engine_info: dict[str, Any] | None = None,
+        advertise_addr: str | None = None,
+        backend: Backend | None = None,
+        heartbeat_s: float = DEFAULT_HEARTBEAT / SECOND,
+    ) -> None:
+        self.data_root = Path(data_root)
+        self.data_root.mkdir(parents=True, exist_ok=True)
+        self.store = MemoryStore(backend or SqliteBackend(self.data_root / "state.db"))
+        self.engine_info: dict[str, Any] = engine_info or {}
+        self.addr = advertise_addr or default_addr()
+        self.heartbeat_s = heartbeat_s
+        self.dispatcher: Dispatcher | None = None
+        self.on_join: Hook | None = None  # the daemon starts its local agent here
+        self.on_leave: Hook | None = None  # ... and stops it (removing its containers) here
+        self._tasks: list[asyncio.Task[None]] = []
+        self._state_file = self.data_root / "node.json"
+        self.node_id: str | None = self._load_node_id()
+
+    # ------------------------------------------------------------------ membership
+
+    @property
+    def in_swarm(self) -> bool:
+        return self.store.cluster() is not None and self.node_id is not None
+
+    def require_swarm(self) -> None:
+        if not self.in_swarm:
+            raise NotInSwarm()
+
+    async def start(self) -> None:
+        """Resume after a restart: a daemon that was in a swarm comes back in it."""
+        if self.in_swarm:
+            self._start_components()
+            assert self.node_id is not None
+            if self.on_join:
+                await self.on_join(self.node_id)
+
+    async def init_swarm(self, req: InitRequest) -> str:
+        if self.in_swarm:
+            raise Unavailable(ALREADY_IN_SWARM)
+        if req.AdvertiseAddr:
+            self.addr = req.AdvertiseAddr.rsplit(":", 1)[0] if req.AdvertiseAddr.count(":") == 1 else req.AdvertiseAddr
+        cluster_id, node_id = new_id(), new_id()
+        ca_cert, ca_key = create_root_ca(cluster_id)
+        (self.data_root / "ca.key").write_text(ca_key)
+        (self.data_root / "ca.key").chmod(0o600)
+        spec = req.Spec or SwarmSpec()
+        spec.Name = "default"
+        spec.Orchestration = spec.Orchestration or OrchestrationConfig()
+        if spec.Orchestration.TaskHistoryRetentionLimit is None:
+            spec.Orchestration.TaskHistoryRetentionLimit = DEFAULT_TASK_HISTORY
+        spec.Raft = spec.Raft or RaftConfig(SnapshotInterval=10000, KeepOldSnapshots=0,
+                                            LogEntriesForSlowFollowers=500, ElectionTick=10, HeartbeatTick=1)
+        spec.Dispatcher = spec.Dispatcher or DispatcherConfig(HeartbeatPeriod=int(self.heartbeat_s * SECOND))
+        spec.CAConfig = spec.CAConfig or CAConfig(NodeCertExpiry=90 * 24 * 3600 * SECOND)
+        cluster = Cluster(
+            ID=cluster_id, Version=Version(), CreatedAt="", UpdatedAt="", Spec=spec,
+            TLSInfo=TLSInfo(TrustRoot=ca_cert),
+            DefaultAddrPool=req.DefaultAddrPool or ["10.0.0.0/8"],
+            SubnetSize=req.SubnetSize or 24, DataPathPort=req.DataPathPort or 4789,
+            JoinTokens=JoinTokens(Worker=generate_join_token(ca_cert), Manager=generate_join_token(ca_cert)),
+        )
+        availability = NodeAvailability(req.Availability) if req.Availability else NodeAvailability.ACTIVE
+        node = Node(
+            ID=node_id, Version=Version(), CreatedAt="", UpdatedAt="",
+            Spec=NodeSpec(Role=NodeRole.MANAGER, Availability=availability),
+            Description=self._describe(),
+            Status=NodeStatus(State=NodeState.READY, Addr=self.addr),
+            ManagerStatus=ManagerStatus(Leader=True, Reachability="reachable", Addr=f"{self.addr}:{SWARM_PORT}"),
+        )
+        with self.store.tx() as tx:
+            tx.create("cluster", cluster)
+            tx.create("node", node)
+        self._save_node_id(node_id)
+        self._start_components()
+        if self.on_join:
+            await self.on_join(node_id)
+        log.info("swarm initialised: cluster %s, node %s", cluster_id, node_id)
+        return node_id
+
+    async def leave(self, force: bool) -> None:
+        if not self.in_swarm:
+            raise Unavailable("This node is not part of a swarm")
+        managers = [n for n in self.store.list("node") if n.Spec.Role == NodeRole.MANAGER]
+        if not force and len(managers) <= 1:
+            raise Unavailable(LAST_MANAGER)
+        node_id = self.node_id
+        await self.stop()
+        if self.on_leave and node_id:
+            await self.on_leave(node_id)
+        self.store.wipe()
+        self._save_node_id(None)
+        log.info("left the swarm")
+
+    async def stop(self) -> None:
+        """Cancel every component (daemon shutdown or leave); running containers are left alone."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        self.dispatcher = None
+
+    # ------------------------------------------------------------------ used by the API
+
+    def logs(self, tasks: list[Task], options: LogOptions) -> AsyncIterator[LogMessage]:
+        if self.dispatcher is None:
+            raise NotInSwarm()
+        return self.dispatcher.logs(tasks, options)
+
+    # ------------------------------------------------------------------ internals
+
+    def _start_components(self) -> None:
+        self.dispatcher = Dispatcher(self.store, heartbeat_period_s=self.heartbeat_s)
+        components = [
+            self.dispatcher,
+            ReplicatedOrchestrator(self.store),
+            GlobalOrchestrator(self.store),
+            Scheduler(self.store),
+            TaskReaper(self.store),
+        ]
+        for c in components:
+            self._tasks.append(asyncio.create_task(self._supervise(c), name=type(c).__name__))
+
+    @staticmethod
+    async def _supervise(component: Any) -> None:
+        """Run a component; if it crashes, log it and start it again rather than lose the loop."""
+        while True:
+            try:
+                await component.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s crashed; restarting it in 1 s", type(component).__name__)
+                await asyncio.sleep(1)
+
+    def _describe(self) -> NodeDescription:
+        """A first description from the engine's info; the agent's registration refreshes it."""
+        from shoal.models import EngineDescription, Platform, Resources
+
+        info = self.engine_info
+        labels = dict(lbl.split("=", 1) for lbl in info.get("Labels") or [] if "=" in lbl)
+        return NodeDescription(
+            Hostname=info.get("Name") or socket.gethostname(),
+            Platform=Platform(Architecture=info.get("Architecture", ""), OS=info.get("OSType", "linux")),
+            Resources=Resources(NanoCPUs=int(info.get("NCPU", 0)) * SECOND, MemoryBytes=int(info.get("MemTotal", 0))),
+            Engine=EngineDescription(EngineVersion=info.get("ServerVersion", ""), Labels=labels or None),
+        )
+
+    def _load_node_id(self) -> str | None:
+        try:
+            return json.loads(self._state_file.read_text()).get("node_id")
+        except (OSError, ValueError):
+            return None
+
+    def _save_node_id(self, node_id: str | None) -> None:
+        if node_id is None:
+            self._state_file.unlink(missing_ok=True)
+        else:
+            self._state_file.write_text(json.dumps({"node_id": node_id}))
+        self.node_id = node_id

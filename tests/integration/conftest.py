@@ -1,0 +1,45 @@
+"""Fixtures: a real shoal daemon driving the machine's real dockerd."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import docker
+import pytest
+
+from tests.integration.shoal_process import ShoalProcess
+
+
+@pytest.fixture(scope="session")
+def shoal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShoalProcess]:
+    """One daemon for the session, not yet in a swarm."""
+    proc = ShoalProcess(tmp_path_factory.mktemp("shoal"))
+    proc.start()
+    yield proc
+    try:
+        proc.client().swarm.leave(force=True)
+    except docker.errors.APIError:
+        pass
+    proc.stop()
+
+
+@pytest.fixture
+def swarm(shoal: ShoalProcess) -> Iterator[docker.DockerClient]:
+    """A fresh one-node swarm for each test; leaving it removes every task's container."""
+    client = shoal.client()
+    client.swarm.init(advertise_addr="127.0.0.1")
+    yield client
+    client.swarm.leave(force=True)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.2) -> object:
+    """Poll until ``predicate`` returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")

@@ -1,0 +1,75 @@
+"""The machine's real ``docker`` CLI drives a Shoal daemon through the issue's tour."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from tests.integration.conftest import wait_for
+from tests.integration.shoal_process import ShoalProcess
+
+pytestmark = pytest.mark.integration
+
+PORT = 18080
+
+
+def running(shoal: ShoalProcess, service: str) -> int:
+    out = shoal.docker_cli("service", "ps", service, "--filter", "desired-state=running",
+                           "--format", "{{.CurrentState}}").stdout
+    return sum(1 for line in out.splitlines() if line.startswith("Running"))
+
+
+def test_docker_cli_tour(shoal: ShoalProcess) -> None:
+    # Not in a swarm yet: swarm calls fail the way Docker's do.
+    res = shoal.docker_cli("service", "ls", check=False)
+    assert res.returncode != 0 and "not a swarm manager" in res.stderr
+
+    out = shoal.docker_cli("swarm", "init", "--advertise-addr", "127.0.0.1").stdout
+    assert "Swarm initialized" in out and "docker swarm join --token SWMTKN-1-" in out
+    try:
+        version = shoal.docker_cli("version", "--format", "{{.Server.APIVersion}}").stdout.strip()
+        assert version == "1.41"
+        info = shoal.docker_cli("info", "--format", "{{json .Swarm}}").stdout
+        swarm = json.loads(info)
+        assert swarm["LocalNodeState"] == "active" and swarm["ControlAvailable"] is True
+        assert swarm["Nodes"] == 1 and swarm["Managers"] == 1
+
+        nodes = shoal.docker_cli("node", "ls", "--format", "{{.Self}} {{.Status}} {{.Availability}} {{.ManagerStatus}}")
+        assert nodes.stdout.split() == ["true", "Ready", "Active", "Leader"]
+        me = json.loads(shoal.docker_cli("node", "inspect", "self").stdout)[0]
+        assert me["ID"] == swarm["NodeID"] and me["Spec"]["Role"] == "manager"
+
+        shoal.docker_cli("service", "create", "--detach", "--name", "web", "--replicas", "5",
+                         "-p", f"{PORT}:80", "busybox:latest", "httpd", "-f", "-v", "-p", "80", "-h", "/var/www")
+        wait_for(lambda: running(shoal, "web") == 5, timeout=60)
+        ls = shoal.docker_cli("service", "ls", "--format", "{{.Name}} {{.Replicas}} {{.Ports}}").stdout.split()
+        assert ls[:2] == ["web", "5/5"] and f"{PORT}->80/tcp" in ls[2]
+        ps = shoal.docker_cli("service", "ps", "web", "--format", "{{.Name}} {{.Node}} {{.DesiredState}}").stdout
+        names = sorted(line.split()[0] for line in ps.splitlines())
+        assert names == [f"web.{i}" for i in range(1, 6)]
+        spec = json.loads(shoal.docker_cli("service", "inspect", "web").stdout)[0]
+        assert spec["Spec"]["Mode"]["Replicated"]["Replicas"] == 5
+        assert spec["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].startswith("busybox:latest")
+
+        # The published port answers, balanced over the tasks.
+        body = urllib.request.urlopen(f"http://127.0.0.1:{PORT}/", timeout=10).read()
+        assert b"shoal" in body
+
+        # Without --detach the CLI follows progress until converged (it reads _up-to-date tasks).
+        shoal.docker_cli("service", "scale", "web=8", timeout=120)
+        assert running(shoal, "web") == 8
+        shoal.docker_cli("service", "scale", "--detach", "web=2")
+        wait_for(lambda: running(shoal, "web") == 2, timeout=60)
+
+        logs = shoal.docker_cli("service", "logs", "web").stdout
+        # Each line is prefixed by the task and node, as Docker prints it.
+        assert logs == "" or "web." in logs.splitlines()[0]
+
+        shoal.docker_cli("service", "rm", "web")
+        assert shoal.docker_cli("service", "ls", "-q").stdout.strip() == ""
+        res = shoal.docker_cli("service", "inspect", "web", check=False)
+        assert res.returncode != 0 and "no such service" in res.stderr.lower()
+    finally:
+        shoal.docker_cli("swarm", "leave", "--force", check=False)
