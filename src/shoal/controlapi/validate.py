@@ -23,6 +23,7 @@ from shoal.models import (
     TaskSpec,
     UpdateConfig,
 )
+from shoal.scheduler.constraints import parse_constraints
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-_.]*[a-zA-Z0-9])?$")
 
@@ -34,13 +35,6 @@ _IMAGE_RE = re.compile(
     rf"^(?:{_DOMAIN}/)?{_PATH}(?:/{_PATH})*(?::[\w][\w.-]{{0,127}})?"
     r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
 )
-
-_CONSTRAINT_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9\-_.]+$")
-_CONSTRAINT_VALUE_RE = re.compile(r"^[a-zA-Z0-9:\-_\s.*()?+\[\]\\^$|/]+$")
-CONSTRAINT_KEYS = frozenset(
-    {"node.id", "node.hostname", "node.ip", "node.role", "node.platform.os", "node.platform.arch"}
-)
-CONSTRAINT_LABEL_PREFIXES = ("node.labels.", "engine.labels.")
 
 _MIN_NANO_CPUS = 1_000_000
 _MIN_MEMORY = 4 * 1024 * 1024
@@ -59,23 +53,15 @@ def mode_kind(spec: ServiceSpec) -> str:
     return "global-job"
 
 
-def parse_constraint(expr: str) -> tuple[str, str, str]:
-    """Split ``key==value`` / ``key!=value`` into (key, operator, value), checking the key is known."""
-    for op in ("==", "!="):
-        if op in expr:
-            key, value = (p.strip() for p in expr.split(op, 1))
-            if not _CONSTRAINT_KEY_RE.match(key):
-                raise invalid(f"key '{key}' is invalid")
-            if not _CONSTRAINT_VALUE_RE.match(value):
-                raise invalid(f"value '{value}' is invalid")
-            low = key.lower()
-            known = low in CONSTRAINT_KEYS or any(
-                low.startswith(p) and len(low) > len(p) for p in CONSTRAINT_LABEL_PREFIXES
-            )
-            if not known:
-                raise invalid(f"constraint key '{key}' is not supported")
-            return key, op, value
-    raise invalid("constraint expected one operator from ==, !=")
+def check_constraint(expr: str) -> None:
+    """The scheduler's parser decides the syntax; a key it cannot match is refused here, at create
+    time, rather than leaving tasks pending forever (Docker accepts it; Shoal says no early)."""
+    try:
+        (constraint,) = parse_constraints([expr])
+    except InvalidArgument as e:
+        raise invalid(e.message) from None
+    if not constraint.known:
+        raise invalid(f"constraint key '{constraint.key}' is not supported")
 
 
 def _check_name(name: str) -> None:
@@ -124,7 +110,7 @@ def _check_task(ts: TaskSpec) -> None:
     _check_resources(ts.Resources)
     if ts.Placement is not None:
         for expr in ts.Placement.Constraints or ():
-            parse_constraint(expr)
+            check_constraint(expr)
     if ts.PluginSpec is not None or ts.NetworkAttachmentSpec is not None:
         raise invalid("RuntimeSpec: unimplemented runtime in service spec")
     if ts.ContainerSpec is None:

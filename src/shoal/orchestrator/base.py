@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
+from shoal.models import DEFAULT_RESTART_DELAY
+from shoal.orchestrator.restart import RestartSupervisor
+from shoal.orchestrator.update import Updater
 from shoal.store import Event, MemoryStore, Watcher
 
 log = logging.getLogger(__name__)
@@ -83,3 +87,37 @@ class ReconcileLoop:
             fn(*args)
         except Exception:
             log.exception("%s: reconcile pass failed", type(self).__name__)
+
+
+class ServiceOrchestrator(ReconcileLoop):
+    """What the replicated and global orchestrators share: a restart supervisor, an updater, and a
+    set of services poked by their timers, handled on the next pass."""
+
+    kinds = ("service", "task", "node")
+
+    def __init__(
+        self,
+        store: MemoryStore,
+        *,
+        default_restart_delay_ns: int = DEFAULT_RESTART_DELAY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(store)
+        self.restarts = RestartSupervisor(
+            store,
+            schedule=self.call_later,
+            on_ready=self._poke,
+            default_delay_ns=default_restart_delay_ns,
+            clock=clock,
+        )
+        self.updater = Updater(store, schedule=self.call_later, on_due=self._poke, clock=clock)
+        self._poked: set[str] = set()
+
+    def _poke(self, service_id: str) -> None:
+        self._poked.add(service_id)
+        self.wake()
+
+    def stopped(self) -> None:
+        self.restarts.clear()
+        self.updater.clear()
+        self._poked.clear()

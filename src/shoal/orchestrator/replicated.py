@@ -18,12 +18,9 @@ Each pass, per dirty service (one transaction for the whole pass):
 from __future__ import annotations
 
 import heapq
-import time
-from collections.abc import Callable
 
-from shoal.models import DEFAULT_RESTART_DELAY, Service, Task, TaskState, now_ts
-from shoal.orchestrator.base import ReconcileLoop
-from shoal.orchestrator.restart import RestartSupervisor
+from shoal.models import Service, Task, TaskState, now_ts
+from shoal.orchestrator.base import ServiceOrchestrator
 from shoal.orchestrator.task import (
     age_key,
     ended_while_wanted,
@@ -37,43 +34,13 @@ from shoal.orchestrator.task import (
     raise_desired,
     replicas,
 )
-from shoal.orchestrator.update import Updater
-from shoal.store import Action, Event, MemoryStore, Tx
+from shoal.store import Action, Event, Tx
 
 
-class ReplicatedOrchestrator(ReconcileLoop):
+class ReplicatedOrchestrator(ServiceOrchestrator):
     """Creates, replaces and removes the tasks of replicated services."""
 
-    kinds = ("service", "task", "node")
-
-    def __init__(
-        self,
-        store: MemoryStore,
-        *,
-        default_restart_delay_ns: int = DEFAULT_RESTART_DELAY,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(store)
-        self.restarts = RestartSupervisor(
-            store,
-            schedule=self.call_later,
-            on_ready=self._poke,
-            default_delay_ns=default_restart_delay_ns,
-            clock=clock,
-        )
-        self.updater = Updater(store, schedule=self.call_later, on_due=self._poke, clock=clock)
-        self._poked: set[str] = set()
-
     # ------------------------------------------------------------------ loop hooks
-
-    def _poke(self, service_id: str) -> None:
-        self._poked.add(service_id)
-        self.wake()
-
-    def stopped(self) -> None:
-        self.restarts.clear()
-        self.updater.clear()
-        self._poked.clear()
 
     def reconcile_all(self) -> None:
         ts = now_ts()

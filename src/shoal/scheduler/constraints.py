@@ -23,6 +23,9 @@ _VALUE = re.compile(r"[a-z0-9:\-_\s.*()?+\[\]\\^$|/]+", re.IGNORECASE)
 _OPERATORS = ("==", "!=")
 _NODE_LABEL = "node.labels."
 _ENGINE_LABEL = "engine.labels."
+KNOWN_KEYS = frozenset(
+    {"node.id", "node.hostname", "node.ip", "node.role", "node.platform.os", "node.platform.arch"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,14 @@ class Constraint:
     key: str
     equal: bool  # True for ==, False for !=
     value: str
+
+    @property
+    def known(self) -> bool:
+        """Whether the key is one the scheduler can match (the control API rejects the rest)."""
+        key = self.key.lower()
+        return key in KNOWN_KEYS or any(
+            key.startswith(p) and len(key) > len(p) for p in (_NODE_LABEL, _ENGINE_LABEL)
+        )
 
     def _match(self, what: str) -> bool:
         return (self.value.casefold() == what.casefold()) is self.equal
