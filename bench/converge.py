@@ -52,7 +52,7 @@ def converge(client: docker.DockerClient, replicas: int, image: str, timeout: fl
 
 def wait_containers_gone(engine: docker.DockerClient, label: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
-    while engine.containers.list(all=True, filters={"label": label}):
+    while engine.containers.list(all=True, sparse=True, filters={"label": label}):
         if time.monotonic() > deadline:
             raise SystemExit(f"containers labelled {label} still present after {timeout}s")
         time.sleep(0.5)

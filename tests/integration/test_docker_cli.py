@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -63,9 +67,13 @@ def test_docker_cli_tour(shoal: ShoalProcess) -> None:
         shoal.docker_cli("service", "scale", "--detach", "web=2")
         wait_for(lambda: running(shoal, "web") == 2, timeout=60)
 
-        logs = shoal.docker_cli("service", "logs", "web").stdout
-        # Each line is prefixed by the task and node, as Docker prints it.
-        assert logs == "" or "web." in logs.splitlines()[0]
+        shoal.docker_cli("service", "create", "--detach", "--name", "echoer", "busybox:latest",
+                         "sh", "-c", "echo tick; sleep 600")
+        logs = wait_for(lambda: "tick" in (out := shoal.docker_cli("service", "logs", "echoer").stdout) and out)
+        # Each line is prefixed by the task and node, as Docker prints it: echoer.1.<task>@<host>    | tick
+        line = str(logs).splitlines()[0]
+        assert line.startswith("echoer.1.") and "@" in line and line.endswith("| tick")
+        shoal.docker_cli("service", "rm", "echoer")
 
         shoal.docker_cli("service", "rm", "web")
         assert shoal.docker_cli("service", "ls", "-q").stdout.strip() == ""
@@ -73,3 +81,38 @@ def test_docker_cli_tour(shoal: ShoalProcess) -> None:
         assert res.returncode != 0 and "no such service" in res.stderr.lower()
     finally:
         shoal.docker_cli("swarm", "leave", "--force", check=False)
+
+
+def shoal_cli(shoal: ShoalProcess, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run Shoal's own CLI (the console script next to this Python) against the daemon."""
+    exe = str(Path(sys.executable).with_name("shoal"))
+    res = subprocess.run([exe, "-H", shoal.host, *args], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "200"})
+    if check and res.returncode != 0:
+        raise AssertionError(f"shoal {' '.join(args)} failed ({res.returncode}): {res.stderr}")
+    return res
+
+
+def test_shoal_cli_tour(shoal: ShoalProcess) -> None:
+    shoal_cli(shoal, "swarm", "init", "--advertise-addr", "127.0.0.1")
+    try:
+        out = shoal_cli(shoal, "service", "create", "--name", "greet", "--replicas", "2",
+                        "busybox:latest", "sh", "-c", "echo hello from $HOSTNAME; sleep 600").stdout
+        service_id = out.strip().splitlines()[-1]
+        assert len(service_id) == 25
+        ls = shoal_cli(shoal, "service", "ls").stdout
+        assert "greet" in ls and "2/2" in ls
+        ps = shoal_cli(shoal, "service", "ps", "greet").stdout
+        assert "greet.1" in ps and "greet.2" in ps and "Running" in ps
+        nodes = shoal_cli(shoal, "node", "ls").stdout
+        assert "Ready" in nodes and "Active" in nodes and "Leader" in nodes
+        logs = wait_for(lambda: shoal_cli(shoal, "service", "logs", "greet").stdout.count("hello from") == 2 and
+                        shoal_cli(shoal, "service", "logs", "greet").stdout)
+        assert "greet.1." in str(logs) and "@" in str(logs)
+        shoal_cli(shoal, "service", "scale", "greet=3")
+        assert "3/3" in shoal_cli(shoal, "service", "ls").stdout
+        shoal_cli(shoal, "service", "rm", "greet")
+        res = shoal_cli(shoal, "service", "ps", "greet", check=False)
+        assert res.returncode == 1 and res.stderr.count("\n") == 1 and "not found" in res.stderr
+    finally:
+        shoal_cli(shoal, "swarm", "leave", "--force", check=False)
