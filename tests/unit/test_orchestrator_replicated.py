@@ -153,7 +153,10 @@ async def test_down_node_tasks_are_replaced():
             what="tasks moved off the down node",
         )
     assert slots(store, svc.ID) == [1, 2]
-    assert all(t.DesiredState is TaskState.SHUTDOWN for t in store.tasks_on_node(n2.ID))
+    lost = store.tasks_on_node(n2.ID)
+    assert lost and all(t.DesiredState is TaskState.SHUTDOWN for t in lost)
+    # Nothing on a down node can report, so its tasks are orphaned, and can never come back running.
+    assert all(t.Status.State is TaskState.ORPHANED and "node down" in t.Status.Message for t in lost)
 
 
 async def test_restarted_orchestrator_reconciles_without_duplicates():

@@ -26,6 +26,7 @@ from shoal.orchestrator.restart import SlotPart
 from shoal.orchestrator.task import (
     age_key,
     ended_while_wanted,
+    evacuate,
     is_global,
     is_runnable,
     is_terminal,
@@ -150,7 +151,9 @@ class GlobalOrchestrator(ServiceOrchestrator):
             self._drop(tx, sid, nid, tasks, TaskState.REMOVE)
             return
         if node_unusable(node):
-            self._drop(tx, sid, nid, runnable, TaskState.SHUTDOWN)
+            self._drop(tx, sid, nid, [], TaskState.SHUTDOWN)
+            for t in runnable:
+                evacuate(tx, t, node)
             return
         if not node_matches(ctx.constraints, node):
             self._drop(tx, sid, nid, runnable, TaskState.REMOVE)

@@ -24,6 +24,7 @@ from shoal.orchestrator.base import ServiceOrchestrator
 from shoal.orchestrator.task import (
     age_key,
     ended_while_wanted,
+    evacuate,
     is_replicated,
     is_runnable,
     is_running,
@@ -128,8 +129,8 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
                 if is_terminal(t):
                     if not self.restarts.restart(tx, svc, t, slot):
                         done.add(slot)
-                elif t.NodeID and node_unusable(store.get("node", t.NodeID)):
-                    raise_desired(tx, t, TaskState.SHUTDOWN)
+                elif t.NodeID and node_unusable(node := store.get("node", t.NodeID)):
+                    evacuate(tx, t, node)
                     moved = True
                 else:
                     keep.append(t)

@@ -152,6 +152,26 @@ def with_desired(task: Task, state: TaskState) -> Task:
     return msgspec.structs.replace(task, DesiredState=state)
 
 
+def evacuate(tx: Any, task: Task, node: Any | None) -> None:
+    """Move a task off a node that can no longer run it (drained, down, removed).
+
+    On a *down* node nothing can report the task's end, so it is marked ``orphaned`` here, as
+    swarmkit does: its slot is refilled elsewhere, and since a task never moves backwards, a
+    container still running there when the node returns can never report it running again; the
+    agent stops it on seeing the desired state ``shutdown``.
+    """
+    raise_desired(tx, task, TaskState.SHUTDOWN)
+    cur = tx.get("task", task.ID)
+    if cur is None or cur.Status.State.terminal:
+        return
+    if node is None or node.Status.State is NodeState.DOWN:
+        why = "node removed" if node is None else "node down"
+        status = msgspec.structs.replace(
+            cur.Status, State=TaskState.ORPHANED, Message=f"task orphaned: {why}", Timestamp=now_ts()
+        )
+        tx.update("task", msgspec.structs.replace(cur, Status=status))
+
+
 def raise_desired(tx: Any, task: Task, state: TaskState) -> None:
     """Raise a task's desired state within ``tx`` (it never goes backwards), seeing the batch's writes."""
     cur = tx.get("task", task.ID)
