@@ -64,6 +64,10 @@ class Daemon:
         self.agent = Agent(InProcessClient(self.manager.dispatcher), self._executor, node_id, self.manager.addr)
         self.manager.dispatcher.register_log_source(node_id, self.agent)
         self._agent_task = asyncio.create_task(self.agent.run(), name="agent")
+        # `swarm init` returns once this host is registered, so the first `node ls` already shows
+        # its full description and nothing about the node changes under the user's feet after.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.agent.connected.wait(), timeout=10)
 
     async def _stop_agent(self) -> None:
         if self._agent_task is not None:

@@ -13,6 +13,7 @@ import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from shoal.models import (
     Cluster,
     DispatcherConfig,
     InitRequest,
+    JoinRequest,
     JoinTokens,
     ManagerStatus,
     Node,
@@ -61,9 +63,25 @@ LAST_MANAGER = (
     "You are attempting to leave the swarm on a node that is participating as a manager. Removing the "
     "last manager erases all current state of the swarm. Use `--force` to ignore this message."
 )
+WORKER_NOT_MANAGER = (
+    "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. "
+    "Please run this command on a manager node or promote the current node to a manager."
+)
 SWARM_PORT = 2377
 
 Hook = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class Membership:
+    """This host's place in a swarm, kept in <data-root>/node.json across restarts."""
+
+    node_id: str
+    role: str  # "manager": holds the store and runs the leader's components; "worker": an agent only
+    manager: str = ""  # "ip:port" of the manager a worker talks to
+
+
+Joiner = Callable[["JoinRequest"], Awaitable[Membership]]
 
 
 def default_addr() -> str:
@@ -96,33 +114,70 @@ class Manager:
         self.dispatcher: Dispatcher | None = None
         self.on_join: Hook | None = None  # the daemon starts its local agent here
         self.on_leave: Hook | None = None  # ... and stops it (removing its containers) here
+        self.joiner: Joiner | None = None  # the daemon joins another manager's swarm here
         self._tasks: list[asyncio.Task[None]] = []
         self._state_file = self.data_root / "node.json"
-        self.node_id: str | None = self._load_node_id()
+        self.membership: Membership | None = self._load_membership()
 
     # ------------------------------------------------------------------ membership
 
     @property
+    def node_id(self) -> str | None:
+        return self.membership.node_id if self.membership else None
+
+    @property
     def in_swarm(self) -> bool:
-        return self.store.cluster() is not None and self.node_id is not None
+        return self.membership is not None
+
+    @property
+    def manager_addr(self) -> str:
+        """Where a worker's manager listens ("ip:port"); a manager's own cluster address otherwise."""
+        if self.membership is not None and self.membership.manager:
+            return self.membership.manager
+        return f"{self.addr}:{SWARM_PORT}"
+
+    @property
+    def is_manager(self) -> bool:
+        """Whether this host holds the cluster's state (a worker only runs an agent)."""
+        return self.membership is not None and self.membership.role == "manager"
 
     def require_swarm(self) -> None:
+        """Cluster state is read and written on the manager only, as in Swarm mode (503 elsewhere)."""
         if not self.in_swarm:
             raise NotInSwarm()
+        if not self.is_manager:
+            raise Unavailable(WORKER_NOT_MANAGER)
 
     async def start(self) -> None:
         """Resume after a restart: a daemon that was in a swarm comes back in it."""
+        if self.is_manager and self.store.cluster() is None:
+            log.warning("node.json names this host a manager but the store is empty; leaving the swarm")
+            self._save_membership(None)
+        if self.membership is None:
+            return
+        if self.is_manager:
+            await self._start_components()
+        if self.on_join:
+            await self.on_join(self.membership.node_id)
+
+    async def join(self, req: JoinRequest) -> None:
+        """``swarm join``: the daemon's joiner fetches credentials from the remote manager."""
         if self.in_swarm:
-            self._start_components()
-            assert self.node_id is not None
-            if self.on_join:
-                await self.on_join(self.node_id)
+            raise Unavailable(ALREADY_IN_SWARM)
+        if self.joiner is None:
+            raise Unavailable("this daemon cannot join a swarm")
+        if req.AdvertiseAddr:
+            self.addr = _host_of(req.AdvertiseAddr)
+        membership = await self.joiner(req)
+        self._save_membership(membership)
+        if self.on_join:
+            await self.on_join(membership.node_id)
 
     async def init_swarm(self, req: InitRequest) -> str:
         if self.in_swarm:
             raise Unavailable(ALREADY_IN_SWARM)
         if req.AdvertiseAddr:
-            self.addr = req.AdvertiseAddr.rsplit(":", 1)[0] if req.AdvertiseAddr.count(":") == 1 else req.AdvertiseAddr
+            self.addr = _host_of(req.AdvertiseAddr)
         cluster_id, node_id = new_id(), new_id()
         ca_cert, ca_key = create_root_ca(cluster_id)
         (self.data_root / "ca.key").write_text(ca_key)
@@ -154,8 +209,8 @@ class Manager:
         with self.store.tx() as tx:
             tx.create("cluster", cluster)
             tx.create("node", node)
-        self._save_node_id(node_id)
-        self._start_components()
+        self._save_membership(Membership(node_id=node_id, role="manager"))
+        await self._start_components()
         if self.on_join:
             await self.on_join(node_id)
         log.info("swarm initialised: cluster %s, node %s", cluster_id, node_id)
@@ -164,15 +219,17 @@ class Manager:
     async def leave(self, force: bool) -> None:
         if not self.in_swarm:
             raise Unavailable("This node is not part of a swarm")
-        managers = [n for n in self.store.list("node") if n.Spec.Role == NodeRole.MANAGER]
-        if not force and len(managers) <= 1:
-            raise Unavailable(LAST_MANAGER)
+        if self.is_manager:
+            managers = [n for n in self.store.list("node") if n.Spec.Role == NodeRole.MANAGER]
+            if not force and len(managers) <= 1:
+                raise Unavailable(LAST_MANAGER)
         node_id = self.node_id
         await self.stop()
         if self.on_leave and node_id:
             await self.on_leave(node_id)
-        self.store.wipe()
-        self._save_node_id(None)
+        if self.store.cluster() is not None:
+            self.store.wipe()
+        self._save_membership(None)
         log.info("left the swarm")
 
     async def stop(self) -> None:
@@ -194,7 +251,7 @@ class Manager:
 
     # ------------------------------------------------------------------ internals
 
-    def _start_components(self) -> None:
+    async def _start_components(self) -> None:
         self.dispatcher = Dispatcher(self.store, heartbeat_period_s=self.heartbeat_s)
         components = [
             self.dispatcher,
@@ -232,15 +289,24 @@ class Manager:
             Engine=EngineDescription(EngineVersion=info.get("ServerVersion", ""), Labels=labels or None),
         )
 
-    def _load_node_id(self) -> str | None:
+    def _load_membership(self) -> Membership | None:
         try:
-            return json.loads(self._state_file.read_text()).get("node_id")
-        except (OSError, ValueError):
+            data = json.loads(self._state_file.read_text())
+            return Membership(node_id=data["node_id"], role=data.get("role", "manager"),
+                              manager=data.get("manager", ""))
+        except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def _save_node_id(self, node_id: str | None) -> None:
-        if node_id is None:
+    def _save_membership(self, membership: Membership | None) -> None:
+        if membership is None:
             self._state_file.unlink(missing_ok=True)
         else:
-            self._state_file.write_text(json.dumps({"node_id": node_id}))
-        self.node_id = node_id
+            self._state_file.write_text(json.dumps(asdict(membership)))
+        self.membership = membership
+
+
+def _host_of(addr: str) -> str:
+    """The host part of "ip", "ip:port" or "[v6]:port"."""
+    if addr.startswith("["):
+        return addr[1:].split("]", 1)[0]
+    return addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr

@@ -541,6 +541,15 @@ class InitRequest(Spec):
     Availability: str = ""
 
 
+class JoinRequest(Spec):
+    ListenAddr: str = ""
+    AdvertiseAddr: str = ""
+    DataPathAddr: str = ""
+    RemoteAddrs: list[str] | None = None
+    JoinToken: str = ""
+    Availability: str = ""
+
+
 DEFAULT_TASK_HISTORY = 5
 DEFAULT_RESTART_DELAY = 5 * SECOND
 DEFAULT_HEARTBEAT = 5 * SECOND

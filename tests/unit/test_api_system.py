@@ -150,8 +150,11 @@ async def test_swarm_lifecycle(client: TestClient, manager: FakeManager) -> None
     assert (await client.post("/swarm/leave?force=1")).status == 200
     assert manager.node_id is None
     assert (await client.get("/swarm")).status == 503
+    no_token = await client.post("/swarm/join", json={"RemoteAddrs": ["10.0.0.1:2377"]})
+    assert no_token.status == 400 and "token" in (await no_token.json())["message"]
     join = await client.post("/swarm/join", json={"RemoteAddrs": ["10.0.0.1:2377"], "JoinToken": worker})
-    assert join.status == 501
+    assert join.status == 200
+    assert [r.JoinToken for r in manager.join_requests] == [worker]
 
 
 async def test_init_body_errors(client: TestClient, manager: FakeManager) -> None:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from shoal.dispatcher.protocol import LogMessage, LogOptions
 from shoal.errors import InvalidArgument
-from shoal.models import InitRequest, Task, decode
+from shoal.models import InitRequest, JoinRequest, Task, decode
 from shoal.store import MemoryStore
 
 T = TypeVar("T")
@@ -30,6 +30,11 @@ class ManagerAPI(Protocol):
     def require_swarm(self) -> None: ...
 
     async def init_swarm(self, req: InitRequest) -> str: ...
+
+    async def join(self, req: JoinRequest) -> None: ...
+
+    @property
+    def is_manager(self) -> bool: ...
 
     async def leave(self, force: bool) -> None: ...
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from shoal import controlapi
@@ -16,13 +14,8 @@ from shoal.api.common import (
     query_version,
     swarm_manager,
 )
-from shoal.controlapi.errors import NotImplementedYet
-from shoal.errors import Unavailable
-from shoal.models import InitRequest, SwarmSpec
-
-ALREADY_IN_SWARM = (
-    'This node is already part of a swarm. Use "docker swarm leave" to leave this swarm and join another one.'
-)
+from shoal.errors import InvalidArgument
+from shoal.models import InitRequest, JoinRequest, SwarmSpec
 
 
 async def inspect(request: web.Request) -> web.Response:
@@ -37,15 +30,13 @@ async def init(request: web.Request) -> web.Response:
 
 
 async def join(request: web.Request) -> web.Response:
-    # Joining another manager needs the multi-host transport; until then answer 501 (Docker's status
-    # for "not implemented"), after the same "already in a swarm" check Docker makes first.
-    await decode_body(request, dict[str, Any])
-    if manager_of(request).in_swarm:
-        raise Unavailable(ALREADY_IN_SWARM)
-    raise NotImplementedYet(
-        "joining an existing swarm is not supported by this Shoal release yet; "
-        'use "docker swarm init" to create a single-host swarm'
-    )
+    req = await decode_body(request, JoinRequest)
+    if not req.JoinToken:
+        raise InvalidArgument("join token is required")
+    if not req.RemoteAddrs:
+        raise InvalidArgument("at least 1 RemoteAddr is required to join")
+    await manager_of(request).join(req)
+    return empty_response()
 
 
 async def leave(request: web.Request) -> web.Response:

@@ -29,7 +29,9 @@ SERVER_HEADER = f"Shoal/{shoal.__version__}"
 
 
 def swarm_status(manager: ManagerAPI) -> str:
-    return "active/manager" if manager.in_swarm else "inactive"
+    if not manager.in_swarm:
+        return "inactive"
+    return "active/manager" if manager.is_manager else "active/worker"
 
 
 async def ping(request: web.Request) -> web.Response:
@@ -145,6 +147,16 @@ _INFO_DEFAULTS: dict[str, Any] = {
 def _swarm_info(manager: ManagerAPI) -> dict[str, Any]:
     store = manager.store
     cluster = store.cluster()
+    if manager.in_swarm and not manager.is_manager:
+        # A worker holds no cluster state: it only knows itself and where its manager is.
+        return {
+            "NodeID": manager.node_id or "",
+            "NodeAddr": manager.addr,
+            "LocalNodeState": "active",
+            "ControlAvailable": False,
+            "Error": "",
+            "RemoteManagers": [{"NodeID": "", "Addr": getattr(manager, "manager_addr", "")}],
+        }
     if not manager.in_swarm or cluster is None:
         return {
             "NodeID": "",

@@ -18,6 +18,7 @@ from shoal.models import (
     Cluster,
     ContainerStatus,
     InitRequest,
+    JoinRequest,
     JoinTokens,
     ManagerStatus,
     Node,
@@ -51,14 +52,27 @@ class FakeManager:
         self.addr = "127.0.0.1"
         self.log_messages: list[LogMessage] = []
         self.log_calls: list[tuple[list[str], LogOptions]] = []
+        self.join_requests: list[JoinRequest] = []
 
     @property
     def in_swarm(self) -> bool:
         return self.node_id is not None and self.store.cluster() is not None
 
+    @property
+    def is_manager(self) -> bool:
+        return self.in_swarm
+
     def require_swarm(self) -> None:
         if not self.in_swarm:
             raise NotInSwarm()
+
+    async def join(self, req: JoinRequest) -> None:
+        if self.in_swarm:
+            raise Unavailable(
+                'This node is already part of a swarm. Use "docker swarm leave" to leave this swarm and '
+                "join another one."
+            )
+        self.join_requests.append(req)
 
     async def init_swarm(self, req: InitRequest) -> str:
         if self.in_swarm:

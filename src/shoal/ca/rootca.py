@@ -1,26 +1,56 @@
 """The cluster's root certificate authority (made at ``swarm init``), with the cryptography package.
 
-This issue uses it for the join tokens' CA digest and the swarm's TLSInfo; issuing node
-certificates for agents on other hosts builds on the same key pair.
+The root signs every node certificate (see :mod:`shoal.ca.authority`). Roots carry a Subject Key
+Identifier and node certificates the matching Authority Key Identifier, so that while a rotation
+keeps two roots trusted, a verifier always picks the right issuer.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import secrets
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from shoal.models import TLSInfo
+
 ROOT_VALIDITY = dt.timedelta(days=20 * 365)  # swarmkit's default root lifetime
+CLOCK_SKEW = dt.timedelta(minutes=5)  # certificates start a little in the past: hosts' clocks differ
+
+_ROOT_USAGE = x509.KeyUsage(
+    digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+    key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
+    decipher_only=False,
+)
 
 
-def create_root_ca(cluster_id: str) -> tuple[str, str]:
-    """A new self-signed P-256 root, returned as (certificate PEM, private key PEM)."""
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def key_to_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def _root_name(cluster_id: str, unique: bool) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, "swarm-ca"),
+             x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id)]
+    if unique:
+        # A rotated root gets a subject of its own: old and new roots are trusted side by side
+        # for a while, and a name shared by both would leave verifiers guessing which one is meant.
+        attrs.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, secrets.token_hex(8)))
+    return x509.Name(attrs)
+
+
+def create_root(cluster_id: str, unique: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new self-signed P-256 root. ``unique``: give it a subject no earlier root had."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "swarm-ca"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id)])
+    name = _root_name(cluster_id, unique)
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -28,16 +58,54 @@ def create_root_ca(cluster_id: str) -> tuple[str, str]:
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + ROOT_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(_ROOT_USAGE, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    return cert_pem, key_pem
+    return cert, key
+
+
+def create_root_ca(cluster_id: str) -> tuple[str, str]:
+    """A new self-signed P-256 root, returned as (certificate PEM, private key PEM)."""
+    cert, key = create_root(cluster_id)
+    return _pem(cert), key_to_pem(key)
+
+
+def cross_sign(new_root: x509.Certificate, old_root: x509.Certificate,
+               old_key: ec.EllipticCurvePrivateKey) -> str:
+    """The new root's name and key, certified by the old root (PEM).
+
+    During a rotation the manager sends it after its own certificate, so a node that still trusts
+    only the old root can verify a server certificate issued by the new one.
+    """
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(new_root.subject)
+        .issuer_name(old_root.subject)
+        .public_key(new_root.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(min(new_root.not_valid_after_utc, old_root.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_ROOT_USAGE, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(new_root.public_key()), critical=False)  # type: ignore[arg-type]
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(old_key.public_key()), critical=False)
+        .sign(old_key, hashes.SHA256())
+    )
+    return _pem(cert)
+
+
+def tls_info(root_pem: str) -> TLSInfo:
+    """Docker's TLSInfo for a root: the PEM, and the issuer's subject and public key (base64 DER)."""
+    cert = x509.load_pem_x509_certificate(root_pem.encode())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return TLSInfo(
+        TrustRoot=root_pem,
+        CertIssuerSubject=base64.b64encode(cert.subject.public_bytes()).decode(),
+        CertIssuerPublicKey=base64.b64encode(spki).decode(),
+    )
