@@ -72,8 +72,7 @@ class Daemon:
     async def _stop_agent(self) -> None:
         if self._agent_task is not None:
             self._agent_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._agent_task
+            await asyncio.gather(self._agent_task, return_exceptions=True)
             self._agent_task = None
         if self.agent is not None:
             with contextlib.suppress(Exception):

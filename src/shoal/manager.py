@@ -19,9 +19,10 @@ from typing import Any
 
 from shoal.ca.rootca import create_root_ca
 from shoal.ca.tokens import generate_join_token
+from shoal.controlapi.cluster import check_swarm_spec
 from shoal.dispatcher.dispatcher import Dispatcher
 from shoal.dispatcher.protocol import LogMessage, LogOptions
-from shoal.errors import NotInSwarm, Unavailable
+from shoal.errors import InvalidArgument, NotInSwarm, Unavailable
 from shoal.ids import new_id
 from shoal.models import (
     DEFAULT_HEARTBEAT,
@@ -176,6 +177,11 @@ class Manager:
     async def init_swarm(self, req: InitRequest) -> str:
         if self.in_swarm:
             raise Unavailable(ALREADY_IN_SWARM)
+        # Every check before the first side effect: a bad request changes nothing.
+        if req.Availability and req.Availability not in set(NodeAvailability):
+            raise InvalidArgument(f"invalid availability {req.Availability!r}: must be active, pause or drain")
+        if req.Spec is not None:
+            check_swarm_spec(req.Spec)
         if req.AdvertiseAddr:
             self.addr = _host_of(req.AdvertiseAddr)
         cluster_id, node_id = new_id(), new_id()
@@ -236,9 +242,8 @@ class Manager:
         """Cancel every component (daemon shutdown or leave); running containers are left alone."""
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        # gather, not `suppress(CancelledError)`: a cancel aimed at the caller must still reach it.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         self.dispatcher = None
 

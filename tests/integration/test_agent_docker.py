@@ -352,6 +352,21 @@ async def test_restarted_agent_adopts_running_and_removes_stale(env: Env) -> Non
     await env.wait_state(keep.ID, TaskState.SHUTDOWN)
 
 
+async def test_restarted_agent_stops_a_task_orphaned_while_it_was_away(env: Env) -> None:
+    await env.start_agent()
+    t = sleeper(env.node_id)
+    env.add(t)
+    cid = (await env.wait_state(t.ID, TaskState.RUNNING)).Status.ContainerStatus.ContainerID
+    await env.stop_agent()  # the host's daemon dies; its container keeps running
+    # Meanwhile the manager saw the node down, orphaned the task and replaced it elsewhere.
+    cur = env.task(t.ID)
+    env.update(t.ID, DesiredState=TaskState.SHUTDOWN,
+               Status=msgspec.structs.replace(cur.Status, State=TaskState.ORPHANED, Message="task orphaned: node down"))
+    await env.start_agent()
+    await wait_until(lambda: not env.engine.api.inspect_container(cid)["State"]["Running"])
+    assert env.task(t.ID).Status.State == TaskState.ORPHANED  # never reported running again
+
+
 async def test_session_loss_keeps_containers_and_reconnects(env: Env) -> None:
     agent = await env.start_agent()
     t = sleeper(env.node_id)

@@ -292,6 +292,10 @@ class TaskController:
         """Take over what a previous agent left: never recreate a container that exists."""
         info = self._adopted
         if self.state.terminal:
+            if info is not None and info.running:
+                # The manager gave up on this task while this node was away (orphaned, replaced
+                # elsewhere): its container must not keep running beside the replacement.
+                await self._stop()
             return
         if info is None:
             if self.state.order >= TaskState.STARTING.order:

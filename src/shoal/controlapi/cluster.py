@@ -20,6 +20,16 @@ def inspect_cluster(store: MemoryStore) -> Cluster:
     return cluster
 
 
+def check_swarm_spec(spec: SwarmSpec) -> None:
+    """What swarmkit refuses in a swarm spec, at init as at update."""
+    ca = spec.CAConfig
+    if ca is not None and ca.NodeCertExpiry and ca.NodeCertExpiry < _MIN_CERT_EXPIRY:
+        raise invalid("minimum certificate expiry time is: 1h0m0s")
+    orch = spec.Orchestration
+    if orch is not None and orch.TaskHistoryRetentionLimit is not None and orch.TaskHistoryRetentionLimit < 0:
+        raise invalid("TaskHistoryRetentionLimit cannot be negative")
+
+
 def update_cluster(
     store: MemoryStore,
     version: int,
@@ -29,12 +39,7 @@ def update_cluster(
 ) -> Cluster:
     """Replace the swarm spec (stale ``version`` → 409) and rotate the join tokens asked for."""
     cur = inspect_cluster(store)
-    ca = spec.CAConfig
-    if ca is not None and ca.NodeCertExpiry and ca.NodeCertExpiry < _MIN_CERT_EXPIRY:
-        raise invalid("minimum certificate expiry time is: 1h0m0s")
-    orch = spec.Orchestration
-    if orch is not None and orch.TaskHistoryRetentionLimit is not None and orch.TaskHistoryRetentionLimit < 0:
-        raise invalid("TaskHistoryRetentionLimit cannot be negative")
+    check_swarm_spec(spec)
     tokens = cur.JoinTokens or JoinTokens()
     if rotate_worker_token or rotate_manager_token:
         root = cur.TLSInfo.TrustRoot if cur.TLSInfo is not None else ""

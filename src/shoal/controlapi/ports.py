@@ -48,7 +48,12 @@ def _check_conflicts(store: MemoryStore, ports: list[PortConfig], service_id: st
                         f"port '{p.PublishedPort}' is already in use by service '{svc.Spec.Name}' "
                         f"({svc.ID}) as an ingress port"
                     )
-            elif p.PublishMode == "host" and key in ingress:
+            elif p.PublishMode == "host":
+                # Not a conflict with this service's host ports (two services may share a host port
+                # on different nodes), but never hand it out as a dynamic ingress port.
+                taken.add(key)
+                if key not in ingress:
+                    continue
                 raise invalid(
                     f"port '{p.PublishedPort}' is already in use by service '{svc.Spec.Name}' "
                     f"({svc.ID}) as a host-published port"

@@ -10,12 +10,11 @@ import re
 
 import msgspec
 
-from shoal.controlapi.errors import invalid
+from shoal.controlapi.errors import invalid, unimplemented
 from shoal.errors import InvalidArgument
 from shoal.models import (
     ContainerSpec,
     EndpointSpec,
-    ReplicatedJob,
     ReplicatedService,
     ResourceRequirements,
     ServiceMode,
@@ -159,10 +158,9 @@ def _normalise_mode(mode: ServiceMode | None) -> ServiceMode:
         return ServiceMode(Replicated=ReplicatedService(Replicas=1))
     if mode.Replicated is not None and mode.Replicated.Replicas is None:
         return ServiceMode(Replicated=ReplicatedService(Replicas=1))
-    if mode.ReplicatedJob is not None:
-        mc = 1 if mode.ReplicatedJob.MaxConcurrent is None else mode.ReplicatedJob.MaxConcurrent
-        tc = mc if mode.ReplicatedJob.TotalCompletions is None else mode.ReplicatedJob.TotalCompletions
-        return ServiceMode(ReplicatedJob=ReplicatedJob(MaxConcurrent=mc, TotalCompletions=tc))
+    if mode.ReplicatedJob is not None or mode.GlobalJob is not None:
+        # Accepting a job the orchestrators do not run would leave it at 0/N forever: say so now.
+        raise unimplemented("job modes (replicated-job, global-job) are not supported by this Shoal release yet")
     return mode
 
 

@@ -1,0 +1,105 @@
+"""Wire messages of the gRPC transport, around the agent protocol's own structs.
+
+The protocol's structs (:mod:`shoal.dispatcher.protocol`) are reused as they are; these add what
+only a network transport needs: requests naming a session, certificates, and the cluster facts a
+node compares with its certificate (its role, the root's digest) to know when to renew.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from shoal.dispatcher.protocol import LogMessage, LogOptions, SessionInfo, TaskStatusUpdate
+from shoal.models import NodeDescription, Task
+
+
+class Empty(msgspec.Struct):
+    pass
+
+
+# ---------------------------------------------------------------------------- bootstrap listener
+
+
+class RootCAResponse(msgspec.Struct):
+    root_pem: str  # the cluster's current root, exactly as join tokens digest it
+
+
+class JoinRequest(msgspec.Struct):
+    token: str
+    csr_pem: str
+    hostname: str
+    addr: str
+    availability: str = "active"
+
+
+class JoinResponse(msgspec.Struct):
+    node_id: str
+    role: str
+    cert_pem: str
+    bundle_pem: str  # every root the node should trust (current first)
+
+
+# ---------------------------------------------------------------------------- cluster listener
+
+
+class CertState(msgspec.Struct):
+    """What the node's certificate should say now. A node whose certificate differs (promoted,
+    demoted, root rotated) renews at once."""
+
+    role: str
+    root_digest: str
+
+
+class RegisterRequest(msgspec.Struct):
+    node_id: str
+    description: NodeDescription
+    addr: str
+
+
+class RegisterResponse(msgspec.Struct):
+    session: SessionInfo
+    state: CertState
+
+
+class SessionRequest(msgspec.Struct):
+    """Heartbeat, Assignments and LogSubscriptions name only the session."""
+
+    session_id: str
+
+
+class HeartbeatResponse(msgspec.Struct):
+    period_s: float
+    state: CertState
+
+
+class UpdateTaskStatusRequest(msgspec.Struct):
+    session_id: str
+    updates: list[TaskStatusUpdate]
+
+
+class RenewRequest(msgspec.Struct):
+    csr_pem: str
+
+
+class RenewResponse(msgspec.Struct):
+    cert_pem: str
+    role: str
+    bundle_pem: str
+
+
+class LogSubscription(msgspec.Struct):
+    """The manager asks the agent for the logs of ``tasks`` (or, with ``cancel``, to stop sending)."""
+
+    id: str
+    tasks: list[Task] = msgspec.field(default_factory=list)
+    options: LogOptions = msgspec.field(default_factory=LogOptions)
+    cancel: bool = False
+
+
+class PublishLogsMessage(msgspec.Struct):
+    """Lines for one subscription; ``close`` marks its end (``error``: why it ended early)."""
+
+    subscription_id: str
+    messages: list[LogMessage] = msgspec.field(default_factory=list)
+    close: bool = False
+    error: str = ""

@@ -1,0 +1,87 @@
+"""Method tables shared by server and client: names, message types, msgpack codecs, channel options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import msgspec
+
+from shoal.ca.certs import MANAGER_SERVER_NAME
+from shoal.dispatcher.protocol import Assignments
+from shoal.transport import messages as m
+
+DISPATCHER_SERVICE = "shoal.Dispatcher"  # cluster port, mutual TLS
+BOOTSTRAP_SERVICE = "shoal.Bootstrap"  # bootstrap port (cluster port + 1), server-only TLS
+
+# method name → (request type, response type)
+DISPATCHER_METHODS: dict[str, tuple[type[Any], type[Any]]] = {
+    "Register": (m.RegisterRequest, m.RegisterResponse),
+    "Heartbeat": (m.SessionRequest, m.HeartbeatResponse),
+    "Assignments": (m.SessionRequest, Assignments),
+    "UpdateTaskStatus": (m.UpdateTaskStatusRequest, m.Empty),
+    "RenewCertificate": (m.RenewRequest, m.RenewResponse),
+    "LogSubscriptions": (m.SessionRequest, m.LogSubscription),
+    "PublishLogs": (m.PublishLogsMessage, m.Empty),
+}
+BOOTSTRAP_METHODS: dict[str, tuple[type[Any], type[Any]]] = {
+    "GetRootCA": (m.Empty, m.RootCAResponse),
+    "Join": (m.JoinRequest, m.JoinResponse),
+}
+
+MAX_MESSAGE = 256 * 1024 * 1024  # a node's full assignment set can be large (thousands of tasks)
+
+# Keepalives find a dead peer (cut link, killed host) in seconds, not at the next TCP timeout.
+KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    *KEEPALIVE_OPTIONS,
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+]
+CLIENT_OPTIONS: list[tuple[str, Any]] = [
+    *KEEPALIVE_OPTIONS,
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    # Reconnect soon after a manager comes back; the agent backs off on its own.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+
+encode = msgspec.msgpack.encode
+
+
+def decoder(t: type[Any]) -> Any:
+    return msgspec.msgpack.Decoder(t).decode
+
+
+def path(service: str, method: str) -> str:
+    return f"/{service}/{method}"
+
+
+def split_addr(addr: str, default_port: int = 2377) -> tuple[str, int]:
+    """``host:port`` / ``[v6]:port`` / ``host`` → (host, port)."""
+    if addr.startswith("["):
+        host, _, rest = addr[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if addr.count(":") == 1:
+        host, port = addr.split(":")
+        return host, int(port)
+    return addr, default_port
+
+
+def secure_channel(host: str, port: int, root_pem: str, key_pem: str | None = None,
+                   cert_pem: str | None = None) -> grpc.aio.Channel:
+    """A TLS channel to a manager, checking its certificate against ``root_pem`` and the server name
+    every manager certificate carries (so any of the manager's addresses works)."""
+    creds = grpc.ssl_channel_credentials(root_pem.encode(), key_pem.encode() if key_pem else None,
+                                         cert_pem.encode() if cert_pem else None)
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return grpc.aio.secure_channel(target, creds,
+                                   options=[*CLIENT_OPTIONS, ("grpc.ssl_target_name_override", MANAGER_SERVER_NAME)])

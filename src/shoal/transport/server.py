@@ -1,0 +1,342 @@
+"""The manager's gRPC listeners: the cluster port (mutual TLS) and the bootstrap port (join).
+
+Python's gRPC cannot ask for a client certificate only optionally, so joining, which happens
+before a host has a certificate, has a listener of its own on the cluster port + 1:
+
+- cluster port (2377): a client certificate signed by the cluster's root is required. The node's
+  identity on every call is the certificate's (CN = node ID), never what the request says.
+  Dispatcher calls, certificate renewal, and the logs streams.
+- bootstrap port (2378): server-only TLS. ``GetRootCA`` (the joiner pins it against its token's
+  digest) and ``Join`` (token + CSR → node ID + certificate).
+
+Both use dynamic credentials: after a root rotation new handshakes get the new server certificate
+and trust bundle without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from shoal.ca.authority import ClusterCA
+from shoal.ca.certs import CertIdentity, cert_identity
+from shoal.dispatcher.dispatcher import Dispatcher, SessionInvalid
+from shoal.dispatcher.protocol import Assignments
+from shoal.errors import NotFound, ShoalError
+from shoal.transport import messages as m
+from shoal.transport.errors import ERROR_KEY, PermissionDenied, Unauthenticated, status_of
+from shoal.transport.logs import RemoteLogSource
+from shoal.transport.rpc import (
+    BOOTSTRAP_METHODS,
+    BOOTSTRAP_SERVICE,
+    DISPATCHER_METHODS,
+    DISPATCHER_SERVICE,
+    SERVER_OPTIONS,
+    decoder,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Any]
+
+
+class _DynamicConfig:
+    """What a listener's certificate fetcher hands gRPC: a new configuration once after each change.
+
+    gRPC calls the fetcher from its own threads before handshakes; it only reads one attribute."""
+
+    def __init__(self, config: grpc.ServerCertificateConfiguration) -> None:
+        self.config = config
+        self._served: grpc.ServerCertificateConfiguration | None = config
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        config = self.config
+        if config is self._served:
+            return None
+        self._served = config
+        return config
+
+
+async def _abort(ctx: grpc.aio.ServicerContext, err: ShoalError) -> None:
+    await ctx.abort(status_of(err), err.message, trailing_metadata=((ERROR_KEY, type(err).__name__),))
+
+
+def _unary(fn: Handler, req_t: type[Any]) -> grpc.RpcMethodHandler:
+    async def call(req: Any, ctx: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(req, ctx)
+        except ShoalError as e:
+            await _abort(ctx, e)
+
+    return grpc.unary_unary_rpc_method_handler(call, request_deserializer=decoder(req_t), response_serializer=encode)
+
+
+def _server_stream(fn: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
+                   req_t: type[Any]) -> grpc.RpcMethodHandler:
+    async def call(req: Any, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in fn(req, ctx):
+                yield item
+        except ShoalError as e:
+            await _abort(ctx, e)
+
+    return grpc.unary_stream_rpc_method_handler(call, request_deserializer=decoder(req_t), response_serializer=encode)
+
+
+def _client_stream(fn: Handler, req_t: type[Any]) -> grpc.RpcMethodHandler:
+    async def call(reqs: AsyncIterator[Any], ctx: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(reqs, ctx)
+        except ShoalError as e:
+            await _abort(ctx, e)
+
+    return grpc.stream_unary_rpc_method_handler(call, request_deserializer=decoder(req_t), response_serializer=encode)
+
+
+def _peer_ip(ctx: grpc.aio.ServicerContext) -> str:
+    """The caller's IP from gRPC's ``ipv4:1.2.3.4:5678`` / ``ipv6:[::1]:5678``."""
+    peer = ctx.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return ""
+    host = rest.rsplit(":", 1)[0]
+    return host.strip("[]")
+
+
+class ClusterServer:
+    """Serves the dispatcher and the CA to agents on other hosts."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        ca: ClusterCA,
+        host: str,
+        port: int = 2377,
+        *,
+        node_id_of_manager: str,
+        bootstrap_port: int | None = None,
+        advertise_addr: str | None = None,
+    ) -> None:
+        self.dispatcher = dispatcher  # the manager may swap it when it restarts its components
+        self.ca = ca
+        self.host = host
+        self.port = port
+        self.bootstrap_port = port + 1 if bootstrap_port is None else bootstrap_port
+        self.node_id = node_id_of_manager
+        self.advertise_addr = advertise_addr or host
+        if ca.local_node_id is None:
+            ca.local_node_id = node_id_of_manager
+        self._cluster: grpc.aio.Server | None = None
+        self._bootstrap: grpc.aio.Server | None = None
+        self._cluster_cfg: _DynamicConfig | None = None
+        self._bootstrap_cfg: _DynamicConfig | None = None
+        self._cert_expires = dt.datetime.now(dt.UTC)
+        self._refresh: asyncio.Task[None] | None = None
+        self._refreshed = asyncio.Event()
+        self._sessions: dict[str, str] = {}  # session ID → node ID (one per node: the latest)
+        self._node_session: dict[str, str] = {}
+        self._log_sources: dict[str, RemoteLogSource] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        cluster_cfg, bootstrap_cfg = self._configs()
+        self._cluster_cfg, self._bootstrap_cfg = _DynamicConfig(cluster_cfg), _DynamicConfig(bootstrap_cfg)
+        self.ca.on_change(self._ca_changed)
+
+        self._cluster = grpc.aio.server(options=SERVER_OPTIONS)
+        self._cluster.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(DISPATCHER_SERVICE, {
+            "Register": _unary(self._register, DISPATCHER_METHODS["Register"][0]),
+            "Heartbeat": _unary(self._heartbeat, DISPATCHER_METHODS["Heartbeat"][0]),
+            "Assignments": _server_stream(self._assignments, DISPATCHER_METHODS["Assignments"][0]),
+            "UpdateTaskStatus": _unary(self._update_task_status, DISPATCHER_METHODS["UpdateTaskStatus"][0]),
+            "RenewCertificate": _unary(self._renew, DISPATCHER_METHODS["RenewCertificate"][0]),
+            "LogSubscriptions": _server_stream(self._log_subscriptions, DISPATCHER_METHODS["LogSubscriptions"][0]),
+            "PublishLogs": _client_stream(self._publish_logs, DISPATCHER_METHODS["PublishLogs"][0]),
+        })])
+        creds = grpc.dynamic_ssl_server_credentials(cluster_cfg, self._cluster_cfg.fetch,
+                                                    require_client_authentication=True)
+        self.port = self._cluster.add_secure_port(f"{self.host}:{self.port}", creds)
+
+        self._bootstrap = grpc.aio.server(options=SERVER_OPTIONS)
+        self._bootstrap.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(BOOTSTRAP_SERVICE, {
+            "GetRootCA": _unary(self._get_root_ca, BOOTSTRAP_METHODS["GetRootCA"][0]),
+            "Join": _unary(self._join, BOOTSTRAP_METHODS["Join"][0]),
+        })])
+        bcreds = grpc.dynamic_ssl_server_credentials(bootstrap_cfg, self._bootstrap_cfg.fetch,
+                                                     require_client_authentication=False)
+        self.bootstrap_port = self._bootstrap.add_secure_port(f"{self.host}:{self.bootstrap_port}", bcreds)
+
+        await self._cluster.start()
+        await self._bootstrap.start()
+        self._refresh = asyncio.create_task(self._refresh_loop(), name="cluster-server-cert")
+        log.info("cluster listener on %s:%d (mutual TLS), bootstrap on %s:%d", self.host, self.port,
+                 self.host, self.bootstrap_port)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh
+            self._refresh = None
+        self.ca.off_change(self._ca_changed)
+        for src in list(self._log_sources.values()):
+            self._drop_log_source(src)
+        for server in (self._cluster, self._bootstrap):
+            if server is not None:
+                await server.stop(grace)
+        self._cluster = self._bootstrap = None
+
+    # ------------------------------------------------------------------ certificates
+
+    def _configs(self) -> tuple[grpc.ServerCertificateConfiguration, grpc.ServerCertificateConfiguration]:
+        """Fresh server certificate; the cluster listener trusts the CA's whole bundle."""
+        chain, key = self.ca.issue_manager_server_cert(self.node_id, self.advertise_addr)
+        self._cert_expires = cert_identity(chain).not_after
+        pair = [(key.encode(), chain.encode())]
+        return (grpc.ssl_server_certificate_configuration(pair, root_certificates=self.ca.trust_bundle_pem().encode()),
+                grpc.ssl_server_certificate_configuration(pair))
+
+    def _ca_changed(self) -> None:
+        self._reload()
+
+    def _reload(self) -> None:
+        if self._cluster_cfg is None or self._bootstrap_cfg is None:
+            return
+        self._cluster_cfg.config, self._bootstrap_cfg.config = self._configs()
+        self._refreshed.set()
+
+    async def _refresh_loop(self) -> None:
+        """Re-issue the server certificate at half its remaining life (node certs may be short)."""
+        while True:
+            left = (self._cert_expires - dt.datetime.now(dt.UTC)).total_seconds()
+            self._refreshed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refreshed.wait(), timeout=max(left / 2, 1.0))
+                continue  # reloaded by a CA change: recompute from its expiry
+            try:
+                self._reload()
+            except Exception:
+                log.exception("could not renew the manager's TLS certificate; retrying")
+
+    # ------------------------------------------------------------------ identity
+
+    def _identity(self, ctx: grpc.aio.ServicerContext) -> CertIdentity:
+        pems = ctx.auth_context().get("x509_pem_cert")
+        if not pems:
+            raise Unauthenticated("a client certificate issued by the cluster's CA is required")
+        ident = cert_identity(pems[0].decode())
+        cluster = self.ca.store.cluster()
+        if not ident.node_id or ident.role is None or cluster is None or ident.cluster_id != cluster.ID:
+            raise Unauthenticated("the client certificate names no node of this cluster")
+        return ident
+
+    def _session_owner(self, ctx: grpc.aio.ServicerContext, session_id: str) -> str:
+        ident = self._identity(ctx)
+        owner = self._sessions.get(session_id)
+        if owner is None:
+            raise SessionInvalid()
+        if owner != ident.node_id:
+            raise PermissionDenied(f"session {session_id} is not node {ident.node_id}'s")
+        return owner
+
+    def _cert_state(self, node_id: str) -> m.CertState:
+        node = self.ca.store.get("node", node_id)
+        return m.CertState(role=str(node.Spec.Role) if node is not None else "", root_digest=self.ca.root_digest)
+
+    # ------------------------------------------------------------------ dispatcher calls
+
+    async def _register(self, req: m.RegisterRequest, ctx: grpc.aio.ServicerContext) -> m.RegisterResponse:
+        ident = self._identity(ctx)
+        if req.node_id != ident.node_id:
+            raise PermissionDenied(f"the certificate of node {ident.node_id} cannot register as node {req.node_id}")
+        if self.ca.store.get("node", ident.node_id) is None:
+            raise NotFound(f"node {ident.node_id} not found: it was removed from the swarm; join it again")
+        info = await self.dispatcher.register(ident.node_id, req.description, req.addr or _peer_ip(ctx))
+        old = self._node_session.get(ident.node_id)
+        if old is not None:
+            self._sessions.pop(old, None)
+        self._sessions[info.session_id] = ident.node_id
+        self._node_session[ident.node_id] = info.session_id
+        return m.RegisterResponse(session=info, state=self._cert_state(ident.node_id))
+
+    async def _heartbeat(self, req: m.SessionRequest, ctx: grpc.aio.ServicerContext) -> m.HeartbeatResponse:
+        node_id = self._session_owner(ctx, req.session_id)
+        period = await self.dispatcher.heartbeat(req.session_id)
+        return m.HeartbeatResponse(period_s=period, state=self._cert_state(node_id))
+
+    async def _assignments(self, req: m.SessionRequest, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Assignments]:
+        self._session_owner(ctx, req.session_id)
+        stream = self.dispatcher.assignments(req.session_id)
+        try:
+            async for msg in stream:
+                yield msg
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def _update_task_status(self, req: m.UpdateTaskStatusRequest, ctx: grpc.aio.ServicerContext) -> m.Empty:
+        self._session_owner(ctx, req.session_id)
+        await self.dispatcher.update_task_status(req.session_id, req.updates)
+        return m.Empty()
+
+    async def _renew(self, req: m.RenewRequest, ctx: grpc.aio.ServicerContext) -> m.RenewResponse:
+        ident = self._identity(ctx)
+        cert = self.ca.renew(ident.node_id, req.csr_pem)
+        role = cert_identity(cert).role
+        log.info("renewed the certificate of node %s (%s)", ident.node_id, role)
+        return m.RenewResponse(cert_pem=cert, role=str(role), bundle_pem=self.ca.trust_bundle_pem())
+
+    # ------------------------------------------------------------------ logs
+
+    async def _log_subscriptions(self, req: m.SessionRequest,
+                                 ctx: grpc.aio.ServicerContext) -> AsyncIterator[m.LogSubscription]:
+        node_id = self._session_owner(ctx, req.session_id)
+        old = self._log_sources.get(node_id)
+        if old is not None:
+            self._drop_log_source(old)
+        src = RemoteLogSource(node_id)
+        self._log_sources[node_id] = src
+        self.dispatcher.register_log_source(node_id, src)
+        try:
+            async for sub in src.subscriptions():
+                yield sub
+        finally:
+            self._drop_log_source(src)
+
+    def _drop_log_source(self, src: RemoteLogSource) -> None:
+        src.close()
+        if self._log_sources.get(src.node_id) is src:
+            del self._log_sources[src.node_id]
+            self.dispatcher.unregister_log_source(src.node_id)
+
+    async def _publish_logs(self, reqs: AsyncIterator[m.PublishLogsMessage], ctx: grpc.aio.ServicerContext) -> m.Empty:
+        ident = self._identity(ctx)
+        async for msg in reqs:
+            src = self._log_sources.get(ident.node_id)  # subscriptions are per node: no one else's
+            if src is None:
+                break
+            await src.publish(msg.subscription_id, msg.messages)
+            if msg.close:
+                if msg.error:
+                    log.info("logs from node %s ended early: %s", ident.node_id, msg.error)
+                await src.end(msg.subscription_id)
+                break
+        return m.Empty()
+
+    # ------------------------------------------------------------------ bootstrap calls
+
+    async def _get_root_ca(self, req: m.Empty, ctx: grpc.aio.ServicerContext) -> m.RootCAResponse:
+        return m.RootCAResponse(root_pem=self.ca.root_pem)
+
+    async def _join(self, req: m.JoinRequest, ctx: grpc.aio.ServicerContext) -> m.JoinResponse:
+        node_id, cert = self.ca.join(req.token, req.csr_pem, req.hostname, req.addr or _peer_ip(ctx),
+                                     req.availability)
+        return m.JoinResponse(node_id=node_id, role=str(cert_identity(cert).role), cert_pem=cert,
+                              bundle_pem=self.ca.trust_bundle_pem())
