@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,11 @@ from shoal.agent.agent import Agent
 from shoal.agent.executor.docker import DockerExecutor
 from shoal.api.server import create_app, serve
 from shoal.dispatcher.inprocess import InProcessClient
-from shoal.manager import Manager
+from shoal.dispatcher.protocol import DispatcherClient
+from shoal.manager import SWARM_PORT, Manager, Membership
+from shoal.models import JoinRequest
+from shoal.transport.bootstrap import join_cluster, load_credentials
+from shoal.transport.client import GrpcDispatcherClient
 
 log = logging.getLogger("shoal.daemon")
 
@@ -47,22 +53,56 @@ class Daemon:
         self.manager: Manager | None = None
         self.agent: Agent | None = None
         self._agent_task: asyncio.Task[None] | None = None
+        self._logs_task: asyncio.Task[None] | None = None
         self._executor: DockerExecutor | None = None
+        self._grpc: GrpcDispatcherClient | None = None
+        self.hostname = socket.gethostname()
+
+    @property
+    def cert_dir(self) -> Path:
+        return self.data_root / "certificates"
 
     async def start(self) -> None:
         info = await engine_info(self.engine)
+        self.hostname = str(info.get("Name") or socket.gethostname())
         self.manager = Manager(self.data_root, engine_info=info, advertise_addr=self.advertise_addr)
         self.manager.on_join = self._start_agent
         self.manager.on_leave = self._stop_agent_and_clean
+        self.manager.joiner = self._join
         self._runner = await serve(create_app(self.manager), self.hosts)
         await self.manager.start()
         log.info("shoal daemon listening on %s", ", ".join(self.hosts))
 
+    async def _join(self, req: JoinRequest) -> Membership:
+        """``swarm join`` on this host: credentials from the remote manager, pinned by the token."""
+        assert self.manager is not None
+        assert req.RemoteAddrs  # the API checked
+        remote = req.RemoteAddrs[0] if ":" in req.RemoteAddrs[0] else f"{req.RemoteAddrs[0]}:{SWARM_PORT}"
+        creds = await join_cluster(remote, req.JoinToken, self.hostname, self.manager.addr,
+                                   req.Availability or "active", self.cert_dir)
+        log.info("joined the swarm of %s as node %s", remote, creds.node_id)
+        return Membership(node_id=creds.node_id, role="worker", manager=remote)
+
     async def _start_agent(self, node_id: str) -> None:
-        assert self.manager is not None and self.manager.dispatcher is not None
+        assert self.manager is not None
         self._executor = DockerExecutor(self.engine)
-        self.agent = Agent(InProcessClient(self.manager.dispatcher), self._executor, node_id, self.manager.addr)
-        self.manager.dispatcher.register_log_source(node_id, self.agent)
+        if self.manager.is_manager:
+            assert self.manager.dispatcher is not None
+            client: DispatcherClient = InProcessClient(self.manager.dispatcher)
+        else:
+            creds = load_credentials(self.cert_dir)
+            if creds is None:
+                log.error("this host is in a swarm but its certificates are gone; leave and join again")
+                return
+            self._grpc = GrpcDispatcherClient(creds, self.cert_dir)
+            client = self._grpc
+        self.agent = Agent(client, self._executor, node_id, self.manager.addr)
+        if self.manager.is_manager:
+            assert self.manager.dispatcher is not None
+            self.manager.dispatcher.register_log_source(node_id, self.agent)
+        else:
+            assert self._grpc is not None
+            self._logs_task = asyncio.create_task(self._grpc.serve_logs(self.agent), name="agent-logs")
         self._agent_task = asyncio.create_task(self.agent.run(), name="agent")
         # `swarm init` returns once this host is registered, so the first `node ls` already shows
         # its full description and nothing about the node changes under the user's feet after.
@@ -70,10 +110,14 @@ class Daemon:
             await asyncio.wait_for(self.agent.connected.wait(), timeout=10)
 
     async def _stop_agent(self) -> None:
-        if self._agent_task is not None:
-            self._agent_task.cancel()
-            await asyncio.gather(self._agent_task, return_exceptions=True)
-            self._agent_task = None
+        tasks = [t for t in (self._agent_task, self._logs_task) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._agent_task = self._logs_task = None
+        if self._grpc is not None:
+            await self._grpc.close()
+            self._grpc = None
         if self.agent is not None:
             with contextlib.suppress(Exception):
                 await self.agent.close()
@@ -87,6 +131,7 @@ class Daemon:
             await executor.remove_all(node_id)
         finally:
             await executor.close()
+        shutil.rmtree(self.cert_dir, ignore_errors=True)
 
     async def stop(self) -> None:
         await self._stop_agent()

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from shoal.ca.authority import ClusterCA
 from shoal.ca.rootca import create_root_ca
 from shoal.ca.tokens import generate_join_token
 from shoal.controlapi.cluster import check_swarm_spec
@@ -54,6 +55,7 @@ from shoal.orchestrator.reaper import TaskReaper
 from shoal.orchestrator.replicated import ReplicatedOrchestrator
 from shoal.scheduler.scheduler import Scheduler
 from shoal.store import Backend, MemoryStore, SqliteBackend
+from shoal.transport.server import ClusterServer
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class Membership:
     node_id: str
     role: str  # "manager": holds the store and runs the leader's components; "worker": an agent only
     manager: str = ""  # "ip:port" of the manager a worker talks to
+    listen: str = ""  # "host:port" a manager's cluster listener binds (2377; the bootstrap one is +1)
 
 
 Joiner = Callable[["JoinRequest"], Awaitable[Membership]]
@@ -113,6 +116,8 @@ class Manager:
         self.addr = advertise_addr or default_addr()
         self.heartbeat_s = heartbeat_s
         self.dispatcher: Dispatcher | None = None
+        self.ca: ClusterCA | None = None
+        self.server: ClusterServer | None = None
         self.on_join: Hook | None = None  # the daemon starts its local agent here
         self.on_leave: Hook | None = None  # ... and stops it (removing its containers) here
         self.joiner: Joiner | None = None  # the daemon joins another manager's swarm here
@@ -215,8 +220,15 @@ class Manager:
         with self.store.tx() as tx:
             tx.create("cluster", cluster)
             tx.create("node", node)
-        self._save_membership(Membership(node_id=node_id, role="manager"))
-        await self._start_components()
+        self._save_membership(Membership(node_id=node_id, role="manager", listen=_listen_of(req.ListenAddr)))
+        try:
+            await self._start_components()
+        except BaseException:
+            # e.g. the cluster port is taken: leave no half-made swarm behind.
+            await self.stop()
+            self.store.wipe()
+            self._save_membership(None)
+            raise
         if self.on_join:
             await self.on_join(node_id)
         log.info("swarm initialised: cluster %s, node %s", cluster_id, node_id)
@@ -240,14 +252,24 @@ class Manager:
 
     async def stop(self) -> None:
         """Cancel every component (daemon shutdown or leave); running containers are left alone."""
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
         for t in self._tasks:
             t.cancel()
         # gather, not `suppress(CancelledError)`: a cancel aimed at the caller must still reach it.
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         self.dispatcher = None
+        self.ca = None
 
     # ------------------------------------------------------------------ used by the API
+
+    def rotate_root_ca(self) -> None:
+        """``swarm ca --rotate``: a new root; nodes move to it as they renew (see ClusterCA)."""
+        self.require_swarm()
+        assert self.ca is not None
+        self.ca.rotate_root()
 
     def logs(self, tasks: list[Task], options: LogOptions) -> AsyncIterator[LogMessage]:
         if self.dispatcher is None:
@@ -257,8 +279,16 @@ class Manager:
     # ------------------------------------------------------------------ internals
 
     async def _start_components(self) -> None:
+        assert self.membership is not None
+        node_id = self.membership.node_id
         self.dispatcher = Dispatcher(self.store, heartbeat_period_s=self.heartbeat_s)
+        self.ca = ClusterCA(self.store, self.data_root, local_node_id=node_id)
+        host, port = _split_listen(self.membership.listen or f"0.0.0.0:{SWARM_PORT}")
+        self.server = ClusterServer(self.dispatcher, self.ca, host, port, node_id_of_manager=node_id,
+                                    advertise_addr=self.addr)
+        await self.server.start()
         components = [
+            self.ca,
             self.dispatcher,
             ReplicatedOrchestrator(self.store),
             GlobalOrchestrator(self.store),
@@ -298,7 +328,7 @@ class Manager:
         try:
             data = json.loads(self._state_file.read_text())
             return Membership(node_id=data["node_id"], role=data.get("role", "manager"),
-                              manager=data.get("manager", ""))
+                              manager=data.get("manager", ""), listen=data.get("listen", ""))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -308,6 +338,21 @@ class Manager:
         else:
             self._state_file.write_text(json.dumps(asdict(membership)))
         self.membership = membership
+
+
+def _listen_of(listen_addr: str) -> str:
+    """InitRequest.ListenAddr ("0.0.0.0:2377", "10.0.0.1", ":2377", "") as "host:port"."""
+    if not listen_addr:
+        return f"0.0.0.0:{SWARM_PORT}"
+    host, port = _split_listen(listen_addr)
+    return f"{host}:{port}"
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        return listen or "0.0.0.0", SWARM_PORT
+    return host or "0.0.0.0", int(port)
 
 
 def _host_of(addr: str) -> str:

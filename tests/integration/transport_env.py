@@ -111,10 +111,11 @@ async def manager_side(tmp: Path, cert_expiry_s: float = 90 * 24 * 3600) -> Asyn
     ca_runner = asyncio.create_task(ca.run())
     server = ClusterServer(dispatcher, ca, "127.0.0.1", free_port_pair(), node_id_of_manager=node_id)
     await server.start()
+    side = ManagerSide(store, dispatcher, ca, server, node_id, data_root)
     try:
-        yield ManagerSide(store, dispatcher, ca, server, node_id, data_root)
+        yield side
     finally:
-        await server.stop(0)
+        await side.server.stop(0)  # a test may have replaced it (a restarted manager)
         for t in (runner, ca_runner):
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):

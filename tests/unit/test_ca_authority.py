@@ -137,7 +137,7 @@ def test_certificate_lifetime_follows_the_cluster_setting(tmp_path: Path) -> Non
     store = MemoryStore(NullBackend())
     make_cluster(store, tmp_path, cert_expiry_s=3600)
     ca = ClusterCA(store, tmp_path)
-    node_id, cert_pem = ca.join(tokens(store).Worker, csr(), "host-2", "10.77.0.2", "active")
+    _, cert_pem = ca.join(tokens(store).Worker, csr(), "host-2", "10.77.0.2", "active")
     cert = x509.load_pem_x509_certificate(cert_pem.encode())
     lifetime = (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()
     assert 3600 <= lifetime <= 3600 + 6 * 60  # plus the clock-skew allowance
@@ -205,3 +205,17 @@ def test_key_that_does_not_match_the_root_is_refused(tmp_path: Path) -> None:
     (tmp_path / "ca.key").write_text(create_root_ca("x")[1])
     with pytest.raises(InvalidArgument, match="does not hold the key"):
         ClusterCA(store, tmp_path)
+
+
+def test_a_new_swarm_in_the_same_store_is_followed(env: tuple[MemoryStore, ClusterCA, str], tmp_path: Path) -> None:
+    """``swarm leave`` then ``swarm init``: a new root and key; a stale rotation file is ignored."""
+    store, ca, _ = env
+    ca.join(tokens(store).Worker, csr(), "host-2", "10.77.0.2", "active")
+    ca.rotate_root()
+    assert ca.rotation_in_progress
+    store.wipe()
+    make_cluster(store, tmp_path)
+    generation = ca.generation
+    assert ca.validate_join_token(tokens(store).Worker) == NodeRole.WORKER
+    assert ca.root_pem == store.cluster().TLSInfo.TrustRoot and ca.generation > generation
+    assert not ca.rotation_in_progress and ca.trust_bundle_pem() == ca.root_pem

@@ -65,7 +65,7 @@ def update_task(store: MemoryStore, task_id: str, **changes: object) -> None:
 @pytest.fixture
 async def env() -> AsyncIterator[tuple[MemoryStore, Dispatcher]]:
     store = MemoryStore(NullBackend())
-    d = Dispatcher(store, heartbeat_period_s=0.05)
+    d = Dispatcher(store, heartbeat_period_s=2.0)  # long: these tests send no heartbeats
     runner = asyncio.create_task(d.run())
     yield store, d
     runner.cancel()
@@ -110,7 +110,7 @@ async def test_register_marks_node_ready_with_description(env: tuple[MemoryStore
     store, d = env
     nid = make_node(store)
     info = await d.register(nid, NodeDescription(Hostname="h1"), "10.0.0.7")
-    assert info.node_id == nid and info.session_id and info.heartbeat_period_s == 0.05
+    assert info.node_id == nid and info.session_id and info.heartbeat_period_s == 2.0
     node = store.get("node", nid)
     assert node.Status.State == NodeState.READY
     assert node.Status.Addr == "10.0.0.7"
@@ -239,8 +239,20 @@ async def test_wrong_node_and_deleted_updates_ignored(env: tuple[MemoryStore, Di
     assert store.revision == rev  # nothing written
 
 
-async def test_heartbeat_keeps_session_and_expiry_marks_node_down(env: tuple[MemoryStore, Dispatcher]) -> None:
-    store, d = env
+@pytest.fixture
+async def fast_env() -> AsyncIterator[tuple[MemoryStore, Dispatcher]]:
+    """A dispatcher with a 50 ms heartbeat, for the tests about expiry."""
+    store = MemoryStore(NullBackend())
+    d = Dispatcher(store, heartbeat_period_s=0.05)
+    runner = asyncio.create_task(d.run())
+    yield store, d
+    runner.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner
+
+
+async def test_heartbeat_keeps_session_and_expiry_marks_node_down(fast_env: tuple[MemoryStore, Dispatcher]) -> None:
+    store, d = fast_env
     nid = make_node(store)
     info = await d.register(nid, NodeDescription(), "a")
     stream = Reader(d.assignments(info.session_id))
@@ -292,7 +304,7 @@ async def test_inprocess_client_round_trip(env: tuple[MemoryStore, Dispatcher]) 
     add_tasks(store, t)
     client = InProcessClient(d)
     info = await client.register(nid, NodeDescription(), "a")
-    assert await client.heartbeat(info.session_id) == 0.05
+    assert await client.heartbeat(info.session_id) == 2.0
     full = await Reader(client.assignments(info.session_id)).next()
     assert [x.ID for x in full.tasks] == [t.ID]
     await client.update_task_status(info.session_id, [TaskStatusUpdate(t.ID, TaskStatus(State=TaskState.ACCEPTED))])

@@ -48,6 +48,8 @@ async def update(request: web.Request) -> web.Response:
     manager = swarm_manager(request)
     version = query_version(request, "swarm")
     spec = await decode_body(request, SwarmSpec)
+    before = controlapi.inspect_cluster(manager.store).Spec.CAConfig
+    rotate = spec.CAConfig is not None and spec.CAConfig.ForceRotate > (before.ForceRotate if before else 0)
     controlapi.update_cluster(
         manager.store,
         version,
@@ -55,6 +57,8 @@ async def update(request: web.Request) -> web.Response:
         rotate_worker_token=query_bool(request, "rotateWorkerToken"),
         rotate_manager_token=query_bool(request, "rotateManagerToken"),
     )
+    if rotate:  # `docker swarm ca --rotate` bumps ForceRotate
+        manager.rotate_root_ca()
     return empty_response()
 
 

@@ -53,6 +53,7 @@ class FakeManager:
         self.log_messages: list[LogMessage] = []
         self.log_calls: list[tuple[list[str], LogOptions]] = []
         self.join_requests: list[JoinRequest] = []
+        self.ca_rotations = 0
 
     @property
     def in_swarm(self) -> bool:
@@ -65,6 +66,9 @@ class FakeManager:
     def require_swarm(self) -> None:
         if not self.in_swarm:
             raise NotInSwarm()
+
+    def rotate_root_ca(self) -> None:
+        self.ca_rotations += 1
 
     async def join(self, req: JoinRequest) -> None:
         if self.in_swarm:

@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from shoal.ca.certs import (
-    MANAGER_SERVER_NAME,
     generate_key_and_csr,
     issue_node_cert,
     load_csr,
@@ -66,6 +65,7 @@ ROTATION_FILE = "ca-rotation.json"
 class _Rotation(msgspec.Struct):
     """A root rotation in progress: what stays trusted, and whom it still waits for."""
 
+    root: str  # the root it rotated to: state naming another root is stale (aborted, or another swarm's)
     previous_root: str
     cross_signed: str  # the current root's key and name, certified by the previous root
     pending: list[str]  # node IDs that have not renewed since the rotation
@@ -94,10 +94,14 @@ class ClusterCA:
         cluster = self.store.cluster()
         if cluster is None:
             raise NotInSwarm()
+        root = cluster.TLSInfo.TrustRoot if cluster.TLSInfo else ""
+        if root != self._root_pem and self._root_pem:  # a new swarm since (leave, then init): start over
+            self._load(cluster)
+            self._changed()
         return cluster
 
-    def _load(self) -> None:
-        cluster = self._cluster()
+    def _load(self, cluster: Cluster | None = None) -> None:
+        cluster = cluster or self._cluster()
         root_pem = cluster.TLSInfo.TrustRoot if cluster.TLSInfo else ""
         if not root_pem:
             raise InvalidArgument("the cluster has no root CA certificate")
@@ -115,10 +119,10 @@ class ClusterCA:
         nxt.unlink(missing_ok=True)  # left by a rotation that stopped before the store named its root
         try:
             self._rotation = msgspec.json.decode((self.data_root / ROTATION_FILE).read_bytes(), type=_Rotation)
-        except FileNotFoundError:
+        except (FileNotFoundError, msgspec.DecodeError):  # none, or unreadable: trust the current root only
             self._rotation = None
-        if self._rotation is not None and self._rotation.previous_root == root_pem:
-            self._rotation = None  # ... and its state, naming the current root as the previous one
+        if self._rotation is not None and self._rotation.root != root_pem:
+            self._rotation = None  # ... and its state, or one from an earlier swarm
             self._save_rotation()
 
     def _save_rotation(self) -> None:
@@ -146,20 +150,23 @@ class ClusterCA:
 
     @property
     def root_pem(self) -> str:
+        self._cluster()
         return self._root_pem
 
     @property
     def root_digest(self) -> str:
         """The digest join tokens carry (and nodes compare with the root they hold)."""
-        return ca_digest(self._root_pem)
+        return ca_digest(self.root_pem)
 
     @property
     def rotation_in_progress(self) -> bool:
+        self._cluster()
         return self._rotation is not None
 
     def trust_bundle_pem(self) -> str:
         """The roots a node certificate may chain to: the current one first, then (while a rotation
         is in progress) the previous one."""
+        self._cluster()
         if self._rotation is None:
             return self._root_pem
         return self._root_pem + self._rotation.previous_root
@@ -176,6 +183,7 @@ class ClusterCA:
     def sign_node_csr(self, csr_pem: str, node_id: str, role: NodeRole, cluster_id: str, addr: str) -> str:
         """A certificate (PEM) for the CSR's key naming the node, its role and cluster."""
         csr = load_csr(csr_pem)
+        self._cluster()
         assert self._root is not None and self._key is not None
         return issue_node_cert(csr.public_key(), self._root, self._key, node_id, role,  # type: ignore[arg-type]
                                cluster_id, addr, self.cert_expiry())
@@ -195,6 +203,7 @@ class ClusterCA:
 
     def validate_join_token(self, token: str) -> NodeRole:
         """The role a token admits; InvalidArgument for anything but the cluster's current tokens."""
+        tokens = self._cluster().JoinTokens or JoinTokens()
         try:
             digest, _secret = parse_join_token(token.strip())
         except ValueError:
@@ -202,7 +211,6 @@ class ClusterCA:
         if not hmac.compare_digest(digest, self.root_digest):
             raise InvalidArgument(f"{INVALID_TOKEN}: remote CA does not match fingerprint (the token is for another "
                                   "cluster, or for a root CA that was rotated)")
-        tokens = self._cluster().JoinTokens or JoinTokens()
         token = token.strip()
         if tokens.Manager and hmac.compare_digest(token, tokens.Manager):
             return NodeRole.MANAGER
@@ -261,7 +269,7 @@ class ClusterCA:
         new_cert, new_key = create_root(cluster.ID, unique=True)
         new_pem = new_cert.public_bytes(serialization.Encoding.PEM).decode()
         pending = [n.ID for n in self.store.list("node") if n.ID != self.local_node_id]
-        rotation = _Rotation(previous_root=self._root_pem,
+        rotation = _Rotation(root=new_pem, previous_root=self._root_pem,
                              cross_signed=cross_sign(new_cert, self._root, self._key), pending=pending)
         key_path = self.data_root / KEY_FILE
         nxt = key_path.with_name(KEY_FILE + ".next")
@@ -325,4 +333,4 @@ class ClusterCA:
         """For diagnostics and ``swarm ca``: the root digest, and whom a rotation waits for."""
         waiting = [nid for nid in self._rotation.pending if self._still_waiting_for(nid)] if self._rotation else []
         return {"root_digest": self.root_digest, "rotation_in_progress": self._rotation is not None,
-                "waiting_for": waiting, "server_name": MANAGER_SERVER_NAME}
+                "waiting_for": waiting}

@@ -153,7 +153,8 @@ class GrpcDispatcherClient:
 
     async def renew_certificate(self) -> NodeCredentials:
         """A new key and certificate (role and trusted roots as the manager says now), saved and used
-        for new connections. Calls already running finish on the connection they started on."""
+        for new calls. Calls already running go on over the previous connection, which stays open
+        until the next renewal."""
         async with self._renew_lock:
             key_pem, csr_pem = generate_key_and_csr()
             resp: m.RenewResponse = await self._unary("RenewCertificate", m.RenewRequest(csr_pem), m.RenewResponse)

@@ -40,6 +40,7 @@ KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
 ]
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     *KEEPALIVE_OPTIONS,
+    ("grpc.so_reuseport", 0),  # a second manager on the same port must fail, not share it
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),

@@ -28,7 +28,7 @@ from shoal.ca.authority import ClusterCA
 from shoal.ca.certs import CertIdentity, cert_identity
 from shoal.dispatcher.dispatcher import Dispatcher, SessionInvalid
 from shoal.dispatcher.protocol import Assignments
-from shoal.errors import NotFound, ShoalError
+from shoal.errors import NotFound, ShoalError, Unavailable
 from shoal.transport import messages as m
 from shoal.transport.errors import ERROR_KEY, PermissionDenied, Unauthenticated, status_of
 from shoal.transport.logs import RemoteLogSource
@@ -147,6 +147,14 @@ class ClusterServer:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        """Listen on both ports; Unavailable (and nothing left listening) if either is taken."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def _start(self) -> None:
         cluster_cfg, bootstrap_cfg = self._configs()
         self._cluster_cfg, self._bootstrap_cfg = _DynamicConfig(cluster_cfg), _DynamicConfig(bootstrap_cfg)
         self.ca.on_change(self._ca_changed)
@@ -163,7 +171,7 @@ class ClusterServer:
         })])
         creds = grpc.dynamic_ssl_server_credentials(cluster_cfg, self._cluster_cfg.fetch,
                                                     require_client_authentication=True)
-        self.port = self._cluster.add_secure_port(f"{self.host}:{self.port}", creds)
+        self.port = self._bind(self._cluster, self.port, creds)
 
         self._bootstrap = grpc.aio.server(options=SERVER_OPTIONS)
         self._bootstrap.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(BOOTSTRAP_SERVICE, {
@@ -172,13 +180,19 @@ class ClusterServer:
         })])
         bcreds = grpc.dynamic_ssl_server_credentials(bootstrap_cfg, self._bootstrap_cfg.fetch,
                                                      require_client_authentication=False)
-        self.bootstrap_port = self._bootstrap.add_secure_port(f"{self.host}:{self.bootstrap_port}", bcreds)
+        self.bootstrap_port = self._bind(self._bootstrap, self.bootstrap_port, bcreds)
 
         await self._cluster.start()
         await self._bootstrap.start()
         self._refresh = asyncio.create_task(self._refresh_loop(), name="cluster-server-cert")
         log.info("cluster listener on %s:%d (mutual TLS), bootstrap on %s:%d", self.host, self.port,
                  self.host, self.bootstrap_port)
+
+    def _bind(self, server: grpc.aio.Server, port: int, creds: grpc.ServerCredentials) -> int:
+        try:
+            return server.add_secure_port(f"{self.host}:{port}", creds)
+        except RuntimeError as e:  # gRPC says only "Failed to bind"; the port is most likely taken
+            raise Unavailable(f"cannot listen on {self.host}:{port} (is the port in use?): {e}") from None
 
     async def stop(self, grace: float = 1.0) -> None:
         if self._refresh is not None:
