@@ -12,6 +12,13 @@ needs=(
   iptables:iptables
   file:file
   python3:python3
+  # `shoal lab` (multi-host lab): namespaces, links, its registry
+  ip:iproute2
+  nsenter:util-linux
+  unshare:util-linux
+  umount:mount
+  hostname:hostname
+  docker-registry:docker-registry
 )
 
 missing=()

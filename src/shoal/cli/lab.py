@@ -55,10 +55,7 @@ def up(
     started = time.monotonic()
     with _errors():
         lab = Lab(state_dir, hosts, preload or DEFAULT_PRELOAD, join=not no_join, progress=_say)
-        try:
-            lab.up()
-        except LabError as e:
-            raise LabError(f"{e} (logs under {lab.state_dir}; `shoal lab down` removes the lab)") from None
+        lab.up()
     _say(f"lab up: {hosts} host(s) in {time.monotonic() - started:.1f}s")
     _say(f"DOCKER_HOST={lab.docker_host}")
 

@@ -18,7 +18,7 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ from shoal.lab.state import BRIDGE, MARKER, MAX_HOSTS, HostState, LabState, Proc
 DEFAULT_STATE_DIR = "/run/shoal-lab"
 DEFAULT_PRELOAD = ("busybox:latest",)
 SWARM_PORT = 2377
+NEED_ROOT = "the lab needs root (network namespaces, bridges, dockerd)"
 REQUIRED = ("ip", "nsenter", "unshare", "hostname", "iptables", "umount", "dockerd", "docker-registry")
 
 T = TypeVar("T")
@@ -53,11 +54,16 @@ class HostStatus(msgspec.Struct):
 def missing_requirements() -> str | None:
     """Why the lab cannot run here (not root, a command missing), or None."""
     if os.geteuid() != 0:
-        return "the lab needs root (network namespaces, bridges, dockerd)"
+        return NEED_ROOT
     missing = [c for c in REQUIRED if shutil.which(c) is None]
     if missing:
         return f"missing commands: {', '.join(missing)} (scripts/install-deps.sh installs them)"
     return None
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError(NEED_ROOT)
 
 
 def parse_host(name: str | int) -> int:
@@ -79,18 +85,14 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-async def _all(coros: Iterable[Awaitable[T]]) -> list[T]:
+async def _all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     """Run concurrently; on the first failure cancel the rest and raise that failure itself."""
     try:
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(_as_coro(c)) for c in coros]
+            tasks = [tg.create_task(c) for c in coros]
     except BaseExceptionGroup as eg:
         raise eg.exceptions[0] from None
     return [t.result() for t in tasks]
-
-
-async def _as_coro(aw: Awaitable[T]) -> T:
-    return await aw
 
 
 def _shoal_command() -> list[str]:
@@ -183,6 +185,7 @@ class Lab:
 
     def kill(self, host: str | int) -> None:
         """SIGKILL the host's Shoal daemon (its containers and engine keep running)."""
+        _need_root()
         h = self.host(host)
         if not proc.send(h.daemon, signal.SIGKILL):
             raise LabError(f"{h.name}: its Shoal daemon is not running")
@@ -192,6 +195,7 @@ class Lab:
 
     def stop_engine(self, host: str | int, grace_s: float = 60.0) -> None:
         """SIGTERM the host's dockerd and wait for it to exit (it stops its containers first)."""
+        _need_root()
         h = self.host(host)
         if not proc.alive(h.dockerd):
             raise LabError(f"{h.name}: its engine is not running")
@@ -199,15 +203,18 @@ class Lab:
 
     def cut(self, host: str | int) -> None:
         """Take the host's link down: its daemon and engine run on, unreachable."""
+        _need_root()
         _run(net.set_link(self.host(host), False))
 
     def restore(self, host: str | int) -> None:
         """Link up; restart the host's dockerd and Shoal daemon if they are not running. The daemon
         rejoins the swarm by itself from its data root."""
+        _need_root()
         _run(self._restore(self.host(host)))
 
     def heal(self) -> None:
         """Restore every host (a no-op for a healthy lab): the fixture's reset between tests."""
+        _need_root()
         _run(_all(self._restore(h) for h in self.hosts))
 
     # ------------------------------------------------------------------------------ up / down
@@ -218,6 +225,7 @@ class Lab:
 
     def down(self) -> None:
         """Remove everything a lab made, also after a failed ``up``; safe to repeat."""
+        _need_root()
         _run(self._down())
 
     async def _up(self) -> None:
@@ -226,11 +234,19 @@ class Lab:
             raise LabError(why)
         if state.state_file(self.state_dir).exists():
             raise LabError(f"a lab is already up at {self.state_dir} (`shoal lab down` removes it)")
+        if len(f"{self.state_dir}/h{self.n_hosts}/exec/containerd/containerd-debug.sock") > 100:
+            raise LabError(f"--state-dir {self.state_dir} is too long for the unix sockets under it (108 bytes)")
         if net.link_exists(BRIDGE) or net.lab_netns():
-            raise LabError(f"a lab already exists on this machine (bridge {BRIDGE}); "
-                           "`shoal lab down --state-dir DIR` removes it")
+            owner = net.bridge_owner() or self.state_dir
+            raise LabError(f"a lab already exists on this machine (state dir {owner}): "
+                           f"`shoal lab down --state-dir {owner}` removes it")
         await engine.check_images(self.main_engine, self.preload)
+        try:
+            await self._build()
+        except LabError as e:
+            raise LabError(f"{e} (logs under {self.state_dir}; `shoal lab down` removes what was built)") from None
 
+    async def _build(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / MARKER).touch()
         st = LabState(state_dir=str(self.state_dir), preload=self.preload, join=self.join,
@@ -240,7 +256,7 @@ class Lab:
             os.makedirs(h.dir, exist_ok=True)
         state.save(st)
 
-        await net.create_bridge()
+        await net.create_bridge(str(self.state_dir))
         self.progress(f"bridge {BRIDGE} {st.gateway}/24")
         st.registry_proc = engine.start_registry(self.state_dir, st.registry)
         state.save(st)
@@ -333,8 +349,12 @@ class Lab:
 
     async def _restore(self, h: HostState) -> None:
         st = self.state
-        if net.link_up(h.veth) is False:
+        link = net.link_up(h.veth)
+        if link is None:
+            raise LabError(f"{h.name}: its link {h.veth} is gone; the lab needs rebuilding (down, then up)")
+        if not link:
             await net.set_link(h, True)
+            await net.forget_neighbours(h, st.hosts)
             self.progress(f"{h.name}: link up")
         if not proc.alive(h.dockerd):
             h.dockerd = engine.start_dockerd(h, st.registry)
@@ -348,6 +368,12 @@ class Lab:
             self.progress(f"{h.name}: shoal daemon restarted, pid {h.daemon.pid}")
 
     async def _down(self) -> None:
+        if self.state_dir.is_dir() and not (self.state_dir / MARKER).exists() and any(self.state_dir.iterdir()):
+            raise LabError(f"{self.state_dir} holds no lab (no {MARKER} file): nothing done")
+        owner = net.bridge_owner()
+        if owner and Path(owner) != self.state_dir and state.state_file(Path(owner)).exists():
+            raise LabError(f"no lab at {self.state_dir}: the lab on this machine is at {owner} "
+                           f"(`shoal lab down --state-dir {owner}` removes it)")
         st = state.load(self.state_dir)
         problems: list[str] = []
         if st is not None:
@@ -363,17 +389,16 @@ class Lab:
             if not await proc.wait_gone(leftovers, 10):
                 problems.append(f"processes survived SIGKILL: {[r.pid for r in leftovers if proc.alive(r)]}")
             self.progress(f"killed {len(leftovers)} leftover process(es) in lab namespaces")
+        existed = bool(net.lab_netns() or net.lab_links())
         problems += await net.teardown()
-        self.progress(f"removed bridge {BRIDGE}, namespaces, links and firewall rules")
+        if existed:
+            self.progress(f"removed bridge {BRIDGE}, host namespaces and links, firewall rules")
         stuck = await mounts.unmount_all(self.state_dir)
         if stuck:
             problems.append(f"could not unmount {', '.join(stuck)}")
-        elif self.state_dir.exists():
-            if (self.state_dir / MARKER).exists():
-                shutil.rmtree(self.state_dir)
-                self.progress(f"removed {self.state_dir}")
-            else:
-                problems.append(f"{self.state_dir} was not made by a lab: left in place")
+        elif (self.state_dir / MARKER).exists():
+            shutil.rmtree(self.state_dir)
+            self.progress(f"removed {self.state_dir}")
         self._state = None
         if problems:
             raise LabError("down: " + "; ".join(problems))
@@ -391,3 +416,5 @@ class Lab:
         for r in rest:
             proc.send(r, signal.SIGKILL)
         await proc.wait_gone(rest, 10)
+        if rest:
+            self.progress(f"{h.name}: killed {len(rest)} process(es) its engine left behind")

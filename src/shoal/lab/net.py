@@ -50,8 +50,17 @@ def link_up(name: str) -> bool | None:
         return None
 
 
-async def create_bridge() -> None:
+def bridge_owner() -> str | None:
+    """The state dir of the lab that made the bridge (kept in the bridge's alias), if there is one."""
+    try:
+        return Path(f"/sys/class/net/{BRIDGE}/ifalias").read_text().strip() or None
+    except OSError:
+        return None
+
+
+async def create_bridge(owner: str) -> None:
     await run("ip", "link", "add", BRIDGE, "type", "bridge")
+    await run("ip", "link", "set", BRIDGE, "alias", owner)
     await run("ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE)
     await run("ip", "link", "set", BRIDGE, "up")
     for chain, rule in FIREWALL:
@@ -74,10 +83,43 @@ async def create_host(h: HostState) -> None:
     await run("unshare", f"--uts={h.uts_path}", "hostname", h.name)
 
 
+def operstate(name: str) -> str:
+    try:
+        return Path(f"/sys/class/net/{name}/operstate").read_text().strip()
+    except OSError:
+        return "missing"
+
+
 async def set_link(h: HostState, up: bool) -> None:
+    """Set the host side of the host's veth up or down, and return once the link *is* so: the kernel
+    reports carrier changes up to a second late, and a restored host must be reachable on return."""
     if not link_exists(h.veth):
         raise LabError(f"{h.name}: its link {h.veth} does not exist")
     await run("ip", "link", "set", h.veth, "up" if up else "down")
+    want = "up" if up else "down"
+    for _ in range(100):
+        # Both ends: until the kernel has seen the carrier come back on the host's own eth0 too, that
+        # side still drops what the host sends.
+        if operstate(h.veth) == want and (not up or await peer_operstate(h) == "up"):
+            return
+        await asyncio.sleep(0.05)
+    raise LabError(f"{h.name}: link {h.veth} is {operstate(h.veth)}, not {want}, 5s after setting it {want}")
+
+
+async def peer_operstate(h: HostState) -> str:
+    """Operational state of eth0 inside the host's namespace ("up", "lowerlayerdown" ...)."""
+    out = await run("ip", "-n", h.netns, "-br", "link", "show", "dev", "eth0", check=False)
+    words = out.split()
+    return words[1].lower() if len(words) > 1 else "missing"
+
+
+async def forget_neighbours(h: HostState, hosts: list[HostState]) -> None:
+    """After a cut: drop the ARP entries that went bad meanwhile (the host's own, and the others'
+    for it). Left alone, an entry stuck in INCOMPLETE delays replies by up to a second."""
+    await run("ip", "-n", h.netns, "neigh", "flush", "dev", "eth0", check=False)
+    for other in hosts:
+        if other is not h:
+            await run("ip", "-n", other.netns, "neigh", "flush", "to", h.addr, check=False)
 
 
 def lab_netns() -> list[str]:

@@ -1,0 +1,96 @@
+"""The ``lab`` fixture: a multi-host lab (``shoal.lab.Lab``, the code behind ``shoal lab``).
+
+    @pytest.mark.lab(hosts=2, join=False)        # defaults: hosts=4, join=True, preload=busybox:latest
+    def test_something(lab: Lab) -> None:
+        client = docker.DockerClient(base_url=lab.docker_host)
+        lab.cut("host-2") ...
+
+One lab is built per session and shared by every test that asks for the same shape; a test asking
+for another shape gets the old lab torn down and a new one built (the machine holds one lab at a
+time: the bridge and addresses are fixed). Before each test the lab is healed (links up, stopped
+dockerds and daemons restarted), so fault injection in one test does not leak into the next.
+For a module- or session-scoped fixture of your own, call ``lab_pool.get(hosts=..., join=...)``.
+
+Lab tests are skipped, with the reason, when not root or when a command the lab needs is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from shoal.lab import DEFAULT_PRELOAD, Lab, LabError, missing_requirements
+
+STATE_DIR = Path(os.environ.get("SHOAL_LAB_TEST_STATE", "/run/shoal-lab-test"))
+MAIN_ENGINE_SOCK = "/var/run/docker.sock"
+
+
+def lab_unavailable() -> str | None:
+    why = missing_requirements()
+    if why is None and not os.path.exists(MAIN_ENGINE_SOCK):
+        why = f"no dockerd at {MAIN_ENGINE_SOCK} to take the preload images from"
+    return why
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    why = lab_unavailable()
+    if why is None:
+        return
+    skip = pytest.mark.skip(reason=f"lab: {why}")
+    for item in items:
+        if "lab" in item.keywords:
+            item.add_marker(skip)
+
+
+class LabPool:
+    """Holds the session's lab; builds another only when a test wants a different shape."""
+
+    def __init__(self, state_dir: Path = STATE_DIR) -> None:
+        self.state_dir = state_dir
+        self.lab: Lab | None = None
+        self.shape: tuple[int, bool, tuple[str, ...]] | None = None
+
+    def get(self, hosts: int = 4, join: bool = True, preload: Sequence[str] = DEFAULT_PRELOAD) -> Lab:
+        shape = (hosts, join, tuple(preload))
+        if self.lab is not None and self.shape == shape:
+            try:
+                self.lab.heal()
+                return self.lab
+            except LabError:
+                pass  # broken beyond healing (a test removed a namespace...): build a new one
+        self.release()
+        # A lab left at *our* state dir by an interrupted session is ours to remove.
+        if (self.state_dir / "lab.json").exists():
+            Lab(self.state_dir).down()
+        lab = Lab(self.state_dir, hosts, preload, join=join)
+        try:
+            lab.up()
+        except LabError as e:
+            with contextlib.suppress(LabError):
+                lab.down()
+            pytest.fail(f"lab up ({hosts} hosts, join={join}) failed: {e}", pytrace=False)
+        self.lab, self.shape = lab, shape
+        return lab
+
+    def release(self) -> None:
+        if self.lab is not None:
+            lab, self.lab, self.shape = self.lab, None, None
+            lab.down()
+
+
+@pytest.fixture(scope="session")
+def lab_pool() -> Iterator[LabPool]:
+    pool = LabPool()
+    yield pool
+    pool.release()
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest, lab_pool: LabPool) -> Lab:
+    marker = request.node.get_closest_marker("lab")
+    kw = dict(marker.kwargs) if marker is not None else {}
+    return lab_pool.get(kw.get("hosts", 4), kw.get("join", True), kw.get("preload", DEFAULT_PRELOAD))
