@@ -234,3 +234,19 @@ def test_node_removal_and_demotion_rules(lab: Lab, swarm: docker.DockerClient) -
         leader.update(spec)
     assert "last manager" in str(exc.value.explanation)
     assert node_snapshot(swarm) == before
+
+
+def test_manager_restart_keeps_the_cluster(lab: Lab, swarm: docker.DockerClient) -> None:
+    svc = sleeper(swarm, "steady", 8)
+    wait_for(lambda: sum(running_per_host(swarm, svc.id).values()) == 8)
+    before = {h: sorted(c["Id"] for c in cs) for h, cs in engine_containers(lab, svc.id).items()}
+    lab.kill("host-1")  # the manager's daemon dies; its engine and every worker keep running
+    time.sleep(2)
+    assert {h: sorted(c["Id"] for c in cs) for h, cs in engine_containers(lab, svc.id).items()} == before
+    lab.restore("host-1")
+    client = client_of(lab)
+    wait_for(lambda: all(n.attrs["Status"]["State"] == "ready" for n in client.nodes.list()), within=60)
+    wait_for(lambda: sum(running_per_host(client, svc.id).values()) == 8, within=60)
+    # Nothing was restarted or recreated anywhere: agents reconnected and adopted what runs.
+    assert {h: sorted(c["Id"] for c in cs) for h, cs in engine_containers(lab, svc.id).items()} == before
+    assert len(client.api.tasks(filters={"service": svc.id})) == 8

@@ -171,3 +171,29 @@ def rm(
             failed = True
     if failed:
         raise typer.Exit(1)
+
+
+def _set_role(ctx: typer.Context, nodes: list[str], role: str) -> None:
+    """`node promote` / `node demote`: a role change per node, as `docker node promote` does it."""
+    c = client_of(ctx)
+    for n in nodes:
+        current = c.get("/nodes/{0}", _resolve(c, n))
+        spec = dict(current.get("Spec", {}))
+        if spec.get("Role") == role:
+            print(f"Node {n} is already a {role} in the swarm.")
+            continue
+        spec["Role"] = role
+        c.post("/nodes/{0}/update", current["ID"], body=spec, params={"version": current["Version"]["Index"]})
+        print(f"Node {n} {'promoted to a manager' if role == 'manager' else 'demoted'} in the swarm.")
+
+
+@app.command()
+def promote(ctx: typer.Context, nodes: Annotated[list[str], typer.Argument(metavar="NODE...")]) -> None:
+    """Promote one or more nodes to manager in the swarm."""
+    _set_role(ctx, nodes, "manager")
+
+
+@app.command()
+def demote(ctx: typer.Context, nodes: Annotated[list[str], typer.Argument(metavar="NODE...")]) -> None:
+    """Demote one or more nodes from manager in the swarm."""
+    _set_role(ctx, nodes, "worker")

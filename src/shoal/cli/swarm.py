@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -141,3 +142,24 @@ def update(
         spec["Dispatcher"] = {**(spec.get("Dispatcher") or {}), "HeartbeatPeriod": dispatcher_heartbeat}
     c.post("/swarm/update", body=spec, params={"version": swarm["Version"]["Index"]})
     print("Swarm updated.")
+
+
+@app.command()
+def ca(
+    ctx: typer.Context,
+    rotate: Annotated[bool, typer.Option("--rotate", help="Rotate the swarm CA")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Suppress progress output")] = False,
+) -> None:
+    """Display and rotate the root CA."""
+    c = client_of(ctx)
+    swarm = c.get("/swarm")
+    if rotate:
+        spec = swarm["Spec"]
+        ca_config = dict(spec.get("CAConfig") or {})
+        ca_config["ForceRotate"] = int(ca_config.get("ForceRotate") or 0) + 1
+        spec["CAConfig"] = ca_config
+        c.post("/swarm/update", body=spec, params={"version": swarm["Version"]["Index"]})
+        swarm = c.get("/swarm")
+        if not quiet:
+            print("Root CA rotated; nodes move to it as they renew their certificates.", file=sys.stderr)
+    print((swarm.get("TLSInfo") or {}).get("TrustRoot", ""), end="")
