@@ -17,8 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from shoal.ca.authority import ClusterCA
-from shoal.ca.rootca import create_root_ca
+from shoal.ca.certs import write_private
+from shoal.ca.rootca import check_supplied_root, create_root_ca
 from shoal.ca.tokens import generate_join_token
 from shoal.controlapi.cluster import check_swarm_spec
 from shoal.dispatcher.dispatcher import Dispatcher
@@ -187,12 +190,17 @@ class Manager:
             raise InvalidArgument(f"invalid availability {req.Availability!r}: must be active, pause or drain")
         if req.Spec is not None:
             check_swarm_spec(req.Spec)
+        supplied = req.Spec.CAConfig if req.Spec is not None and req.Spec.CAConfig is not None else None
+        if supplied is not None and (supplied.SigningCACert or supplied.SigningCAKey):
+            check_supplied_root(supplied.SigningCACert, supplied.SigningCAKey)
         if req.AdvertiseAddr:
             self.addr = _host_of(req.AdvertiseAddr)
         cluster_id, node_id = new_id(), new_id()
-        ca_cert, ca_key = create_root_ca(cluster_id)
-        (self.data_root / "ca.key").write_text(ca_key)
-        (self.data_root / "ca.key").chmod(0o600)
+        if supplied is not None and supplied.SigningCACert:
+            ca_cert, ca_key = supplied.SigningCACert, supplied.SigningCAKey
+        else:
+            ca_cert, ca_key = create_root_ca(cluster_id)
+        write_private(self.data_root / "ca.key", ca_key)
         spec = req.Spec or SwarmSpec()
         spec.Name = "default"
         spec.Orchestration = spec.Orchestration or OrchestrationConfig()
@@ -202,6 +210,8 @@ class Manager:
                                             LogEntriesForSlowFollowers=500, ElectionTick=10, HeartbeatTick=1)
         spec.Dispatcher = spec.Dispatcher or DispatcherConfig(HeartbeatPeriod=int(self.heartbeat_s * SECOND))
         spec.CAConfig = spec.CAConfig or CAConfig(NodeCertExpiry=90 * 24 * 3600 * SECOND)
+        # The key lives in <data-root>/ca.key (0600), never in the store that every API call reads.
+        spec.CAConfig = msgspec.structs.replace(spec.CAConfig, SigningCACert="", SigningCAKey="")
         cluster = Cluster(
             ID=cluster_id, Version=Version(), CreatedAt="", UpdatedAt="", Spec=spec,
             TLSInfo=TLSInfo(TrustRoot=ca_cert),

@@ -109,3 +109,26 @@ def tls_info(root_pem: str) -> TLSInfo:
         CertIssuerSubject=base64.b64encode(cert.subject.public_bytes()).decode(),
         CertIssuerPublicKey=base64.b64encode(spki).decode(),
     )
+
+
+def check_supplied_root(cert_pem: str, key_pem: str) -> None:
+    """A root CA the user brings (``--ca-cert``/``--ca-key``): it must be a CA certificate with an
+    EC key that matches it (the node certificates are ECDSA). Raises InvalidArgument otherwise."""
+    from shoal.ca.certs import public_key_matches
+    from shoal.errors import InvalidArgument
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        key = serialization.load_pem_private_key(key_pem.encode(), None)
+    except ValueError as e:
+        raise InvalidArgument(f"invalid CA certificate or key: {e}") from None
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise InvalidArgument("the supplied certificate is not a CA certificate")
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise InvalidArgument("the supplied CA key must be an EC (ECDSA) key")
+    if not public_key_matches(cert_pem, key_pem):
+        raise InvalidArgument("the supplied CA key does not match the CA certificate")

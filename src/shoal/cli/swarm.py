@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -46,12 +47,21 @@ def init(
     force_new_cluster: Annotated[bool, typer.Option(help="Force create a new cluster from current state")] = False,
     availability: Annotated[str, typer.Option(parser=flag(parse_choice("active", "pause", "drain")))] = "active",
     task_history_limit: Annotated[int | None, typer.Option(help="Task history retention limit")] = None,
+    ca_cert: Annotated[Path | None, typer.Option(help="Use this root CA certificate (PEM), not a new one")] = None,
+    ca_key: Annotated[Path | None, typer.Option(help="The root CA's private key (PEM, EC)")] = None,
 ) -> None:
     """Initialize a swarm."""
     c = client_of(ctx)
     spec: dict[str, Any] = {}
     if task_history_limit is not None:
         spec["Orchestration"] = _orchestration(task_history_limit)
+    if (ca_cert is None) != (ca_key is None):
+        raise typer.BadParameter("--ca-cert and --ca-key go together")
+    if ca_cert is not None and ca_key is not None:
+        try:
+            spec["CAConfig"] = {"SigningCACert": ca_cert.read_text(), "SigningCAKey": ca_key.read_text()}
+        except OSError as e:
+            raise typer.BadParameter(f"cannot read {e.filename}: {e.strerror}") from None
     body = {
         "ListenAddr": listen_addr,
         "AdvertiseAddr": advertise_addr or "",
