@@ -250,3 +250,25 @@ def test_manager_restart_keeps_the_cluster(lab: Lab, swarm: docker.DockerClient)
     # Nothing was restarted or recreated anywhere: agents reconnected and adopted what runs.
     assert {h: sorted(c["Id"] for c in cs) for h, cs in engine_containers(lab, svc.id).items()} == before
     assert len(client.api.tasks(filters={"service": svc.id})) == 8
+
+
+def test_root_ca_rotation_keeps_every_node(lab: Lab, swarm: docker.DockerClient) -> None:
+    swarm.swarm.reload()
+    old_root = swarm.swarm.attrs["TLSInfo"]["TrustRoot"]
+    old_worker = swarm.swarm.attrs["JoinTokens"]["Worker"]
+    spec = swarm.swarm.attrs["Spec"]
+    spec["CAConfig"] = {**(spec.get("CAConfig") or {}), "ForceRotate": int((spec.get("CAConfig") or {})
+                                                                            .get("ForceRotate") or 0) + 1}
+    swarm.api.update_swarm(version=swarm.swarm.attrs["Version"]["Index"], swarm_spec=spec)
+    swarm.swarm.reload()
+    assert swarm.swarm.attrs["TLSInfo"]["TrustRoot"] != old_root
+    assert swarm.swarm.attrs["JoinTokens"]["Worker"] != old_worker  # tokens name the new root's digest
+
+    def finished() -> bool:
+        swarm.swarm.reload()
+        return not swarm.swarm.attrs.get("RootRotationInProgress")
+
+    wait_for(finished, within=60)  # every live node renewed onto the new root
+    assert all(n.attrs["Status"]["State"] == "ready" for n in swarm.nodes.list())
+    svc = sleeper(swarm, "after-rotation", 4)
+    assert wait_for(lambda: sum(running_per_host(swarm, svc.id).values()) == 4)
