@@ -97,3 +97,40 @@ def test_wipe_forgets_everything(tmp_path) -> None:
     assert store.count("service") == 0
     store.backend.close()
     assert MemoryStore(SqliteBackend(tmp_path / "s.db")).count("service") == 0
+
+
+def test_task_counters_follow_every_write() -> None:
+    store = MemoryStore(NullBackend())
+    with store.tx() as tx:
+        for i in range(6):
+            tx.create("task", task(f"t{i}", "s1", "n1"))
+    assert store.task_counts("s1") == (0, 0, 6)
+
+    def set_state(tid: str, state: TaskState, desired: TaskState = TaskState.RUNNING) -> None:
+        cur = store.get("task", tid)
+        with store.tx() as tx:
+            tx.update("task", msgspec.structs.replace(cur, Status=TaskStatus(State=state), DesiredState=desired))
+
+    for tid in ("t0", "t1", "t2"):
+        set_state(tid, TaskState.RUNNING)
+    set_state("t3", TaskState.COMPLETE)
+    set_state("t4", TaskState.RUNNING, desired=TaskState.SHUTDOWN)  # on its way out: not counted running
+    with store.tx() as tx:
+        tx.delete("task", "t5")
+    recount = (
+        sum(t.Status.State == "running" and t.DesiredState == "running" for t in store.tasks_of_service("s1")),
+        sum(t.Status.State == "complete" for t in store.tasks_of_service("s1")),
+        sum(t.DesiredState == "running" for t in store.tasks_of_service("s1")),
+    )
+    assert store.task_counts("s1") == recount == (3, 1, 4)
+
+
+def test_reloaded_tasks_share_their_spec(tmp_path) -> None:
+    store = MemoryStore(SqliteBackend(tmp_path / "s.db"))
+    with store.tx() as tx:
+        for i in range(3):
+            tx.create("task", task(f"t{i}", "s1"))
+    store.backend.close()
+    again = MemoryStore(SqliteBackend(tmp_path / "s.db"))
+    specs = {id(t.Spec) for t in again.tasks_of_service("s1")}
+    assert len(specs) == 1

@@ -12,7 +12,7 @@ from shoal.controlapi.resolve import get_service
 from shoal.controlapi.validate import mode_kind, validate_service_spec
 from shoal.errors import InvalidArgument
 from shoal.ids import new_id
-from shoal.models import Service, ServiceSpec, ServiceStatus, TaskState, UpdateStatus, Version, now_ts
+from shoal.models import Service, ServiceSpec, ServiceStatus, UpdateStatus, Version, now_ts
 from shoal.store import MemoryStore
 
 SERVICE_FILTERS = ("id", "label", "mode", "name", "runtime")
@@ -77,16 +77,8 @@ def remove_service(store: MemoryStore, ref: str) -> None:
 
 
 def service_status(store: MemoryStore, svc: Service) -> ServiceStatus:
-    """Running/desired/completed counts from the service's own tasks (an index look-up, no scan)."""
-    running = completed = desired_running = 0
-    for t in store.tasks_of_service(svc.ID):
-        state = t.Status.State
-        if state is TaskState.RUNNING and t.DesiredState in (TaskState.RUNNING, TaskState.COMPLETE):
-            running += 1
-        elif state is TaskState.COMPLETE:
-            completed += 1
-        if t.DesiredState is TaskState.RUNNING:
-            desired_running += 1
+    """Running/desired/completed counts, from the store's per-service counters (no task walk)."""
+    running, completed, desired_running = store.task_counts(svc.ID)
     mode = svc.Spec.Mode
     if mode is not None and mode.Replicated is not None:
         desired = mode.Replicated.Replicas or 0

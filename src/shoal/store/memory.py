@@ -13,11 +13,26 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
+
 from shoal.errors import Conflict
 from shoal.models import Version, now_ts
 from shoal.store.base import KINDS, Action, Backend, Event, Kind
 
 _REPLAY = 50_000  # events kept for watchers that resume from a revision
+
+
+def _share_task_specs(tasks: list[Any]) -> None:
+    """Make tasks decoded from storage share equal Specs and Endpoints again, as the tasks the
+    orchestrator makes do: one object per distinct spec instead of 100,000 copies, and the
+    identity shortcut in the updater's comparisons works after a restart too."""
+    seen: dict[bytes, Any] = {}
+    enc = msgspec.msgpack.encode
+    for t in tasks:
+        for field in ("Spec", "Endpoint"):
+            value = getattr(t, field)
+            if value is not None:
+                setattr(t, field, seen.setdefault(enc(value), value))
 
 
 class Watcher:
@@ -109,9 +124,13 @@ class MemoryStore:
         self._tasks_by_service: dict[str, dict[str, Any]] = {}
         self._tasks_by_node: dict[str, dict[str, Any]] = {}
         self._service_by_name: dict[str, str] = {}
+        # Per service: [running, completed, desired running] task counts, kept up to date on every
+        # write so `service ls` (which asks for them on every call) never walks the tasks.
+        self._task_counts: dict[str, list[int]] = {}
         self._watchers: set[Watcher] = set()
         self._history: deque[Event] = deque(maxlen=_REPLAY)
         self.revision, loaded = backend.load()
+        _share_task_specs(loaded.get("task", []))
         for kind, objs in loaded.items():
             for obj in objs:
                 self._index(kind, obj, None)
@@ -132,6 +151,11 @@ class MemoryStore:
 
     def tasks_on_node(self, node_id: str) -> list[Any]:
         return list(self._tasks_by_node.get(node_id, {}).values())
+
+    def task_counts(self, service_id: str) -> tuple[int, int, int]:
+        """(running, completed, desired running) tasks of a service, from counters."""
+        c = self._task_counts.get(service_id)
+        return (c[0], c[1], c[2]) if c else (0, 0, 0)
 
     def service_by_name(self, name: str) -> Any | None:
         sid = self._service_by_name.get(name)
@@ -210,6 +234,7 @@ class MemoryStore:
                 self._tasks_by_service.get(old.ServiceID, {}).pop(old.ID, None)
                 if old.NodeID:
                     self._tasks_by_node.get(old.NodeID, {}).pop(old.ID, None)
+                self._count(old, -1)
             elif kind == "service" and self._service_by_name.get(old.Spec.Name) == old.ID:
                 del self._service_by_name[old.Spec.Name]
         if new is not None:
@@ -218,5 +243,17 @@ class MemoryStore:
                 self._tasks_by_service.setdefault(new.ServiceID, {})[new.ID] = new
                 if new.NodeID:
                     self._tasks_by_node.setdefault(new.NodeID, {})[new.ID] = new
+                self._count(new, 1)
             elif kind == "service":
                 self._service_by_name[new.Spec.Name] = new.ID
+
+    def _count(self, task: Any, sign: int) -> None:
+        state, desired = task.Status.State, task.DesiredState
+        running = state == "running" and desired in ("running", "complete")
+        completed = state == "complete"
+        wanted = desired == "running"
+        if running or completed or wanted:
+            c = self._task_counts.setdefault(task.ServiceID, [0, 0, 0])
+            c[0] += sign * running
+            c[1] += sign * completed
+            c[2] += sign * wanted
