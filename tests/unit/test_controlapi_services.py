@@ -298,3 +298,23 @@ def test_dynamic_ingress_port_skips_other_services_host_ports() -> None:
     other = msgspec.structs.replace(spec, Name="b", EndpointSpec=EndpointSpec(Ports=[dyn]))
     b = controlapi.create_service(store, other)
     assert b.Endpoint.Ports[0].PublishedPort == 30001
+
+
+@pytest.mark.parametrize(
+    ("labels", "ok"),
+    [
+        ({"shoal.strategy": "binpack", "shoal.cpu-overcommit": "4", "shoal.memory-overcommit": "1.5"}, True),
+        ({"shoal.strategy": "tightest"}, False),
+        ({"shoal.cpu-overcommit": "0.5"}, False),
+        ({"shoal.memory-overcommit": "lots"}, False),
+        ({"shoal.cpu-overcommit": "nan"}, False),
+    ],
+)
+def test_cluster_scheduling_labels_are_checked(labels: dict[str, str], ok: bool) -> None:
+    from shoal.controlapi.cluster import check_scheduling_labels
+
+    if ok:
+        check_scheduling_labels(labels)
+    else:
+        with pytest.raises(InvalidArgument):
+            check_scheduling_labels(labels)

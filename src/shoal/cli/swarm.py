@@ -141,11 +141,22 @@ def update(
     dispatcher_heartbeat: Annotated[
         int | None, typer.Option(parser=flag(parse_duration), metavar="DURATION", help="Dispatcher heartbeat period")
     ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(parser=flag(parse_choice("spread", "binpack", "random")), help="Placement strategy")
+    ] = None,
+    cpu_overcommit: Annotated[float | None, typer.Option(min=1.0, help="CPU overcommit ratio (>= 1)")] = None,
+    memory_overcommit: Annotated[float | None, typer.Option(min=1.0, help="Memory overcommit ratio (>= 1)")] = None,
 ) -> None:
     """Update the swarm."""
     c = client_of(ctx)
     swarm = c.get("/swarm")
     spec = swarm["Spec"]
+    labels = dict(spec.get("Labels") or {})
+    for key, value in (("shoal.strategy", strategy), ("shoal.cpu-overcommit", cpu_overcommit),
+                       ("shoal.memory-overcommit", memory_overcommit)):
+        if value is not None:
+            labels[key] = f"{value:g}" if isinstance(value, float) else value
+    spec["Labels"] = labels
     if task_history_limit is not None:
         spec["Orchestration"] = {**(spec.get("Orchestration") or {}), "TaskHistoryRetentionLimit": task_history_limit}
     if dispatcher_heartbeat is not None:
