@@ -120,6 +120,7 @@ class Manager:
         self.heartbeat_s = heartbeat_s
         self.dispatcher: Dispatcher | None = None
         self.ca: ClusterCA | None = None
+        self.scheduler: Scheduler | None = None  # the placement plan asks its live node state
         self.server: ClusterServer | None = None
         self.on_join: Hook | None = None  # the daemon starts its local agent here
         self.on_leave: Hook | None = None  # ... and stops it (removing its containers) here
@@ -272,6 +273,7 @@ class Manager:
         self._tasks.clear()
         self.dispatcher = None
         self.ca = None
+        self.scheduler = None
 
     # ------------------------------------------------------------------ used by the API
 
@@ -297,12 +299,13 @@ class Manager:
         self.server = ClusterServer(self.dispatcher, self.ca, host, port, node_id_of_manager=node_id,
                                     advertise_addr=self.addr)
         await self.server.start()
+        self.scheduler = Scheduler(self.store)
         components = [
             self.ca,
             self.dispatcher,
             ReplicatedOrchestrator(self.store),
             GlobalOrchestrator(self.store),
-            Scheduler(self.store),
+            self.scheduler,
             TaskReaper(self.store),
         ]
         for c in components:

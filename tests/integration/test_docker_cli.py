@@ -96,6 +96,12 @@ def shoal_cli(shoal: ShoalProcess, *args: str, check: bool = True) -> subprocess
 def test_shoal_cli_tour(shoal: ShoalProcess) -> None:
     shoal_cli(shoal, "swarm", "init", "--advertise-addr", "127.0.0.1")
     try:
+        plan = shoal_cli(shoal, "service", "create", "--dry-run", "--replicas", "3", "busybox:latest", "true").stdout
+        assert plan.count("placed") == 3
+        nowhere = shoal_cli(shoal, "service", "create", "--dry-run", "--constraint", "node.labels.zone==x",
+                            "busybox:latest", "true").stdout
+        assert "no suitable node" in nowhere
+        assert shoal.client().services.list() == []  # a dry run creates nothing
         out = shoal_cli(shoal, "service", "create", "--name", "greet", "--replicas", "2",
                         "busybox:latest", "sh", "-c", "echo hello from $HOSTNAME; sleep 600").stdout
         service_id = out.strip().splitlines()[-1]

@@ -311,10 +311,10 @@ def test_dynamic_ingress_port_skips_other_services_host_ports() -> None:
     ],
 )
 def test_cluster_scheduling_labels_are_checked(labels: dict[str, str], ok: bool) -> None:
-    from shoal.controlapi.cluster import check_scheduling_labels
+    from shoal.controlapi.validate import check_swarm_labels
 
     if ok:
-        check_scheduling_labels(labels)
+        check_swarm_labels(labels)
     else:
         with pytest.raises(InvalidArgument):
-            check_scheduling_labels(labels)
+            check_swarm_labels(labels)

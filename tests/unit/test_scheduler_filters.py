@@ -144,7 +144,7 @@ def test_resource_filter_counts_reservations_of_tasks_on_node():
     assert not f.check(info)
     info.remove_task("other")
     assert f.check(info)
-    assert f.explain(2) == "insufficient resources on 2 nodes"
+    assert f.explain(2) == "insufficient cpu on 2 nodes"
 
 
 def test_constraint_platform_hostport_maxreplicas_filters():
@@ -171,7 +171,7 @@ def test_constraint_platform_hostport_maxreplicas_filters():
     assert not hf.check(good) and not mf.check(good)
     assert hf.explain(1) == "host-mode port already in use on 1 node"
     assert mf.explain(5) == "max replicas per node limit exceed"
-    assert cf.explain(2) == "scheduling constraints not satisfied on 2 nodes"
+    assert [r.explain(2) for r in cf.expand(t)] == ["constraint node.labels.a==1 not satisfied on 2 nodes"]
     # Ingress ports and unpublished host ports do not reserve anything.
     ingress = [PortConfig(TargetPort=80, PublishedPort=8080), PortConfig(TargetPort=81, PublishMode="host")]
     assert not hf.set_task(task_with(endpoint=Endpoint(Spec=EndpointSpec(Ports=ingress), Ports=ingress)))
@@ -183,7 +183,7 @@ def test_pipeline_explains_most_frequent_failure_first():
     p.set_task(task_with(template=tmpl))
     infos = [info_for(state=NodeState.DOWN), info_for(), info_for(), info_for(labels={"a": "1"})]
     assert [p.process(i) for i in infos] == [False, False, False, True]
-    assert p.explain() == "scheduling constraints not satisfied on 2 nodes; 1 node not available for new tasks"
+    assert p.explain() == "constraint node.labels.a==1 not satisfied on 2 nodes; 1 node not available for new tasks"
 
 
 def test_registry_plugs_in_new_filters():
@@ -202,7 +202,7 @@ def test_registry_plugs_in_new_filters():
     register_filter("no-odd", NoOdd, before="resources")
     try:
         names = [f.name for f in default_filters()]
-        assert names.index("no-odd") == names.index("resources") - 1
+        assert names.index("no-odd") == names.index("cpu") - 1
         p = Pipeline()
         p.set_task(task_with())
         assert not p.process(info_for(hostname="h1")) and p.process(info_for(hostname="h2"))

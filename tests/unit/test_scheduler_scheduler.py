@@ -109,7 +109,8 @@ async def test_constraints_and_explanation_then_retry_when_node_changes():
         errs = {t.Status.Err for t in pending(store, svc.ID)}
         # Equal counts keep the pipeline's order (readiness first).
         assert errs == {
-            "no suitable node (1 node not available for new tasks; scheduling constraints not satisfied on 1 node)"
+            "no suitable node (1 node not available for new tasks; "
+            "constraint node.labels.disk==ssd not satisfied on 1 node)"
         }
         # The error is not rewritten when nothing changed.
         versions = {t.Version.Index for t in pending(store, svc.ID)}
@@ -117,7 +118,8 @@ async def test_constraints_and_explanation_then_retry_when_node_changes():
         await settle()
         assert {t.Version.Index for t in pending(store, svc.ID)} != versions  # count changed: 2 nodes now
         assert {t.Status.Err for t in pending(store, svc.ID)} == {
-            "no suitable node (scheduling constraints not satisfied on 2 nodes; 1 node not available for new tasks)"
+            "no suitable node (constraint node.labels.disk==ssd not satisfied on 2 nodes; "
+            "1 node not available for new tasks)"
         }
         versions = {t.Version.Index for t in pending(store, svc.ID)}
         update_node(store, n1.ID, availability=NodeAvailability.ACTIVE)  # no real change
@@ -148,7 +150,7 @@ async def test_resources_fill_nodes_and_freed_resources_are_reused():
     async with running(Scheduler(store)):
         add_tasks(store, svc, 4)
         await wait_for(lambda: len(assigned(store, svc.ID)) == 3 and pending(store, svc.ID)[0].Status.Err)
-        assert pending(store, svc.ID)[0].Status.Err == "no suitable node (insufficient resources on 2 nodes)"
+        assert pending(store, svc.ID)[0].Status.Err == "no suitable node (insufficient cpu on 2 nodes)"
         # A task ends: its CPU is free again and the pending task takes it.
         done = assigned(store, svc.ID)[0]
         set_task_state(store, done.ID, TaskState.COMPLETE)
@@ -194,7 +196,7 @@ async def test_preassigned_global_tasks_only_check_their_node():
         await wait_for(lambda: len(assigned(store, svc.ID)) == 1 and pending(store, svc.ID)[0].Status.Err)
     assert assigned(store, svc.ID)[0].NodeID == n2.ID
     p = pending(store, svc.ID)[0]
-    assert p.NodeID == n1.ID and p.Status.Err == "no suitable node (insufficient resources on 1 node)"
+    assert p.NodeID == n1.ID and p.Status.Err == "no suitable node (insufficient cpu on 1 node)"
 
 
 async def test_drain_moves_tasks_and_scheduler_avoids_drained_node():

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 import shoal
-from shoal.api import logs, nodes, services, swarm, system, tasks
+from shoal.api import extensions, logs, nodes, services, swarm, system, tasks
 from shoal.api.common import MANAGER, ManagerAPI, json_response
 from shoal.errors import InvalidArgument, NotFound, ShoalError
 
@@ -98,6 +98,7 @@ _ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/tasks/{id}", tasks.inspect),
     ("GET", "/tasks/{id}/logs", logs.task_logs),
     ("GET", "/distribution/{name:.+}/json", distribution_inspect),
+    ("POST", "/shoal/plan", extensions.placement_plan),
 ]
 
 

@@ -193,6 +193,7 @@ def create(
     with_registry_auth: Annotated[bool, typer.Option(hidden=True)] = False,
     detach: Detach = False,
     quiet: Quiet = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show where each task would go; create nothing")] = False,
 ) -> None:
     """Create a new service."""
     opts = ServiceOptions(
@@ -219,11 +220,22 @@ def create(
         raise _spec_error(e) from None
     c = client_of(ctx)
     _resolve_networks(c, spec.TaskTemplate.Networks)
+    if dry_run:
+        _print_plan(c.post("/shoal/plan", body=spec_to_json(spec)))
+        return
     resp = c.post("/services/create", body=spec_to_json(spec))
     _warnings(resp)
     service_id = str(resp["ID"])
     _converge(c, service_id, detach, quiet)
     print(service_id)
+
+
+def _print_plan(rows: list[dict[str, Any]]) -> None:
+    """The placement plan: one row per task (per node for a global service)."""
+    fmt.print_table(
+        ["SLOT", "NODE", "RESULT"],
+        [(str(r["Slot"] or "-"), r["Node"] or "-", r["Reason"] or "placed") for r in rows],
+    )
 
 
 # --------------------------------------------------------------------------- ls / ps / inspect

@@ -6,6 +6,7 @@ import msgspec
 
 from shoal.ca.tokens import generate_join_token
 from shoal.controlapi.errors import invalid
+from shoal.controlapi.validate import check_swarm_labels
 from shoal.errors import NotInSwarm
 from shoal.models import SECOND, Cluster, JoinTokens, SwarmSpec
 from shoal.store import MemoryStore
@@ -28,28 +29,7 @@ def check_swarm_spec(spec: SwarmSpec) -> None:
     orch = spec.Orchestration
     if orch is not None and orch.TaskHistoryRetentionLimit is not None and orch.TaskHistoryRetentionLimit < 0:
         raise invalid("TaskHistoryRetentionLimit cannot be negative")
-    check_scheduling_labels(spec.Labels or {})
-
-
-STRATEGIES = ("spread", "binpack", "random")
-
-
-def check_scheduling_labels(labels: dict[str, str]) -> None:
-    """Shoal's cluster-wide scheduling settings ride on swarm labels (Docker's spec has no word
-    for them): ``shoal.strategy`` and the overcommit ratios, which must be numbers >= 1."""
-    strategy = labels.get("shoal.strategy")
-    if strategy is not None and strategy not in STRATEGIES:
-        raise invalid(f"invalid shoal.strategy {strategy!r}: must be one of {', '.join(STRATEGIES)}")
-    for key in ("shoal.cpu-overcommit", "shoal.memory-overcommit"):
-        raw = labels.get(key)
-        if raw is None:
-            continue
-        try:
-            ratio = float(raw)
-        except ValueError:
-            raise invalid(f"invalid {key} {raw!r}: must be a number >= 1") from None
-        if not ratio >= 1 or ratio == float("inf"):
-            raise invalid(f"invalid {key} {raw!r}: must be a number >= 1")
+    check_swarm_labels(spec.Labels)
 
 
 def update_cluster(

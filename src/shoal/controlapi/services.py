@@ -9,7 +9,7 @@ from shoal.controlapi.filters import Filters, match_labels, match_prefix
 from shoal.controlapi.names import random_name
 from shoal.controlapi.ports import allocate_endpoint
 from shoal.controlapi.resolve import get_service
-from shoal.controlapi.validate import mode_kind, validate_service_spec
+from shoal.controlapi.validate import check_reservation_fits, mode_kind, validate_service_spec
 from shoal.errors import InvalidArgument
 from shoal.ids import new_id
 from shoal.models import Service, ServiceSpec, ServiceStatus, UpdateStatus, Version, now_ts
@@ -27,6 +27,7 @@ def create_service(store: MemoryStore, spec: ServiceSpec) -> Service:
             name = random_name()
         spec = msgspec.structs.replace(spec, Name=name)
     spec = validate_service_spec(spec)
+    check_reservation_fits(spec, store.list("node"), store.cluster())
     if store.service_by_name(spec.Name) is not None:
         raise already_exists(f"name conflicts with an existing object: service {spec.Name} already exists")
     endpoint = allocate_endpoint(store, spec, None)
@@ -55,6 +56,7 @@ def update_service(
         raise InvalidArgument(f"unrecognized rollback option {rollback}")
     else:
         new_spec = validate_service_spec(spec)
+        check_reservation_fits(new_spec, store.list("node"), store.cluster())
         if new_spec.Name != cur.Spec.Name:
             raise unimplemented("renaming services is not supported")
         if mode_kind(new_spec) != mode_kind(cur.Spec):

@@ -13,8 +13,10 @@ import msgspec
 from shoal.controlapi.errors import invalid, unimplemented
 from shoal.errors import InvalidArgument
 from shoal.models import (
+    Cluster,
     ContainerSpec,
     EndpointSpec,
+    Node,
     ReplicatedService,
     ResourceRequirements,
     ServiceMode,
@@ -22,7 +24,18 @@ from shoal.models import (
     TaskSpec,
     UpdateConfig,
 )
+from shoal.scheduler import expressions
 from shoal.scheduler.constraints import parse_constraints
+from shoal.scheduler.settings import (
+    CPU_OVERCOMMIT_LABEL,
+    MEMORY_OVERCOMMIT_LABEL,
+    PRIORITY_LABEL,
+    STRATEGY_LABEL,
+    ClusterSettings,
+    parse_overcommit,
+    parse_priority,
+    parse_strategy,
+)
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-_.]*[a-zA-Z0-9])?$")
 
@@ -82,6 +95,84 @@ def _check_resources(res: ResourceRequirements | None) -> None:
             raise invalid(f"invalid memory value {part.MemoryBytes}: Must be at least 4MiB")
 
 
+def _check_generic(res: ResourceRequirements | None) -> None:
+    r = res.Reservations if res is not None else None
+    for g in (r.GenericResources if r is not None else None) or ():
+        d = g.DiscreteResourceSpec
+        if d is not None:
+            value = d.get("Value")
+            if not d.get("Kind") or not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise invalid("invalid generic resource: DiscreteResourceSpec needs a Kind and a Value >= 0")
+        elif g.NamedResourceSpec is not None:
+            if not g.NamedResourceSpec.get("Kind") or not g.NamedResourceSpec.get("Value"):
+                raise invalid("invalid generic resource: NamedResourceSpec needs a Kind and a Value")
+        else:
+            raise invalid("invalid generic resource: expected DiscreteResourceSpec or NamedResourceSpec")
+
+
+def _check_preferences(ts: TaskSpec) -> None:
+    placement = ts.Placement
+    for pref in (placement.Preferences if placement is not None else None) or ():
+        d = (pref.Spread or {}).get("SpreadDescriptor", "")
+        if not any(d.startswith(p) and len(d) > len(p) for p in ("node.labels.", "engine.labels.")):
+            raise invalid(
+                f"invalid placement preference spread={d}: expected node.labels.<name> or engine.labels.<name>"
+            )
+
+
+def check_scheduling_labels(spec: ServiceSpec) -> None:
+    """Shoal's scheduling service labels and the classic Swarm / Rancher expressions (400 if bad)."""
+    labels = spec.Labels or {}
+    try:
+        if PRIORITY_LABEL in labels:
+            parse_priority(labels[PRIORITY_LABEL])
+        if STRATEGY_LABEL in labels:
+            parse_strategy(labels[STRATEGY_LABEL])
+    except ValueError as e:
+        raise InvalidArgument(f"label {e}") from None
+    try:
+        expressions.check_spec(spec)
+    except InvalidArgument as e:
+        raise invalid(e.message) from None
+
+
+def check_swarm_labels(labels: dict[str, str] | None) -> None:
+    """The swarm spec's scheduling labels (strategy, overcommit ratios): for swarm init/update."""
+    labels = labels or {}
+    try:
+        if STRATEGY_LABEL in labels:
+            parse_strategy(labels[STRATEGY_LABEL])
+        for key in (CPU_OVERCOMMIT_LABEL, MEMORY_OVERCOMMIT_LABEL):
+            if key in labels:
+                parse_overcommit(labels[key])
+    except ValueError as e:
+        raise InvalidArgument(f"label {e}") from None
+
+
+def check_reservation_fits(spec: ServiceSpec, nodes: list[Node], cluster: Cluster | None) -> None:
+    """Refuse a CPU/memory reservation larger than the biggest node offers (x overcommit).
+
+    Only the nodes in the store are known: with none, anything goes (nodes may join later).
+    """
+    res = spec.TaskTemplate.Resources
+    r = res.Reservations if res is not None else None
+    if r is None or not nodes:
+        return
+    settings = ClusterSettings.of_cluster(cluster)
+    max_cpu = max(n.Description.Resources.NanoCPUs for n in nodes) * settings.cpu_overcommit
+    max_mem = max(n.Description.Resources.MemoryBytes for n in nodes) * settings.memory_overcommit
+    if r.NanoCPUs and r.NanoCPUs > max_cpu:
+        raise InvalidArgument(
+            f"no node can satisfy the reservation: {r.NanoCPUs / 1e9:g} CPUs requested, "
+            f"the largest node offers {max_cpu / 1e9:g} (overcommit {settings.cpu_overcommit:g})"
+        )
+    if r.MemoryBytes and r.MemoryBytes > max_mem:
+        raise InvalidArgument(
+            f"no node can satisfy the reservation: {r.MemoryBytes} bytes of memory requested, "
+            f"the largest node offers {int(max_mem)} (overcommit {settings.memory_overcommit:g})"
+        )
+
+
 def _check_container(cs: ContainerSpec) -> None:
     if not cs.Image:
         raise invalid("ContainerSpec: image reference must be provided")
@@ -107,6 +198,8 @@ def _check_container(cs: ContainerSpec) -> None:
 
 def _check_task(ts: TaskSpec) -> None:
     _check_resources(ts.Resources)
+    _check_generic(ts.Resources)
+    _check_preferences(ts)
     if ts.Placement is not None:
         for expr in ts.Placement.Constraints or ():
             check_constraint(expr)
@@ -171,5 +264,6 @@ def validate_service_spec(spec: ServiceSpec) -> ServiceSpec:
     _check_update_config(spec.UpdateConfig)
     _check_update_config(spec.RollbackConfig)
     _check_endpoint(spec.EndpointSpec)
+    check_scheduling_labels(spec)
     mode = _normalise_mode(spec.Mode)
     return spec if mode is spec.Mode else msgspec.structs.replace(spec, Mode=mode)

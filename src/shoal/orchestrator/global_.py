@@ -33,6 +33,7 @@ from shoal.orchestrator.task import (
     is_up_to_date,
     new_task,
     node_unusable,
+    preempted,
     raise_desired,
 )
 from shoal.scheduler.constraints import constraints_of, node_matches
@@ -97,6 +98,8 @@ class GlobalOrchestrator(ServiceOrchestrator):
             t, old = e.obj, e.old
             if ended_while_wanted(t, old):
                 return True  # restart policy applies
+            if preempted(t, old):
+                return True  # refill the slot elsewhere (or leave it pending with a reason)
             return self.updater.tracks(t) and (
                 t.Status.State is not old.Status.State or t.DesiredState is not old.DesiredState
             )

@@ -32,6 +32,7 @@ from shoal.orchestrator.task import (
     is_up_to_date,
     new_task,
     node_unusable,
+    preempted,
     raise_desired,
     replicas,
 )
@@ -89,6 +90,8 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
             t, old = e.obj, e.old
             if ended_while_wanted(t, old):
                 return True  # restart policy applies
+            if preempted(t, old):
+                return True  # refill the slot elsewhere (or leave it pending with a reason)
             if t.NodeID != old.NodeID and t.NodeID and is_runnable(t):
                 if node_unusable(self.store.get("node", t.NodeID)):
                     return True  # assigned to a node that went away meanwhile

@@ -152,6 +152,15 @@ def with_desired(task: Task, state: TaskState) -> Task:
     return msgspec.structs.replace(task, DesiredState=state)
 
 
+def preempted(task: Task, old: Task) -> bool:
+    """The scheduler just stopped this task to make room for a higher-priority one: its slot
+    (or node, for a global service) wants a new task, placed by the usual rules."""
+    return (
+        old.DesiredState.order <= TaskState.RUNNING.order < task.DesiredState.order
+        and task.Status.Message.startswith("preempted by")
+    )
+
+
 def evacuate(tx: Any, task: Task, node: Any | None) -> None:
     """Move a task off a node that can no longer run it (drained, down, removed).
 

@@ -16,13 +16,19 @@ from typing import Protocol
 
 from shoal.models import NodeAvailability, NodeState, Task
 from shoal.scheduler.constraints import Constraint, constraints_of, node_matches, parse_constraints
-from shoal.scheduler.nodeinfo import NodeInfo, PortKey, host_ports, reservations
+from shoal.scheduler.expressions import rules_of
+from shoal.scheduler.nodeinfo import NodeInfo, PortKey, generic_reservations, host_ports, reservations
+from shoal.scheduler.settings import ClusterSettings
 
 __all__ = [
+    "CPUFilter",
     "ConstraintFilter",
+    "ExpressionFilter",
     "Filter",
+    "GenericResourceFilter",
     "HostPortFilter",
     "MaxReplicasFilter",
+    "MemoryFilter",
     "Pipeline",
     "PlatformFilter",
     "ReadyNodeFilter",
@@ -69,24 +75,94 @@ class ReadyNodeFilter:
         return f"{_on(nodes)} not available for new tasks"
 
 
-class ResourceFilter:
-    """The node has the task's reserved CPU and memory left over."""
+class CPUFilter:
+    """The node has the task's reserved CPU left over (capacity x the cluster's CPU overcommit)."""
 
-    name = "resources"
+    name = "cpu"
 
     def __init__(self) -> None:
         self.cpu = 0
-        self.mem = 0
+        self.factor = 1.0
+
+    def configure(self, settings: ClusterSettings) -> None:
+        self.factor = settings.cpu_overcommit
 
     def set_task(self, task: Task) -> bool:
-        self.cpu, self.mem = reservations(task)
-        return bool(self.cpu or self.mem)
+        self.cpu = reservations(task)[0]
+        return bool(self.cpu)
 
     def check(self, info: NodeInfo) -> bool:
-        return self.cpu <= info.available_cpu and self.mem <= info.available_mem
+        cap = info.node.Description.Resources.NanoCPUs * self.factor
+        return info.reserved_cpu + self.cpu <= cap
 
     def explain(self, nodes: int) -> str:
-        return f"insufficient resources on {_on(nodes)}"
+        return f"insufficient cpu on {_on(nodes)}"
+
+
+class MemoryFilter:
+    """The node has the task's reserved memory left over (capacity x memory overcommit)."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.mem = 0
+        self.factor = 1.0
+
+    def configure(self, settings: ClusterSettings) -> None:
+        self.factor = settings.memory_overcommit
+
+    def set_task(self, task: Task) -> bool:
+        self.mem = reservations(task)[1]
+        return bool(self.mem)
+
+    def check(self, info: NodeInfo) -> bool:
+        cap = info.node.Description.Resources.MemoryBytes * self.factor
+        return info.reserved_mem + self.mem <= cap
+
+    def explain(self, nodes: int) -> str:
+        return f"insufficient memory on {_on(nodes)}"
+
+
+class GenericResourceFilter:
+    """The node has the task's discrete generic resources (``gpu=2``) free. Never overcommitted."""
+
+    name = "generic"
+
+    def __init__(self) -> None:
+        self.wanted: list[tuple[str, int]] = []
+
+    def set_task(self, task: Task) -> bool:
+        self.wanted = sorted(generic_reservations(task).items())
+        return bool(self.wanted)
+
+    def check(self, info: NodeInfo) -> bool:
+        return all(info.available_generic(k) >= n for k, n in self.wanted)
+
+    def explain(self, nodes: int) -> str:
+        return f"insufficient generic resources ({', '.join(k for k, _ in self.wanted)}) on {_on(nodes)}"
+
+
+# The name the first scheduler used for the CPU filter; kept for plugins that register before it.
+ResourceFilter = CPUFilter
+
+
+class _ConstraintRule:
+    """One Swarm-mode constraint as its own filter, so explanations name the constraint."""
+
+    name = "constraint"
+
+    def __init__(self, c: Constraint) -> None:
+        self.c = c
+
+    def set_task(self, task: Task) -> bool:
+        return True
+
+    def check(self, info: NodeInfo) -> bool:
+        return self.c.matches(info.node)
+
+    def explain(self, nodes: int) -> str:
+        op = "==" if self.c.equal else "!="
+        return f"constraint {self.c.key}{op}{self.c.value} not satisfied on {_on(nodes)}"
 
 
 class ConstraintFilter:
@@ -101,6 +177,10 @@ class ConstraintFilter:
         self.constraints = constraints_of(task.Spec)
         return bool(self.constraints)
 
+    def expand(self, task: Task) -> list[Filter]:
+        """One filter per constraint (the pipeline explains each on its own)."""
+        return [_ConstraintRule(c) for c in constraints_of(task.Spec)]
+
     def check(self, info: NodeInfo) -> bool:
         return node_matches(self.constraints, info.node)
 
@@ -113,6 +193,24 @@ _ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64"}
 
 def _arch(a: str) -> str:
     return _ARCH_ALIASES.get(a, a)
+
+
+class ExpressionFilter:
+    """Classic Swarm / Rancher hard rules (see :mod:`shoal.scheduler.expressions`), one filter each."""
+
+    name = "expressions"
+
+    def set_task(self, task: Task) -> bool:
+        return any(not r.soft for r in rules_of(task))
+
+    def check(self, info: NodeInfo) -> bool:  # pragma: no cover - always expanded
+        return True
+
+    def explain(self, nodes: int) -> str:  # pragma: no cover - always expanded
+        return ""
+
+    def expand(self, task: Task) -> list[Filter]:
+        return [r for r in rules_of(task) if not r.soft]
 
 
 class PlatformFilter:
@@ -186,17 +284,25 @@ FilterFactory = Callable[[], Filter]
 _REGISTRY: list[tuple[str, FilterFactory]] = [
     # Readiness first: it is the cheapest and rules out the most nodes in a degraded cluster.
     ("ready", ReadyNodeFilter),
-    ("resources", ResourceFilter),
+    ("cpu", CPUFilter),
+    ("memory", MemoryFilter),
+    ("generic", GenericResourceFilter),
     ("constraints", ConstraintFilter),
+    ("expressions", ExpressionFilter),
     ("platform", PlatformFilter),
     ("hostports", HostPortFilter),
     ("maxreplicas", MaxReplicasFilter),
 ]
 
 
+# "resources" was one filter before CPU and memory were explained separately.
+_ALIASES = {"resources": "cpu"}
+
+
 def register_filter(name: str, factory: FilterFactory, *, before: str | None = None) -> None:
     """Add a filter to every pipeline built from now on (at the end, or before filter ``before``)."""
     global _REGISTRY
+    before = _ALIASES.get(before or "", before)
     entries = [(n, f) for n, f in _REGISTRY if n != name]
     idx = next((i for i, (n, _) in enumerate(entries) if n == before), len(entries))
     entries.insert(idx, (name, factory))
@@ -223,8 +329,20 @@ class Pipeline:
         self._enabled: list[Filter] = []
         self._failures: list[int] = []
 
+    def configure(self, settings: ClusterSettings) -> None:
+        """Pass cluster-wide settings (overcommit ratios) to the filters that take them."""
+        for f in self.filters:
+            conf = getattr(f, "configure", None)
+            if conf is not None:
+                conf(settings)
+
     def set_task(self, task: Task) -> None:
-        self._enabled = [f for f in self.filters if f.set_task(task)]
+        enabled: list[Filter] = []
+        for f in self.filters:
+            if f.set_task(task):
+                expand = getattr(f, "expand", None)
+                enabled.extend(expand(task) if expand is not None else (f,))
+        self._enabled = enabled
         self._failures = [0] * len(self._enabled)
 
     def process(self, info: NodeInfo) -> bool:

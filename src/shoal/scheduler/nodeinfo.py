@@ -32,6 +32,74 @@ def reservations(task: Task) -> tuple[int, int]:
     return r.NanoCPUs, r.MemoryBytes
 
 
+def generic_reservations(task: Task) -> dict[str, int]:
+    """Discrete generic resources (``gpu=2``) the task reserves, by kind."""
+    res = task.Spec.Resources
+    r = res.Reservations if res is not None else None
+    if r is None or not r.GenericResources:
+        return {}
+    out: dict[str, int] = {}
+    for g in r.GenericResources:
+        d = g.DiscreteResourceSpec
+        if d and d.get("Kind"):
+            try:
+                out[str(d["Kind"])] = out.get(str(d["Kind"]), 0) + int(d.get("Value", 0))
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+def node_generic(node: Node) -> dict[str, int]:
+    """What a node offers by kind: discrete counts, plus one per named resource (a GPU by UUID)."""
+    out: dict[str, int] = {}
+    desc = node.Description
+    for g in (desc.Resources.GenericResources if desc is not None else None) or ():
+        if g.DiscreteResourceSpec and g.DiscreteResourceSpec.get("Kind"):
+            d = g.DiscreteResourceSpec
+            try:
+                out[str(d["Kind"])] = out.get(str(d["Kind"]), 0) + int(d.get("Value", 0))
+            except (TypeError, ValueError):
+                continue
+        elif g.NamedResourceSpec and g.NamedResourceSpec.get("Kind"):
+            k = g.NamedResourceSpec["Kind"]
+            out[k] = out.get(k, 0) + 1
+    return out
+
+
+def task_label_pairs(task: Task) -> list[tuple[str, str]]:
+    """The labels a task's container carries that affinity rules look at (container + service)."""
+    cs = task.Spec.ContainerSpec
+    pairs = list((cs.Labels or {}).items()) if cs is not None else []
+    if task.Labels:
+        pairs.extend(task.Labels.items())
+    return pairs
+
+
+def task_image(task: Task) -> str:
+    cs = task.Spec.ContainerSpec
+    return cs.Image if cs is not None else ""
+
+
+def task_service_name(task: Task) -> str:
+    ann = task.ServiceAnnotations
+    return str(ann.get("Name", "")) if ann else ""
+
+
+def container_names(task: Task) -> tuple[str, str]:
+    """``<service>.<slot>`` and the full container name ``<service>.<slot>.<taskid>``."""
+    svc = task_service_name(task)
+    mid = str(task.Slot) if task.Slot else task.NodeID
+    return f"{svc}.{mid}", f"{svc}.{mid}.{task.ID}"
+
+
+def _bump(d: dict[Any, int], key: Any, sign: int) -> None:
+    n = d.get(key, 0) + sign
+    if n > 0:
+        d[key] = n
+    else:
+        d.pop(key, None)
+
+
 def host_ports(task: Task) -> list[PortKey]:
     """Host-mode published ports of a task (from its endpoint, as allocated or as specified)."""
     ep = task.Endpoint
@@ -46,7 +114,22 @@ def host_ports(task: Task) -> list[PortKey]:
 class NodeInfo:
     """A node plus what the scheduler knows runs on it."""
 
-    __slots__ = ("active", "active_by_service", "id", "node", "ports", "reserved_cpu", "reserved_mem", "tasks")
+    __slots__ = (
+        "active",
+        "active_by_service",
+        "capacity_generic",
+        "id",
+        "images",
+        "label_pairs",
+        "names",
+        "node",
+        "ports",
+        "reserved_cpu",
+        "reserved_generic",
+        "reserved_mem",
+        "service_names",
+        "tasks",
+    )
 
     def __init__(self, node: Node) -> None:
         self.id: str = node.ID
@@ -57,6 +140,28 @@ class NodeInfo:
         self.reserved_cpu = 0
         self.reserved_mem = 0
         self.ports: dict[PortKey, int] = {}  # refcount: two ended-but-not-removed tasks may share one
+        self.capacity_generic: dict[str, int] = node_generic(node)
+        self.reserved_generic: dict[str, int] = {}
+        # What affinity rules look at, over active tasks: refcounts kept incrementally.
+        self.label_pairs: dict[tuple[str, str], int] = {}
+        self.images: dict[str, int] = {}
+        self.service_names: dict[str, int] = {}
+        self.names: dict[str, int] = {}
+
+    def set_node(self, node: Node) -> None:
+        self.node = node
+        self.capacity_generic = node_generic(node)
+
+    def clone(self) -> NodeInfo:
+        """An independent copy (for dry-run planning): counters copied, task objects shared."""
+        c = NodeInfo.__new__(NodeInfo)
+        c.id, c.node, c.tasks = self.id, self.node, dict(self.tasks)
+        c.active, c.reserved_cpu, c.reserved_mem = self.active, self.reserved_cpu, self.reserved_mem
+        c.active_by_service, c.ports = dict(self.active_by_service), dict(self.ports)
+        c.capacity_generic, c.reserved_generic = self.capacity_generic, dict(self.reserved_generic)
+        c.label_pairs, c.images = dict(self.label_pairs), dict(self.images)
+        c.service_names, c.names = dict(self.service_names), dict(self.names)
+        return c
 
     # ------------------------------------------------------------------ capacity
 
@@ -67,6 +172,13 @@ class NodeInfo:
     @property
     def available_mem(self) -> int:
         return self.node.Description.Resources.MemoryBytes - self.reserved_mem
+
+    def available_generic(self, kind: str) -> int:
+        return self.capacity_generic.get(kind, 0) - self.reserved_generic.get(kind, 0)
+
+    def has_name(self, match: Any) -> bool:
+        """Whether an active task here has a container name for which ``match(name)`` holds."""
+        return any(match(n) for n in self.names)
 
     def service_count(self, service_id: str) -> int:
         return self.active_by_service.get(service_id, 0)
@@ -103,6 +215,14 @@ class NodeInfo:
                 self.active_by_service[t.ServiceID] = n
             else:
                 self.active_by_service.pop(t.ServiceID, None)
+            for pair in task_label_pairs(t):
+                _bump(self.label_pairs, pair, sign)
+            _bump(self.images, task_image(t), sign)
+            _bump(self.service_names, task_service_name(t), sign)
+            for name in container_names(t):
+                _bump(self.names, name, sign)
+        for kind, n in generic_reservations(t).items():
+            _bump(self.reserved_generic, kind, sign * n)
         cpu, mem = reservations(t)
         self.reserved_cpu += sign * cpu
         self.reserved_mem += sign * mem

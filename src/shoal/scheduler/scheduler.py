@@ -1,11 +1,17 @@
-"""The scheduler: assigns PENDING tasks to nodes through the filter pipeline and the spread strategy.
+"""The scheduler: assigns PENDING tasks to nodes through the filter pipeline and a strategy.
 
 Work comes in batches: the watcher is drained after every wake-up and everything pending is placed
 in one pass, written in one transaction. Tasks of one service made from one spec version form a
-*group*: the filters run once per node per group, then the spread strategy hands the group's tasks
-out one at a time from a heap ordered by (tasks of this service on the node, tasks on the node), so
-a 10,000-task group on 1,000 nodes costs one filter pass plus O(log nodes) per task. After each
-assignment only that node is re-checked (its resources, ports and replica count changed).
+*group*: the filters run once per node per group, then :class:`GroupPlacer` hands the group's tasks
+out one at a time from heaps (placement preferences, soft rules, then the strategy: spread, binpack
+or random), so a 10,000-task group on 1,000 nodes costs one filter pass plus O(log nodes) per task.
+After each assignment only that node is re-checked (its resources, ports and replica count changed).
+Groups of higher ``shoal.priority`` are placed first.
+
+A task of priority P that fits nowhere may preempt tasks of lower priority on one node (the node
+needing the fewest evictions): they get DesiredState SHUTDOWN and a "preempted by ..." message,
+their reservations count as released at once, and the preemptor is assigned in the same
+transaction. The orchestrator then replaces the victims as usual.
 
 Unplaceable tasks stay PENDING with ``Status.Err`` saying why ("no suitable node (insufficient
 resources on 2 nodes)"). They are retried when capacity may have appeared: a node changed or a task
@@ -13,14 +19,14 @@ stopped holding resources. New pending tasks alone never re-run the old unplacea
 
 Global tasks arrive with ``NodeID`` preset: only that node is checked.
 
-Not yet: placement preferences (spread over labels), generic resources, preferring nodes where the
-service has not failed recently; a later issue adds them as strategy/filters.
+Cluster settings (strategy, overcommit) come from the swarm spec labels (:mod:`.settings`).
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
+import random
+from collections.abc import Iterable
 
 import msgspec
 
@@ -28,6 +34,8 @@ from shoal.models import Node, Task, TaskState, TaskStatus, now_ts
 from shoal.orchestrator.base import ReconcileLoop
 from shoal.scheduler.filters import Pipeline
 from shoal.scheduler.nodeinfo import NodeInfo, occupies
+from shoal.scheduler.placement import GroupPlacer, find_preemption, preemption_message
+from shoal.scheduler.settings import ClusterSettings, task_priority, task_strategy
 from shoal.store import Action, Event, MemoryStore
 
 log = logging.getLogger(__name__)
@@ -40,21 +48,38 @@ _ASSIGNED = TaskState.ASSIGNED.order
 class Scheduler(ReconcileLoop):
     """Places pending tasks on nodes. ``pipeline``: a custom filter pipeline (default: registry)."""
 
-    kinds = ("task", "node")
+    kinds = ("task", "node", "cluster")
 
-    def __init__(self, store: MemoryStore, *, pipeline: Pipeline | None = None) -> None:
+    def __init__(
+        self, store: MemoryStore, *, pipeline: Pipeline | None = None, rng: random.Random | None = None
+    ) -> None:
         super().__init__(store)
         self.pipeline = pipeline or Pipeline()
+        self.rng = rng or random.Random()
+        self.settings = ClusterSettings()
         self.nodes: dict[str, NodeInfo] = {}
         self._where: dict[str, str] = {}  # task ID -> node it is counted on
         self._pending: dict[str, Task] = {}
+        # Preempted tasks whose resources count as free although their containers still stop.
+        self._released: set[str] = set()
+        self._victims: list[Task] = []  # preemptions of the pass being built
+        self.preempted_by: dict[str, list[str]] = {}  # preemptor task ID -> victim IDs (this pass)
+
+    def _load_settings(self) -> bool:
+        new = ClusterSettings.of_cluster(self.store.cluster())
+        changed = new != self.settings
+        self.settings = new
+        self.pipeline.configure(new)
+        return changed
 
     # ------------------------------------------------------------------ loop hooks
 
     def reconcile_all(self) -> None:
+        self._load_settings()
         self.nodes = {n.ID: NodeInfo(n) for n in self.store.list("node")}
         self._where.clear()
         self._pending.clear()
+        self._released.clear()
         for t in self.store.list("task"):
             self._track(t)
         self._schedule(list(self._pending.values()))
@@ -63,14 +88,18 @@ class Scheduler(ReconcileLoop):
         self.nodes.clear()
         self._where.clear()
         self._pending.clear()
+        self._released.clear()
 
     def handle(self, events: list[Event]) -> None:
         retry_all = False
         fresh: dict[str, Task] = {}
         for e in events:
-            if e.kind == "node":
+            if e.kind == "cluster":
+                retry_all |= self._load_settings()
+            elif e.kind == "node":
                 retry_all |= self._node_event(e)
             elif e.action is Action.DELETE:
+                self._released.discard(e.old.ID)
                 retry_all |= self._forget(e.old.ID)
                 self._pending.pop(e.old.ID, None)
                 fresh.pop(e.old.ID, None)
@@ -101,7 +130,7 @@ class Scheduler(ReconcileLoop):
                 self._track(t)
             return True
         old = info.node
-        info.node = node
+        info.set_node(node)
         return (
             node.Spec != old.Spec
             or node.Status.State is not old.Status.State
@@ -114,6 +143,12 @@ class Scheduler(ReconcileLoop):
         Returns True if the change frees capacity (a task left a node or stopped being active).
         """
         freed = False
+        if t.ID in self._released:
+            # Preempted: already counted as gone. Forget it for good once it stops occupying.
+            if not occupies(t):
+                self._released.discard(t.ID)
+            self._pending.pop(t.ID, None)
+            return False
         where = self._where.get(t.ID)
         state = t.Status.State
         if where is not None and where == t.NodeID and _ASSIGNED <= state.order <= _RUNNING:
@@ -165,15 +200,25 @@ class Scheduler(ReconcileLoop):
         ts = now_ts()
         assigned: list[Task] = []
         failed: list[tuple[Task, str]] = []
+        self._victims = []
+        self.preempted_by = {}
+        preassigned.sort(key=lambda t: -task_priority(t.Labels))
         for t in preassigned:
             self._place_preassigned(t, ts, assigned, failed)
-        for group in groups.values():
+        # Higher priority first, so it takes free capacity before anything has to be preempted.
+        for group in sorted(groups.values(), key=lambda g: -task_priority(g[0].Labels)):
             group.sort(key=lambda t: (t.Slot, t.ID))
             self._place_group(group, ts, assigned, failed)
         try:
             with self.store.tx() as tx:
+                evicted = {v.ID for v in self._victims}
+                for v in self._victims:
+                    tx.update("task", v)
                 for nt in assigned:
-                    tx.update("task", nt)
+                    # Assigned earlier in this pass and then preempted: the victim version wins
+                    # (it was made from this one).
+                    if nt.ID not in evicted:
+                        tx.update("task", nt)
                 for t, err in failed:
                     if t.Status.Err != err:
                         status = msgspec.structs.replace(t.Status, Err=err, Timestamp=ts)
@@ -199,27 +244,45 @@ class Scheduler(ReconcileLoop):
     def _place_group(self, group: list[Task], ts: str, assigned: list[Task], failed: list[tuple[Task, str]]) -> None:
         p = self.pipeline
         p.set_task(group[0])
-        sid = group[0].ServiceID
-        heap = [
-            (info.service_count(sid), info.active, seq, info)
-            for seq, info in enumerate(self.nodes.values())
-            if p.process(info)
-        ]
-        heapq.heapify(heap)
-        placed = 0
-        for t in group:
-            if not heap:
-                break
-            _, _, seq, info = heap[0]
-            assigned.append(self._assign(t, info, ts))
-            placed += 1
-            if p.process(info):
-                heapq.heapreplace(heap, (info.service_count(sid), info.active, seq, info))
-            else:
-                heapq.heappop(heap)
-        if placed < len(group):
+        strategy = task_strategy(group[0].Labels, self.settings.strategy)
+        remaining = group
+        while remaining:
+            placer = GroupPlacer(self.nodes.values(), p, group[0], strategy, self.rng)
+            placed = 0
+            for t in remaining:
+                info = placer.pick()
+                if info is None:
+                    break
+                assigned.append(self._assign(t, info, ts))
+                placer.placed(info)
+                placed += 1
+            remaining = remaining[placed:]
+            if not remaining:
+                return
             err = self._explain(p)
-            failed.extend((t, err) for t in group[placed:])
+            if not self._preempt_for(remaining[0], self.nodes.values(), ts, assigned):
+                failed.extend((t, err) for t in remaining)
+                return
+            # The victims may have freed more than one task needs: place the rest normally again.
+            remaining = remaining[1:]
+
+    def _preempt_for(self, t: Task, nodes: Iterable[NodeInfo], ts: str, assigned: list[Task]) -> bool:
+        """Evict lower-priority tasks so that ``t`` fits (pipeline set for ``t``); True if assigned."""
+        found = find_preemption(nodes, self.pipeline, t)
+        if found is None:
+            return False
+        info, victims = found
+        msg = preemption_message(t, task_priority(t.Labels))
+        for v in victims:
+            status = msgspec.structs.replace(v.Status, Err=msg, Message=msg, Timestamp=ts)
+            nv = msgspec.structs.replace(v, DesiredState=TaskState.SHUTDOWN, Status=status)
+            self._forget(v.ID)
+            self._released.add(v.ID)
+            self._victims.append(nv)
+            log.info("scheduler: %s", f"task {v.ID} {msg}")
+        self.preempted_by[t.ID] = [v.ID for v in victims]
+        assigned.append(self._assign(t, info, ts))
+        return True
 
     def _place_preassigned(self, t: Task, ts: str, assigned: list[Task], failed: list[tuple[Task, str]]) -> None:
         p = self.pipeline
@@ -232,6 +295,8 @@ class Scheduler(ReconcileLoop):
         if info is not None:
             p.process(info)
         explanation = p.explain()
+        if info is not None and self._preempt_for(t, [info], ts, assigned):
+            return
         failed.append((t, f"no suitable node ({explanation})" if explanation else "no suitable node"))
 
     def _explain(self, p: Pipeline) -> str:

@@ -1,0 +1,32 @@
+"""``/shoal/...``: what Docker's API has no word for. Here: the placement plan (a dry run)."""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+from shoal.api.common import decode_body, json_response, swarm_manager
+from shoal.controlapi.validate import check_reservation_fits, validate_service_spec
+from shoal.models import ServiceSpec
+from shoal.scheduler import plan
+
+
+async def placement_plan(request: web.Request) -> web.Response:
+    """``POST /shoal/plan`` with a service spec: where each task would go, and why not; no writes.
+
+    Runs the live scheduler's pipeline and strategy on a copy of its node state, so the answer is
+    what ``service create`` would do now (preemptions included, reported, not carried out).
+    """
+    manager = swarm_manager(request)
+    spec = await decode_body(request, ServiceSpec)
+    if not spec.Name:  # `service create` would pick a random name; a plan needs none
+        spec = msgspec.structs.replace(spec, Name="plan")
+    spec = validate_service_spec(spec)
+    store = manager.store
+    check_reservation_fits(spec, store.list("node"), store.cluster())
+    placements = plan(store, spec, live=getattr(manager, "scheduler", None))
+    hostnames = {n.ID: n.Description.Hostname for n in store.list("node")}
+    return json_response([
+        {"Slot": p.slot, "NodeID": p.node_id or "", "Node": hostnames.get(p.node_id or "", ""), "Reason": p.reason}
+        for p in placements
+    ])
