@@ -244,3 +244,12 @@ def test_ports_column() -> None:
         "*:8080->80/tcp, *:53->53/udp"
     )
     assert fmt.ports(None) == ""
+
+
+def test_generic_resource_flag() -> None:
+    from shoal.cli.parse import parse_generic_resource
+
+    assert parse_generic_resource("gpu=2") == ("gpu", 2)
+    for bad in ("gpu", "gpu=0", "=2", "gpu=two", "gpu=-1"):
+        with pytest.raises(ValueError):
+            parse_generic_resource(bad)

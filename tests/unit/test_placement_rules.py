@@ -381,3 +381,13 @@ def test_nodeinfo_affinity_counters_are_incremental_and_clones_independent():
     stopping = msgspec.structs.replace(tasks[1], DesiredState=TaskState.SHUTDOWN)
     info.add_task(stopping)  # no longer active: affinity stops counting it, resources stay held
     assert not info.label_pairs and not info.names and info.reserved_generic == {"gpu": 1}
+
+
+def test_engine_labels_declare_generic_resources() -> None:
+    from shoal.agent.executor.docker import generic_resources
+
+    got = generic_resources({"shoal.generic-resource.gpu": "2", "shoal.generic-resource.fpga": "0", "zone": "a"})
+    assert got is not None and [(g.DiscreteResourceSpec["Kind"], g.DiscreteResourceSpec["Value"]) for g in got] == [
+        ("gpu", 2)
+    ]
+    assert generic_resources({"zone": "a"}) is None

@@ -397,3 +397,11 @@ def parse_placement_pref(value: str) -> PlacementPreference:
     if strategy != "spread":
         raise ValueError(f"unsupported placement preference {strategy} (only spread is supported)")
     return PlacementPreference(Spread={"SpreadDescriptor": arg})
+
+
+def parse_generic_resource(value: str) -> tuple[str, int]:
+    """``--generic-resource gpu=2``: a discrete resource kind and how many units to reserve."""
+    kind, sep, n = value.partition("=")
+    if not sep or not kind or not n.isdigit() or int(n) <= 0:
+        raise ValueError(f"invalid generic resource {value!r}: expected KIND=COUNT, e.g. gpu=2")
+    return kind, int(n)

@@ -19,6 +19,7 @@ from shoal.cli.parse import (
     parse_duration,
     parse_env,
     parse_filter,
+    parse_generic_resource,
     parse_label,
     parse_memory,
     parse_mount,
@@ -194,6 +195,9 @@ def create(
     detach: Detach = False,
     quiet: Quiet = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show where each task would go; create nothing")] = False,
+    generic_resource: Annotated[
+        list[Any] | None, typer.Option(parser=flag(parse_generic_resource), help="Reserve e.g. gpu=2")
+    ] = None,
 ) -> None:
     """Create a new service."""
     opts = ServiceOptions(
@@ -212,7 +216,7 @@ def create(
         stop_grace_period=stop_grace_period, stop_signal=stop_signal, tty=tty, read_only=read_only, init=init,
         health_cmd=health_cmd, health_interval=health_interval, health_timeout=health_timeout,
         health_retries=health_retries, health_start_period=health_start_period, no_healthcheck=no_healthcheck,
-        log_driver=log_driver, log_opts=log_opt or [],
+        log_driver=log_driver, log_opts=log_opt or [], generic_resources=generic_resource or [],
     )
     try:
         spec = build_spec(opts)

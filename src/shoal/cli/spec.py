@@ -19,6 +19,7 @@ from shoal.models import (
     ContainerSpec,
     Driver,
     EndpointSpec,
+    GenericResource,
     GlobalJob,
     GlobalService,
     HealthConfig,
@@ -84,6 +85,7 @@ class ServiceOptions:
     limit_pids: int | None = None
     reserve_cpu: int | None = None
     reserve_memory: int | None = None
+    generic_resources: list[tuple[str, int]] = field(default_factory=list)
     restart_condition: str | None = None
     restart_delay: int | None = None
     restart_max_attempts: int | None = None
@@ -243,7 +245,12 @@ def build_spec(o: ServiceOptions) -> ServiceSpec:
             Limits=ResourceLimits(
                 NanoCPUs=o.limit_cpu or 0, MemoryBytes=o.limit_memory or 0, Pids=o.limit_pids or 0
             ),
-            Reservations=ResourceReservations(NanoCPUs=o.reserve_cpu or 0, MemoryBytes=o.reserve_memory or 0),
+            Reservations=ResourceReservations(
+                NanoCPUs=o.reserve_cpu or 0, MemoryBytes=o.reserve_memory or 0,
+                GenericResources=[
+                    GenericResource(DiscreteResourceSpec={"Kind": kind, "Value": n}) for kind, n in o.generic_resources
+                ] or None,
+            ),
         ),
         RestartPolicy=_apply_restart(default_restart_policy(), o) if _restart_given(o) else None,
         Placement=Placement(

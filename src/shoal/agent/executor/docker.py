@@ -38,6 +38,7 @@ from shoal.dispatcher.protocol import LogMessage, LogOptions
 from shoal.models import (
     SECOND,
     EngineDescription,
+    GenericResource,
     NodeDescription,
     Platform,
     PortConfig,
@@ -101,6 +102,19 @@ def _ts(ts: str) -> float:
         return parse_ts(ts)
     except ValueError:
         return math.inf  # unreadable: keep the line rather than lose it
+
+
+GENERIC_LABEL = "shoal.generic-resource."
+
+
+def generic_resources(engine_labels: dict[str, str]) -> list[GenericResource] | None:
+    """Resources a node declares through its engine's labels, e.g. ``shoal.generic-resource.gpu=2``
+    (set with dockerd's ``--label``): discrete counts the scheduler reserves like CPU or memory."""
+    out = []
+    for key, value in sorted(engine_labels.items()):
+        if key.startswith(GENERIC_LABEL) and value.isdigit() and int(value) > 0:
+            out.append(GenericResource(DiscreteResourceSpec={"Kind": key[len(GENERIC_LABEL):], "Value": int(value)}))
+    return out or None
 
 
 class DockerExecutor:
@@ -195,7 +209,8 @@ class DockerExecutor:
         return NodeDescription(
             Hostname=self.hostname,
             Platform=Platform(OS=info.get("OSType", ""), Architecture=info.get("Architecture", "")),
-            Resources=Resources(NanoCPUs=int(info.get("NCPU", 0)) * SECOND, MemoryBytes=int(info.get("MemTotal", 0))),
+            Resources=Resources(NanoCPUs=int(info.get("NCPU", 0)) * SECOND, MemoryBytes=int(info.get("MemTotal", 0)),
+                                GenericResources=generic_resources(labels)),
             Engine=EngineDescription(EngineVersion=info.get("ServerVersion", ""), Labels=labels, Plugins=plugins),
         )
 
