@@ -272,3 +272,47 @@ def test_root_ca_rotation_keeps_every_node(lab: Lab, swarm: docker.DockerClient)
     assert all(n.attrs["Status"]["State"] == "ready" for n in swarm.nodes.list())
     svc = sleeper(swarm, "after-rotation", 4)
     assert wait_for(lambda: sum(running_per_host(swarm, svc.id).values()) == 4)
+
+
+# ------------------------------------------------------------------ placement on real hosts (issue 4)
+
+
+def label_nodes(client: docker.DockerClient, zones: dict[str, str]) -> None:
+    for node in client.nodes.list():
+        spec = node.attrs["Spec"]
+        spec["Labels"] = {"zone": zones[node.attrs["Description"]["Hostname"]]}
+        node.update(spec)
+
+
+def test_spread_over_label_values(lab: Lab, swarm: docker.DockerClient) -> None:
+    label_nodes(swarm, {"host-1": "a", "host-2": "b", "host-3": "b", "host-4": "b"})
+    svc = sleeper(swarm, "zones", 6, preferences=[("spread", "node.labels.zone")])
+    per_host = wait_for(lambda: (p := running_per_host(swarm, svc.id)) and sum(p.values()) == 6 and p)
+    # Half to zone a (one host), half spread over zone b's three hosts.
+    assert per_host == {"host-1": 3, "host-2": 1, "host-3": 1, "host-4": 1}
+
+
+def test_binpack_fills_one_host_before_the_next(lab: Lab, swarm: docker.DockerClient) -> None:
+    ncpu = swarm.nodes.list()[0].attrs["Description"]["Resources"]["NanoCPUs"]
+    per_task = ncpu // 4  # four fit on a host
+    svc = sleeper(swarm, "packed", 6, labels={"shoal.strategy": "binpack"},
+                  resources=docker.types.Resources(cpu_reservation=per_task))
+    per_host = wait_for(lambda: (p := running_per_host(swarm, svc.id)) and sum(p.values()) == 6 and p)
+    assert sorted(per_host.values()) == [2, 4]
+
+
+def test_high_priority_preempts_on_a_full_cluster(lab: Lab, swarm: docker.DockerClient) -> None:
+    ncpu = swarm.nodes.list()[0].attrs["Description"]["Resources"]["NanoCPUs"]
+    big = docker.types.Resources(cpu_reservation=ncpu * 3 // 4)  # one per host
+    low = sleeper(swarm, "low", 4, labels={"shoal.priority": "1"}, resources=big)
+    wait_for(lambda: sum(running_per_host(swarm, low.id).values()) == 4)
+    high = sleeper(swarm, "high", 1, labels={"shoal.priority": "10"}, resources=big)
+    wait_for(lambda: sum(running_per_host(swarm, high.id).values()) == 1)
+    tasks = swarm.api.tasks(filters={"service": low.id})
+    victims = [t for t in tasks if t["Status"].get("Message", "").startswith("preempted by high")]
+    assert len(victims) == 1 and victims[0]["DesiredState"] == "shutdown"
+    # The victim's slot is refilled, and its replacement waits with the reason.
+    pending = wait_for(lambda: [t for t in swarm.api.tasks(filters={"service": low.id, "desired-state": "running"})
+                                if t["Status"]["State"] == "pending" and t["Status"]["Err"]])
+    assert "insufficient cpu on 4 nodes" in pending[0]["Status"]["Err"]
+    assert sum(running_per_host(swarm, low.id).values()) == 3
