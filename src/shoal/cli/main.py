@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_exc  # type: ignore[no-redef]
 
 from shoal import API_VERSION, __version__
-from shoal.cli import lab, node, service, swarm
+from shoal.cli import bench, lab, node, service, swarm
 from shoal.cli.client import DEFAULT_HOST, Client, CLIError, describe_error, resolve_host
 from shoal.cli.parse import flag, parse_choice
 
@@ -104,6 +104,7 @@ app.add_typer(service.app, name="service")
 app.add_typer(node.app, name="node")
 app.add_typer(swarm.app, name="swarm")
 app.add_typer(lab.app, name="lab")
+app.add_typer(bench.app, name="bench")
 
 
 @app.callback()

@@ -1,0 +1,1 @@
+"""Benchmarks that drive a real Shoal manager (``shoal bench ...``)."""

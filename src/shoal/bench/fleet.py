@@ -1,0 +1,148 @@
+"""Many hollow nodes in one process, each a real agent with its own gRPC session to the manager.
+
+They run on an asyncio loop in a thread of their own, so the benchmark's measuring code can use the
+(blocking) Docker SDK in the main thread without stalling the agents' heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from shoal.agent.agent import Agent
+from shoal.agent.executor.hollow import HollowExecutor
+from shoal.errors import Unavailable
+from shoal.models import SECOND
+from shoal.transport.bootstrap import join_cluster
+from shoal.transport.client import GrpcDispatcherClient
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+JOIN_ATTEMPTS = 5
+
+
+@dataclass
+class FleetConfig:
+    manager: str  # "127.0.0.1:port" of the manager's cluster listener
+    token: str  # worker join token
+    cert_root: Path  # one certificate directory per node below it
+    nodes: int
+    join_batch: int = 50
+    start_delay_s: float = 0.5
+    node_cpus: int = 16
+    node_memory_gib: int = 64
+    join_timeout_s: float = 60.0
+
+
+@dataclass
+class HollowNode:
+    index: int
+    node_id: str
+    client: GrpcDispatcherClient
+    executor: HollowExecutor
+    agent: Agent
+    runner: asyncio.Task[None] | None = None
+
+
+@dataclass
+class HollowFleet:
+    """Join ``cfg.nodes`` hollow nodes and keep their agents running until :meth:`stop`."""
+
+    cfg: FleetConfig
+    nodes: list[HollowNode] = field(default_factory=list)
+    join_s: float = 0.0
+    connect_s: float = 0.0
+    _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    revived: int = 0  # reporters the watchdog had to give their session back to
+    _thread: threading.Thread | None = None
+    _watchdog: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ from the main thread
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the fleet's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hollow-fleet", daemon=True)
+        self._thread.start()
+        self.call(self._join_all())
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self.call(self._stop_all(), timeout=60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._thread = None
+
+    def running_containers(self) -> int:
+        return sum(n.executor.running for n in self.nodes)
+
+    # ------------------------------------------------------------------ on the fleet's loop
+
+    async def _join_one(self, i: int) -> HollowNode:
+        cfg = self.cfg
+        cert_dir = cfg.cert_root / f"hollow-{i}"
+        for attempt in range(JOIN_ATTEMPTS):
+            try:
+                creds = await join_cluster(cfg.manager, cfg.token, f"hollow-{i}", "127.0.0.1", "active", cert_dir,
+                                           timeout_s=cfg.join_timeout_s)
+                break
+            except Unavailable as e:
+                # Dozens of TLS handshakes at once sometimes time out on a busy 2-core host.
+                if attempt == JOIN_ATTEMPTS - 1:
+                    raise
+                log.warning("hollow-%d: join failed (%s); retrying", i, e)
+                await asyncio.sleep(0.5 * (attempt + 1))
+        client = GrpcDispatcherClient(creds, cert_dir, rpc_timeout_s=60.0)
+        executor = HollowExecutor(hostname=f"hollow-{i}", nano_cpus=cfg.node_cpus * SECOND,
+                                  memory_bytes=cfg.node_memory_gib << 30, start_delay_s=cfg.start_delay_s)
+        agent = Agent(client, executor, creds.node_id, "127.0.0.1", report_max_batch=500)
+        node = HollowNode(i, creds.node_id, client, executor, agent)
+        node.runner = asyncio.create_task(agent.run(), name=f"hollow-agent-{i}")
+        return node
+
+    async def _join_all(self) -> None:
+        t0 = time.monotonic()
+        for start in range(0, self.cfg.nodes, self.cfg.join_batch):
+            batch = range(start, min(start + self.cfg.join_batch, self.cfg.nodes))
+            self.nodes.extend(await asyncio.gather(*(self._join_one(i) for i in batch)))
+        self.join_s = time.monotonic() - t0
+        await asyncio.wait_for(asyncio.gather(*(n.agent.connected.wait() for n in self.nodes)),
+                               self.cfg.join_timeout_s)
+        self.connect_s = time.monotonic() - t0
+        self._watchdog = asyncio.create_task(self._revive_reporters(), name="hollow-reporter-watchdog")
+
+    async def _revive_reporters(self) -> None:
+        """Work around agent/reporter.py: after one failed report (e.g. a CANCELLED call) the
+        reporter forgets the session and waits for a new full assignment set, which never comes
+        while the session itself is alive, so that node's reports stop for good. Give the session
+        back to such reporters. Remove once the reporter retries on its own."""
+        while True:
+            await asyncio.sleep(1.0)
+            for n in self.nodes:
+                a = n.agent
+                if a.connected.is_set() and a.session is not None and a.reporter._session is None:
+                    self.revived += 1
+                    a.reporter.set_session(a.session.session_id)
+
+    async def _stop_all(self) -> None:
+        runners = [n.runner for n in self.nodes if n.runner is not None]
+        if self._watchdog is not None:
+            runners.append(self._watchdog)
+        for r in runners:
+            r.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+        for n in self.nodes:
+            try:
+                await n.client.close()
+                await n.agent.close()
+            except Exception as e:  # best effort: the manager may be gone already
+                log.debug("closing hollow node %d: %s", n.index, e)
