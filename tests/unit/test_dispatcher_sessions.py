@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -349,3 +350,15 @@ async def test_stopped_dispatcher_ends_sessions_and_refuses_new_ones() -> None:
         await stream.next()
     with pytest.raises(Unavailable):
         await d.register(nid, NodeDescription(), "a")
+
+
+async def test_a_manager_stall_does_not_mark_nodes_down(fast_env: tuple[MemoryStore, Dispatcher]) -> None:
+    store, d = fast_env
+    nid = make_node(store)
+    info = await d.register(nid, NodeDescription(), "a")
+    await d.heartbeat(info.session_id)
+    await asyncio.sleep(0.06)  # let the expiry loop go to sleep
+    time.sleep(0.6)  # noqa: ASYNC251 - the point: the whole manager blocks, 4x the 0.15 s grace
+    await asyncio.sleep(0.06)  # the loop wakes late and sees the lag
+    await d.heartbeat(info.session_id)  # the heartbeat that waited during the stall
+    assert store.get("node", nid).Status.State == NodeState.READY

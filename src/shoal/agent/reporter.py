@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from shoal.dispatcher.dispatcher import SessionInvalid
 from shoal.dispatcher.protocol import DispatcherClient, TaskStatusUpdate
 from shoal.models import TaskStatus
 
 log = logging.getLogger(__name__)
+
+RETRY_MIN_S = 0.2
+RETRY_MAX_S = 5.0
 
 
 class StatusReporter:
@@ -26,6 +30,7 @@ class StatusReporter:
         self._session: str | None = None
         self._wake = asyncio.Event()  # something queued, or a session came up
         self._full = asyncio.Event()  # a full batch is waiting: skip the rest of the interval
+        self._retry_s = 0.0  # back-off after failed calls
 
     def report(self, task_id: str, status: TaskStatus) -> None:
         self._pending[task_id] = status  # the latest wins; the dispatcher only needs where a task is now
@@ -67,12 +72,21 @@ class StatusReporter:
         except asyncio.CancelledError:
             self._requeue(batch)
             raise
-        except Exception as exc:  # the session broke; the agent reconnects, we resend
-            log.info("status report failed (%s); will resend", exc)
+        except SessionInvalid:  # the session is over: the agent registers again, then we resend
             self._requeue(batch)
             if self._session == session:
                 self._session = None
             return
+        except Exception as exc:
+            # A failed call (a timeout, a busy manager) says nothing about the session: keep it and
+            # resend after a pause. Dropping it here would silence this node until its next
+            # full assignment set, which a live session never sends.
+            self._requeue(batch)
+            self._retry_s = min(self._retry_s * 2, RETRY_MAX_S) if self._retry_s else RETRY_MIN_S
+            log.info("status report failed (%s); resending in %.1fs", exc, self._retry_s)
+            asyncio.get_running_loop().call_later(self._retry_s, self._wake.set)
+            return
+        self._retry_s = 0.0
         if self._pending:
             self._wake.set()
 

@@ -59,9 +59,7 @@ class HollowFleet:
     join_s: float = 0.0
     connect_s: float = 0.0
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
-    revived: int = 0  # reporters the watchdog had to give their session back to
     _thread: threading.Thread | None = None
-    _watchdog: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ from the main thread
 
@@ -118,25 +116,9 @@ class HollowFleet:
         await asyncio.wait_for(asyncio.gather(*(n.agent.connected.wait() for n in self.nodes)),
                                self.cfg.join_timeout_s)
         self.connect_s = time.monotonic() - t0
-        self._watchdog = asyncio.create_task(self._revive_reporters(), name="hollow-reporter-watchdog")
-
-    async def _revive_reporters(self) -> None:
-        """Work around agent/reporter.py: after one failed report (e.g. a CANCELLED call) the
-        reporter forgets the session and waits for a new full assignment set, which never comes
-        while the session itself is alive, so that node's reports stop for good. Give the session
-        back to such reporters. Remove once the reporter retries on its own."""
-        while True:
-            await asyncio.sleep(1.0)
-            for n in self.nodes:
-                a = n.agent
-                if a.connected.is_set() and a.session is not None and a.reporter._session is None:
-                    self.revived += 1
-                    a.reporter.set_session(a.session.session_id)
 
     async def _stop_all(self) -> None:
         runners = [n.runner for n in self.nodes if n.runner is not None]
-        if self._watchdog is not None:
-            runners.append(self._watchdog)
         for r in runners:
             r.cancel()
         await asyncio.gather(*runners, return_exceptions=True)

@@ -286,8 +286,6 @@ def run_scale(cfg: ScaleConfig) -> ScaleResult:
                 client.services.create(cfg.image, name=f"bench-{i}", mode=ServiceMode("replicated", replicas=n),
                                        labels={"shoal.bench": "scale"})
             result.all_running_s = wait_all_running(client, cfg, t0)
-            if fleet.revived:
-                say(f"  (the watchdog revived {fleet.revived} stalled status reporters)")
             result.placements_per_s = cfg.tasks / result.all_running_s if result.all_running_s else 0.0
             say(f"  all running in {result.all_running_s:.1f} s")
 

@@ -46,6 +46,7 @@ from shoal.store import Action, Event, MemoryStore, Tx, Watcher
 log = logging.getLogger(__name__)
 
 GRACE_MULTIPLIER = 3  # a node is down after this many missed heartbeat periods (swarmkit's default)
+STALL_TOLERANCE_S = 0.5  # a later wake-up than this is the manager's stall, not the nodes'
 MAX_STATUS_BATCH = 10_000  # status updates per transaction; bounds one commit's size at startup
 _ASSIGNED = TaskState.ASSIGNED.order
 
@@ -142,10 +143,14 @@ class Dispatcher:
         fanout = asyncio.create_task(self._fanout(self._watcher))
         try:
             while True:
-                await asyncio.sleep(min(self.heartbeat_period() / 2, 1.0))
+                interval = min(self.heartbeat_period() / 2, 1.0)
+                before = time.monotonic()
+                await asyncio.sleep(interval)
                 if fanout.done():
                     fanout.result()  # it died: crash, so the manager restarts us
-                self._expire(time.monotonic())
+                now = time.monotonic()
+                self._forgive_stall(now - before - interval)
+                self._expire(now)
         finally:
             fanout.cancel()
             self._watcher.close()
@@ -156,6 +161,19 @@ class Dispatcher:
     def _close_all_sessions(self) -> None:
         for sess in list(self._sessions.values()):
             self._close(sess)
+
+    def _forgive_stall(self, lag: float) -> None:
+        """If this loop itself woke up late, the manager was busy (a huge batch, a slow disk), and
+        heartbeats waited in its sockets meanwhile: that is no node's fault. Push every deadline
+        back by the lag, so a manager stall never turns into "every node down" and a mass
+        evacuation (which would cause the next stall)."""
+        if lag < STALL_TOLERANCE_S:
+            return
+        log.warning("dispatcher woke %.1fs late (manager busy); extending heartbeat deadlines", lag)
+        for sess in self._sessions.values():
+            sess.deadline += lag
+        for node_id in self._unknown:
+            self._unknown[node_id] += lag
 
     def _expire(self, now: float) -> None:
         down: list[tuple[str, str]] = []
