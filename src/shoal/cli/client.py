@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import docker
 import docker.errors
 import requests.exceptions
+import typer
 
 from shoal import API_VERSION
 
@@ -139,3 +141,28 @@ class Client:
     def node_names(self) -> dict[str, str]:
         """Node ID -> hostname, to show nodes as people name them."""
         return {n["ID"]: n.get("Description", {}).get("Hostname", "") or n["ID"] for n in self.get("/nodes")}
+
+
+def client_of(ctx: typer.Context) -> Client:
+    """The Client the root command made for this invocation (``-H`` / SHOAL_HOST / DOCKER_HOST)."""
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Client)
+    return obj
+
+
+def delete_each(c: Client, path: str, refs: list[str], params: dict[str, Any] | None = None) -> None:
+    """``rm`` for several objects, as the docker CLI does it: print each one removed, report each
+    failure on its own line, and exit 1 at the end if any failed."""
+    failed = False
+    for ref in refs:
+        try:
+            c.delete(path, ref, params=params)
+            print(ref)
+        except Exception as e:
+            err = describe_error(e, c.host)
+            if err is None:
+                raise
+            print(err.message, file=sys.stderr)
+            failed = True
+    if failed:
+        raise typer.Exit(1)

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any
 
 import typer
 
 from shoal.cli import format as fmt
-from shoal.cli.client import Client, describe_error
+from shoal.cli.client import Client, client_of, delete_each
 from shoal.cli.parse import flag, parse_choice, parse_filter, parse_label
 
 app = typer.Typer(help="Manage Swarm nodes.", no_args_is_help=True)
-
-
-def client_of(ctx: typer.Context) -> Client:
-    obj = ctx.find_root().obj
-    assert isinstance(obj, Client)
-    return obj
 
 
 def manager_status(node: dict[str, Any]) -> str:
@@ -157,20 +150,7 @@ def rm(
     force: Annotated[bool, typer.Option("--force", "-f", help="Force remove a node from the swarm")] = False,
 ) -> None:
     """Remove one or more nodes from the swarm."""
-    c = client_of(ctx)
-    failed = False
-    for n in nodes:
-        try:
-            c.delete("/nodes/{0}", n, params={"force": force})
-            print(n)
-        except Exception as e:
-            err = describe_error(e, c.host)
-            if err is None:
-                raise
-            print(err.message, file=sys.stderr)
-            failed = True
-    if failed:
-        raise typer.Exit(1)
+    delete_each(client_of(ctx), "/nodes/{0}", nodes, params={"force": force})
 
 
 def _set_role(ctx: typer.Context, nodes: list[str], role: str) -> None:

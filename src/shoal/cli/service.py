@@ -11,7 +11,7 @@ import msgspec
 import typer
 
 from shoal.cli import format as fmt
-from shoal.cli.client import Client, CLIError
+from shoal.cli.client import Client, CLIError, client_of, delete_each
 from shoal.cli.parse import (
     flag,
     parse_choice,
@@ -46,12 +46,6 @@ from shoal.cli.spec import (
 from shoal.models import NetworkAttachmentConfig
 
 app = typer.Typer(help="Manage services.", no_args_is_help=True)
-
-
-def client_of(ctx: typer.Context) -> Client:
-    obj = ctx.find_root().obj
-    assert isinstance(obj, Client)
-    return obj
 
 
 # --------------------------------------------------------------------------- shared flag types
@@ -609,22 +603,7 @@ def update(
 @app.command("rm")
 def rm(ctx: typer.Context, services: Annotated[list[str], typer.Argument(metavar="SERVICE...")]) -> None:
     """Remove one or more services."""
-    c = client_of(ctx)
-    failed = False
-    for s in services:
-        try:
-            c.delete("/services/{0}", s)
-            print(s)
-        except Exception as e:
-            from shoal.cli.client import describe_error
-
-            err = describe_error(e, c.host)
-            if err is None:
-                raise
-            print(err.message, file=sys.stderr)
-            failed = True
-    if failed:
-        raise typer.Exit(1)
+    delete_each(client_of(ctx), "/services/{0}", services)
 
 
 # --------------------------------------------------------------------------- logs

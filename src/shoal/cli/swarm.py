@@ -9,18 +9,12 @@ from typing import Annotated, Any
 import typer
 
 from shoal.cli import format as fmt
-from shoal.cli.client import Client
+from shoal.cli.client import Client, client_of
 from shoal.cli.parse import flag, parse_choice, parse_duration
 
 app = typer.Typer(help="Manage Swarm.", no_args_is_help=True)
 
 DEFAULT_LISTEN = "0.0.0.0:2377"
-
-
-def client_of(ctx: typer.Context) -> Client:
-    obj = ctx.find_root().obj
-    assert isinstance(obj, Client)
-    return obj
 
 
 def join_instructions(c: Client, role: str, node_id: str | None = None) -> str:
