@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from shoal.agent.executor.docker import node_description
 from shoal.ca.authority import ClusterCA
 from shoal.ca.certs import write_private
 from shoal.ca.rootca import check_supplied_root, create_root_ca
@@ -326,16 +327,8 @@ class Manager:
 
     def _describe(self) -> NodeDescription:
         """A first description from the engine's info; the agent's registration refreshes it."""
-        from shoal.models import EngineDescription, Platform, Resources
-
-        info = self.engine_info
-        labels = dict(lbl.split("=", 1) for lbl in info.get("Labels") or [] if "=" in lbl)
-        return NodeDescription(
-            Hostname=info.get("Name") or socket.gethostname(),
-            Platform=Platform(Architecture=info.get("Architecture", ""), OS=info.get("OSType", "linux")),
-            Resources=Resources(NanoCPUs=int(info.get("NCPU", 0)) * SECOND, MemoryBytes=int(info.get("MemTotal", 0))),
-            Engine=EngineDescription(EngineVersion=info.get("ServerVersion", ""), Labels=labels or None),
-        )
+        desc = node_description(self.engine_info)
+        return desc if desc.Hostname else msgspec.structs.replace(desc, Hostname=socket.gethostname())
 
     def _load_membership(self) -> Membership | None:
         try:

@@ -269,7 +269,8 @@ def test_root_ca_rotation_keeps_every_node(lab: Lab, swarm: docker.DockerClient)
         return not swarm.swarm.attrs.get("RootRotationInProgress")
 
     wait_for(finished, within=60)  # every live node renewed onto the new root
-    assert all(n.attrs["Status"]["State"] == "ready" for n in swarm.nodes.list())
+    # ... and every node is (still, or again after a reconnect) ready: none was locked out.
+    wait_for(lambda: all(n.attrs["Status"]["State"] == "ready" for n in swarm.nodes.list()), within=30)
     svc = sleeper(swarm, "after-rotation", 4)
     assert wait_for(lambda: sum(running_per_host(swarm, svc.id).values()) == 4)
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 import shoal
-from shoal.api import extensions, logs, nodes, services, swarm, system, tasks
+from shoal.api import containers, extensions, logs, nodes, services, swarm, system, tasks
 from shoal.api.common import MANAGER, ManagerAPI, json_response
 from shoal.errors import InvalidArgument, NotFound, ShoalError
 
@@ -99,6 +99,14 @@ _ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/tasks/{id}/logs", logs.task_logs),
     ("GET", "/distribution/{name:.+}/json", distribution_inspect),
     ("POST", "/shoal/plan", extensions.placement_plan),
+    ("POST", "/containers/create", containers.create),
+    ("GET", "/containers/json", containers.list_containers),
+    ("GET", "/containers/{id}/json", containers.inspect),
+    ("POST", "/containers/{id}/start", containers.start),
+    ("POST", "/containers/{id}/stop", containers.stop),
+    ("POST", "/containers/{id}/kill", containers.kill),
+    ("GET", "/containers/{id}/logs", containers.container_logs),
+    ("DELETE", "/containers/{id}", containers.remove),
 ]
 
 

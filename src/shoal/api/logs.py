@@ -169,7 +169,7 @@ def _gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-async def _stream(request: web.Request, manager: ManagerAPI, tasks: list[Task], tty: bool,
+async def stream_logs(request: web.Request, manager: ManagerAPI, tasks: list[Task], tty: bool,
                   follow_service: str | None) -> web.StreamResponse:
     opts, details = parse_options(request)
     merger = _Merger(manager)
@@ -229,7 +229,7 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
     tasks = [t for t in manager.store.tasks_of_service(svc.ID) if task_has_run(t)]
     tasks.sort(key=lambda t: (t.Slot, t.NodeID, t.CreatedAt))
     cs = svc.Spec.TaskTemplate.ContainerSpec
-    return await _stream(request, manager, tasks, bool(cs and cs.TTY), svc.ID)
+    return await stream_logs(request, manager, tasks, bool(cs and cs.TTY), svc.ID)
 
 
 async def task_logs(request: web.Request) -> web.StreamResponse:
@@ -237,4 +237,4 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     task = controlapi.get_task(manager.store, request.match_info["id"])
     parse_options(request)
     cs = task.Spec.ContainerSpec
-    return await _stream(request, manager, [task] if task_has_run(task) else [], bool(cs and cs.TTY), None)
+    return await stream_logs(request, manager, [task] if task_has_run(task) else [], bool(cs and cs.TTY), None)

@@ -117,6 +117,24 @@ def generic_resources(engine_labels: dict[str, str]) -> list[GenericResource] | 
     return out or None
 
 
+def node_description(info: dict[str, Any]) -> NodeDescription:
+    """What a node is, from its engine's ``GET /info``: hostname, platform, capacity, labels."""
+    labels = dict(lbl.split("=", 1) for lbl in info.get("Labels") or [] if "=" in lbl)
+    plugins = [
+        {"Type": kind, "Name": name}
+        for kind, names in (info.get("Plugins") or {}).items()
+        for name in names or []
+        if kind in ("Volume", "Network", "Log")
+    ]
+    return NodeDescription(
+        Hostname=info.get("Name", ""),
+        Platform=Platform(OS=info.get("OSType", ""), Architecture=info.get("Architecture", "")),
+        Resources=Resources(NanoCPUs=int(info.get("NCPU", 0)) * SECOND, MemoryBytes=int(info.get("MemTotal", 0)),
+                            GenericResources=generic_resources(labels)),
+        Engine=EngineDescription(EngineVersion=info.get("ServerVersion", ""), Labels=labels, Plugins=plugins),
+    )
+
+
 class DockerExecutor:
     """Executes tasks on a Docker-compatible engine. One per node (agent)."""
 
@@ -199,20 +217,7 @@ class DockerExecutor:
     async def describe(self) -> NodeDescription:
         info = await self._call("GET", "info")
         self.hostname = info.get("Name", "")
-        labels = dict(lbl.split("=", 1) for lbl in info.get("Labels") or [] if "=" in lbl)
-        plugins = [
-            {"Type": kind, "Name": name}
-            for kind, names in (info.get("Plugins") or {}).items()
-            for name in names or []
-            if kind in ("Volume", "Network", "Log")
-        ]
-        return NodeDescription(
-            Hostname=self.hostname,
-            Platform=Platform(OS=info.get("OSType", ""), Architecture=info.get("Architecture", "")),
-            Resources=Resources(NanoCPUs=int(info.get("NCPU", 0)) * SECOND, MemoryBytes=int(info.get("MemTotal", 0)),
-                                GenericResources=generic_resources(labels)),
-            Engine=EngineDescription(EngineVersion=info.get("ServerVersion", ""), Labels=labels, Plugins=plugins),
-        )
+        return node_description(info)
 
     async def list_task_containers(self, node_id: str) -> list[ContainerInfo]:
         filters = json.dumps({"label": [f"{LABEL_NODE_ID}={node_id}"]})
