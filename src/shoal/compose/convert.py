@@ -1,0 +1,245 @@
+"""Mapping a loaded :class:`Project` to swarm ServiceSpecs, as ``docker stack deploy`` does.
+
+Covered: image, command/entrypoint, environment + env_file, labels (+ ``com.docker.stack.namespace``),
+deploy (mode, replicas, placement, resources, restart/update/rollback config, endpoint_mode), the v2
+keys (scale, mem_limit, mem_reservation, cpus, restart), ports, healthcheck, hostname, user,
+working_dir, stop_signal, stop_grace_period. Keys a cluster cannot honour add a warning to
+``project.warnings`` naming the key and its file line; ``build`` without ``image`` is an error, as
+there would be nothing to run. Networks, volumes, secrets and configs are left to the stack code.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from .. import models as m
+from .errors import ComposeError
+from .loader import Project
+from .merge import to_mapping
+
+NAMESPACE_LABEL = "com.docker.stack.namespace"
+
+_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": m.SECOND, "m": 60 * m.SECOND, "h": 3600 * m.SECOND}
+_BYTES = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30,
+          "t": 1 << 40, "tb": 1 << 40}
+
+
+def duration(value: Any) -> int:
+    """Go-style duration (``1m30s``, ``500ms``; a bare number is seconds) → nanoseconds."""
+    if isinstance(value, int | float):
+        return int(value * m.SECOND)
+    text = str(value).strip()
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"invalid duration {value!r}")
+    return int(sum(float(n) * _UNITS[u] for n, u in parts))
+
+
+def size(value: Any) -> int:
+    """``64m``, ``1.5G``, ``1024`` → bytes."""
+    if isinstance(value, int | float):
+        return int(value)
+    mt = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]*)", str(value).strip())
+    if not mt or mt.group(2).lower() not in _BYTES:
+        raise ValueError(f"invalid size {value!r}")
+    return int(float(mt.group(1)) * _BYTES[mt.group(2).lower()])
+
+
+def _nano_cpus(value: Any) -> int:
+    return round(float(value) * 1e9)
+
+
+def _split(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+def parse_port(spec: Any) -> list[m.PortConfig]:
+    """Short (``[ip:][pub[-pub]:]target[-target][/proto]``) or long port syntax → PortConfigs."""
+    if isinstance(spec, dict):
+        return [m.PortConfig(TargetPort=int(spec["target"]), PublishedPort=int(spec.get("published") or 0),
+                             Protocol=spec.get("protocol", "tcp"), PublishMode=spec.get("mode", "ingress"))]
+    text, _, proto = str(spec).partition("/")
+    parts = text.rsplit(":", 2)
+    target = parts[-1]
+    published = parts[-2] if len(parts) >= 2 else ""
+    t0, _, t1 = target.partition("-")
+    targets = list(range(int(t0), int(t1 or t0) + 1))
+    if published:
+        p0, _, p1 = published.partition("-")
+        pubs = list(range(int(p0), int(p1 or p0) + 1))
+        if len(pubs) != len(targets):
+            raise ValueError(f"port ranges do not match: {spec!r}")
+    else:
+        pubs = [0] * len(targets)
+    pairs = zip(targets, pubs, strict=True)
+    return [m.PortConfig(TargetPort=t, PublishedPort=p, Protocol=proto or "tcp") for t, p in pairs]
+
+
+def _update(cfg: dict[str, Any] | None) -> m.UpdateConfig | None:
+    if cfg is None:
+        return None
+    return m.UpdateConfig(
+        Parallelism=int(cfg.get("parallelism", 1)),
+        Delay=duration(cfg.get("delay", 0)),
+        FailureAction=cfg.get("failure_action", ""),
+        Monitor=duration(cfg.get("monitor", 0)),
+        MaxFailureRatio=float(cfg.get("max_failure_ratio", 0)),
+        Order=cfg.get("order", ""),
+    )
+
+
+def _restart(svc: dict[str, Any]) -> m.RestartPolicy | None:
+    rp = (svc.get("deploy") or {}).get("restart_policy")
+    if rp is not None:
+        return m.RestartPolicy(
+            Condition=m.RestartCondition(rp.get("condition", "any")),
+            Delay=duration(rp["delay"]) if "delay" in rp else None,
+            MaxAttempts=int(rp["max_attempts"]) if "max_attempts" in rp else None,
+            Window=duration(rp["window"]) if "window" in rp else None,
+        )
+    restart = svc.get("restart")  # v2: the engine's restart policy, translated as docker stack does
+    if restart is None:
+        return None
+    name, _, count = str(restart).partition(":")
+    cond = {"no": "none", "always": "any", "unless-stopped": "any", "on-failure": "on-failure"}.get(name, "any")
+    return m.RestartPolicy(Condition=m.RestartCondition(cond), MaxAttempts=int(count) if count else None)
+
+
+def _resources(svc: dict[str, Any]) -> m.ResourceRequirements | None:
+    res = (svc.get("deploy") or {}).get("resources") or {}
+    lim, resv = res.get("limits") or {}, res.get("reservations") or {}
+    limits = m.ResourceLimits(
+        NanoCPUs=_nano_cpus(lim.get("cpus", svc.get("cpus", 0))),
+        MemoryBytes=size(lim.get("memory", svc.get("mem_limit", 0))),
+        Pids=int(lim.get("pids", 0)),
+    )
+    reservations = m.ResourceReservations(
+        NanoCPUs=_nano_cpus(resv.get("cpus", 0)),
+        MemoryBytes=size(resv.get("memory", svc.get("mem_reservation", 0))),
+    )
+    if limits == m.ResourceLimits() and reservations == m.ResourceReservations():
+        return None
+    return m.ResourceRequirements(Limits=limits if limits != m.ResourceLimits() else None,
+                                  Reservations=reservations if reservations != m.ResourceReservations() else None)
+
+
+def _healthcheck(hc: dict[str, Any] | None) -> m.HealthConfig | None:
+    if hc is None:
+        return None
+    if hc.get("disable"):
+        return m.HealthConfig(Test=["NONE"])
+    test = hc.get("test")
+    if isinstance(test, str):
+        test = ["CMD-SHELL", test]
+    return m.HealthConfig(
+        Test=test,
+        Interval=duration(hc.get("interval", 0)),
+        Timeout=duration(hc.get("timeout", 0)),
+        Retries=int(hc.get("retries", 0)),
+        StartPeriod=duration(hc.get("start_period", 0)),
+    )
+
+
+def _env(project: Project, svc: dict[str, Any]) -> list[str] | None:
+    values: dict[str, str] = {}
+    for ef in svc.get("env_file") or []:
+        path = Path(ef["path"] if isinstance(ef, dict) else ef)
+        if not path.is_file():
+            if isinstance(ef, dict) and ef.get("required") is False:
+                continue
+            raise ComposeError(f"env_file {path} not found")
+        values.update({k: v or "" for k, v in dotenv_values(path).items()})
+    for k, v in to_mapping(svc.get("environment")).items():
+        if v is None:  # "KEY" alone: take it from the environment, or leave it out
+            if k in project.env:
+                values[k] = project.env[k]
+            continue
+        values[k] = "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v))
+    return [f"{k}={v}" for k, v in values.items()] or None
+
+
+def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.ServiceSpec:
+    where = ("services", name)
+    deploy = svc.get("deploy") or {}
+    if "build" in svc and not svc.get("image"):
+        raise project.error("build is not supported in a cluster and no image is set: build and push it first",
+                            (*where, "build"))
+    if "build" in svc:
+        project.warnings.append(f"{project.where((*where, 'build'))}: {name}: build is ignored, using image")
+    mode_name = deploy.get("mode", "replicated")
+    replicas = deploy.get("replicas", svc.get("scale"))
+    if "container_name" in svc:
+        why = f"with {replicas} replicas " if mode_name != "global" and (replicas or 1) > 1 else ""
+        project.warnings.append(f"{project.where((*where, 'container_name'))}: {name}: container_name is ignored "
+                                f"{why}(task containers are named <service>.<slot>.<task id>)")
+    if "links" in svc:
+        project.warnings.append(f"{project.where((*where, 'links'))}: {name}: links are ignored; services reach "
+                                "each other by name on the stack's networks")
+    for key in ("network_mode", "cpu_shares", "devices", "cgroup_parent"):
+        if key in svc:
+            project.warnings.append(f"{project.where((*where, key))}: {name}: {key} cannot apply to a cluster "
+                                    "service and is ignored")
+
+    ns = {NAMESPACE_LABEL: stack}
+    labels = {k: "" if v is None else str(v) for k, v in to_mapping(svc.get("labels")).items()}
+    placement_cfg = deploy.get("placement") or {}
+    placement = None
+    if placement_cfg:
+        prefs = [m.PlacementPreference(Spread={"SpreadDescriptor": p["spread"]})
+                 for p in placement_cfg.get("preferences") or [] if "spread" in p]
+        placement = m.Placement(Constraints=placement_cfg.get("constraints") or None, Preferences=prefs or None,
+                                MaxReplicas=int(placement_cfg.get("max_replicas_per_node", 0)))
+    ports = [pc for p in svc.get("ports") or [] for pc in parse_port(p)]
+    container = m.ContainerSpec(
+        Image=svc.get("image", ""),
+        Labels={**labels, **ns},
+        Command=_split(svc.get("entrypoint")),
+        Args=_split(svc.get("command")),
+        Hostname=svc.get("hostname", ""),
+        Env=_env(project, svc),
+        Dir=svc.get("working_dir", ""),
+        User=str(svc.get("user", "")),
+        StopSignal=svc.get("stop_signal", ""),
+        StopGracePeriod=duration(svc["stop_grace_period"]) if "stop_grace_period" in svc else None,
+        Healthcheck=_healthcheck(svc.get("healthcheck")),
+        ReadOnly=bool(svc.get("read_only", False)),
+        TTY=bool(svc.get("tty", False)),
+        OpenStdin=bool(svc.get("stdin_open", False)),
+        Init=svc.get("init"),
+    )
+    if mode_name == "global":
+        mode = m.ServiceMode(Global=m.GlobalService())
+    else:
+        mode = m.ServiceMode(Replicated=m.ReplicatedService(Replicas=int(replicas) if replicas is not None else 1))
+    deploy_labels = {k: "" if v is None else str(v) for k, v in to_mapping(deploy.get("labels")).items()}
+    endpoint = None
+    if ports or deploy.get("endpoint_mode"):
+        endpoint = m.EndpointSpec(Mode=deploy.get("endpoint_mode", ""), Ports=ports or None)
+    return m.ServiceSpec(
+        Name=f"{stack}_{name}",
+        Labels={**deploy_labels, **ns},
+        TaskTemplate=m.TaskSpec(ContainerSpec=container, Resources=_resources(svc), RestartPolicy=_restart(svc),
+                                Placement=placement),
+        Mode=mode,
+        UpdateConfig=_update(deploy.get("update_config")),
+        RollbackConfig=_update(deploy.get("rollback_config")),
+        EndpointSpec=endpoint,
+    )
+
+
+def to_service_specs(project: Project, stack_name: str) -> dict[str, m.ServiceSpec]:
+    """One ServiceSpec per active service, keyed by the Compose service name."""
+    out: dict[str, m.ServiceSpec] = {}
+    for name, svc in project.services.items():
+        try:
+            out[name] = _service(project, name, svc, stack_name)
+        except ValueError as e:
+            raise project.error(str(e), ("services", name)) from None
+    return out

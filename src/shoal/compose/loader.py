@@ -1,0 +1,248 @@
+"""Loading a Compose project: files → interpolated, validated, extended, merged, profile-filtered.
+
+Order per file, as Compose does: parse YAML → interpolate (``.env`` and the environment) →
+validate against the schema of the file's version → resolve ``extends``. Then files merge in
+order (later ones override), profiles pick the active services, and ``depends_on`` is checked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from . import schema
+from .errors import ComposeError
+from .interpolate import interpolate
+from .merge import merge_section, merge_service
+from .source import KeyPath, Source, key_name, parse
+
+SECTIONS = ("services", "networks", "volumes", "secrets", "configs")
+
+
+@dataclass
+class Project:
+    """The normalised project: the merged sections of every file, v1 files moved under ``services``."""
+
+    name: str
+    working_dir: Path
+    files: list[Path]
+    format: str  # "v1", "2.x"/"3.x" (the version key), or "spec"
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    networks: dict[str, Any] = field(default_factory=dict)
+    volumes: dict[str, Any] = field(default_factory=dict)
+    secrets: dict[str, Any] = field(default_factory=dict)
+    configs: dict[str, Any] = field(default_factory=dict)
+    # Services left out because none of their profiles was asked for.
+    disabled: dict[str, dict[str, Any]] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list, repr=False)
+    # For each service, the file that defined it last (relative paths and error lines refer to it).
+    origin: dict[str, Path] = field(default_factory=dict)
+
+    def locate(self, path: KeyPath) -> tuple[Path | None, int | None]:
+        """The file and line that spell out ``path`` (the last file that does, as it wins the merge)."""
+        for src in reversed(self.sources):
+            line = src.lines.get(tuple(path))
+            if line is not None:
+                return src.path, line
+        for src in reversed(self.sources):
+            line = src.line_of(path)
+            if line is not None:
+                return src.path, line
+        return (self.files[-1] if self.files else None), None
+
+    def error(self, message: str, path: KeyPath) -> ComposeError:
+        file, line = self.locate(path)
+        return ComposeError(message, file, line, key_name(path))
+
+    def where(self, path: KeyPath) -> str:
+        file, line = self.locate(path)
+        return f"{file}:{line}" if line else str(file)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalised file (Compose Specification shape), as ``docker-compose config`` prints it."""
+        out: dict[str, Any] = {"name": self.name, "services": self.services}
+        for s in SECTIONS[1:]:
+            if getattr(self, s):
+                out[s] = getattr(self, s)
+        return out
+
+
+def detect_format(data: dict[str, Any]) -> tuple[str, str | None]:
+    """``("v1", None)``, ``("3.8", "3.8")`` or ``("spec", version-or-None)``."""
+    version = data.get("version")
+    if version is None:
+        if "services" in data and isinstance(data["services"], dict):
+            return "spec", None
+        if not data or (all(isinstance(v, dict) for v in data.values()) and not set(data) & set(SECTIONS[1:])):
+            return "v1", None
+        return "spec", None
+    version = str(version)
+    if version in ("1", "1.0"):
+        return "v1", None
+    if re.fullmatch(r"[23](\.\d+)?", version) and schema.schema_name(version, False) != schema.SPEC:
+        return version if "." in version else version + ".0", version
+    return "spec", version
+
+
+class _Loader:
+    def __init__(self, env: dict[str, str], warnings: list[str]) -> None:
+        self.env = env
+        self.warnings = warnings
+        self.files: dict[Path, tuple[Source, dict[str, Any], str]] = {}
+
+    def file(self, path: Path) -> tuple[Source, dict[str, Any], str]:
+        """Parse, interpolate and validate one file (cached: ``extends`` may read a file twice)."""
+        path = path.resolve()
+        if path in self.files:
+            return self.files[path]
+        src = parse(path)
+        fmt, version = detect_format(src.data)
+        data = interpolate(src, self.env, self.warnings)
+        if fmt == "v1":
+            schema.validate(data, schema.V1, src)
+            # v1: services at the top level; shift the line map under "services" too.
+            data = {"services": data}
+            src.lines.update({("services", *k): v for k, v in list(src.lines.items())})
+        else:
+            # The top-level ``name`` postdates the 1.29.2 schema of the Specification: check it here.
+            checked = {k: v for k, v in data.items() if k != "name"}
+            if "name" in data and not isinstance(data["name"], str):
+                raise src.error("name must be a string", ("name",))
+            schema.validate(checked, schema.schema_name(version, False), src)
+        for name, svc in (data.get("services") or {}).items():
+            _absolute_paths(svc, path.parent)
+            if svc is None:
+                raise src.error("service must be a mapping", ("services", name))
+        self.files[path] = (src, data, fmt)
+        return self.files[path]
+
+    def service(self, path: Path, name: str, stack: list[tuple[Path, str]]) -> dict[str, Any]:
+        """Service ``name`` of file ``path`` with its ``extends`` chain resolved."""
+        src, data, _fmt = self.file(path)
+        services = data.get("services") or {}
+        svc = services.get(name)
+        if svc is None:
+            caller = stack[-1] if stack else None
+            if caller:
+                csrc = self.files[caller[0].resolve()][0]
+                raise csrc.error(f"cannot extend service {name!r}: not found in {path}",
+                                 ("services", caller[1], "extends"))
+            raise ComposeError(f"no such service: {name}", path)
+        ext = svc.get("extends")
+        if ext is None:
+            return svc
+        here = (path.resolve(), name)
+        if isinstance(ext, str):
+            ext = {"service": ext}
+        target_file = (path.parent / ext["file"]).resolve() if ext.get("file") else path.resolve()
+        target = (target_file, ext["service"])
+        chain = [*stack, here]
+        if target in chain:
+            cycle = " -> ".join(f"{n} ({p.name})" for p, n in [*chain[chain.index(target):], target])
+            raise src.error(f"circular reference in extends: {cycle}", ("services", name, "extends"))
+        base = self.service(target_file, ext["service"], chain)
+        own = {k: v for k, v in svc.items() if k != "extends"}
+        # What Compose never inherits: links and volumes_from tie a service to its own file's neighbours.
+        base = {k: v for k, v in base.items() if k not in ("links", "volumes_from", "depends_on")}
+        return merge_service(base, own)
+
+
+def _absolute_paths(svc: dict[str, Any] | None, base: Path) -> None:
+    # env_file and build contexts are relative to the file that names them, so fix them at load time.
+    if not isinstance(svc, dict):
+        return
+    ef = svc.get("env_file")
+    if ef is not None:
+        items = [ef] if isinstance(ef, str | dict) else ef
+        fixed = []
+        for item in items:
+            if isinstance(item, dict):
+                fixed.append({**item, "path": str(base / item["path"])})
+            else:
+                fixed.append(str(base / item))
+        svc["env_file"] = fixed
+    build = svc.get("build")
+    if isinstance(build, str) and "://" not in build:
+        svc["build"] = {"context": str(base / build)}
+    elif isinstance(build, dict) and "context" in build and "://" not in str(build["context"]):
+        svc["build"] = {**build, "context": str(base / build["context"])}
+
+
+def load(
+    files: list[Path],
+    project_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    profiles: list[str] | None = None,
+    project_name: str | None = None,
+) -> Project:
+    """Load and merge ``files`` into a :class:`Project`; any bad input raises one ComposeError."""
+    if not files:
+        raise ComposeError("no Compose file given")
+    files = [Path(f) for f in files]
+    project_dir = Path(project_dir) if project_dir else files[0].resolve().parent
+    base_env = dict(os.environ if env is None else env)
+    dotenv = project_dir / ".env"
+    merged_env: dict[str, str] = {}
+    if dotenv.is_file():
+        merged_env.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    merged_env.update(base_env)  # the shell wins over .env, as in Compose
+    warnings: list[str] = []
+    loader = _Loader(merged_env, warnings)
+
+    sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    origin: dict[str, Path] = {}
+    fmt = "spec"
+    top_name = None
+    for f in files:
+        src, data, fmt = loader.file(f)
+        services = {n: loader.service(f, n, []) for n in (data.get("services") or {})}
+        sections["services"] = merge_section(sections["services"], services, services=True)
+        origin.update(dict.fromkeys(services, src.path))
+        for s in SECTIONS[1:]:
+            sections[s] = merge_section(sections[s], data.get(s) or {}, services=False)
+        top_name = data.get("name", top_name)
+
+    name = project_name or merged_env.get("COMPOSE_PROJECT_NAME") or top_name or project_dir.resolve().name
+    name = re.sub(r"[^a-z0-9_-]", "", name.lower())
+    project = Project(name=name, working_dir=project_dir, files=files, format=fmt, env=merged_env,
+                      warnings=warnings, sources=[loader.files[f.resolve()][0] for f in files], origin=origin,
+                      **{s: sections[s] for s in SECTIONS[1:]})
+    _apply_profiles(project, sections["services"], profiles or [])
+    _check_dependencies(project)
+    return project
+
+
+def _apply_profiles(project: Project, services: dict[str, dict[str, Any]], profiles: list[str]) -> None:
+    wanted = set(profiles)
+    for name, svc in services.items():
+        own = svc.get("profiles") or []
+        if not own or "*" in wanted or wanted & set(own):
+            project.services[name] = svc
+        else:
+            project.disabled[name] = svc
+
+
+def _check_dependencies(project: Project) -> None:
+    for name, svc in project.services.items():
+        deps = svc.get("depends_on") or []
+        for dep in deps if isinstance(deps, list) else list(deps):
+            if dep in project.services:
+                continue
+            path = ("services", name, "depends_on")
+            if dep in project.disabled:
+                profs = ", ".join(project.disabled[dep].get("profiles") or [])
+                raise project.error(f"service {name!r} depends on {dep!r}, which is only in profile(s) {profs}", path)
+            raise project.error(f"service {name!r} depends on undefined service {dep!r}", path)
+        for link in svc.get("links") or []:
+            target = str(link).split(":")[0]
+            if target not in project.services:
+                msg = f"service {name!r} links to undefined service {target!r}"
+                raise project.error(msg, ("services", name, "links"))
