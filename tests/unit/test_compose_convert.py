@@ -88,3 +88,14 @@ def test_units() -> None:
     assert parse_port(9000) == [m.PortConfig(TargetPort=9000)]
     with pytest.raises(ValueError):
         duration("soon")
+
+
+def test_aliyun_gpu_label_reserves_gpus_and_rancher_labels_reach_the_scheduler() -> None:
+    from shoal.scheduler.expressions import parse_rules
+
+    s = to_service_specs(load([DATA / "valid/aliyun-gpu.yml"], env={}), "ml")["train"]
+    (gpu,) = s.TaskTemplate.Resources.Reservations.GenericResources
+    assert gpu.DiscreteResourceSpec == {"Kind": "gpu", "Value": 2}
+    labels = s.TaskTemplate.ContainerSpec.Labels
+    assert labels["io.rancher.scheduler.affinity:container_label_ne"] == "app=train"
+    assert parse_rules(None, labels)  # the scheduler reads the Rancher rule from the container labels

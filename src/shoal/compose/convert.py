@@ -112,6 +112,24 @@ def _restart(svc: dict[str, Any]) -> m.RestartPolicy | None:
     return m.RestartPolicy(Condition=m.RestartCondition(cond), MaxAttempts=int(count) if count else None)
 
 
+def _generic_resources(resv: dict[str, Any], svc: dict[str, Any]) -> list[m.GenericResource]:
+    """Compose's ``generic_resources`` reservations, and Aliyun's ``aliyun.gpu: N`` label (the GPU
+    count its scheduler honoured) as a discrete ``gpu`` resource."""
+    out = []
+    for g in resv.get("generic_resources") or []:
+        spec = g.get("discrete_resource_spec") or {}
+        if spec.get("kind"):
+            discrete = {"Kind": spec["kind"], "Value": int(spec.get("value", 0))}
+            out.append(m.GenericResource(DiscreteResourceSpec=discrete))
+    labels = svc.get("labels") or {}
+    if isinstance(labels, list):
+        labels = dict(str(item).partition("=")[::2] for item in labels)
+    gpu = str(labels.get("aliyun.gpu", "")).strip()
+    if gpu.isdigit() and int(gpu) > 0 and not any(g.DiscreteResourceSpec["Kind"] == "gpu" for g in out):
+        out.append(m.GenericResource(DiscreteResourceSpec={"Kind": "gpu", "Value": int(gpu)}))
+    return out
+
+
 def _resources(svc: dict[str, Any]) -> m.ResourceRequirements | None:
     res = (svc.get("deploy") or {}).get("resources") or {}
     lim, resv = res.get("limits") or {}, res.get("reservations") or {}
@@ -123,6 +141,7 @@ def _resources(svc: dict[str, Any]) -> m.ResourceRequirements | None:
     reservations = m.ResourceReservations(
         NanoCPUs=_nano_cpus(resv.get("cpus", 0)),
         MemoryBytes=size(resv.get("memory", svc.get("mem_reservation", 0))),
+        GenericResources=_generic_resources(resv, svc) or None,
     )
     if limits == m.ResourceLimits() and reservations == m.ResourceReservations():
         return None
