@@ -104,7 +104,7 @@ class Env:
 
     def containers(self, task_id: str | None = None) -> list[Any]:
         label = f"shoal.task.id={task_id}" if task_id else f"shoal.node.id={self.node_id}"
-        return self.engine.containers.list(all=True, filters={"label": label})
+        return self.engine.containers.list(all=True, sparse=True, filters={"label": label})
 
 
 async def wait_until(predicate: Callable[[], Any], within: float = 15.0, interval: float = 0.05) -> Any:
@@ -183,7 +183,7 @@ async def env() -> AsyncIterator[Env]:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
-        for c in engine.containers.list(all=True, filters={"label": f"shoal.node.id={node_id}"}):
+        for c in engine.containers.list(all=True, sparse=True, filters={"label": f"shoal.node.id={node_id}"}):
             with contextlib.suppress(docker.errors.APIError):
                 c.remove(force=True, v=True)
         engine.close()

@@ -17,7 +17,7 @@ def _engine_containers(service_id: str) -> list[object]:
     """Containers the real engine holds for this container-service (the agent labels them)."""
     engine = docker.from_env()
     try:
-        return engine.containers.list(all=True, filters={"label": f"shoal.service.id={service_id}"})
+        return engine.containers.list(all=True, sparse=True, filters={"label": f"shoal.service.id={service_id}"})
     finally:
         engine.close()
 

@@ -53,7 +53,7 @@ def test_replicated_scale_up_and_down(swarm: docker.DockerClient, engine: docker
     svc.scale(2)
     wait_for(lambda: len(running(swarm, svc.id)) == 2 and len(containers(engine, "scale")) == 2)
     svc.remove()
-    wait_for(lambda: not engine.containers.list(all=True, filters={"label": "shoal.service.name=scale"}))
+    wait_for(lambda: not engine.containers.list(all=True, sparse=True, filters={"label": "shoal.service.name=scale"}))
     with pytest.raises(docker.errors.NotFound):  # as Docker: filtering on a removed service is a 404
         swarm.api.tasks(filters={"service": "scale"})
 
@@ -210,7 +210,7 @@ def test_daemon_restart_adopts_running_containers(tmp_path: Path, engine: docker
         after = {t["ID"]: t["Status"]["ContainerStatus"]["ContainerID"] for t in running(client, svc.id)}
         assert after == before  # same tasks, same containers: adopted, not recreated
         assert sorted(c.id for c in containers(engine, "adopt")) == sorted(before.values())
-        wait_for(lambda: not engine.containers.list(all=True, filters={"id": stray.id}))
+        wait_for(lambda: not engine.containers.list(all=True, sparse=True, filters={"id": stray.id}))
     finally:
         with contextlib.suppress(docker.errors.APIError):
             client.swarm.leave(force=True)

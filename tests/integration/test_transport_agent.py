@@ -70,7 +70,7 @@ async def test_remote_agent_runs_a_task_and_serves_its_logs(tmp_path: Path) -> N
             with mgr.store.tx() as tx:  # the task is deleted: the agent removes its container
                 tx.delete("task", task.ID)
             label = {"label": f"shoal.task.id={task.ID}"}
-            await wait_until(lambda: not engine.containers.list(all=True, filters=label), within=20)
+            await wait_until(lambda: not engine.containers.list(all=True, sparse=True, filters=label), within=20)
         finally:
             for t in (serving, running):
                 t.cancel()
@@ -78,7 +78,7 @@ async def test_remote_agent_runs_a_task_and_serves_its_logs(tmp_path: Path) -> N
                     await t
             await agent.close()
             await client.close()
-            for c in engine.containers.list(all=True, filters={"label": f"shoal.node.id={creds.node_id}"}):
+            for c in engine.containers.list(all=True, sparse=True, filters={"label": f"shoal.node.id={creds.node_id}"}):
                 with contextlib.suppress(docker.errors.APIError):
                     c.remove(force=True, v=True)
             engine.close()
