@@ -15,8 +15,9 @@ from collections.abc import Callable
 
 from shoal.models import DEFAULT_RESTART_DELAY
 from shoal.orchestrator.restart import RestartSupervisor
+from shoal.orchestrator.task import ended_while_wanted, is_runnable, node_unusable, preempted
 from shoal.orchestrator.update import Updater
-from shoal.store import Event, MemoryStore, Watcher
+from shoal.store import Action, Event, MemoryStore, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +122,23 @@ class ServiceOrchestrator(ReconcileLoop):
         self.restarts.clear()
         self.updater.clear()
         self._poked.clear()
+
+    def _task_matters(self, e: Event) -> bool:
+        """Whether a task event needs its service reconciled (both orchestrators ask the same;
+        a global task never changes node, so the moved-node check only fires for replicas)."""
+        action = e.action
+        if action is Action.UPDATE:
+            t, old = e.obj, e.old
+            if ended_while_wanted(t, old):
+                return True  # restart policy applies
+            if preempted(t, old):
+                return True  # refill the slot elsewhere (or leave it pending with a reason)
+            if t.NodeID != old.NodeID and t.NodeID and is_runnable(t):
+                if node_unusable(self.store.get("node", t.NodeID)):
+                    return True  # assigned to a node that went away meanwhile
+            return self.updater.tracks(t) and (
+                t.Status.State is not old.Status.State or t.DesiredState is not old.DesiredState
+            )
+        if action is Action.DELETE:
+            return is_runnable(e.old)
+        return False

@@ -25,7 +25,6 @@ from shoal.orchestrator.base import ServiceOrchestrator
 from shoal.orchestrator.restart import SlotPart
 from shoal.orchestrator.task import (
     age_key,
-    ended_while_wanted,
     evacuate,
     is_global,
     is_runnable,
@@ -33,7 +32,6 @@ from shoal.orchestrator.task import (
     is_up_to_date,
     new_task,
     node_unusable,
-    preempted,
     raise_desired,
 )
 from shoal.scheduler.constraints import constraints_of, node_matches
@@ -91,21 +89,6 @@ class GlobalOrchestrator(ServiceOrchestrator):
                     self._reconcile(tx, svc, ts)
             for svc in node_only:
                 self._reconcile_nodes(tx, svc, changed_nodes, ts)
-
-    def _task_matters(self, e: Event) -> bool:
-        action = e.action
-        if action is Action.UPDATE:
-            t, old = e.obj, e.old
-            if ended_while_wanted(t, old):
-                return True  # restart policy applies
-            if preempted(t, old):
-                return True  # refill the slot elsewhere (or leave it pending with a reason)
-            return self.updater.tracks(t) and (
-                t.Status.State is not old.Status.State or t.DesiredState is not old.DesiredState
-            )
-        if action is Action.DELETE:
-            return is_runnable(e.old)
-        return False
 
     # ------------------------------------------------------------------ one service
 

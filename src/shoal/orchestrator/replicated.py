@@ -23,7 +23,6 @@ from shoal.models import Service, Task, TaskState, now_ts
 from shoal.orchestrator.base import ServiceOrchestrator
 from shoal.orchestrator.task import (
     age_key,
-    ended_while_wanted,
     evacuate,
     is_replicated,
     is_runnable,
@@ -32,7 +31,6 @@ from shoal.orchestrator.task import (
     is_up_to_date,
     new_task,
     node_unusable,
-    preempted,
     raise_desired,
     replicas,
 )
@@ -83,24 +81,6 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
                 svc = self.store.get("service", sid)
                 if svc is not None and is_replicated(svc):
                     self._reconcile(tx, svc, ts)
-
-    def _task_matters(self, e: Event) -> bool:
-        action = e.action
-        if action is Action.UPDATE:
-            t, old = e.obj, e.old
-            if ended_while_wanted(t, old):
-                return True  # restart policy applies
-            if preempted(t, old):
-                return True  # refill the slot elsewhere (or leave it pending with a reason)
-            if t.NodeID != old.NodeID and t.NodeID and is_runnable(t):
-                if node_unusable(self.store.get("node", t.NodeID)):
-                    return True  # assigned to a node that went away meanwhile
-            return self.updater.tracks(t) and (
-                t.Status.State is not old.Status.State or t.DesiredState is not old.DesiredState
-            )
-        if action is Action.DELETE:
-            return is_runnable(e.old)
-        return False
 
     # ------------------------------------------------------------------ one service
 
