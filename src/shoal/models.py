@@ -381,9 +381,122 @@ class Task(Obj):
     # The service's endpoint when the task was made: the agent publishes ports from it.
     Endpoint: Endpoint | None = None
     ServiceAnnotations: dict[str, Any] | None = None
-    NetworksAttachments: list[dict[str, Any]] | None = None
+    NetworksAttachments: list[NetworkAttachment] | None = None
     GenericResources: list[GenericResource] | None = None
     JobIteration: Version | None = None
+
+
+# --------------------------------------------------------------------------- networks
+
+
+class IPAMConfig(Spec):
+    Subnet: str = ""
+    Range: str = ""
+    Gateway: str = ""
+
+
+class IPAMOptions(Spec):
+    Driver: Driver | None = None
+    Configs: list[IPAMConfig] | None = None
+
+
+class NetworkSpec(Spec):
+    """Swarm's network spec. The Docker API's ``POST /networks/create`` body (the engine's shape) is
+    translated to this at the API boundary, and objects are shown back in the engine's shape."""
+
+    Name: str = ""
+    Labels: dict[str, str] | None = None
+    DriverConfiguration: Driver | None = None
+    Ipv6Enabled: bool = False
+    Internal: bool = False
+    Attachable: bool = False
+    Ingress: bool = False
+    IPAMOptions: IPAMOptions | None = None
+    Scope: str = "swarm"
+
+
+class Network(Obj):
+    ID: str
+    Version: Version
+    CreatedAt: str
+    UpdatedAt: str
+    Spec: NetworkSpec
+    # What the allocator chose: the driver and its options (the VXLAN id), the subnet and gateway.
+    DriverState: Driver | None = None
+    IPAMOptions: IPAMOptions | None = None
+    # Shoal: each node's own address on the network (its bridge end, "10.0.1.250/24"), by node ID.
+    # Unique per node so that bridges joined over VXLAN never answer for the same address.
+    NodeAddresses: dict[str, str] | None = None
+
+
+class NetworkAttachment(Obj):
+    """A task's place on a network: the network as allocated and the task's addresses (CIDR)."""
+
+    Network: Network
+    Addresses: list[str] | None = None
+    Aliases: list[str] | None = None
+
+
+# --------------------------------------------------------------------------- secrets and configs
+
+
+class SecretSpec(Spec):
+    Name: str = ""
+    Labels: dict[str, str] | None = None
+    Data: str = ""  # base64, as in Docker's JSON; never shown back by inspect
+    Driver: Driver | None = None
+    Templating: Driver | None = None
+
+
+class Secret(Obj):
+    ID: str
+    Version: Version
+    CreatedAt: str
+    UpdatedAt: str
+    Spec: SecretSpec
+
+
+class ConfigSpec(Spec):
+    Name: str = ""
+    Labels: dict[str, str] | None = None
+    Data: str = ""  # base64
+    Templating: Driver | None = None
+
+
+class Config(Obj):
+    ID: str
+    Version: Version
+    CreatedAt: str
+    UpdatedAt: str
+    Spec: ConfigSpec
+
+
+# --------------------------------------------------------------------------- stacks (Shoal)
+
+
+class StackSpec(Spec):
+    """A deployed Compose project: its name and the normalised file (every ``-f`` merged, variables
+    interpolated, profiles applied), which the manager turns into services, networks, secrets and
+    configs labelled ``com.docker.stack.namespace=<Name>``."""
+
+    Name: str = ""
+    Labels: dict[str, str] | None = None
+    Compose: str = ""
+
+
+class StackStatus(Obj, omit_defaults=True):
+    State: str = ""  # deploying, deployed, failed
+    Message: str = ""
+    UpdatedAt: str = ""
+
+
+class Stack(Obj):
+    ID: str
+    Version: Version
+    CreatedAt: str
+    UpdatedAt: str
+    Spec: StackSpec
+    Status: StackStatus | None = None
 
 
 # --------------------------------------------------------------------------- node object

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import msgspec
 
-from shoal.models import NodeDescription, Task, TaskStatus
+from shoal.models import Config, Network, NodeDescription, Secret, Task, TaskStatus
 
 
 class SessionInfo(msgspec.Struct):
@@ -27,12 +27,46 @@ class TaskStatusUpdate(msgspec.Struct):
     status: TaskStatus
 
 
+class ServiceRecord(msgspec.Struct):
+    """What one service answers to on one network: its name and aliases, and its tasks' addresses
+    (bare IPs, running tasks only). ``vip`` is the service's virtual IP there, if it has one."""
+
+    service_id: str
+    name: str
+    aliases: list[str] = msgspec.field(default_factory=list)
+    addrs: list[str] = msgspec.field(default_factory=list)
+    # Task name (``<service>.<slot>.<task id>``) → address, for ``tasks.<service>`` style lookups.
+    tasks: dict[str, str] = msgspec.field(default_factory=dict)
+    vip: str = ""
+
+
+class NetworkState(msgspec.Struct):
+    """Everything a node needs to plumb one overlay network: the network as allocated, this node's
+    own address on it (CIDR, for its bridge end), the underlay addresses of the other nodes that have
+    tasks on it (VXLAN peers), and the service records its DNS responder serves. Always whole."""
+
+    network: Network
+    node_address: str
+    peers: list[str] = msgspec.field(default_factory=list)
+    records: list[ServiceRecord] = msgspec.field(default_factory=list)
+
+
 class Assignments(msgspec.Struct):
-    """``full``: ``tasks`` is the node's whole set (first message of a session); otherwise a delta."""
+    """``full``: ``tasks`` is the node's whole set (first message of a session); otherwise a delta.
+
+    ``networks`` carries the whole current state of each network that changed for this node (all of
+    them when ``full``); ``removed_networks`` the IDs the node has no more tasks on. ``secrets`` and
+    ``configs`` are those referenced by the tasks in this message, with their data, so an agent
+    always holds what a task mounts before it starts it.
+    """
 
     full: bool
     tasks: list[Task]
     removed: list[str] = msgspec.field(default_factory=list)
+    networks: list[NetworkState] = msgspec.field(default_factory=list)
+    removed_networks: list[str] = msgspec.field(default_factory=list)
+    secrets: list[Secret] = msgspec.field(default_factory=list)
+    configs: list[Config] = msgspec.field(default_factory=list)
 
 
 class LogOptions(msgspec.Struct):

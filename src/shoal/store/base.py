@@ -13,10 +13,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shoal.models import Cluster, Node, Service, Task
+from shoal.models import Cluster, Config, Network, Node, Secret, Service, Stack, Task
 
 Kind = str
-KINDS: dict[Kind, type] = {"cluster": Cluster, "node": Node, "service": Service, "task": Task}
+KINDS: dict[Kind, type] = {
+    "cluster": Cluster,
+    "node": Node,
+    "service": Service,
+    "task": Task,
+    "network": Network,
+    "secret": Secret,
+    "config": Config,
+    "stack": Stack,
+}
 
 
 class Action(enum.StrEnum):
