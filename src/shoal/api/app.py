@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 import shoal
-from shoal.api import containers, extensions, logs, nodes, services, swarm, system, tasks
+from shoal.api import containers, extensions, logs, networks, nodes, secrets, services, stacks, swarm, system, tasks
 from shoal.api.common import MANAGER, ManagerAPI, json_response
 from shoal.errors import InvalidArgument, NotFound, ShoalError
 
@@ -107,6 +107,9 @@ _ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/containers/{id}/kill", containers.kill),
     ("GET", "/containers/{id}/logs", containers.container_logs),
     ("DELETE", "/containers/{id}", containers.remove),
+    *networks.ROUTES,
+    *secrets.ROUTES,
+    *stacks.ROUTES,
 ]
 
 
