@@ -7,8 +7,10 @@ import msgspec
 from shoal.controlapi.errors import already_exists, invalid, precondition, unimplemented
 from shoal.controlapi.filters import Filters, match_labels, match_prefix
 from shoal.controlapi.names import random_name
+from shoal.controlapi.networks import resolve_service_networks
 from shoal.controlapi.ports import allocate_endpoint
 from shoal.controlapi.resolve import get_service
+from shoal.controlapi.secrets import resolve_service_references
 from shoal.controlapi.validate import check_reservation_fits, mode_kind, validate_service_spec
 from shoal.errors import InvalidArgument
 from shoal.ids import new_id
@@ -16,6 +18,11 @@ from shoal.models import Service, ServiceSpec, ServiceStatus, UpdateStatus, Vers
 from shoal.store import MemoryStore
 
 SERVICE_FILTERS = ("id", "label", "mode", "name", "runtime")
+
+
+def _resolve(store: MemoryStore, spec: ServiceSpec) -> ServiceSpec:
+    """Networks, secrets and configs named in the spec → their IDs (404 for an unknown one)."""
+    return resolve_service_references(store, resolve_service_networks(store, spec))
 
 
 def create_service(store: MemoryStore, spec: ServiceSpec) -> Service:
@@ -26,7 +33,7 @@ def create_service(store: MemoryStore, spec: ServiceSpec) -> Service:
         while store.service_by_name(name) is not None:
             name = random_name()
         spec = msgspec.structs.replace(spec, Name=name)
-    spec = validate_service_spec(spec)
+    spec = _resolve(store, validate_service_spec(spec))
     check_reservation_fits(spec, store.list("node"), store.cluster())
     if store.service_by_name(spec.Name) is not None:
         raise already_exists(f"name conflicts with an existing object: service {spec.Name} already exists")
@@ -55,7 +62,7 @@ def update_service(
     elif rollback:
         raise InvalidArgument(f"unrecognized rollback option {rollback}")
     else:
-        new_spec = validate_service_spec(spec)
+        new_spec = _resolve(store, validate_service_spec(spec))
         check_reservation_fits(new_spec, store.list("node"), store.cluster())
         if new_spec.Name != cur.Spec.Name:
             raise unimplemented("renaming services is not supported")
