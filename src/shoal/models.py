@@ -474,20 +474,40 @@ class Config(Obj):
 # --------------------------------------------------------------------------- stacks (Shoal)
 
 
+class StackResources(Spec):
+    """What a Compose file becomes. The client computes it (only it can read the files a Compose
+    file names: env_file, secret and config files), the manager validates and applies it."""
+
+    Services: dict[str, ServiceSpec] | None = None  # by Compose service name; Spec.Name is <stack>_<name>
+    Networks: dict[str, NetworkSpec] | None = None  # by full name
+    Secrets: dict[str, SecretSpec] | None = None
+    Configs: dict[str, ConfigSpec] | None = None
+    ExternalNetworks: list[str] | None = None
+    ExternalSecrets: list[str] | None = None
+    ExternalConfigs: list[str] | None = None
+    # depends_on: waves of Compose service names, each depending only on earlier waves, and for each
+    # service the condition each dependency must meet (service_started, service_healthy, ...).
+    Order: list[list[str]] | None = None
+    WaitFor: dict[str, dict[str, str]] | None = None
+
+
 class StackSpec(Spec):
-    """A deployed Compose project: its name and the normalised file (every ``-f`` merged, variables
-    interpolated, profiles applied), which the manager turns into services, networks, secrets and
-    configs labelled ``com.docker.stack.namespace=<Name>``."""
+    """A deployed Compose project: its name, the normalised file (every ``-f`` merged, variables
+    interpolated, profiles applied; kept for inspection and diffs) and the objects it becomes, all
+    labelled ``com.docker.stack.namespace=<Name>`` so the docker CLI's stack commands see them."""
 
     Name: str = ""
     Labels: dict[str, str] | None = None
     Compose: str = ""
+    Resources: StackResources | None = None
 
 
 class StackStatus(Obj, omit_defaults=True):
-    State: str = ""  # deploying, deployed, failed
+    State: str = ""  # deploying (services still waiting for their dependencies), deployed, failed
     Message: str = ""
-    UpdatedAt: str = ""
+    # Compose services not created yet because their dependencies are not ready, and since when.
+    Pending: list[str] | None = None
+    WaitingSince: str = ""
 
 
 class Stack(Obj):
