@@ -57,6 +57,7 @@ from shoal.models import (
 from shoal.orchestrator.global_ import GlobalOrchestrator
 from shoal.orchestrator.reaper import TaskReaper
 from shoal.orchestrator.replicated import ReplicatedOrchestrator
+from shoal.orchestrator.stacks import StackDeployer
 from shoal.scheduler.scheduler import Scheduler
 from shoal.store import Backend, MemoryStore, SqliteBackend
 from shoal.transport.server import ClusterServer
@@ -308,6 +309,7 @@ class Manager:
             GlobalOrchestrator(self.store),
             self.scheduler,
             TaskReaper(self.store),
+            StackDeployer(self.store),
         ]
         for c in components:
             self._tasks.append(asyncio.create_task(self._supervise(c), name=type(c).__name__))
