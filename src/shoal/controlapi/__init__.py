@@ -9,6 +9,19 @@ from shoal.controlapi.cluster import inspect_cluster, update_cluster
 from shoal.controlapi.filters import Filters, parse_filters
 from shoal.controlapi.nodes import list_nodes, remove_node, update_node
 from shoal.controlapi.resolve import get_node, get_service, get_task
+from shoal.controlapi.secrets import (
+    create_config,
+    create_secret,
+    get_config,
+    get_secret,
+    list_configs,
+    list_secrets,
+    remove_config,
+    remove_secret,
+    resolve_service_references,
+    update_config,
+    update_secret,
+)
 from shoal.controlapi.services import (
     create_service,
     list_services,
@@ -20,20 +33,31 @@ from shoal.controlapi.tasks import list_tasks, task_up_to_date
 
 __all__ = [
     "Filters",
+    "create_config",
+    "create_secret",
     "create_service",
+    "get_config",
     "get_node",
+    "get_secret",
     "get_service",
     "get_task",
     "inspect_cluster",
+    "list_configs",
     "list_nodes",
+    "list_secrets",
     "list_services",
     "list_tasks",
     "parse_filters",
+    "remove_config",
     "remove_node",
+    "remove_secret",
     "remove_service",
+    "resolve_service_references",
     "service_status",
     "task_up_to_date",
     "update_cluster",
+    "update_config",
     "update_node",
+    "update_secret",
     "update_service",
 ]
