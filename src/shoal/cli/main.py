@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_exc  # type: ignore[no-redef]
 
 from shoal import API_VERSION, __version__
-from shoal.cli import bench, lab, node, service, swarm
+from shoal.cli import bench, lab, node, service, stack, swarm
 from shoal.cli.client import DEFAULT_HOST, Client, CLIError, describe_error, resolve_host
 from shoal.cli.parse import flag, parse_choice
 
@@ -105,6 +105,8 @@ app.add_typer(node.app, name="node")
 app.add_typer(swarm.app, name="swarm")
 app.add_typer(lab.app, name="lab")
 app.add_typer(bench.app, name="bench")
+app.add_typer(stack.app, name="stack")
+app.add_typer(stack.compose_app, name="compose")
 
 
 @app.callback()

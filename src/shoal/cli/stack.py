@@ -1,0 +1,283 @@
+"""`shoal stack ...` (deploy, upgrade, ls, services, ps, scale, rm) and `shoal compose up/down`.
+
+The Compose file is loaded here, in the client, because only the client can read what it names
+(``.env``, ``env_file``, secret and config files); the manager receives the resulting objects and
+the normalised file, checks the whole stack and applies only what changed (``/shoal/stacks``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import typer
+import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from shoal import compose
+from shoal.cli import format as fmt
+from shoal.cli.client import Client, CLIError, client_of
+from shoal.cli.service import _image, _mode_name, _replicas, task_rows
+from shoal.models import StackResources, StackSpec
+
+app = typer.Typer(help="Manage stacks (Compose files deployed across the cluster).", no_args_is_help=True)
+compose_app = typer.Typer(help="Compose commands, for people coming from docker-compose.", no_args_is_help=True)
+
+NAMESPACE = "com.docker.stack.namespace"
+POLL_SECONDS = 0.5
+
+ComposeFiles = Annotated[list[Path], typer.Option("--compose-file", "-c", help="Path to a Compose file")]
+
+
+def load_stack(files: list[Path], name: str | None, profiles: list[str] | None = None) -> tuple[str, StackSpec]:
+    """Load, validate and convert Compose files; warnings go to stderr. Errors name file and line."""
+    for f in files:
+        if str(f) != "-" and not f.is_file():
+            raise CLIError(f"open {f}: no such file or directory")
+    try:
+        project = compose.load(files, profiles=profiles, project_name=name)
+        res = compose.to_stack(project, name or project.name)
+    except compose.ComposeError as e:
+        raise CLIError(str(e)) from None
+    stack = name or project.name
+    for w in [*project.warnings, *res.warnings]:
+        print(f"warning: {w}", file=sys.stderr)
+    text = yaml.safe_dump(compose.normalised(project), sort_keys=False, default_flow_style=False)
+    resources = StackResources(
+        Services=res.services or None,
+        Networks=res.networks or None,
+        Secrets=res.secrets or None,
+        Configs=res.configs or None,
+        ExternalNetworks=res.external_networks or None,
+        ExternalSecrets=res.external_secrets or None,
+        ExternalConfigs=res.external_configs or None,
+        Order=res.order or None,
+        WaitFor=res.wait_for or None,
+    )
+    return stack, StackSpec(Name=stack, Compose=text, Resources=resources)
+
+
+def _print_changes(result: dict[str, Any], dry_run: bool) -> None:
+    verbs = {"create": "Creating", "update": "Updating", "remove": "Removing", "wait": "Waiting to create"}
+    if dry_run:
+        rows = [(c["Kind"], c["Name"], c["Action"], c["Detail"]) for c in result["Changes"]]
+        fmt.print_table(["KIND", "NAME", "ACTION", "DETAIL"], rows)
+        for name, plan in (result.get("Plans") or {}).items():
+            print(f"\n{name}: where its tasks would go")
+            fmt.print_table(["SLOT", "NODE", "RESULT"],
+                            [(str(p["Slot"] or "-"), p["Node"] or "-", p["Reason"] or "placed") for p in plan])
+        return
+    for c in result["Changes"]:
+        verb = verbs.get(c["Action"])
+        if verb:
+            detail = f" ({c['Detail']})" if c["Detail"] else ""
+            print(f"{verb} {c['Kind']} {c['Name']}{detail}")
+    for w in result.get("Warnings") or []:
+        print(f"warning: {w}", file=sys.stderr)
+
+
+def _stack_services(c: Client, stack: str) -> list[dict[str, Any]]:
+    return c.get("/services", params={"status": True, "filters": {"label": [f"{NAMESPACE}={stack}"]}})  # type: ignore[no-any-return]
+
+
+def wait_stack(c: Client, stack: str) -> None:
+    """Poll until every service of the stack runs all its tasks, no update is under way and no
+    service is still waiting for its dependencies; a Rich progress bar on stderr meanwhile."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
+                  TimeElapsedColumn(), TextColumn("{task.fields[note]}", style="yellow"),
+                  console=fmt.stderr()) as bar:
+        job = bar.add_task(stack, total=None, note="")
+        while True:
+            st = c.get("/shoal/stacks/{0}", stack)
+            services = _stack_services(c, stack)
+            running = desired = 0
+            notes: list[str] = []
+            busy = False
+            for s in services:
+                mode = s["Spec"].get("Mode") or {}
+                if "ReplicatedJob" in mode or "GlobalJob" in mode:
+                    continue
+                status = s.get("ServiceStatus") or {}
+                running += min(status.get("RunningTasks", 0), status.get("DesiredTasks", 0))
+                desired += status.get("DesiredTasks", 0)
+                upd = (s.get("UpdateStatus") or {}).get("State", "")
+                if upd in ("updating", "rollback_started"):
+                    busy = True
+                    notes.append(f"{s['Spec']['Name']} {upd}")
+                elif upd == "paused":
+                    raise CLIError(f"update of {s['Spec']['Name']} paused: {s['UpdateStatus'].get('Message', '')}")
+            status = st.get("Status") or {}
+            if status.get("Pending"):
+                busy = True
+                notes.append(status.get("Message") or "waiting for dependencies")
+            bar.update(job, total=desired or None, completed=running, note="; ".join(notes)[:80])
+            if not busy and running == desired:
+                bar.update(job, description=f"{stack}: converged", note="")
+                return
+            time.sleep(POLL_SECONDS)
+
+
+def _deploy(ctx: typer.Context, files: list[Path], name: str | None, prune: bool, dry_run: bool, detach: bool,
+            must_exist: bool = False, profiles: list[str] | None = None) -> None:
+    if not files:
+        raise CLIError("Please specify a Compose file (with --compose-file).")
+    c = client_of(ctx)
+    stack, spec = load_stack(files, name, profiles)
+    if must_exist:
+        c.get("/shoal/stacks/{0}", stack)  # 404 "stack X not found" before anything changes
+    body = msgspec.to_builtins(spec)
+    result = c.post("/shoal/stacks", body=body, params={"prune": prune or None, "dryRun": dry_run or None})
+    _print_changes(result, dry_run)
+    if not dry_run and not detach:
+        wait_stack(c, stack)
+
+
+@app.command()
+def deploy(
+    ctx: typer.Context,
+    stack: Annotated[str, typer.Argument(metavar="STACK")],
+    compose_file: ComposeFiles,
+    prune: Annotated[bool, typer.Option("--prune", help="Remove services no longer in the file")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change and where tasks would go")] = False,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return without waiting for convergence")] = False,
+) -> None:
+    """Deploy a new stack or update an existing one (only what changed)."""
+    _deploy(ctx, compose_file, stack, prune, dry_run, detach)
+
+
+@app.command()
+def upgrade(
+    ctx: typer.Context,
+    stack: Annotated[str, typer.Argument(metavar="STACK")],
+    compose_file: ComposeFiles,
+    prune: Annotated[bool, typer.Option("--prune", help="Remove services no longer in the file")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change and where tasks would go")] = False,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return without waiting for convergence")] = False,
+) -> None:
+    """Roll an existing stack to a new Compose file: changed services update per their update_config."""
+    _deploy(ctx, compose_file, stack, prune, dry_run, detach, must_exist=True)
+
+
+@app.command("ls")
+def ls(ctx: typer.Context) -> None:
+    """List stacks."""
+    rows = [(s["Name"], str(s["Services"]), s["Orchestrator"], s["State"]) for s in client_of(ctx).get("/shoal/stacks")]
+    fmt.print_table(["NAME", "SERVICES", "ORCHESTRATOR", "STATE"], rows)
+
+
+@app.command()
+def services(ctx: typer.Context, stack: Annotated[str, typer.Argument(metavar="STACK")]) -> None:
+    """List the services of a stack."""
+    c = client_of(ctx)
+    svcs = sorted(_stack_services(c, stack), key=lambda s: s["Spec"].get("Name", ""))
+    if not svcs:
+        raise CLIError(f"Nothing found in stack: {stack}")
+    rows = [(fmt.trunc_id(s["ID"]), s["Spec"].get("Name", ""), _mode_name(s["Spec"].get("Mode") or {}),
+             _replicas(s), _image(s["Spec"]), fmt.ports((s.get("Endpoint") or {}).get("Ports"))) for s in svcs]
+    fmt.print_table(["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], rows)
+
+
+@app.command()
+def ps(
+    ctx: typer.Context,
+    stack: Annotated[str, typer.Argument(metavar="STACK")],
+    no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Do not truncate output")] = False,
+) -> None:
+    """List the tasks of a stack."""
+    c = client_of(ctx)
+    svcs = {s["ID"]: s["Spec"]["Name"] for s in _stack_services(c, stack)}
+    if not svcs:
+        raise CLIError(f"Nothing found in stack: {stack}")
+    tasks = c.get("/tasks", params={"filters": {"service": list(svcs)}})
+    headers = ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"]
+    fmt.print_table(headers, task_rows(tasks, svcs, c.node_names() if tasks else {}, no_trunc))
+
+
+@app.command()
+def scale(
+    ctx: typer.Context,
+    stack: Annotated[str, typer.Argument(metavar="STACK")],
+    pairs: Annotated[list[str], typer.Argument(metavar="SERVICE=REPLICAS...")],
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return without waiting for convergence")] = False,
+) -> None:
+    """Scale services of a stack (rancher-compose scale): `shoal stack scale vote worker=3 result=2`."""
+    counts: dict[str, int] = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key or not value.isdigit():
+            raise CLIError(f"invalid scale specifier {p!r}: expected SERVICE=REPLICAS, e.g. worker=3", 2)
+        counts[key] = int(value)
+    c = client_of(ctx)
+    for s, count in zip(c.post("/shoal/stacks/{0}/scale", stack, body=counts), counts.values(), strict=False):
+        print(f"{s['Name']} scaled to {count}")
+    if not detach:
+        wait_stack(c, stack)
+
+
+@app.command("inspect")
+def inspect(ctx: typer.Context, stack: Annotated[str, typer.Argument(metavar="STACK")]) -> None:
+    """Show a stack object (its normalised Compose file, resources and status) as JSON."""
+    fmt.print_json([client_of(ctx).get("/shoal/stacks/{0}", stack)])
+
+
+@app.command("rm")
+def rm(ctx: typer.Context, stacks: Annotated[list[str], typer.Argument(metavar="STACK...")]) -> None:
+    """Remove stacks: their services, then their networks, secrets and configs."""
+    c = client_of(ctx)
+    failed = False
+    for name in stacks:
+        try:
+            resp = c.api._delete(c.url("/shoal/stacks/{0}", name))
+            c.api._raise_for_status(resp)
+        except Exception as e:
+            from shoal.cli.client import describe_error
+
+            err = describe_error(e, c.host)
+            if err is None:
+                raise
+            print(err.message, file=sys.stderr)
+            failed = True
+            continue
+        print(f"Removing stack {name}")
+        for w in (resp.json().get("Warnings") if resp.content else None) or []:
+            print(f"warning: {w}", file=sys.stderr)
+    if failed:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- shoal compose
+
+
+@compose_app.command()
+def up(
+    ctx: typer.Context,
+    file: Annotated[list[Path] | None, typer.Option("--file", "-f", help="Compose file(s)")] = None,
+    project_name: Annotated[str | None, typer.Option("--project-name", "-p", help="Project (stack) name")] = None,
+    profile: Annotated[list[str] | None, typer.Option("--profile", help="Profiles to enable")] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return without waiting for convergence")] = False,
+    remove_orphans: Annotated[bool, typer.Option("--remove-orphans", help="Remove services not in the file")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change and where tasks would go")] = False,
+) -> None:
+    """Deploy a Compose project across the cluster (the same as `shoal stack deploy`)."""
+    files = file or [p for p in (Path("compose.yaml"), Path("compose.yml"), Path("docker-compose.yml"),
+                                 Path("docker-compose.yaml")) if p.is_file()][:1]
+    if not files:
+        raise CLIError("no configuration file provided: not found (compose.yaml or docker-compose.yml)")
+    _deploy(ctx, files, project_name, remove_orphans, dry_run, detach, profiles=profile)
+
+
+@compose_app.command()
+def down(
+    ctx: typer.Context,
+    file: Annotated[list[Path] | None, typer.Option("--file", "-f", help="Compose file(s)")] = None,
+    project_name: Annotated[str | None, typer.Option("--project-name", "-p", help="Project (stack) name")] = None,
+) -> None:
+    """Remove a Compose project's services, networks, secrets and configs (`shoal stack rm`)."""
+    name = project_name
+    if name is None:
+        files = file or [Path("docker-compose.yml")]
+        name, _ = load_stack(files, None)
+    rm(ctx, [name])
