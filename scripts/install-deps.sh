@@ -19,6 +19,8 @@ needs=(
   umount:mount
   hostname:hostname
   docker-registry:docker-registry
+  # tests/unit/test_compose_config_compat.py compares the Compose loader with `docker-compose config`
+  docker-compose:docker-compose
 )
 
 missing=()

@@ -3,14 +3,14 @@
 Covered: image, command/entrypoint, environment + env_file, labels (+ ``com.docker.stack.namespace``),
 deploy (mode, replicas, placement, resources, restart/update/rollback config, endpoint_mode), the v2
 keys (scale, mem_limit, mem_reservation, cpus, restart), ports, healthcheck, hostname, user,
-working_dir, stop_signal, stop_grace_period. Keys a cluster cannot honour add a warning to
-``project.warnings`` naming the key and its file line; ``build`` without ``image`` is an error, as
-there would be nothing to run. Networks, volumes, secrets and configs are left to the stack code.
+working_dir, stop_signal, stop_grace_period, and through :mod:`.stack` the service's networks,
+mounts, secrets and configs. Keys a cluster cannot honour add a warning to ``project.warnings``
+naming the key and its file line; ``build`` without ``image`` is an error, as there would be
+nothing to run. :func:`to_stack` adds the stack's networks, secrets, configs and start order.
 """
 
 from __future__ import annotations
 
-import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -21,34 +21,20 @@ from .. import models as m
 from .errors import ComposeError
 from .loader import Project
 from .merge import to_mapping
+from .stack import (
+    AUTOSCALE_PREFIX,
+    NAMESPACE_LABEL,
+    StackResources,
+    attachments,
+    file_refs,
+    mounts,
+    networks,
+    secrets_and_configs,
+    start_order,
+)
+from .units import duration, size
 
-NAMESPACE_LABEL = "com.docker.stack.namespace"
-
-_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": m.SECOND, "m": 60 * m.SECOND, "h": 3600 * m.SECOND}
-_BYTES = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30,
-          "t": 1 << 40, "tb": 1 << 40}
-
-
-def duration(value: Any) -> int:
-    """Go-style duration (``1m30s``, ``500ms``; a bare number is seconds) → nanoseconds."""
-    if isinstance(value, int | float):
-        return int(value * m.SECOND)
-    text = str(value).strip()
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"invalid duration {value!r}")
-    return int(sum(float(n) * _UNITS[u] for n, u in parts))
-
-
-def size(value: Any) -> int:
-    """``64m``, ``1.5G``, ``1024`` → bytes."""
-    if isinstance(value, int | float):
-        return int(value)
-    mt = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]*)", str(value).strip())
-    if not mt or mt.group(2).lower() not in _BYTES:
-        raise ValueError(f"invalid size {value!r}")
-    return int(float(mt.group(1)) * _BYTES[mt.group(2).lower()])
-
+__all__ = ["NAMESPACE_LABEL", "StackResources", "duration", "parse_port", "size", "to_service_specs", "to_stack"]
 
 def _nano_cpus(value: Any) -> int:
     return round(float(value) * 1e9)
@@ -130,16 +116,35 @@ def _generic_resources(resv: dict[str, Any], svc: dict[str, Any]) -> list[m.Gene
     return out
 
 
-def _resources(svc: dict[str, Any]) -> m.ResourceRequirements | None:
+def _cpu_shares(project: Project, name: str, svc: dict[str, Any]) -> int:
+    """NanoCPUs to reserve for v2's ``cpu_shares``.
+
+    Swarm services have no CPU weight, and a weight only means something relative to the other
+    containers on the same host, which a cluster does not fix. The closest honest mapping is the
+    convention Kubernetes uses in the other direction (a request of 1 CPU becomes cpu.shares 1024):
+    ``cpu_shares / 1024`` CPUs reserved, so the scheduler gives heavier services proportionally more
+    room. An explicit ``deploy.resources.reservations.cpus`` wins. A note says what was done.
+    """
+    shares = svc.get("cpu_shares")
+    if shares is None:
+        return 0
+    nanos = max(round(int(shares) * 1e9 / 1024), 1_000_000)  # at least the API's minimum, 0.001 CPU
+    project.warnings.append(f"{project.where(('services', name, 'cpu_shares'))}: {name}: cpu_shares {shares} "
+                            f"becomes a reservation of {nanos / 1e9:g} CPUs (1024 shares = 1 CPU)")
+    return nanos
+
+
+def _resources(project: Project, name: str, svc: dict[str, Any]) -> m.ResourceRequirements | None:
     res = (svc.get("deploy") or {}).get("resources") or {}
     lim, resv = res.get("limits") or {}, res.get("reservations") or {}
+    shares = _cpu_shares(project, name, svc)
     limits = m.ResourceLimits(
         NanoCPUs=_nano_cpus(lim.get("cpus", svc.get("cpus", 0))),
         MemoryBytes=size(lim.get("memory", svc.get("mem_limit", 0))),
         Pids=int(lim.get("pids", 0)),
     )
     reservations = m.ResourceReservations(
-        NanoCPUs=_nano_cpus(resv.get("cpus", 0)),
+        NanoCPUs=_nano_cpus(resv["cpus"]) if "cpus" in resv else shares,
         MemoryBytes=size(resv.get("memory", svc.get("mem_reservation", 0))),
         GenericResources=_generic_resources(resv, svc) or None,
     )
@@ -166,7 +171,9 @@ def _healthcheck(hc: dict[str, Any] | None) -> m.HealthConfig | None:
     )
 
 
-def _env(project: Project, svc: dict[str, Any]) -> list[str] | None:
+def environment(project: Project, svc: dict[str, Any]) -> dict[str, str]:
+    """A service's environment: its ``env_file``s in order, then ``environment``; a bare ``KEY``
+    takes the value from the shell or ``.env``, or is left out when neither sets it."""
     values: dict[str, str] = {}
     for ef in svc.get("env_file") or []:
         path = Path(ef["path"] if isinstance(ef, dict) else ef)
@@ -176,12 +183,12 @@ def _env(project: Project, svc: dict[str, Any]) -> list[str] | None:
             raise ComposeError(f"env_file {path} not found")
         values.update({k: v or "" for k, v in dotenv_values(path).items()})
     for k, v in to_mapping(svc.get("environment")).items():
-        if v is None:  # "KEY" alone: take it from the environment, or leave it out
+        if v is None:
             if k in project.env:
                 values[k] = project.env[k]
             continue
-        values[k] = "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v))
-    return [f"{k}={v}" for k, v in values.items()] or None
+        values[k] = str(v).lower() if isinstance(v, bool) else str(v)
+    return values
 
 
 def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.ServiceSpec:
@@ -201,13 +208,16 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
     if "links" in svc:
         project.warnings.append(f"{project.where((*where, 'links'))}: {name}: links are ignored; services reach "
                                 "each other by name on the stack's networks")
-    for key in ("network_mode", "cpu_shares", "devices", "cgroup_parent"):
+    for key in ("devices", "cgroup_parent", "volumes_from", "ipc", "pid"):
         if key in svc:
             project.warnings.append(f"{project.where((*where, key))}: {name}: {key} cannot apply to a cluster "
                                     "service and is ignored")
 
     ns = {NAMESPACE_LABEL: stack}
     labels = {k: "" if v is None else str(v) for k, v in to_mapping(svc.get("labels")).items()}
+    deploy_labels = {k: "" if v is None else str(v) for k, v in to_mapping(deploy.get("labels")).items()}
+    # The autoscaler reads aliyun.auto_scaling.* from the service's labels, wherever the file put them.
+    deploy_labels.update({k: v for k, v in labels.items() if k.startswith(AUTOSCALE_PREFIX)})
     placement_cfg = deploy.get("placement") or {}
     placement = None
     if placement_cfg:
@@ -222,7 +232,7 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
         Command=_split(svc.get("entrypoint")),
         Args=_split(svc.get("command")),
         Hostname=svc.get("hostname", ""),
-        Env=_env(project, svc),
+        Env=[f"{k}={v}" for k, v in environment(project, svc).items()] or None,
         Dir=svc.get("working_dir", ""),
         User=str(svc.get("user", "")),
         StopSignal=svc.get("stop_signal", ""),
@@ -232,20 +242,25 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
         TTY=bool(svc.get("tty", False)),
         OpenStdin=bool(svc.get("stdin_open", False)),
         Init=svc.get("init"),
+        Mounts=mounts(project, name, svc, stack) or None,
+        Secrets=[m.SecretReference(SecretName=r["name"], File=r["File"])
+                 for r in file_refs(project, name, svc, stack, "secrets")] or None,
+        Configs=[m.ConfigReference(ConfigName=r["name"], File=r["File"])
+                 for r in file_refs(project, name, svc, stack, "configs")] or None,
     )
     if mode_name == "global":
         mode = m.ServiceMode(Global=m.GlobalService())
     else:
         mode = m.ServiceMode(Replicated=m.ReplicatedService(Replicas=int(replicas) if replicas is not None else 1))
-    deploy_labels = {k: "" if v is None else str(v) for k, v in to_mapping(deploy.get("labels")).items()}
     endpoint = None
     if ports or deploy.get("endpoint_mode"):
         endpoint = m.EndpointSpec(Mode=deploy.get("endpoint_mode", ""), Ports=ports or None)
     return m.ServiceSpec(
         Name=f"{stack}_{name}",
         Labels={**deploy_labels, **ns},
-        TaskTemplate=m.TaskSpec(ContainerSpec=container, Resources=_resources(svc), RestartPolicy=_restart(svc),
-                                Placement=placement),
+        TaskTemplate=m.TaskSpec(ContainerSpec=container, Resources=_resources(project, name, svc),
+                                RestartPolicy=_restart(svc), Placement=placement,
+                                Networks=attachments(project, name, svc, stack)),
         Mode=mode,
         UpdateConfig=_update(deploy.get("update_config")),
         RollbackConfig=_update(deploy.get("rollback_config")),
@@ -253,12 +268,27 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
     )
 
 
-def to_service_specs(project: Project, stack_name: str) -> dict[str, m.ServiceSpec]:
-    """One ServiceSpec per active service, keyed by the Compose service name."""
-    out: dict[str, m.ServiceSpec] = {}
+def to_stack(project: Project, stack_name: str) -> StackResources:
+    """Everything deploying ``project`` as stack ``stack_name`` creates: services, networks,
+    secrets, configs, and the order to create services in. Bad input raises a ComposeError naming
+    file and line; what a cluster cannot honour is a warning in ``project.warnings``."""
+    res = StackResources(warnings=project.warnings)
+    networks(project, stack_name, res)
+    secrets_and_configs(project, stack_name, res)
     for name, svc in project.services.items():
         try:
-            out[name] = _service(project, name, svc, stack_name)
+            spec = _service(project, name, svc, stack_name)
         except ValueError as e:
             raise project.error(str(e), ("services", name)) from None
-    return out
+        res.services[name] = spec
+        scaling = {k.removeprefix(AUTOSCALE_PREFIX): v for k, v in (spec.Labels or {}).items()
+                   if k.startswith(AUTOSCALE_PREFIX)}
+        if scaling:
+            res.autoscale[name] = scaling
+    start_order(project, res)
+    return res
+
+
+def to_service_specs(project: Project, stack_name: str) -> dict[str, m.ServiceSpec]:
+    """One ServiceSpec per active service, keyed by the Compose service name."""
+    return to_stack(project, stack_name).services

@@ -19,7 +19,7 @@ from dotenv import dotenv_values
 from . import schema
 from .errors import ComposeError
 from .interpolate import interpolate
-from .merge import merge_section, merge_service
+from .merge import deep_merge, merge_section, merge_service
 from .source import KeyPath, Source, key_name, parse
 
 SECTIONS = ("services", "networks", "volumes", "secrets", "configs")
@@ -45,6 +45,8 @@ class Project:
     sources: list[Source] = field(default_factory=list, repr=False)
     # For each service, the file that defined it last (relative paths and error lines refer to it).
     origin: dict[str, Path] = field(default_factory=dict)
+    # Top-level ``x-`` keys (``x-shoal-*`` is Shoal's own), merged across files, kept for later use.
+    extensions: dict[str, Any] = field(default_factory=dict)
 
     def locate(self, path: KeyPath) -> tuple[Path | None, int | None]:
         """The file and line that spell out ``path`` (the last file that does, as it wins the merge)."""
@@ -72,6 +74,7 @@ class Project:
         for s in SECTIONS[1:]:
             if getattr(self, s):
                 out[s] = getattr(self, s)
+        out.update(self.extensions)
         return out
 
 
@@ -116,6 +119,8 @@ class _Loader:
             checked = {k: v for k, v in data.items() if k != "name"}
             if "name" in data and not isinstance(data["name"], str):
                 raise src.error("name must be a string", ("name",))
+            if fmt == "spec":
+                checked = _newer_spec_keys(checked, src)
             schema.validate(checked, schema.schema_name(version, False), src)
         for name, svc in (data.get("services") or {}).items():
             _absolute_paths(svc, path.parent)
@@ -153,6 +158,28 @@ class _Loader:
         # What Compose never inherits: links and volumes_from tie a service to its own file's neighbours.
         base = {k: v for k, v in base.items() if k not in ("links", "volumes_from", "depends_on")}
         return merge_service(base, own)
+
+
+# Keys of the Compose Specification newer than the schema docker-compose 1.29.2 ships: checked
+# here, then hidden from that schema. (secrets/configs from an environment variable; inline configs.)
+_NEWER_SPEC_KEYS = {"secrets": ("environment",), "configs": ("environment", "content")}
+
+
+def _newer_spec_keys(data: dict[str, Any], src: Source) -> dict[str, Any]:
+    out = dict(data)
+    for section, keys in _NEWER_SPEC_KEYS.items():
+        entries = data.get(section)
+        if not isinstance(entries, dict):
+            continue
+        out[section] = dict(entries)
+        for name, entry in entries.items():
+            if not isinstance(entry, dict) or not set(keys) & set(entry):
+                continue
+            for key in keys:
+                if key in entry and not isinstance(entry[key], str):
+                    raise src.error(f"{key} must be a string", (section, name, key))
+            out[section][name] = {k: v for k, v in entry.items() if k not in keys}
+    return out
 
 
 def _absolute_paths(svc: dict[str, Any] | None, base: Path) -> None:
@@ -201,6 +228,7 @@ def load(
     origin: dict[str, Path] = {}
     fmt = "spec"
     top_name = None
+    extensions: dict[str, Any] = {}
     for f in files:
         src, data, fmt = loader.file(f)
         services = {n: loader.service(f, n, []) for n in (data.get("services") or {})}
@@ -209,11 +237,14 @@ def load(
         for s in SECTIONS[1:]:
             sections[s] = merge_section(sections[s], data.get(s) or {}, services=False)
         top_name = data.get("name", top_name)
+        if fmt != "v1":
+            extensions = deep_merge(extensions, {k: v for k, v in data.items() if k.startswith("x-")})
 
     name = project_name or merged_env.get("COMPOSE_PROJECT_NAME") or top_name or project_dir.resolve().name
     name = re.sub(r"[^a-z0-9_-]", "", name.lower())
     project = Project(name=name, working_dir=project_dir, files=files, format=fmt, env=merged_env,
                       warnings=warnings, sources=[loader.files[f.resolve()][0] for f in files], origin=origin,
+                      extensions=extensions,
                       **{s: sections[s] for s in SECTIONS[1:]})
     _apply_profiles(project, sections["services"], profiles or [])
     _check_dependencies(project)

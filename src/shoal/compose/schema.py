@@ -131,6 +131,9 @@ def validate(data: dict[str, Any], name: str, src: Source) -> None:
             key = m.group(1) or m.group(2) or m.group(3)
             path = (*path, key)
             message = f"unsupported key {key!r} (not allowed by {name})"
+            if key.startswith("x-"):
+                message += ("; extension keys need version 3.4+ (2.0+) at the top level and 2.4, 3.7+ or "
+                            "the Compose Specification inside services, networks and volumes")
     elif error.validator in ("oneOf", "anyOf") and error.context:
         deeper = min(error.context, key=lambda e: -len(e.absolute_path))
         message = f"{message} ({deeper.message})"
