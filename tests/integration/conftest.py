@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import docker
 import pytest
@@ -43,3 +47,13 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
             return last
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+def shoal_cli(shoal: ShoalProcess, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run Shoal's own CLI (the console script next to this Python) against the daemon."""
+    exe = str(Path(sys.executable).with_name("shoal"))
+    res = subprocess.run([exe, "-H", shoal.host, *args], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "200"})
+    if check and res.returncode != 0:
+        raise AssertionError(f"shoal {' '.join(args)} failed ({res.returncode}): {res.stderr}")
+    return res

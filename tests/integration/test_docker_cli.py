@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import shoal_cli, wait_for
 from tests.integration.shoal_process import ShoalProcess
 
 pytestmark = pytest.mark.integration
@@ -81,16 +77,6 @@ def test_docker_cli_tour(shoal: ShoalProcess) -> None:
         assert res.returncode != 0 and "no such service" in res.stderr.lower()
     finally:
         shoal.docker_cli("swarm", "leave", "--force", check=False)
-
-
-def shoal_cli(shoal: ShoalProcess, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run Shoal's own CLI (the console script next to this Python) against the daemon."""
-    exe = str(Path(sys.executable).with_name("shoal"))
-    res = subprocess.run([exe, "-H", shoal.host, *args], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "COLUMNS": "200"})
-    if check and res.returncode != 0:
-        raise AssertionError(f"shoal {' '.join(args)} failed ({res.returncode}): {res.stderr}")
-    return res
 
 
 def test_shoal_cli_tour(shoal: ShoalProcess) -> None:
