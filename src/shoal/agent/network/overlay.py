@@ -1,0 +1,266 @@
+"""One overlay network on one node: an engine bridge network plus a VXLAN device on its bridge.
+
+The engine does what it is good at — veths, container addresses, masquerading, isolation rules —
+on a plain bridge network whose bridge has a fixed name (``shl-<network id[:10]>``), the overlay's
+subnet, an MTU that leaves room for the VXLAN header (1450 on a 1500 underlay), and as gateway this
+node's own address on the network. That address is unique per node (the manager allocates it), so
+the bridges of different hosts, joined into one L2 segment by VXLAN, never answer for the same IP.
+
+The VXLAN device (``shv-<network id[:10]>``, VNI from the network's driver state, UDP 4789, source
+= this node's underlay address, MAC learning on) is enslaved to that bridge. Broadcast and unknown
+traffic (ARP) goes to every peer by head-end replication: one all-zeros FDB entry per peer node;
+replies teach the bridge and the VXLAN device where each MAC lives.
+
+Netlink calls are synchronous (pyroute2's IPRoute) and short: they run on a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+from typing import Any
+
+import aiodocker
+from aiodocker.exceptions import DockerError
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from shoal.dispatcher.protocol import NetworkState
+from shoal.models import Network
+
+log = logging.getLogger(__name__)
+
+VXLAN_PORT = 4789
+MTU = 1450
+VNI_OPTION = "com.docker.network.driver.overlay.vxlanid_list"
+BRIDGE_PREFIX = "shl-"
+VXLAN_PREFIX = "shv-"
+ZERO_MAC = "00:00:00:00:00:00"
+# Labels on the engine networks we make, so a restarted agent finds (and adopts or removes) them.
+LABEL_NETWORK_ID = "shoal.network.id"
+LABEL_NETWORK_NAME = "shoal.network.name"
+LABEL_NODE_ID = "shoal.network.node"
+
+
+class OverlayError(Exception):
+    """Plumbing a network failed; the message says why (it becomes the task's error)."""
+
+
+def bridge_name(network_id: str) -> str:
+    return BRIDGE_PREFIX + network_id[:10]  # 14 characters: within the kernel's 15
+
+
+def vxlan_name(network_id: str) -> str:
+    return VXLAN_PREFIX + network_id[:10]
+
+
+def engine_network_name(network_id: str) -> str:
+    """The engine network's name: the bridge's (short, unique per swarm network, and greppable)."""
+    return bridge_name(network_id)
+
+
+def vni_of(network: Network) -> int:
+    opts = network.DriverState.Options if network.DriverState is not None else None
+    raw = (opts or {}).get(VNI_OPTION, "")
+    try:
+        return int(raw.split(",")[0])
+    except ValueError:
+        raise OverlayError(f"network {network.Spec.Name}: no VXLAN id allocated") from None
+
+
+def subnet_of(network: Network) -> str:
+    for ipam in (network.IPAMOptions, network.Spec.IPAMOptions):
+        if ipam is not None:
+            for cfg in ipam.Configs or []:
+                if cfg.Subnet:
+                    return cfg.Subnet
+    raise OverlayError(f"network {network.Spec.Name}: no subnet allocated")
+
+
+def bare_ip(cidr: str) -> str:
+    return cidr.split("/", 1)[0]
+
+
+def is_ipv4(addr: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(addr), ipaddress.IPv4Address)
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------- netlink
+
+
+def _vxlan_sync(name: str, vni: int, local: str | None, bridge: str) -> None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=bridge)
+        if not found:
+            raise OverlayError(f"bridge {bridge} does not exist")
+        bridge_index = found[0]
+        idx = ipr.link_lookup(ifname=name)
+        if idx:
+            link = ipr.link("get", index=idx[0])[0]
+            info = link.get_attr("IFLA_LINKINFO")
+            data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+            same = (
+                info is not None
+                and info.get_attr("IFLA_INFO_KIND") == "vxlan"
+                and data is not None
+                and data.get_attr("IFLA_VXLAN_ID") == vni
+                and (local is None or data.get_attr("IFLA_VXLAN_LOCAL") == local)
+            )
+            if not same:  # left over from another allocation of the same ID prefix: make it anew
+                ipr.link("del", index=idx[0])
+                idx = []
+        if not idx:
+            kw: dict[str, Any] = {}
+            if local is not None:
+                kw["vxlan_local"] = local
+            ipr.link(
+                "add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_port=VXLAN_PORT, vxlan_learning=1, mtu=MTU, **kw
+            )
+            idx = ipr.link_lookup(ifname=name)
+        ipr.link("set", index=idx[0], master=bridge_index, mtu=MTU, state="up")
+
+
+def _peers_sync(name: str, peers: set[str]) -> set[str]:
+    """Make the all-zeros FDB entries of ``name`` exactly ``peers``; returns what was there."""
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        if not idx:
+            raise OverlayError(f"VXLAN device {name} does not exist")
+        have = {
+            str(e.get_attr("NDA_DST"))
+            for e in ipr.fdb("dump", ifindex=idx[0])
+            if e["ifindex"] == idx[0] and e.get_attr("NDA_LLADDR") == ZERO_MAC and e.get_attr("NDA_DST")
+        }
+        for peer in sorted(peers - have):
+            ipr.fdb("append", ifindex=idx[0], lladdr=ZERO_MAC, dst=peer)
+        for peer in sorted(have - peers):
+            try:
+                ipr.fdb("del", ifindex=idx[0], lladdr=ZERO_MAC, dst=peer)
+            except NetlinkError as e:
+                if e.code != 2:  # ENOENT: gone already
+                    raise
+        return have
+
+
+def _delete_sync(name: str) -> None:
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        if idx:
+            ipr.link("del", index=idx[0])
+
+
+async def ensure_vxlan(network_id: str, vni: int, local: str | None) -> None:
+    try:
+        await asyncio.to_thread(_vxlan_sync, vxlan_name(network_id), vni, local, bridge_name(network_id))
+    except NetlinkError as e:
+        raise OverlayError(f"VXLAN device {vxlan_name(network_id)}: {e}") from None
+
+
+async def set_peers(network_id: str, peers: list[str]) -> None:
+    want = {p for p in peers if is_ipv4(p)}
+    try:
+        await asyncio.to_thread(_peers_sync, vxlan_name(network_id), want)
+    except NetlinkError as e:
+        raise OverlayError(f"VXLAN peers of {vxlan_name(network_id)}: {e}") from None
+
+
+async def delete_vxlan(network_id: str) -> None:
+    await asyncio.to_thread(_delete_sync, vxlan_name(network_id))
+
+
+# ---------------------------------------------------------------------------------------- engine
+
+
+def engine_network_body(state: NetworkState, node_id: str) -> dict[str, Any]:
+    net = state.network
+    return {
+        "Name": engine_network_name(net.ID),
+        "Driver": "bridge",
+        "CheckDuplicate": True,
+        "Internal": net.Spec.Internal,
+        "IPAM": {"Driver": "default", "Config": [{"Subnet": subnet_of(net), "Gateway": bare_ip(state.node_address)}]},
+        "Options": {
+            "com.docker.network.bridge.name": bridge_name(net.ID),
+            "com.docker.network.driver.mtu": str(MTU),
+        },
+        "Labels": {LABEL_NETWORK_ID: net.ID, LABEL_NETWORK_NAME: net.Spec.Name, LABEL_NODE_ID: node_id},
+    }
+
+
+def _matches(existing: dict[str, Any], body: dict[str, Any]) -> bool:
+    want = body["IPAM"]["Config"][0]
+    have = ((existing.get("IPAM") or {}).get("Config") or [{}])[0]
+    opts = existing.get("Options") or {}
+    return (
+        have.get("Subnet") == want["Subnet"]
+        and have.get("Gateway") == want["Gateway"]
+        and opts.get("com.docker.network.bridge.name") == body["Options"]["com.docker.network.bridge.name"]
+    )
+
+
+class EngineNetworks:
+    """The engine side: bridge networks made for overlays, found again by their labels."""
+
+    def __init__(self, docker: aiodocker.Docker) -> None:
+        self.docker = docker
+
+    async def _call(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
+        data = json.dumps(body) if body is not None else None
+        return await self.docker._query_json(path, method, params=params, data=data)
+
+    async def list_ours(self, node_id: str) -> dict[str, dict[str, Any]]:
+        """Engine networks made for ``node_id``, by swarm network ID."""
+        filters = json.dumps({"label": [f"{LABEL_NODE_ID}={node_id}"]})
+        nets = await self._call("GET", "networks", params={"filters": filters})
+        return {n["Labels"][LABEL_NETWORK_ID]: n for n in nets if (n.get("Labels") or {}).get(LABEL_NETWORK_ID)}
+
+    async def ensure(self, state: NetworkState, node_id: str) -> None:
+        """Create the network, or keep the one there if it matches; one that does not match (the
+        node's address moved) is made anew when no container uses it."""
+        body = engine_network_body(state, node_id)
+        name = body["Name"]
+        try:
+            existing = await self._call("GET", f"networks/{name}")
+        except DockerError as e:
+            if e.status != 404:
+                raise OverlayError(f"engine network {name}: {e.message}") from None
+            existing = None
+        if existing is not None:
+            if _matches(existing, body):
+                return
+            if existing.get("Containers"):
+                log.warning("engine network %s differs from %s but is in use; kept", name, state.network.Spec.Name)
+                return
+            await self.remove(state.network.ID)
+        try:
+            await self._call("POST", "networks/create", body)
+        except DockerError as e:
+            raise OverlayError(f"engine network {name}: {e.message}") from None
+
+    async def remove(self, network_id: str) -> bool:
+        """False while containers still use it (try again later)."""
+        name = engine_network_name(network_id)
+        try:
+            await self._call("DELETE", f"networks/{name}")
+        except DockerError as e:
+            if e.status == 404:
+                return True
+            if e.status in (403, 409) or "active endpoints" in e.message:
+                return False
+            raise OverlayError(f"engine network {name}: {e.message}") from None
+        return True
+
+    async def connect(self, network_id: str, container_id: str, endpoint: dict[str, Any]) -> None:
+        name = engine_network_name(network_id)
+        try:
+            body = {"Container": container_id, "EndpointConfig": endpoint}
+            await self._call("POST", f"networks/{name}/connect", body)
+        except DockerError as e:
+            if "already exists" in e.message or "already attached" in e.message:
+                return  # a container reused after an interrupted create
+            raise OverlayError(f"connecting to {name}: {e.message}") from None

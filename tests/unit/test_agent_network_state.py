@@ -1,0 +1,140 @@
+"""NetworkAgent bookkeeping without an engine: what a message makes desired or removed, what the
+DNS directory holds, and how a container create is configured once its networks are plumbed."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.agent.network.overlay import OverlayError, engine_network_body, vni_of
+from shoal.agent.network.plumbing import NetworkAgent, _shape
+from shoal.dispatcher.protocol import NetworkState, ServiceRecord
+from shoal.models import (
+    ContainerSpec,
+    Driver,
+    IPAMConfig,
+    IPAMOptions,
+    Network,
+    NetworkAttachment,
+    NetworkSpec,
+    Task,
+    TaskSpec,
+    TaskState,
+    TaskStatus,
+    Version,
+)
+
+TS = "2026-11-21T00:00:00Z"
+
+
+def network(net_id: str, name: str, subnet: str, vni: int) -> Network:
+    return Network(
+        ID=net_id, Version=Version(1), CreatedAt=TS, UpdatedAt=TS, Spec=NetworkSpec(Name=name),
+        DriverState=Driver(Name="overlay", Options={"com.docker.network.driver.overlay.vxlanid_list": str(vni)}),
+        IPAMOptions=IPAMOptions(Configs=[IPAMConfig(Subnet=subnet, Gateway=subnet.replace("0/24", "1"))]),
+    )
+
+
+NET_A = network("a" * 25, "front", "10.0.1.0/24", 4097)
+NET_B = network("b" * 25, "back", "10.0.2.0/24", 4098)
+
+
+def state(net: Network, node_addr: str, peers: list[str] | None = None, names: list[str] | None = None) -> NetworkState:
+    recs = [ServiceRecord(service_id=n, name=n, addrs=["10.0.1.9"]) for n in names or []]
+    return NetworkState(network=net, node_address=node_addr, peers=peers or [], records=recs)
+
+
+def task(*atts: tuple[Network, str]) -> Task:
+    return Task(
+        ID="t1", Version=Version(1), CreatedAt=TS, UpdatedAt=TS, Spec=TaskSpec(ContainerSpec=ContainerSpec(Image="x")),
+        ServiceID="s1", Status=TaskStatus(State=TaskState.ASSIGNED), DesiredState=TaskState.RUNNING,
+        NetworksAttachments=[NetworkAttachment(Network=n, Addresses=[a]) for n, a in atts],
+    )
+
+
+@pytest.fixture
+def agent() -> NetworkAgent:
+    a = NetworkAgent("unix:///nonexistent.sock", "node1", "10.77.0.1", ready_timeout_s=0.2)
+    a._kick = lambda: None  # type: ignore[method-assign]  # no engine here: bookkeeping only
+    return a
+
+
+def test_delta_adds_and_removes(agent: NetworkAgent) -> None:
+    agent.apply([state(NET_A, "10.0.1.250/24", names=["web"])], [])
+    agent.apply([state(NET_B, "10.0.2.250/24")], [])
+    assert set(agent._desired) == {NET_A.ID, NET_B.ID}
+    assert agent.directory.lookup("web", [NET_A.ID]) == ["10.0.1.9"]
+    agent.apply([], [NET_A.ID])
+    assert set(agent._desired) == {NET_B.ID}
+    assert agent._removing == {NET_A.ID}
+    assert agent.directory.lookup("web", [NET_A.ID]) is None
+
+
+def test_full_set_removes_what_it_does_not_name_and_sweeps_the_engine(agent: NetworkAgent) -> None:
+    agent.apply([state(NET_A, "10.0.1.250/24"), state(NET_B, "10.0.2.250/24")], [])
+    agent.apply([state(NET_B, "10.0.2.250/24")], [], full=True)
+    assert set(agent._desired) == {NET_B.ID}
+    assert agent._removing == {NET_A.ID}
+    assert agent._sweep is True
+
+
+def test_a_network_named_again_is_no_longer_removed(agent: NetworkAgent) -> None:
+    agent.apply([state(NET_A, "10.0.1.250/24")], [])
+    agent.apply([], [NET_A.ID])
+    agent.apply([state(NET_A, "10.0.1.250/24")], [])
+    assert agent._removing == set()
+    assert NET_A.ID in agent._desired
+
+
+def test_records_alone_do_not_change_the_plumbing_shape() -> None:
+    before = state(NET_A, "10.0.1.250/24", ["10.77.0.2"], names=["web"])
+    after = state(NET_A, "10.0.1.250/24", ["10.77.0.2"], names=["web", "db"])
+    assert _shape(before) == _shape(after)
+    assert _shape(before) != _shape(state(NET_A, "10.0.1.250/24", ["10.77.0.2", "10.77.0.3"]))
+
+
+def test_engine_network_body_uses_the_node_address_as_gateway() -> None:
+    body = engine_network_body(state(NET_A, "10.0.1.250/24"), "node1")
+    assert body["Driver"] == "bridge"
+    assert body["IPAM"]["Config"] == [{"Subnet": "10.0.1.0/24", "Gateway": "10.0.1.250"}]
+    assert body["Options"]["com.docker.network.bridge.name"] == "shl-aaaaaaaaaa"
+    assert body["Options"]["com.docker.network.driver.mtu"] == "1450"
+    assert body["Labels"]["shoal.network.node"] == "node1"
+    assert vni_of(NET_A) == 4097
+
+
+async def test_configure_puts_the_first_network_in_the_body_and_returns_the_rest(agent: NetworkAgent) -> None:
+    sa, sb = state(NET_A, "10.0.1.250/24"), state(NET_B, "10.0.2.250/24")
+    agent.apply([sa, sb], [])
+    agent._plumbed = {NET_A.ID: _shape(sa), NET_B.ID: _shape(sb)}  # as a pass would leave it
+    port = await agent.responder.listen(NET_A.ID, "127.0.0.1", 0)
+    assert port
+    try:
+        body: dict = {"HostConfig": {"Dns": ["9.9.9.9"]}}
+        extra = await agent.configure(task((NET_A, "10.0.1.5/24"), (NET_B, "10.0.2.5/24")), body)
+    finally:
+        await agent.close()
+    assert body["HostConfig"]["NetworkMode"] == "shl-aaaaaaaaaa"
+    assert body["HostConfig"]["Dns"] == ["10.0.1.250", "9.9.9.9"]
+    endpoint = {"IPAMConfig": {"IPv4Address": "10.0.1.5"}}
+    assert body["NetworkingConfig"] == {"EndpointsConfig": {"shl-aaaaaaaaaa": endpoint}}
+    assert extra == [(NET_B.ID, {"IPAMConfig": {"IPv4Address": "10.0.2.5"}})]
+    # The container on A is also on B: its queries on A see B's names.
+    assert agent.directory.scope(NET_A.ID, "10.0.1.5") == [NET_A.ID, NET_B.ID]
+
+
+async def test_configure_waits_then_fails_for_a_network_whose_state_never_came(agent: NetworkAgent) -> None:
+    with pytest.raises(OverlayError, match="has not arrived"):
+        await agent.configure(task((NET_A, "10.0.1.5/24")), {})
+
+
+async def test_configure_reports_a_plumbing_error(agent: NetworkAgent) -> None:
+    agent.apply([state(NET_A, "10.0.1.250/24")], [])
+    agent._errors[NET_A.ID] = "engine network shl-aaaaaaaaaa: pool overlaps"
+    with pytest.raises(OverlayError, match="pool overlaps"):
+        await agent.configure(task((NET_A, "10.0.1.5/24")), {})
+
+
+async def test_a_task_without_attachments_is_left_alone(agent: NetworkAgent) -> None:
+    body: dict = {"HostConfig": {}}
+    assert await agent.configure(task(), body) == []
+    assert body == {"HostConfig": {}}
