@@ -39,6 +39,9 @@ class Worker:
 
     def apply(self, msg: Assignments) -> None:
         """Apply one assignments message. Synchronous: controllers do the engine work themselves."""
+        secrets = getattr(self.executor, "secrets", None)  # agent/secrets.py; the hollow executor has none
+        if secrets is not None:
+            secrets.update(msg)  # before any task starts: its container mounts them
         adopting = msg.full and self._existing is not None
         if msg.full:
             keep = {t.ID for t in msg.tasks}

@@ -34,6 +34,7 @@ from shoal.agent.executor.base import (
 )
 from shoal.agent.executor.logstream import log_lines
 from shoal.agent.executor.spec import container_config
+from shoal.agent.secrets import TaskSecrets
 from shoal.dispatcher.protocol import LogMessage, LogOptions
 from shoal.models import (
     SECOND,
@@ -162,6 +163,7 @@ class DockerExecutor:
         self._pulls: dict[str, asyncio.Future[None]] = {}
         self._pull_failures: dict[str, tuple[float, str]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.secrets = TaskSecrets()  # the node's secrets and configs, and their files (agent/secrets.py)
 
     # ------------------------------------------------------------------ engine access
 
@@ -196,6 +198,7 @@ class DockerExecutor:
         return await self.docker._query_json(path, method, **kwargs)
 
     async def close(self) -> None:
+        await self.secrets.close()
         if self._events_task is not None:
             self._events_task.cancel()
             await asyncio.gather(self._events_task, return_exceptions=True)
@@ -249,6 +252,20 @@ class DockerExecutor:
 
     async def create(self, task: Task) -> str:
         body = container_config(task, self.hostname, self.default_stop_grace_ns)
+        secret_mounts = await self.secrets.mounts(task)  # files on the node's tmpfs, bound read-only
+        if secret_mounts:
+            body["HostConfig"]["Mounts"] = [*body["HostConfig"].get("Mounts", []), *secret_mounts]
+        try:
+            cid = await self._create_pulling(task, body)
+        except BaseException:
+            if secret_mounts:
+                self.secrets.release(task.ID, task.NodeID)
+            raise
+        if secret_mounts:
+            self.secrets.container_created(cid, task)
+        return cid
+
+    async def _create_pulling(self, task: Task, body: dict[str, Any]) -> str:
         name = container_name(task)
         try:
             return await self._create(task, body, name)
@@ -370,6 +387,7 @@ class DockerExecutor:
             if e.status not in (404, 409):
                 raise ExecutorError(e.message) from None
         self._forget(container_id)
+        self.secrets.container_removed(container_id)
 
     async def remove_all(self, node_id: str) -> int:
         """Remove every container of ``node_id`` (``swarm leave``); returns how many."""
