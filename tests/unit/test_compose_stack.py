@@ -238,3 +238,21 @@ def test_extension_keys_follow_the_schemas(tmp_path: Path) -> None:
     with pytest.raises(ComposeError, match=r"extension keys need version 3\.4") as e:
         load([f], env={})
     assert e.value.line == 5
+
+
+def test_normalised_has_one_spelling_per_key() -> None:
+    doc = normalised(load([DATA / "valid/v1_more.yml"], env={}))
+    app = doc["services"]["app"]
+    assert app["environment"] == {"MODE": "prod", "EMPTY": ""}
+    assert app["labels"] == {"tier": "back"}
+    assert app["ports"] == [{"target": 9000, "protocol": "tcp", "mode": "ingress"},
+                            {"target": 9001, "published": 9001, "protocol": "udp", "mode": "ingress"}]
+    assert app["volumes"] == [
+        {"type": "volume", "source": "data", "target": "/data"},
+        {"type": "bind", "source": str(DATA / "valid" / "conf"), "target": "/etc/app", "read_only": True},
+        {"type": "volume", "target": "/var/cache/app"},
+    ]
+    doc = normalised(load([DATA / "valid/spec.yml"], env={}, profiles=["debug"]))
+    assert doc["name"] == "demo" and "env_file" not in doc["services"]["web"]
+    assert doc["services"]["web"]["environment"] == {"FROM_FILE": "1"}
+    assert doc["services"]["web"]["depends_on"] == {"cache": {"condition": "service_started"}}
