@@ -2,7 +2,8 @@
 # End-to-end check of the demo apps on the local engine, without Shoal, docker-compose or stacks:
 # each app gets its own user-defined bridge network and every container joins it with
 # `--network-alias <service>`, which is what a cluster's service DNS provides. Then:
-#   voting-app:  two votes posted to vote are counted in result's /json (through redis, worker, db);
+#   voting-app:  votes posted to vote are counted in result's /json (through redis, worker, db),
+#                and are still there after the db container is replaced on the same volume;
 #   dockercoins: the `hashes` counter in redis advances, and webui's /json reports it.
 # Builds the images first (scripts/build-demo-images.sh, seconds when warm). Removes only the
 # containers, networks and volume it created, also on failure or Ctrl-C.
@@ -95,7 +96,12 @@ import json, sys
 t = json.load(sys.stdin)
 sys.exit(0 if (t["a"], t["b"], t["total"]) == (1, 2, 3) else 1)'; }
 wait_for 60 "result shows a=1 b=2 total=3" counted
-echo "voting-app: ok   result $(curl -fsS "$result/json")"
+# The votes live in the volume: a new db container on the same volume still has them.
+d rm -f "$prefix-voting-app-db" >/dev/null
+d run -d --name "$prefix-voting-app-db" --network "$prefix-voting-app" --network-alias db \
+  -e POSTGRES_PASSWORD=postgres -v "$prefix-db-data:/var/lib/postgresql/data" "$v-db:1" >/dev/null
+wait_for 60 "result shows the same votes after the db container is replaced" counted
+echo "voting-app: ok   result $(curl -fsS "$result/json") (also after replacing the db container)"
 d exec "$prefix-voting-app-db" pg_isready -U postgres >/dev/null \
   || { echo "FAIL: db healthcheck command" >&2; exit 1; }
 
