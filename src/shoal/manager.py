@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from shoal.agent.executor.docker import node_description
+from shoal.allocator import NetworkAllocator
 from shoal.ca.authority import ClusterCA
 from shoal.ca.certs import write_private
 from shoal.ca.rootca import check_supplied_root, create_root_ca
@@ -302,11 +303,14 @@ class Manager:
                                     advertise_addr=self.addr)
         await self.server.start()
         self.scheduler = Scheduler(self.store)
+        allocator = NetworkAllocator(self.store)
+        self.scheduler.allocator = allocator  # addresses are chosen in the scheduler's commit
         components = [
             self.ca,
             self.dispatcher,
             ReplicatedOrchestrator(self.store),
             GlobalOrchestrator(self.store),
+            allocator,
             self.scheduler,
             TaskReaper(self.store),
             StackDeployer(self.store),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -37,6 +38,9 @@ from shoal.scheduler.nodeinfo import NodeInfo, occupies
 from shoal.scheduler.placement import GroupPlacer, find_preemption, preemption_message
 from shoal.scheduler.settings import ClusterSettings, task_priority, task_strategy
 from shoal.store import Action, Event, MemoryStore
+
+if TYPE_CHECKING:
+    from shoal.allocator import NetworkAllocator
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,9 @@ class Scheduler(ReconcileLoop):
         self._released: set[str] = set()
         self._victims: list[Task] = []  # preemptions of the pass being built
         self.preempted_by: dict[str, list[str]] = {}  # preemptor task ID -> victim IDs (this pass)
+        # Gives assigned tasks their network addresses in the commit (the manager sets it; the
+        # dry-run plan never does, so planning allocates nothing).
+        self.allocator: NetworkAllocator | None = None
 
     def _load_settings(self) -> bool:
         new = ClusterSettings.of_cluster(self.store.cluster())
@@ -209,8 +216,20 @@ class Scheduler(ReconcileLoop):
         for group in sorted(groups.values(), key=lambda g: -task_priority(g[0].Labels)):
             group.sort(key=lambda t: (t.Slot, t.ID))
             self._place_group(group, ts, assigned, failed)
+        net_updates: list = []
+        if self.allocator is not None and assigned:
+            # Addresses are chosen now that the node is known (its own address on the network too).
+            assigned, unaddressed, net_updates = self.allocator.attach_tasks(assigned)
+            for tid, err in unaddressed:
+                self._forget(tid)
+                failed.append((self.store.get("task", tid), err))
+            if unaddressed:
+                gone = {tid for tid, _ in unaddressed}
+                assigned = [nt for nt in assigned if nt.ID not in gone]
         try:
             with self.store.tx() as tx:
+                for net in net_updates:
+                    tx.update("network", net)
                 evicted = {v.ID for v in self._victims}
                 for v in self._victims:
                     tx.update("task", v)
@@ -226,6 +245,8 @@ class Scheduler(ReconcileLoop):
         except Exception:
             # The node counts already include this batch's assignments: start over from the store.
             log.exception("scheduler: writing assignments failed; rebuilding state")
+            if self.allocator is not None:
+                self.allocator.rebuild()
             self.reconcile_all()
             return
         for nt in assigned:
