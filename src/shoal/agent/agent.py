@@ -15,7 +15,9 @@ import random
 from collections.abc import AsyncIterator
 
 from shoal.agent.executor.base import Executor
+from shoal.agent.executor.docker import DockerExecutor
 from shoal.agent.ingress import IngressProxy
+from shoal.agent.network.plumbing import NetworkAgent
 from shoal.agent.reporter import StatusReporter
 from shoal.agent.worker import Worker
 from shoal.dispatcher.merge import merge_streams
@@ -46,6 +48,9 @@ class Agent:
         self.addr = addr
         # Pass ``ingress=None`` and a proxy of your own to share or disable; default: one per agent.
         self.ingress = ingress if ingress is not None else IngressProxy()
+        if isinstance(executor, DockerExecutor) and executor.network is None:
+            # Real containers get real overlay networks; the hollow executor plumbs nothing.
+            executor.network = NetworkAgent(executor.url, node_id, addr)
         self.reporter = StatusReporter(client, report_interval_s, report_max_batch)
         self.worker: Worker | None = None
         self.session: SessionInfo | None = None

@@ -42,6 +42,9 @@ class Worker:
         secrets = getattr(self.executor, "secrets", None)  # agent/secrets.py; the hollow executor has none
         if secrets is not None:
             secrets.update(msg)  # before any task starts: its container mounts them
+        network = getattr(self.executor, "network", None)  # agent/network/; the hollow executor has none
+        if network is not None:
+            network.apply(msg.networks, msg.removed_networks, full=msg.full)  # creates wait for it
         adopting = msg.full and self._existing is not None
         if msg.full:
             keep = {t.ID for t in msg.tasks}

@@ -34,6 +34,8 @@ from shoal.agent.executor.base import (
 )
 from shoal.agent.executor.logstream import log_lines
 from shoal.agent.executor.spec import container_config
+from shoal.agent.network.overlay import OverlayError
+from shoal.agent.network.plumbing import NetworkAgent
 from shoal.agent.secrets import TaskSecrets
 from shoal.dispatcher.protocol import LogMessage, LogOptions
 from shoal.models import (
@@ -164,6 +166,7 @@ class DockerExecutor:
         self._pull_failures: dict[str, tuple[float, str]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.secrets = TaskSecrets()  # the node's secrets and configs, and their files (agent/secrets.py)
+        self.network: NetworkAgent | None = None  # overlay networks (agent/network/); set by the Agent
 
     # ------------------------------------------------------------------ engine access
 
@@ -199,6 +202,8 @@ class DockerExecutor:
 
     async def close(self) -> None:
         await self.secrets.close()
+        if self.network is not None:
+            await self.network.close()
         if self._events_task is not None:
             self._events_task.cancel()
             await asyncio.gather(self._events_task, return_exceptions=True)
@@ -256,13 +261,30 @@ class DockerExecutor:
         if secret_mounts:
             body["HostConfig"]["Mounts"] = [*body["HostConfig"].get("Mounts", []), *secret_mounts]
         try:
-            cid = await self._create_pulling(task, body)
+            cid = await self._create_networked(task, body)
         except BaseException:
             if secret_mounts:
                 self.secrets.release(task.ID, task.NodeID)
             raise
         if secret_mounts:
             self.secrets.container_created(cid, task)
+        return cid
+
+    async def _create_networked(self, task: Task, body: dict[str, Any]) -> str:
+        """Create on the task's overlay networks: the first in the body (once it is plumbed on this
+        node), the others connected before the container ever starts."""
+        if self.network is None or not task.NetworksAttachments:
+            return await self._create_pulling(task, body)
+        try:
+            extra = await self.network.configure(task, body)
+        except OverlayError as e:
+            raise ExecutorError(str(e)) from None
+        cid = await self._create_pulling(task, body)
+        try:
+            await self.network.connect(cid, extra)
+        except OverlayError as e:
+            await self.remove(cid)
+            raise ExecutorError(str(e)) from None
         return cid
 
     async def _create_pulling(self, task: Task, body: dict[str, Any]) -> str:

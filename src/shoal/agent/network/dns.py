@@ -157,14 +157,15 @@ class _Udp(asyncio.DatagramProtocol):
 
     async def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
         reply = await self.responder.answer(data, self.network_id, addr[0])
-        if reply is not None and self.transport is not None:
+        if reply is not None and self.transport is not None and not self.transport.is_closing():
             if len(reply) > 512:  # classic UDP limit: tell the client to retry over TCP
                 with contextlib.suppress(Exception):
                     rec = DNSRecord.parse(reply)
                     rec.rr, rec.auth, rec.ar = [], [], []
                     rec.header.tc = 1
                     reply = rec.pack()
-            self.transport.sendto(reply, addr)
+            if not self.transport.is_closing():  # unlistened while we were forwarding
+                self.transport.sendto(reply, addr)
 
 
 class _Listener:

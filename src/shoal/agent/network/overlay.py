@@ -118,11 +118,36 @@ def _vxlan_sync(name: str, vni: int, local: str | None, bridge: str) -> None:
             kw: dict[str, Any] = {}
             if local is not None:
                 kw["vxlan_local"] = local
-            ipr.link(
-                "add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_port=VXLAN_PORT, vxlan_learning=1, mtu=MTU, **kw
-            )
+            args = {"ifname": name, "kind": "vxlan", "vxlan_id": vni, "vxlan_port": VXLAN_PORT, "vxlan_learning": 1}
+            try:
+                ipr.link("add", mtu=MTU, **args, **kw)
+            except NetlinkError as e:
+                # EEXIST: a device of ours with the same VNI is left from a network that is gone (VNIs
+                # are unique in the cluster, so it is stale): the kernel allows one per VNI and port.
+                if e.code != 17 or not _drop_same_vni(ipr, vni, name):
+                    raise
+                ipr.link("add", mtu=MTU, **args, **kw)
             idx = ipr.link_lookup(ifname=name)
         ipr.link("set", index=idx[0], master=bridge_index, mtu=MTU, state="up")
+
+
+def _drop_same_vni(ipr: IPRoute, vni: int, keep: str) -> bool:
+    dropped = False
+    for link in ipr.get_links():
+        ifname = link.get_attr("IFLA_IFNAME") or ""
+        info = link.get_attr("IFLA_LINKINFO")
+        data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+        if (
+            ifname.startswith(VXLAN_PREFIX)
+            and ifname != keep
+            and info.get_attr("IFLA_INFO_KIND") == "vxlan"
+            and data is not None
+            and data.get_attr("IFLA_VXLAN_ID") == vni
+        ):
+            log.info("removing stale VXLAN device %s (VNI %d)", ifname, vni)
+            ipr.link("del", index=link["index"])
+            dropped = True
+    return dropped
 
 
 def _peers_sync(name: str, peers: set[str]) -> set[str]:

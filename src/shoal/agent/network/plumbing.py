@@ -102,7 +102,8 @@ class NetworkAgent:
             self._errors.pop(net_id, None)
             self.directory.remove_network(net_id)
             self._removing.add(net_id)
-        self._kick()
+        if networks or gone or full:
+            self._kick()
 
     def _kick(self) -> None:
         self._wake.set()
