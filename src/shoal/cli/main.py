@@ -27,6 +27,7 @@ from shoal import API_VERSION, __version__
 from shoal.cli import bench, lab, node, service, stack, swarm
 from shoal.cli.client import DEFAULT_HOST, Client, CLIError, describe_error, resolve_host
 from shoal.cli.parse import flag, parse_choice
+from shoal.cli.secret import config_app, secret_app
 
 
 class ShoalGroup(TyperGroup):
@@ -107,6 +108,8 @@ app.add_typer(lab.app, name="lab")
 app.add_typer(bench.app, name="bench")
 app.add_typer(stack.app, name="stack")
 app.add_typer(stack.compose_app, name="compose")
+app.add_typer(secret_app, name="secret")
+app.add_typer(config_app, name="config")
 
 
 @app.callback()

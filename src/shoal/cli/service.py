@@ -32,6 +32,7 @@ from shoal.cli.parse import (
     port_key,
 )
 from shoal.cli.progress import wait_converged
+from shoal.cli.secret import parse_config_ref, parse_secret_ref
 from shoal.cli.spec import (
     MODES,
     ServiceOptions,
@@ -145,6 +146,10 @@ def create(
     replicas_max_per_node: UInt = None,
     network: Annotated[list[Any] | None, typer.Option(parser=flag(parse_network))] = None,
     mount: Annotated[list[Any] | None, typer.Option(parser=flag(parse_mount))] = None,
+    secret: Annotated[list[Any] | None, typer.Option(parser=flag(parse_secret_ref), metavar="SECRET",
+                                                     help="Specify secrets to expose to the service")] = None,
+    config: Annotated[list[Any] | None, typer.Option(parser=flag(parse_config_ref), metavar="CONFIG",
+                                                     help="Specify configurations to expose to the service")] = None,
     limit_cpu: Cpus = None,
     limit_memory: Memory = None,
     limit_pids: UInt = None,
@@ -211,6 +216,7 @@ def create(
         health_cmd=health_cmd, health_interval=health_interval, health_timeout=health_timeout,
         health_retries=health_retries, health_start_period=health_start_period, no_healthcheck=no_healthcheck,
         log_driver=log_driver, log_opts=log_opt or [], generic_resources=generic_resource or [],
+        secrets=secret or [], configs=config or [],
     )
     try:
         spec = build_spec(opts)

@@ -16,6 +16,7 @@ import msgspec
 
 from shoal.cli.parse import kv_map, merge_env, normalize_image
 from shoal.models import (
+    ConfigReference,
     ContainerSpec,
     Driver,
     EndpointSpec,
@@ -35,6 +36,7 @@ from shoal.models import (
     ResourceReservations,
     RestartCondition,
     RestartPolicy,
+    SecretReference,
     ServiceMode,
     ServiceSpec,
     TaskSpec,
@@ -110,6 +112,8 @@ class ServiceOptions:
     no_healthcheck: bool = False
     log_driver: str | None = None
     log_opts: list[str] = field(default_factory=list)
+    secrets: list[SecretReference] = field(default_factory=list)
+    configs: list[ConfigReference] = field(default_factory=list)
 
 
 class SpecError(ValueError):
@@ -238,6 +242,8 @@ def build_spec(o: ServiceOptions) -> ServiceSpec:
         Healthcheck=_health(o),
         Hosts=_extra_hosts(o.hosts),
         DNSConfig={},
+        Secrets=list(o.secrets) or None,
+        Configs=list(o.configs) or None,
     )
     task = TaskSpec(
         ContainerSpec=container,
