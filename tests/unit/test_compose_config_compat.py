@@ -85,7 +85,7 @@ VALID = [
 
 INVALID = [
     *[Case((f"invalid/{f.name}",)) for f in sorted((DATA / "invalid").glob("*.yml"))
-      if f"invalid/{f.name}" not in {"invalid/v2_bad.yml", "invalid/v3_network.yml"}],
+      if f"invalid/{f.name}" not in {"invalid/v2_bad.yml", "invalid/v3_network.yml", "invalid/v3_extension.yml"}],
     Case(("extends/loop.yml",)),
     Case(("multi/base.yml", "multi/override.yml")),  # "other" volume never declared
 ]
@@ -97,6 +97,8 @@ DIVERGENT = [
     (Case(("invalid/v2_bad.yml",)), False,
      "docker-compose 1.27+ validates 2.x and 3.x files against the Compose Specification; Shoal uses "
      "the schema of the file's version (deploy is not a 2.0 key), as docker stack deploy does for 3.x"),
+    (Case(("invalid/v3_extension.yml",)), False,
+     "x- keys inside a service need 3.7+ (2.4) by the versioned schemas docker stack deploy and Shoal use"),
     (Case(("invalid/v3_network.yml",)), False,
      "docker-compose config leaves undefined networks to `up`; docker stack deploy and Shoal reject them"),
 ]
