@@ -43,7 +43,7 @@ def load_stack(files: list[Path], name: str | None, profiles: list[str] | None =
     except compose.ComposeError as e:
         raise CLIError(str(e)) from None
     stack = name or project.name
-    for w in [*project.warnings, *res.warnings]:
+    for w in dict.fromkeys([*project.warnings, *res.warnings]):  # the same list today; never twice
         print(f"warning: {w}", file=sys.stderr)
     text = yaml.safe_dump(compose.normalised(project), sort_keys=False, default_flow_style=False)
     resources = StackResources(
