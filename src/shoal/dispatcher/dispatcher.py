@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 import msgspec
 
 from shoal.dispatcher.merge import merge_streams
+from shoal.dispatcher.netstate import Dirty, NetworkIndex
 from shoal.dispatcher.protocol import (
     Assignments,
     LogMessage,
     LogOptions,
     LogSource,
+    NetworkState,
     SessionInfo,
     TaskStatusUpdate,
 )
@@ -32,10 +34,12 @@ from shoal.errors import NotFound, Unavailable
 from shoal.ids import new_id
 from shoal.models import (
     SECOND,
+    Config,
     Node,
     NodeDescription,
     NodeState,
     NodeStatus,
+    Secret,
     Task,
     TaskState,
     TaskStatus,
@@ -48,6 +52,8 @@ log = logging.getLogger(__name__)
 GRACE_MULTIPLIER = 3  # a node is down after this many missed heartbeat periods (swarmkit's default)
 STALL_TOLERANCE_S = 0.5  # a later wake-up than this is the manager's stall, not the nodes'
 MAX_STATUS_BATCH = 10_000  # status updates per transaction; bounds one commit's size at startup
+# Task events route assignments; the others only change what nodes know of their networks.
+_WATCHED = ("task", "network", "node", "service")
 _ASSIGNED = TaskState.ASSIGNED.order
 
 
@@ -75,6 +81,8 @@ class _Stream:
     since: int  # store revision of the full set; older events are already in it
     events: list[Event] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    nets: set[str] = field(default_factory=set)  # networks whose state this node must get again
+    sent_nets: set[str] = field(default_factory=set)  # networks the agent holds (to tell it removals)
 
 
 def _visible(task: Task | None, node_id: str) -> bool:
@@ -115,7 +123,8 @@ class Dispatcher:
         self._flush_task: asyncio.Task[None] | None = None
         self._flushed: asyncio.Future[None] | None = None
         # Created here, not in run(), so a session opened before run() starts misses nothing.
-        self._watcher: Watcher | None = store.watch("task")
+        self._watcher: Watcher | None = store.watch(*_WATCHED)
+        self.networks = NetworkIndex(store)
         self._stopped = False  # run() ended: no new sessions (nothing would feed their streams)
 
     # ------------------------------------------------------------------ lifecycle
@@ -132,7 +141,8 @@ class Dispatcher:
         if self._watcher is None:
             # A second run() (the manager restarted the component): events in between were lost,
             # so every agent starts over with a full set.
-            self._watcher = self.store.watch("task")
+            self._watcher = self.store.watch(*_WATCHED)
+            self.networks.rebuild()
             self._close_all_sessions()
         self._stopped = False
         grace = self.heartbeat_period() * GRACE_MULTIPLIER
@@ -251,11 +261,16 @@ class Dispatcher:
     # ------------------------------------------------------------------ assignments
 
     async def _fanout(self, watcher: Watcher) -> None:
-        """Route each task event to the streams of the node(s) it concerns: O(events), not O(nodes)."""
+        """Route each task event to the streams of the node(s) it concerns: O(events), not O(nodes).
+        Network state goes to the nodes on a network that changed, whatever changed it."""
         async for batch in watcher:
             events = batch + watcher.drain()
             touched: set[_Stream] = set()
+            dirty: Dirty = {}
             for e in events:
+                self.networks.apply(e, dirty)
+                if e.kind != "task":
+                    continue
                 nodes = {e.obj.NodeID if e.obj is not None else "", e.old.NodeID if e.old is not None else ""}
                 for node_id in nodes:
                     sess = self._node_sessions.get(node_id) if node_id else None
@@ -265,29 +280,82 @@ class Dispatcher:
                         if e.revision > stream.since:
                             stream.events.append(e)
                             touched.add(stream)
+            for net_id, node_ids in dirty.items():
+                for node_id in node_ids:
+                    sess = self._node_sessions.get(node_id)
+                    if sess is None:
+                        continue
+                    for stream in sess.streams:
+                        stream.nets.add(net_id)
+                        touched.add(stream)
             for stream in touched:
                 stream.wake.set()
 
     async def assignments(self, session_id: str) -> AsyncIterator[Assignments]:
-        """The node's tasks: the full set first, then only what changed (coalesced)."""
+        """The node's tasks: the full set first, then only what changed (coalesced), each message
+        with the state of the node's networks that changed and the secrets and configs its tasks use."""
         sess = self._session(session_id)
         node_id = sess.node_id
         stream = _Stream(sess, since=self.store.revision)
         tasks = [t for t in self.store.tasks_on_node(node_id) if t.Status.State.order >= _ASSIGNED]
         sess.streams.add(stream)
         try:
-            yield Assignments(full=True, tasks=tasks)
+            full = Assignments(full=True, tasks=tasks)
+            self._add_networks(full, stream, set(self.networks.nets_of(node_id)))
+            self._add_references(full)
+            yield full
             while True:
                 await stream.wake.wait()
                 stream.wake.clear()
                 if sess.closed:
                     raise SessionInvalid()
                 events, stream.events = stream.events, []
+                nets, stream.nets = stream.nets, set()
                 delta = self._delta(node_id, events)
-                if delta is not None:
+                if nets:
+                    delta = delta or Assignments(full=False, tasks=[])
+                    self._add_networks(delta, stream, nets)
+                if delta is not None and (delta.tasks or delta.removed or delta.networks or delta.removed_networks):
+                    self._add_references(delta)
                     yield delta
         finally:
             sess.streams.discard(stream)
+
+    def _add_networks(self, msg: Assignments, stream: _Stream, net_ids: set[str]) -> None:
+        """Whole states of ``net_ids`` the node is on; removals of those it held and left."""
+        node_id = stream.session.node_id
+        states: list[NetworkState] = []
+        for nid in sorted(net_ids):
+            st = self.networks.state(nid, node_id)
+            if st is not None:
+                states.append(st)
+                stream.sent_nets.add(nid)
+            elif nid in stream.sent_nets:
+                stream.sent_nets.discard(nid)
+                msg.removed_networks.append(nid)
+        msg.networks.extend(states)
+
+    def _add_references(self, msg: Assignments) -> None:
+        """The secrets and configs (with their data) the message's tasks mount, so the agent has
+        them before it starts a task."""
+        secrets: dict[str, Secret] = {}
+        configs: dict[str, Config] = {}
+        for t in msg.tasks:
+            cs = t.Spec.ContainerSpec
+            if cs is None or not (cs.Secrets or cs.Configs):
+                continue
+            for ref in cs.Secrets or ():
+                if ref.SecretID and ref.SecretID not in secrets:
+                    obj = self.store.get("secret", ref.SecretID)
+                    if obj is not None:
+                        secrets[ref.SecretID] = obj
+            for cref in cs.Configs or ():
+                if cref.ConfigID and cref.ConfigID not in configs:
+                    obj = self.store.get("config", cref.ConfigID)
+                    if obj is not None:
+                        configs[cref.ConfigID] = obj
+        msg.secrets = list(secrets.values())
+        msg.configs = list(configs.values())
 
     @staticmethod
     def _delta(node_id: str, events: list[Event]) -> Assignments | None:
