@@ -1,16 +1,21 @@
 """Overlay networks across real hosts: a 2-host lab, one overlay network, service "alpha" on host-1
-and service "beta" on host-2. Each host's side is the agent's own code (NetworkAgent +
-DockerExecutor, run inside the host's namespace by overlay_node.py) fed a hand-made NetworkState
-whose peers are the other host: beta reaches alpha across hosts by IP (VXLAN, head-end
-replication), by name and by ``tasks.alpha`` (each node's DNS responder), over a 1450-byte MTU
-path. The engines see only their own container; the names come from the records."""
+and service "beta" on host-2; beta reaches alpha across hosts by IP (VXLAN, head-end replication),
+by name and by ``tasks.alpha`` (each node's DNS responder). The engines see only their own
+container; the names come from the records.
+
+Two ways in: the node side alone (NetworkAgent + DockerExecutor run inside each host's namespace
+by overlay_node.py, fed hand-made NetworkStates, with a VNI far from the allocator's), and the whole
+cluster (``docker network create -d overlay`` and ``docker service create --network`` against the
+lab's manager)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import msgspec
@@ -35,13 +40,13 @@ from shoal.models import (
     Version,
 )
 
-pytestmark = pytest.mark.lab(hosts=2, join=False)
+pytestmark = pytest.mark.lab(hosts=2, join=True)
 
 HELPER = str(Path(__file__).with_name("overlay_node.py"))
 PREFIX = "10.66.1"
 NET = Network(
     ID=new_id(), Version=Version(1), CreatedAt="", UpdatedAt="", Spec=NetworkSpec(Name="ovlab"),
-    DriverState=Driver(Name="overlay", Options={"com.docker.network.driver.overlay.vxlanid_list": "4100"}),
+    DriverState=Driver(Name="overlay", Options={"com.docker.network.driver.overlay.vxlanid_list": "16000"}),
     IPAMOptions=IPAMOptions(Configs=[IPAMConfig(Subnet=f"{PREFIX}.0/24", Gateway=f"{PREFIX}.1")]),
 )
 ADDRS = {"alpha": f"{PREFIX}.5", "beta": f"{PREFIX}.6"}
@@ -123,3 +128,67 @@ def test_beta_reaches_alpha_across_hosts(nodes: dict[str, tuple[docker.DockerCli
     fetch = "for i in 1 2 3 4 5; do nc alpha 9090 </dev/null && exit 0; sleep 0.2; done; false"
     code, out = sh(client_b, cid_b, fetch)
     assert code == 0 and "overlay-ok" in out, out
+
+
+def wait_for(predicate: Callable[[], Any], within: float = 60.0, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + within
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"not within {within}s (last: {last!r})")
+
+
+def test_services_on_an_overlay_reach_each_other_across_hosts(lab: Lab) -> None:
+    client = docker.DockerClient(base_url=lab.docker_host, version="1.41", timeout=60)
+    engines = {n: docker.DockerClient(base_url=lab.host(n).engine, version="1.41", timeout=60) for n in (1, 2)}
+    wait_for(lambda: len(client.nodes.list()) == 2 and
+             all(n.attrs["Status"]["State"] == "ready" for n in client.nodes.list()))
+    net = client.networks.create("ovcluster", driver="overlay")
+    services = []
+    try:
+        for n, name in ((1, "alpha"), (2, "beta")):
+            services.append(client.services.create(
+                "busybox:latest", ["sleep", "300"], name=name, networks=["ovcluster"],
+                constraints=[f"node.hostname==host-{n}"], stop_grace_period=SECOND,
+            ))
+
+        def running(n: int, name: str) -> str:
+            cs = engines[n].containers.list(filters={"label": f"com.docker.swarm.service.name={name}"})
+            return cs[0].id if cs else ""
+
+        cid_a = wait_for(lambda: running(1, "alpha"))
+        cid_b = wait_for(lambda: running(2, "beta"))
+        ip_a = wait_for(lambda: engines[1].containers.get(cid_a).attrs["NetworkSettings"]["Networks"])
+        addr_a = next(iter(ip_a.values()))["IPAddress"]
+        code, out = sh(engines[2], cid_b, f"ping -c2 -W2 {addr_a}")
+        assert code == 0, out
+        # Names: the records reach host-2 with the tasks' addresses once alpha runs.
+        code, out = wait_for(lambda: (r := sh(engines[2], cid_b, "ping -c1 -W2 alpha"))[0] == 0 and r, 20)
+        assert addr_a in out, out
+        code, out = sh(engines[2], cid_b, "nslookup tasks.alpha")
+        assert code == 0 and addr_a in out, out
+
+        # host-2's daemon dies and comes back: the container kept running, the restarted agent adopts
+        # the engine network and device as they are, and its DNS responder answers again.
+        lab.kill("host-2")
+        lab.restore("host-2")
+        code, out = wait_for(lambda: (r := sh(engines[2], cid_b, "ping -c1 -W2 alpha"))[0] == 0 and r, 30)
+        assert addr_a in out and running(2, "beta") == cid_b, out
+
+        # No tasks left on the network: each node takes its bridge network (and VXLAN device) down.
+        for svc in services:
+            svc.remove()
+        services = []
+        wait_for(lambda: not any(e.networks.list(filters={"label": "shoal.network.id"}) for e in engines.values()), 30)
+    finally:
+        for svc in services:
+            svc.remove()
+        wait_for(lambda: not any(e.containers.list(all=True, filters={"label": "com.docker.swarm.service.name"})
+                                 for e in engines.values()), 30)
+        net.remove()
+        for e in engines.values():
+            e.close()
+        client.close()
