@@ -12,7 +12,7 @@ from __future__ import annotations
 import msgspec
 
 from shoal.controlapi.errors import invalid
-from shoal.models import Endpoint, EndpointSpec, PortConfig, Service, ServiceSpec
+from shoal.models import Endpoint, EndpointSpec, EndpointVirtualIP, PortConfig, Service, ServiceSpec
 from shoal.store import MemoryStore
 
 DYNAMIC_PORTS = range(30000, 32768)
@@ -103,4 +103,13 @@ def allocate_endpoint(store: MemoryStore, spec: ServiceSpec, old: Service | None
             cursor[p.Protocol] = port + 1
         used.add((port, p.Protocol))
         allocated.append(msgspec.structs.replace(p, PublishedPort=port))
-    return Endpoint(Spec=ep_spec, Ports=allocated or None, VirtualIPs=[])
+    return Endpoint(Spec=ep_spec, Ports=allocated or None, VirtualIPs=_kept_vips(spec, old))
+
+
+def _kept_vips(spec: ServiceSpec, old: Service | None) -> list[EndpointVirtualIP]:
+    """The old VIPs on networks the service stays on: an update keeps its addresses (and the
+    allocator need not write them back, which would bump the service's version again)."""
+    if old is None or old.Endpoint is None or not old.Endpoint.VirtualIPs:
+        return []
+    nets = {n.Target for n in (spec.TaskTemplate.Networks or spec.Networks or ())}
+    return [v for v in old.Endpoint.VirtualIPs if v.NetworkID in nets]
