@@ -189,3 +189,29 @@ async def test_two_tasks_reach_each_other_by_ip_and_by_name(plumbed: tuple) -> N
     await executor.remove(cid_b)
     await wait_gone(bridge_name(net.ID), 15)
     await wait_gone(vxlan_name(net.ID), 5)
+
+
+async def test_stale_network_with_the_same_subnet_gives_way_and_leave_removes_ours(plumbed: tuple) -> None:
+    agent, executor, net, prefix, engine = plumbed
+    # Left by a node that is gone: an engine network of ours on the same subnet, unused, and its device.
+    stale = overlay(prefix)
+    stale_agent = NetworkAgent(executor.url, "gone" + new_id()[:8], "127.0.0.1", ready_timeout_s=20)
+    try:
+        stale_agent.apply([NetworkState(network=stale, node_address=f"{prefix}.251/24")], [], full=True)
+        await wait_for_value(lambda: link_exists(vxlan_name(stale.ID)), True, 10)
+    finally:
+        await stale_agent.close()  # closing keeps networks: exactly what a crash leaves
+
+    t = task(agent.node_id, net, "gamma", 1, f"{prefix}.7/24")
+    agent.apply([NetworkState(network=net, node_address=f"{prefix}.250/24")], [], full=True)
+    cid = await asyncio.wait_for(executor.create(t), 30)
+    await executor.start(t, cid)
+    assert not link_exists(vxlan_name(stale.ID))
+    with pytest.raises(docker.errors.NotFound):
+        engine.networks.get(engine_network_name(stale.ID))
+
+    # `swarm leave`: the node's containers go, then its networks and devices.
+    assert await executor.remove_all(agent.node_id) == 1
+    assert not link_exists(vxlan_name(net.ID))
+    with pytest.raises(docker.errors.NotFound):
+        engine.networks.get(engine_network_name(net.ID))

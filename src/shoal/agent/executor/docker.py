@@ -34,7 +34,7 @@ from shoal.agent.executor.base import (
 )
 from shoal.agent.executor.logstream import log_lines
 from shoal.agent.executor.spec import container_config
-from shoal.agent.network.overlay import OverlayError
+from shoal.agent.network.overlay import EngineNetworks, OverlayError
 from shoal.agent.network.plumbing import NetworkAgent
 from shoal.agent.secrets import TaskSecrets
 from shoal.dispatcher.protocol import LogMessage, LogOptions
@@ -421,6 +421,10 @@ class DockerExecutor:
                 await self.remove(cid)
 
         await asyncio.gather(*(one(c.id) for c in containers))
+        try:  # then the node's overlay networks (agent/network/), now that nothing uses them
+            await EngineNetworks(self.docker).remove_node(node_id)
+        except Exception as exc:
+            log.warning("removing the overlay networks of %s: %s", node_id, exc)
         return len(containers)
 
     def _forget(self, container_id: str) -> None:

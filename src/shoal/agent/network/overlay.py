@@ -265,7 +265,53 @@ class EngineNetworks:
         try:
             await self._call("POST", "networks/create", body)
         except DockerError as e:
-            raise OverlayError(f"engine network {name}: {e.message}") from None
+            # The engine refuses a subnet that overlaps one of its networks. One of ours that no
+            # container uses is left from a network that is gone (a node that left the swarm, a
+            # crash), and the manager may give its subnet out again: it goes, then we try again.
+            if "overlap" not in e.message or not await self._drop_stale_overlapping(body):
+                raise OverlayError(f"engine network {name}: {e.message}") from None
+            try:
+                await self._call("POST", "networks/create", body)
+            except DockerError as e2:
+                raise OverlayError(f"engine network {name}: {e2.message}") from None
+
+    async def _drop_stale_overlapping(self, body: dict[str, Any]) -> bool:
+        want = ipaddress.ip_network(body["IPAM"]["Config"][0]["Subnet"], strict=False)
+        nets = await self._call("GET", "networks", params={"filters": json.dumps({"label": [LABEL_NETWORK_ID]})})
+        dropped = False
+        for n in nets:
+            if n.get("Name") == body["Name"]:
+                continue
+            for cfg in (n.get("IPAM") or {}).get("Config") or []:
+                try:
+                    overlaps = ipaddress.ip_network(cfg.get("Subnet", ""), strict=False).overlaps(want)
+                except ValueError:
+                    overlaps = False
+                if not overlaps:
+                    continue
+                detail = await self._call("GET", f"networks/{n['Id']}")
+                if detail.get("Containers"):
+                    continue
+                log.info("removing stale engine network %s (subnet %s)", n.get("Name"), cfg.get("Subnet"))
+                try:
+                    await self._call("DELETE", f"networks/{n['Id']}")
+                except DockerError:
+                    continue
+                net_id = (n.get("Labels") or {}).get(LABEL_NETWORK_ID, "")
+                if net_id:
+                    await delete_vxlan(net_id)
+                dropped = True
+        return dropped
+
+    async def remove_node(self, node_id: str) -> int:
+        """Remove every network made for ``node_id`` and its VXLAN device (``swarm leave``, after
+        the containers went); returns how many went. One still in use is left."""
+        removed = 0
+        for net_id in await self.list_ours(node_id):
+            if await self.remove(net_id):
+                await delete_vxlan(net_id)
+                removed += 1
+        return removed
 
     async def remove(self, network_id: str) -> bool:
         """False while containers still use it (try again later)."""
