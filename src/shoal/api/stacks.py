@@ -7,9 +7,16 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from shoal.api.common import decode_body, empty_response, json_response, query_bool, swarm_manager
+from shoal.api.common import (
+    decode_body,
+    empty_response,
+    json_response,
+    query_bool,
+    query_version,
+    swarm_manager,
+)
 from shoal.controlapi import stacks
-from shoal.errors import InvalidArgument
+from shoal.errors import Conflict, InvalidArgument
 from shoal.models import Stack, StackSpec
 
 
@@ -25,6 +32,24 @@ async def deploy(request: web.Request) -> web.Response:
     result = stacks.deploy_stack(
         manager.store, spec, prune=query_bool(request, "prune"), dry_run=query_bool(request, "dryRun"),
         live_scheduler=getattr(manager, "scheduler", None),
+    )
+    return json_response(result.to_json())
+
+
+async def update(request: web.Request) -> web.Response:
+    """``POST /shoal/stacks/{name}/update[?version=N]``: like a deploy, but the stack must exist
+    (404 otherwise) and, given a version, still be at it (409 if someone deployed in between)."""
+    manager = swarm_manager(request)
+    name = request.match_info["name"]
+    spec = await decode_body(request, StackSpec)
+    if spec.Name and spec.Name != name:
+        raise InvalidArgument(f"stack name {spec.Name!r} in the body does not match {name!r} in the path")
+    cur = stacks.get_stack(manager.store, name)
+    if "version" in request.query and query_version(request, "stack") != cur.Version.Index:
+        raise Conflict(f"update out of sequence: stack {name} is at version {cur.Version.Index}")
+    result = stacks.deploy_stack(
+        manager.store, msgspec.structs.replace(spec, Name=cur.Spec.Name), prune=query_bool(request, "prune"),
+        dry_run=query_bool(request, "dryRun"), live_scheduler=getattr(manager, "scheduler", None),
     )
     return json_response(result.to_json())
 
@@ -64,6 +89,7 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/shoal/stacks", list_stacks),
     ("POST", "/shoal/stacks", deploy),
     ("GET", "/shoal/stacks/{name}", inspect),
+    ("POST", "/shoal/stacks/{name}/update", update),
     ("POST", "/shoal/stacks/{name}/scale", scale),
     ("DELETE", "/shoal/stacks/{name}", remove),
 ]

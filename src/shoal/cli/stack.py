@@ -126,10 +126,12 @@ def _deploy(ctx: typer.Context, files: list[Path], name: str | None, prune: bool
         raise CLIError("Please specify a Compose file (with --compose-file).")
     c = client_of(ctx)
     stack, spec = load_stack(files, name, profiles)
-    if must_exist:
-        c.get("/shoal/stacks/{0}", stack)  # 404 "stack X not found" before anything changes
     body = msgspec.to_builtins(spec)
-    result = c.post("/shoal/stacks", body=body, params={"prune": prune or None, "dryRun": dry_run or None})
+    params = {"prune": prune or None, "dryRun": dry_run or None}
+    if must_exist:  # 404 "stack X not found" rather than a new stack
+        result = c.post("/shoal/stacks/{0}/update", stack, body=body, params=params)
+    else:
+        result = c.post("/shoal/stacks", body=body, params=params)
     _print_changes(result, dry_run)
     if not dry_run and not detach:
         wait_stack(c, stack)
