@@ -354,6 +354,25 @@ class ContainerStatus(Obj):
     ExitCode: int = 0
 
 
+class HealthResult(Obj):
+    """One health probe, as the engine's ``State.Health.Log`` entries."""
+
+    Start: str = ""
+    End: str = ""
+    ExitCode: int = 0
+    Output: str = ""
+
+
+class TaskHealth(Obj, omit_defaults=True):
+    """Shoal's addition to a task's status: its health (from the engine's HEALTHCHECK or from the
+    agent's own Rancher-style tcp/http check), the current failing streak and the last outputs."""
+
+    Status: str = ""  # starting, healthy, unhealthy
+    Source: str = ""  # engine, agent
+    FailingStreak: int = 0
+    Log: list[HealthResult] | None = None
+
+
 class TaskStatus(Obj):
     Timestamp: str = ""
     State: TaskState = TaskState.NEW
@@ -361,6 +380,7 @@ class TaskStatus(Obj):
     Err: str = ""
     ContainerStatus: ContainerStatus | None = None
     PortStatus: PortStatus | None = None
+    Health: TaskHealth | None = None
 
 
 class Task(Obj):

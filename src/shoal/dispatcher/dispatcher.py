@@ -97,6 +97,7 @@ def _same_status(a: TaskStatus, b: TaskStatus) -> bool:
         and a.Err == b.Err
         and a.ContainerStatus == b.ContainerStatus
         and a.PortStatus == b.PortStatus
+        and a.Health == b.Health
     )
 
 
