@@ -23,7 +23,8 @@ from shoal.allocator.ipam import (
     vxlan_ids,
 )
 from shoal.controlapi.filters import Filters, match_labels
-from shoal.errors import Conflict, InvalidArgument, NotFound, ShoalError
+from shoal.controlapi.resolve import _by_prefix, _unique
+from shoal.errors import Conflict, InvalidArgument, ShoalError
 from shoal.ids import new_id
 from shoal.models import (
     Driver,
@@ -54,22 +55,16 @@ class Forbidden(ShoalError):
 
 
 def get_network(store: MemoryStore, ref: str) -> Network:
-    """A network by full ID, then name, then unique ID prefix; 404 ``network X not found``."""
+    """A network by full ID, then name, then unique ID prefix; 404 ``network X not found``.
+    Docker allows two networks one name, so a name can be ambiguous too (400)."""
     if ref:
         net = store.get("network", ref)
         if net is not None:
             return net
         nets = store.list("network")
         named = [n for n in nets if n.Spec.Name == ref]
-        if len(named) == 1:
-            return named[0]
-        if not named:
-            named = [n for n in nets if n.ID.startswith(ref)]
-        if len(named) == 1:
-            return named[0]
-        if named:
-            raise InvalidArgument(f"network {ref} is ambiguous ({len(named)} matches found)")
-    raise NotFound(f"network {ref} not found")
+        return _unique("network", ref, named or _by_prefix(nets, ref))  # type: ignore[no-any-return]
+    return _unique("network", ref, [])  # type: ignore[no-any-return]
 
 
 def services_using(store: MemoryStore, net_id: str) -> list[Service]:
