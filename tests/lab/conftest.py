@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,3 +96,15 @@ def lab(request: pytest.FixtureRequest, lab_pool: LabPool) -> Lab:
     marker = request.node.get_closest_marker("lab")
     kw = dict(marker.kwargs) if marker is not None else {}
     return lab_pool.get(kw.get("hosts", 4), kw.get("join", True), kw.get("preload", DEFAULT_PRELOAD))
+
+
+def wait_for(predicate: Callable[[], Any], within: float = 60.0, interval: float = 0.25) -> Any:
+    """Poll until ``predicate`` returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"not within {within}s (last: {last!r})")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from shoal.models import NodeDescription
 from shoal.transport import messages as m
 from shoal.transport.bootstrap import join_cluster
 from shoal.transport.rpc import DISPATCHER_SERVICE, decoder, encode, path, secure_channel
+from tests.lab.conftest import wait_for
 
 pytestmark = pytest.mark.lab(hosts=4, join=True)
 
@@ -33,17 +34,6 @@ SECOND = 1_000_000_000
 
 def client_of(lab: Lab) -> docker.DockerClient:
     return docker.DockerClient(base_url=lab.docker_host, version="1.41", timeout=60)
-
-
-def wait_for(predicate: Callable[[], Any], within: float = 60.0, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"not within {within}s (last: {last!r})")
 
 
 @pytest.fixture

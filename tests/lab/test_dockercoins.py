@@ -11,15 +11,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
 
 from shoal.lab import DEFAULT_PRELOAD, Lab
+from tests.lab.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "examples" / "dockercoins" / "docker-compose.yml"
@@ -41,17 +39,6 @@ pytestmark = [
     pytest.mark.lab(hosts=3, join=True, preload=PRELOAD),
     pytest.mark.skipif(bool(_missing_images()), reason="demo images not built: run scripts/build-demo-images.sh"),
 ]
-
-
-def wait_for(predicate: Callable[[], Any], within: float = 90.0, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"not within {within}s (last: {last!r})")
 
 
 def shoal(lab: Lab, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -84,7 +71,7 @@ def test_dockercoins_across_three_hosts(lab: Lab, tmp_path: Path) -> None:
         assert len(nodes) == 3, f"the five services should spread over the three hosts: {tasks}"
 
         # The worker talks to rng, hasher and redis by name, across hosts: the counter advances.
-        first = wait_for(lambda: redis_counter(lab, client), within=60)
+        first = wait_for(lambda: redis_counter(lab, client), within=60, interval=0.5)
         wait_for(lambda: redis_counter(lab, client) > first, within=30)
 
         # Rolling upgrade of the worker alone; the counter keeps advancing with the new version.

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import docker
 import msgspec
@@ -39,6 +37,7 @@ from shoal.models import (
     TaskStatus,
     Version,
 )
+from tests.lab.conftest import wait_for
 
 pytestmark = pytest.mark.lab(hosts=2, join=True)
 
@@ -128,17 +127,6 @@ def test_beta_reaches_alpha_across_hosts(nodes: dict[str, tuple[docker.DockerCli
     fetch = "for i in 1 2 3 4 5; do nc alpha 9090 </dev/null && exit 0; sleep 0.2; done; false"
     code, out = sh(client_b, cid_b, fetch)
     assert code == 0 and "overlay-ok" in out, out
-
-
-def wait_for(predicate: Callable[[], Any], within: float = 60.0, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"not within {within}s (last: {last!r})")
 
 
 def test_services_on_an_overlay_reach_each_other_across_hosts(lab: Lab) -> None:
