@@ -4,6 +4,12 @@ Swarmkit's ``agent/exec.Do`` as a loop: each step moves the observed state one n
 (ACCEPTED → PREPARING → READY → STARTING → RUNNING → COMPLETE/FAILED) or, when the manager asks for
 SHUTDOWN/REMOVE, stops the container and reports SHUTDOWN. It never moves backwards. Between steps it
 sleeps until the manager changes the task or the container exits.
+
+Health: a task whose spec has a Docker health check (or whose service has an agent-run check, the
+``shoal.health.*`` labels, see agent/health.py) stays STARTING until the container is healthy, as
+in Swarm; once RUNNING, an unhealthy verdict fails it ("task: unhealthy container") and stops the
+container, so the restart supervisor replaces it like any failed task. The health (status, failing
+streak, last probes) rides in ``TaskStatus.Health`` and is reported whenever it changes.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ from shoal.agent.executor.base import (
     task_ports,
 )
 from shoal.agent.executor.spec import stop_grace_s
+from shoal.agent.health import HEALTHY, STARTING, UNHEALTHY, AgentHealthMonitor, task_check
 from shoal.models import (
     DEFAULT_STOP_GRACE,
     ContainerStatus,
     PortConfig,
     PortStatus,
     Task,
+    TaskHealth,
     TaskState,
     TaskStatus,
     now_ts,
@@ -102,6 +110,12 @@ class TaskController:
         self._wake = asyncio.Event()
         self._exit: asyncio.Future[ExitInfo] | None = None
         self._on_done = on_done
+        # Health: the engine's check wins; the agent's own check is for images without one.
+        self._check = None if _has_healthcheck(task) else task_check((task.ServiceAnnotations or {}).get("Labels"))
+        self._health: TaskHealth | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._health_changed = asyncio.Event()
+        self._last: tuple[TaskState, str, str, str] | None = None  # last report: state, message, err, time
         self.runner = asyncio.create_task(self._run(), name=f"task-{task.ID}")
 
     # ------------------------------------------------------------------ from the worker
@@ -122,8 +136,12 @@ class TaskController:
 
     # ------------------------------------------------------------------ reporting
 
-    def _report(self, state: TaskState, message: str, err: str = "") -> None:
+    def _report(self, state: TaskState, message: str, err: str = "", ts: str = "") -> None:
         self.state = state
+        ts = ts or now_ts()
+        self._last = (state, message, err, ts)
+        if state.terminal:
+            self._stop_health()
         cs = None
         if self.container_id:
             cs = ContainerStatus(
@@ -131,9 +149,16 @@ class TaskController:
             )
         ps = port_status(self.task, self._info.ports) if self._info is not None else None
         status = TaskStatus(
-            Timestamp=now_ts(), State=state, Message=message, Err=err, ContainerStatus=cs, PortStatus=ps
+            Timestamp=ts, State=state, Message=message, Err=err, ContainerStatus=cs, PortStatus=ps, Health=self._health
         )
         self.reporter.report(self.task.ID, status)
+
+    def _report_health(self) -> None:
+        """The same state again with the new health; its timestamp stays the state's own, so
+        "Running 5 minutes ago" does not restart at every health change."""
+        if self._last is not None and not self.state.terminal:
+            state, message, err, ts = self._last
+            self._report(state, message, err, ts)
 
     # ------------------------------------------------------------------ the loop
 
@@ -149,6 +174,7 @@ class TaskController:
         finally:  # cancelled: the agent is stopping, and the container is left as it is
             if self._exit is not None:
                 self._exit.cancel()
+            self._stop_health()
         if self._on_done is not None:
             self._on_done(self)
 
@@ -171,10 +197,14 @@ class TaskController:
         waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._wake.wait())]
         if self._exit is not None and self.state == TaskState.RUNNING:
             waits.append(self._exit)  # type: ignore[arg-type]
+            if self._health_task is not None:
+                waits.append(asyncio.ensure_future(self._health_changed.wait()))
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waits[0].cancel()
+            if len(waits) > 2:
+                waits[2].cancel()
 
     async def _step(self) -> bool:
         """One move towards the desired state; False when there is nothing to do but wait."""
@@ -205,9 +235,16 @@ class TaskController:
         elif s == TaskState.RUNNING:
             if self._exit is None:
                 self._exit = asyncio.ensure_future(self.executor.wait_exit(self.container_id))
-            if not self._exit.done():
+            if self._exit.done():
+                self._exited(self._exit.result())
+            elif self._health_changed.is_set():
+                self._health_changed.clear()
+                if self._health is not None and self._health.Status == UNHEALTHY and self._recreates():
+                    await self._fail_unhealthy()
+                else:
+                    self._report_health()
+            else:
                 return False
-            self._exited(self._exit.result())
         return True
 
     async def _start(self) -> None:
@@ -217,35 +254,111 @@ class TaskController:
             self._report(TaskState.FAILED, "starting", str(exc))
             return
         self._exit = asyncio.ensure_future(self.executor.wait_exit(self.container_id))
-        if _has_healthcheck(self.task) and not await self._healthy():
+        if await self._watch_health() and not await self._healthy():
             return
         self._running()
 
     async def _healthy(self) -> bool:
         """Swarm keeps a task with a healthcheck STARTING until the container reports healthy."""
         assert self._exit is not None
-        health = asyncio.ensure_future(self.executor.wait_health(self.container_id))
+        changed = asyncio.ensure_future(self._health_changed.wait())
         wake = asyncio.ensure_future(self._wake.wait())
         try:
             while True:
-                await asyncio.wait([health, self._exit, wake], return_when=asyncio.FIRST_COMPLETED)
-                if self._exit.done():
-                    self._exited(self._exit.result())
-                    return False
-                if wake.done() and (self._removed or self.task.DesiredState.order > _RUNNING):
-                    return False  # the loop shuts it down
-                if health.done():
-                    if health.result():
-                        return True
+                self._health_changed.clear()
+                status = self._health.Status if self._health is not None else STARTING
+                if status == HEALTHY:
+                    return True
+                if status == UNHEALTHY:
+                    if not self._recreates():
+                        return True  # strategy none: it runs, reported unhealthy
                     await self.executor.stop(self.container_id, 0)
                     self._report(TaskState.FAILED, "starting", "task: unhealthy container")
                     return False
+                await asyncio.wait([changed, self._exit, wake], return_when=asyncio.FIRST_COMPLETED)
+                if self._exit.done():
+                    self._exited(self._exit.result())
+                    return False
                 if wake.done():
+                    if self._removed or self.task.DesiredState.order > _RUNNING:
+                        return False  # the loop shuts it down
                     self._wake.clear()
                     wake = asyncio.ensure_future(self._wake.wait())
+                if changed.done():
+                    self._report_health()  # still STARTING: the failing streak and probes so far
+                    changed = asyncio.ensure_future(self._health_changed.wait())
         finally:
-            health.cancel()
+            changed.cancel()
             wake.cancel()
+
+    # ------------------------------------------------------------------ health
+
+    def _recreates(self) -> bool:
+        """Whether unhealthy fails the task: always for the engine's check (Swarm), per strategy for ours."""
+        return self._check is None or self._check.strategy == "recreate"
+
+    def _set_health(self, health: TaskHealth) -> None:
+        self._health = health
+        self._health_changed.set()
+
+    def _stop_health(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            self._health_task = None
+
+    async def _watch_health(self, reinitializing: bool = False) -> bool:
+        """Start following the started container's health; False when the task has no check.
+        ``reinitializing``: a container found running after an agent restart."""
+        if self._health_task is not None:
+            return True
+        if _has_healthcheck(self.task):
+            health = None
+            if reinitializing:  # no event comes for a status it already has
+                inspect = getattr(self.executor, "inspect_health", None)
+                health = await inspect(self.container_id) if inspect is not None else None
+            self._health = health or TaskHealth(Status=STARTING, Source="engine")
+            self._health_task = asyncio.create_task(self._follow_engine(), name=f"health-{self.task.ID}")
+            if self._health.Status == UNHEALTHY:
+                self._health_changed.set()
+            return True
+        if self._check is None:
+            return False
+        ip = self._info.ip if self._info is not None else ""
+        if not ip:
+            try:
+                self._info = await self.executor.inspect(self.container_id)
+                ip = self._info.ip
+            except ExecutorError as exc:
+                log.warning("task %s: no address to probe: %s", self.task.ID, exc)
+        monitor = AgentHealthMonitor(
+            self._check, ip or "127.0.0.1", self._set_health, reinitializing=reinitializing  # host network
+        )
+        self._health = monitor.state.health()
+        self._health_task = asyncio.create_task(monitor.run(), name=f"health-{self.task.ID}")
+        return True
+
+    async def _follow_engine(self) -> None:
+        """Each health_status event of the container, with the engine's streak and probe log."""
+        inspect = getattr(self.executor, "inspect_health", None)  # the hollow executor has none
+        while True:
+            ok = await self.executor.wait_health(self.container_id)
+            status = HEALTHY if ok else UNHEALTHY
+            health = await inspect(self.container_id) if inspect is not None else None
+            if health is None or health.Status != status:  # it changed again since: the next event says so
+                health = TaskHealth(
+                    Status=status,
+                    Source="engine",
+                    FailingStreak=health.FailingStreak if health is not None else 0,
+                    Log=health.Log if health is not None else None,
+                )
+            self._set_health(health)
+
+    async def _fail_unhealthy(self) -> None:
+        """A running container turned unhealthy: stop it and fail the task, so it is replaced."""
+        self.hooks.task_stopped(self.task)
+        self._stop_health()
+        await self._stop()
+        self._report(TaskState.FAILED, "started", "task: unhealthy container")
 
     def _running(self) -> None:
         self._report(TaskState.RUNNING, "started")
@@ -304,6 +417,7 @@ class TaskController:
         if info.running:
             self._info = info
             self._exit = asyncio.ensure_future(self.executor.wait_exit(self.container_id))
+            await self._watch_health(reinitializing=True)
             self._running()
             return
         if info.state == "created" and self.state.order <= TaskState.STARTING.order:

@@ -42,11 +42,13 @@ from shoal.models import (
     SECOND,
     EngineDescription,
     GenericResource,
+    HealthResult,
     NodeDescription,
     Platform,
     PortConfig,
     Resources,
     Task,
+    TaskHealth,
     parse_ts,
 )
 
@@ -533,6 +535,23 @@ class DockerExecutor:
             fut = asyncio.get_running_loop().create_future()
             self._health_waiters[container_id] = fut
         return await asyncio.shield(fut)
+
+    async def inspect_health(self, container_id: str) -> TaskHealth | None:
+        """The engine's ``State.Health`` as a task's health: status, failing streak, last 5 probes."""
+        try:
+            c = await self._call("GET", f"containers/{container_id}/json")
+        except DockerError:
+            return None
+        h = (c.get("State") or {}).get("Health")
+        if not h:
+            return None
+        probes = [
+            HealthResult(Start=p.get("Start", ""), End=p.get("End", ""), ExitCode=int(p.get("ExitCode", 0)),
+                         Output=str(p.get("Output", "")).strip()[-512:])
+            for p in (h.get("Log") or [])[-5:]
+        ]
+        return TaskHealth(Status=h.get("Status", ""), Source="engine", FailingStreak=int(h.get("FailingStreak", 0)),
+                          Log=probes or None)
 
     # ------------------------------------------------------------------ logs
 
