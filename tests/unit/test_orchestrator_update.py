@@ -24,6 +24,8 @@ from shoal.orchestrator.testutils import (
 )
 from shoal.scheduler import Scheduler
 
+MON = SECOND // 100  # a short Monitor (the default, 5 s, would make every test wait)
+
 
 def image(store, sid, img):
     svc = store.get("service", sid)
@@ -67,7 +69,7 @@ async def test_stop_first_one_at_a_time():
     store = make_store()
     make_node(store, "n1")
     make_node(store, "n2")
-    svc = make_service(store, "web", replicas=3, UpdateConfig=UpdateConfig(Parallelism=1))
+    svc = make_service(store, "web", replicas=3, UpdateConfig=UpdateConfig(Monitor=MON, Parallelism=1))
     agent = FakeAgent(store)
     async with running(ReplicatedOrchestrator(store), Scheduler(store), agent):
         await start(store, svc, 3)
@@ -98,7 +100,9 @@ async def test_stop_first_one_at_a_time():
 async def test_start_first_keeps_capacity():
     store = make_store()
     make_node(store, "n1")
-    svc = make_service(store, "web", replicas=2, UpdateConfig=UpdateConfig(Parallelism=1, Order="start-first"))
+    svc = make_service(
+        store, "web", replicas=2, UpdateConfig=UpdateConfig(Monitor=MON, Parallelism=1, Order="start-first")
+    )
     agent = FakeAgent(store)
     async with running(ReplicatedOrchestrator(store), Scheduler(store), agent):
         await start(store, svc, 2)
@@ -114,14 +118,14 @@ async def test_start_first_keeps_capacity():
             agent.step()
             await wait_for(lambda: n_running(store, svc.ID, "busybox:v2") == 2, what="all updated")
             await wait_for(lambda: len(runnable_tasks(store, svc.ID)) == 2)
+            await wait_for(lambda: store.get("service", svc.ID).UpdateStatus.State == "completed")
         assert mon.min_running >= 2, "start-first never drops below the replica count"
-    assert store.get("service", svc.ID).UpdateStatus.State == "completed"
 
 
 async def test_parallelism_zero_replaces_all_at_once():
     store = make_store()
     make_node(store, "n1")
-    svc = make_service(store, "web", replicas=3, UpdateConfig=UpdateConfig(Parallelism=0))
+    svc = make_service(store, "web", replicas=3, UpdateConfig=UpdateConfig(Monitor=MON, Parallelism=0))
     agent = FakeAgent(store)
     async with running(ReplicatedOrchestrator(store), Scheduler(store), agent):
         await start(store, svc, 3)
@@ -140,7 +144,7 @@ async def test_parallelism_two_with_delay_between_batches():
     store = make_store()
     make_node(store, "n1")
     delay = SECOND // 4
-    svc = make_service(store, "web", replicas=4, UpdateConfig=UpdateConfig(Parallelism=2, Delay=delay))
+    svc = make_service(store, "web", replicas=4, UpdateConfig=UpdateConfig(Monitor=MON, Parallelism=2, Delay=delay))
     async with running(ReplicatedOrchestrator(store), Scheduler(store), FakeAgent(store)):
         await start(store, svc, 4)
         mon = Monitor(store, svc.ID)
@@ -157,7 +161,7 @@ async def test_parallelism_two_with_delay_between_batches():
 async def test_force_update_replaces_and_scale_alone_does_not():
     store = make_store()
     make_node(store, "n1")
-    svc = make_service(store, "web", replicas=2, UpdateConfig=UpdateConfig(Parallelism=0))
+    svc = make_service(store, "web", replicas=2, UpdateConfig=UpdateConfig(Monitor=MON, Parallelism=0))
     async with running(ReplicatedOrchestrator(store), Scheduler(store), FakeAgent(store)):
         await start(store, svc, 2)
         update_service(store, svc.ID, replicas=3)
@@ -177,7 +181,7 @@ async def test_force_update_replaces_and_scale_alone_does_not():
 async def test_global_rolling_update():
     store = make_store()
     nodes = [make_node(store, f"n{i}") for i in range(3)]
-    svc = make_service(store, "agent", global_=True, UpdateConfig=UpdateConfig(Parallelism=1))
+    svc = make_service(store, "agent", global_=True, UpdateConfig=UpdateConfig(Monitor=MON, Parallelism=1))
     async with running(GlobalOrchestrator(store), Scheduler(store), FakeAgent(store)):
         await start(store, svc, 3)
         mon = Monitor(store, svc.ID)
@@ -193,7 +197,8 @@ async def test_update_never_runs_two_tasks_for_a_slot_when_new_task_fails():
     store = make_store()
     make_node(store, "n1")
     tmpl = TaskSpec(ContainerSpec=ContainerSpec(Image="busybox:latest"))
-    svc = make_service(store, "web", replicas=1, template=tmpl, UpdateConfig=UpdateConfig(Order="start-first"))
+    uc = UpdateConfig(Monitor=MON, Order="start-first")
+    svc = make_service(store, "web", replicas=1, template=tmpl, UpdateConfig=uc)
     agent = FakeAgent(store)
     orch = ReplicatedOrchestrator(store, default_restart_delay_ns=SECOND // 10)
     async with running(orch, Scheduler(store), agent):
@@ -218,7 +223,7 @@ async def test_update_never_runs_two_tasks_for_a_slot_when_new_task_fails():
 async def test_update_survives_orchestrator_restart_without_duplicates():
     store = make_store()
     make_node(store, "n1")
-    svc = make_service(store, "web", replicas=3, UpdateConfig=UpdateConfig(Parallelism=1))
+    svc = make_service(store, "web", replicas=3, UpdateConfig=UpdateConfig(Monitor=MON, Parallelism=1))
     agent = FakeAgent(store)
     async with running(ReplicatedOrchestrator(store), Scheduler(store), agent):
         await start(store, svc, 3)
@@ -240,7 +245,8 @@ async def test_update_survives_orchestrator_restart_without_duplicates():
 async def test_manual_rollback_keeps_rollback_wording():
     store = make_store()
     make_node(store, "n1")
-    svc = make_service(store, "web", replicas=2, UpdateConfig=UpdateConfig(Parallelism=0))
+    fast = UpdateConfig(Monitor=MON, Parallelism=0)
+    svc = make_service(store, "web", replicas=2, UpdateConfig=fast, RollbackConfig=fast)
     async with running(ReplicatedOrchestrator(store), Scheduler(store), FakeAgent(store)):
         await start(store, svc, 2)
         image(store, svc.ID, "busybox:v2")
