@@ -10,7 +10,7 @@ import re
 
 import msgspec
 
-from shoal.controlapi.errors import invalid
+from shoal.controlapi.errors import invalid, unimplemented
 from shoal.controlapi.health import check_health_labels
 from shoal.errors import InvalidArgument
 from shoal.models import (
@@ -18,7 +18,6 @@ from shoal.models import (
     ContainerSpec,
     EndpointSpec,
     Node,
-    ReplicatedJob,
     ReplicatedService,
     ResourceRequirements,
     ServiceMode,
@@ -253,27 +252,10 @@ def _normalise_mode(mode: ServiceMode | None) -> ServiceMode:
         return ServiceMode(Replicated=ReplicatedService(Replicas=1))
     if mode.Replicated is not None and mode.Replicated.Replicas is None:
         return ServiceMode(Replicated=ReplicatedService(Replicas=1))
-    if mode.ReplicatedJob is not None:
-        return _normalise_replicated_job(mode)
+    if mode.ReplicatedJob is not None or mode.GlobalJob is not None:
+        # Accepting a job the orchestrators do not run would leave it at 0/N forever: say so now.
+        raise unimplemented("job modes (replicated-job, global-job) are not supported by this Shoal release yet")
     return mode
-
-
-def _normalise_replicated_job(mode: ServiceMode) -> ServiceMode:
-    """Moby's defaults made explicit (the docker CLI dereferences both fields in ``service ls``):
-    MaxConcurrent 1 when absent, TotalCompletions equal to MaxConcurrent when absent."""
-    job = mode.ReplicatedJob
-    assert job is not None
-    concurrent = 1 if job.MaxConcurrent is None else job.MaxConcurrent
-    total = concurrent if job.TotalCompletions is None else job.TotalCompletions
-    if concurrent == job.MaxConcurrent and total == job.TotalCompletions:
-        return mode
-    return ServiceMode(ReplicatedJob=ReplicatedJob(MaxConcurrent=concurrent, TotalCompletions=total))
-
-
-def _check_job(spec: ServiceSpec) -> None:
-    """Jobs run to completion instead of being rolled: swarmkit refuses an update config on them."""
-    if mode_kind(spec).endswith("-job") and spec.UpdateConfig is not None:
-        raise InvalidArgument("Jobs may not have an update config")
 
 
 def validate_service_spec(spec: ServiceSpec) -> ServiceSpec:
@@ -286,5 +268,4 @@ def validate_service_spec(spec: ServiceSpec) -> ServiceSpec:
     check_scheduling_labels(spec)
     check_health_labels(spec)
     mode = _normalise_mode(spec.Mode)
-    _check_job(msgspec.structs.replace(spec, Mode=mode))
     return spec if mode is spec.Mode else msgspec.structs.replace(spec, Mode=mode)
