@@ -12,6 +12,7 @@ import msgspec
 
 from shoal.controlapi.errors import invalid, unimplemented
 from shoal.controlapi.health import check_health_labels
+from shoal.controlapi.schedule import check_schedule_labels
 from shoal.errors import InvalidArgument
 from shoal.models import (
     Cluster,
@@ -268,4 +269,5 @@ def validate_service_spec(spec: ServiceSpec) -> ServiceSpec:
     check_scheduling_labels(spec)
     check_health_labels(spec)
     mode = _normalise_mode(spec.Mode)
+    check_schedule_labels(msgspec.structs.replace(spec, Mode=mode))  # shoal.schedule* (controlapi/schedule.py)
     return spec if mode is spec.Mode else msgspec.structs.replace(spec, Mode=mode)
