@@ -55,6 +55,7 @@ from shoal.models import (
     TLSInfo,
     Version,
 )
+from shoal.orchestrator.cron import CronScheduler, clock_from_env
 from shoal.orchestrator.global_ import GlobalOrchestrator
 from shoal.orchestrator.reaper import TaskReaper
 from shoal.orchestrator.replicated import ReplicatedOrchestrator
@@ -314,6 +315,7 @@ class Manager:
             self.scheduler,
             TaskReaper(self.store),
             StackDeployer(self.store),
+            CronScheduler(self.store, clock=clock_from_env()),  # scheduled jobs (shoal.schedule)
         ]
         for c in components:
             self._tasks.append(asyncio.create_task(self._supervise(c), name=type(c).__name__))
