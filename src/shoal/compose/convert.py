@@ -18,6 +18,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from .. import models as m
+from . import health as compose_health
 from .errors import ComposeError
 from .loader import Project
 from .merge import to_mapping
@@ -218,6 +219,7 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
     deploy_labels = {k: "" if v is None else str(v) for k, v in to_mapping(deploy.get("labels")).items()}
     # The autoscaler reads aliyun.auto_scaling.* from the service's labels, wherever the file put them.
     deploy_labels.update({k: v for k, v in labels.items() if k.startswith(AUTOSCALE_PREFIX)})
+    deploy_labels.update(compose_health.labels(svc))  # Rancher's health_check / x-shoal-healthcheck
     placement_cfg = deploy.get("placement") or {}
     placement = None
     if placement_cfg:

@@ -16,6 +16,7 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from . import health as rancher_health
 from . import schema
 from .errors import ComposeError
 from .interpolate import interpolate
@@ -110,7 +111,7 @@ class _Loader:
         fmt, version = detect_format(src.data)
         data = interpolate(src, self.env, self.warnings)
         if fmt == "v1":
-            schema.validate(data, schema.V1, src)
+            schema.validate(rancher_health.lift(data, src, ()), schema.V1, src)
             # v1: services at the top level; shift the line map under "services" too.
             data = {"services": data}
             src.lines.update({("services", *k): v for k, v in list(src.lines.items())})
@@ -121,6 +122,8 @@ class _Loader:
                 raise src.error("name must be a string", ("name",))
             if fmt == "spec":
                 checked = _newer_spec_keys(checked, src)
+            if "services" in checked:
+                checked["services"] = rancher_health.lift(checked["services"], src, ("services",))
             schema.validate(checked, schema.schema_name(version, False), src)
         for name, svc in (data.get("services") or {}).items():
             _absolute_paths(svc, path.parent)

@@ -1,0 +1,89 @@
+"""Agent-run health checks in Compose files: Rancher's ``health_check:`` and ``x-shoal-healthcheck``.
+
+rancher-compose.yml (and Rancher 1.x's docker-compose.yml) put a ``health_check:`` mapping in a
+service: port, request_line, interval / response_timeout / initializing_timeout /
+reinitializing_timeout in milliseconds, healthy_threshold, unhealthy_threshold, strategy. No
+Compose schema knows the key, so the loader lifts it out of the copy it validates (after checking
+it here, with the file and line of a bad value) and keeps it in the service. ``x-shoal-healthcheck``
+takes the same keys wherever the file's version allows extension keys in a service. Both become the
+service's ``shoal.health.*`` labels (agent/health.py), which is what the API and the agents read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shoal.agent import health
+
+from .source import Source
+
+RANCHER_KEY = "health_check"
+EXTENSION_KEY = "x-shoal-healthcheck"
+_LABELS = {
+    "port": health.PORT,
+    "request_line": health.REQUEST_LINE,
+    "interval": health.INTERVAL,
+    "response_timeout": health.RESPONSE_TIMEOUT,
+    "healthy_threshold": health.HEALTHY_THRESHOLD,
+    "unhealthy_threshold": health.UNHEALTHY_THRESHOLD,
+    "initializing_timeout": health.INITIALIZING_TIMEOUT,
+    "reinitializing_timeout": health.REINITIALIZING_TIMEOUT,
+    "strategy": health.STRATEGY,
+}
+
+
+def _labels(cfg: Any) -> dict[str, str]:
+    """The labels one check mapping stands for; ValueError (with the key) if it is malformed."""
+    if not isinstance(cfg, dict):
+        raise ValueError("must be a mapping")
+    out: dict[str, str] = {}
+    for key, value in cfg.items():
+        if key not in _LABELS:
+            raise ValueError(f"unsupported key {key!r} (known: {', '.join(_LABELS)})")
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"{key}: must be a number or a string")
+        if key == "request_line" and value == "":
+            continue  # Rancher's way of saying "TCP"
+        out[_LABELS[key]] = str(value)
+    try:
+        health.parse_check(out)
+    except ValueError as e:  # name the Compose key, not the label
+        msg = str(e)
+        for key, label in _LABELS.items():
+            msg = msg.replace(label, key)
+        raise ValueError(msg.replace(f"{health.PREFIX}*", "health check").replace("labels", "keys")) from None
+    return out
+
+
+def lift(services: Any, src: Source, where: tuple[str, ...]) -> Any:
+    """``services`` without their ``health_check`` keys, for schema validation; each one removed is
+    checked first (a bad one raises the source's error at its line)."""
+    if not isinstance(services, dict):
+        return services
+    out = services
+    for name, svc in services.items():
+        if not isinstance(svc, dict) or not (RANCHER_KEY in svc or EXTENSION_KEY in svc):
+            continue
+        check(svc, src, (*where, name))
+        if RANCHER_KEY in svc:
+            out = dict(out) if out is services else out
+            out[name] = {k: v for k, v in svc.items() if k != RANCHER_KEY}
+    return out
+
+
+def check(svc: dict[str, Any], src: Source, where: tuple[str, ...]) -> None:
+    if RANCHER_KEY in svc and EXTENSION_KEY in svc:
+        raise src.error(f"use either {RANCHER_KEY} or {EXTENSION_KEY}, not both", (*where, EXTENSION_KEY))
+    for key in (RANCHER_KEY, EXTENSION_KEY):
+        if key in svc:
+            try:
+                _labels(svc[key])
+            except ValueError as e:
+                raise src.error(str(e), (*where, key)) from None
+
+
+def labels(svc: dict[str, Any]) -> dict[str, str]:
+    """The ``shoal.health.*`` labels of a loaded service (empty without a check). Raises ValueError
+    for a malformed one (the loader has normally said so already, with its line)."""
+    cfg = svc.get(EXTENSION_KEY, svc.get(RANCHER_KEY))
+    return _labels(cfg) if cfg is not None else {}
