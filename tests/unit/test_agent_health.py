@@ -331,3 +331,30 @@ def test_create_and_update_check_the_labels() -> None:
     with pytest.raises(InvalidArgument, match=r"shoal\.health\.interval='-1s'"):
         controlapi.update_service(store, svc.ID, svc.Version.Index, bad)
     assert store.revision == rev and store.get("service", svc.ID) == svc
+
+
+# --------------------------------------------------------------------------- `shoal service ps`
+
+
+def test_service_ps_shows_the_health_beside_the_state() -> None:
+    from shoal.cli.service import task_rows
+
+    def task(tid: str, slot: int, state: str, health: dict[str, object] | None) -> dict[str, object]:
+        status: dict[str, object] = {"State": state, "Timestamp": "2026-11-21T23:00:00Z"}
+        if health is not None:
+            status["Health"] = health
+        return {"ID": tid, "ServiceID": "s1", "Slot": slot, "NodeID": "n1", "DesiredState": "running",
+                "CreatedAt": "2026-11-21T23:00:00Z", "Spec": {"ContainerSpec": {"Image": "busybox"}},
+                "Status": status}
+
+    now = 1_795_302_005.0  # 2026-11-21T23:00:05Z
+    rows = task_rows(
+        [task("a" * 25, 1, "running", {"Status": "healthy", "Source": "agent"}),
+         task("b" * 25, 2, "starting", {"Status": "starting", "Source": "engine", "FailingStreak": 1}),
+         task("c" * 25, 3, "running", None)],
+        {"s1": "web"}, {"n1": "node-1"}, no_trunc=False, now=now,
+    )
+    states = {r[1]: r[5] for r in rows}
+    assert states["web.1"] == "Running 5 seconds ago (healthy)"
+    assert states["web.2"] == "Starting 5 seconds ago (starting)"
+    assert states["web.3"] == "Running 5 seconds ago"

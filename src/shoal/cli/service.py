@@ -333,7 +333,8 @@ def task_rows(tasks: list[dict[str, Any]], services: dict[str, str], nodes: dict
             _image({"TaskTemplate": t.get("Spec") or {}}, no_trunc),
             nodes.get(t.get("NodeID", ""), t.get("NodeID", "")),
             fmt.pretty_state(str(t.get("DesiredState", ""))),
-            f"{fmt.pretty_state(str(status.get('State', '')))} {fmt.ago(status.get('Timestamp', ''), now)}".strip(),
+            f"{fmt.pretty_state(str(status.get('State', '')))} {fmt.ago(status.get('Timestamp', ''), now)}".strip()
+            + (f" ({health})" if (health := (status.get("Health") or {}).get("Status")) else ""),
             _task_error(t, no_trunc),
             fmt.ports(port_list),
         ))
