@@ -10,6 +10,7 @@ import re
 
 import msgspec
 
+from shoal.controlapi.bluegreen import check_update_strategy
 from shoal.controlapi.errors import invalid, unimplemented
 from shoal.controlapi.health import check_health_labels
 from shoal.controlapi.schedule import check_schedule_labels
@@ -269,5 +270,6 @@ def validate_service_spec(spec: ServiceSpec) -> ServiceSpec:
     check_scheduling_labels(spec)
     check_health_labels(spec)
     mode = _normalise_mode(spec.Mode)
+    check_update_strategy(spec, mode)  # shoal.update-strategy (controlapi/bluegreen.py)
     check_schedule_labels(msgspec.structs.replace(spec, Mode=mode))  # shoal.schedule* (controlapi/schedule.py)
     return spec if mode is spec.Mode else msgspec.structs.replace(spec, Mode=mode)

@@ -18,9 +18,12 @@ Each pass, per dirty service (one transaction for the whole pass):
 from __future__ import annotations
 
 import heapq
+import time
+from typing import Any
 
 from shoal.models import Service, Task, TaskState, now_ts
 from shoal.orchestrator.base import ServiceOrchestrator
+from shoal.orchestrator.bluegreen import BlueGreen
 from shoal.orchestrator.task import (
     age_key,
     evacuate,
@@ -34,11 +37,26 @@ from shoal.orchestrator.task import (
     raise_desired,
     replicas,
 )
-from shoal.store import Action, Event, Tx
+from shoal.store import Action, Event, MemoryStore, Tx
 
 
 class ReplicatedOrchestrator(ServiceOrchestrator):
     """Creates, replaces and removes the tasks of replicated services."""
+
+    def __init__(self, store: MemoryStore, **kwargs: Any) -> None:
+        super().__init__(store, **kwargs)
+        # Blue-green releases (orchestrator/bluegreen.py) take the rolling updater's place for
+        # services labelled shoal.update-strategy=blue-green; standby tasks' changes wake the loop.
+        self.bluegreen = BlueGreen(
+            store, schedule=self.call_later, on_due=self._poke, clock=kwargs.get("clock", time.monotonic)
+        )
+
+    def _task_matters(self, e: Event) -> bool:
+        return super()._task_matters(e) or self.bluegreen.matters(e)
+
+    def stopped(self) -> None:
+        super().stopped()
+        self.bluegreen.clear()
 
     # ------------------------------------------------------------------ loop hooks
 
@@ -173,7 +191,10 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
                 for t in tasks:
                     raise_desired(tx, t, TaskState.REMOVE)
 
-        # 4. Rolling update.
+        # 4. Rolling update; a blue-green service's release instead (the updater lets it go).
+        if self.bluegreen.step(tx, svc, runnable, lambda slot: new_task(svc, int(slot), ts=ts), ts=ts):
+            self.updater.forget(sid)
+            return
         self.updater.step(
             tx,
             svc,
