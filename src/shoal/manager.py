@@ -57,6 +57,7 @@ from shoal.models import (
 )
 from shoal.orchestrator.cron import CronScheduler, clock_from_env
 from shoal.orchestrator.global_ import GlobalOrchestrator
+from shoal.orchestrator.jobs import JobOrchestrator
 from shoal.orchestrator.reaper import TaskReaper
 from shoal.orchestrator.replicated import ReplicatedOrchestrator
 from shoal.orchestrator.stacks import StackDeployer
@@ -311,6 +312,7 @@ class Manager:
             self.dispatcher,
             ReplicatedOrchestrator(self.store),
             GlobalOrchestrator(self.store),
+            JobOrchestrator(self.store),
             allocator,
             self.scheduler,
             TaskReaper(self.store),

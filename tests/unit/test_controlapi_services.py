@@ -12,11 +12,9 @@ from shoal.errors import Conflict, InvalidArgument, NotFound
 from shoal.models import (
     ContainerSpec,
     EndpointSpec,
-    GlobalJob,
     GlobalService,
     Placement,
     PortConfig,
-    ReplicatedJob,
     ReplicatedService,
     ServiceMode,
     ServiceSpec,
@@ -277,15 +275,6 @@ def test_service_status(store: MemoryStore) -> None:
     add_task(store, glob, slot=0, node_id="n3", state=TaskState.SHUTDOWN, desired=TaskState.SHUTDOWN)
     status = controlapi.service_status(store, store.get("service", glob.ID))
     assert (status.RunningTasks, status.DesiredTasks) == (1, 2)
-
-
-def test_job_modes_are_refused_until_jobs_run() -> None:
-    store = MemoryStore(NullBackend())
-    for mode in (ServiceMode(ReplicatedJob=ReplicatedJob()), ServiceMode(GlobalJob=GlobalJob())):
-        spec = ServiceSpec(Name="job", TaskTemplate=TaskSpec(ContainerSpec=ContainerSpec(Image="busybox")), Mode=mode)
-        with pytest.raises(NotImplementedYet):
-            controlapi.create_service(store, spec)
-    assert store.count("service") == 0
 
 
 def test_dynamic_ingress_port_skips_other_services_host_ports() -> None:

@@ -14,7 +14,7 @@ from shoal.controlapi.secrets import resolve_service_references
 from shoal.controlapi.validate import check_reservation_fits, mode_kind, validate_service_spec
 from shoal.errors import InvalidArgument
 from shoal.ids import new_id
-from shoal.models import Service, ServiceSpec, ServiceStatus, UpdateStatus, Version, now_ts
+from shoal.models import JobStatus, Service, ServiceSpec, ServiceStatus, TaskState, UpdateStatus, Version, now_ts
 from shoal.store import MemoryStore
 
 SERVICE_FILTERS = ("id", "label", "mode", "name", "runtime")
@@ -39,6 +39,8 @@ def create_service(store: MemoryStore, spec: ServiceSpec) -> Service:
         raise already_exists(f"name conflicts with an existing object: service {spec.Name} already exists")
     endpoint = allocate_endpoint(store, spec, None)
     svc = Service(ID=new_id(), Version=Version(), CreatedAt="", UpdatedAt="", Spec=spec, Endpoint=endpoint)
+    if mode_kind(spec).endswith("-job"):
+        svc.JobStatus = JobStatus(JobIteration=Version(0), LastExecution=now_ts())  # the first run starts now
     with store.tx() as tx:
         tx.create("service", svc)
     return svc
@@ -73,6 +75,9 @@ def update_service(
     new = msgspec.structs.replace(
         cur, Spec=new_spec, PreviousSpec=prev_spec, Endpoint=endpoint, UpdateStatus=status
     )
+    if cur.JobStatus is not None:
+        # Swarm: every update of a job (a --force, a scale, the cron scheduler's trigger) is a new run.
+        new.JobStatus = JobStatus(JobIteration=Version(cur.JobStatus.JobIteration.Index + 1), LastExecution=now_ts())
     with store.tx() as tx:
         tx.update("service", new, expected_version=version)
     return new
@@ -87,6 +92,8 @@ def remove_service(store: MemoryStore, ref: str) -> None:
 
 def service_status(store: MemoryStore, svc: Service) -> ServiceStatus:
     """Running/desired/completed counts, from the store's per-service counters (no task walk)."""
+    if svc.JobStatus is not None:
+        return _job_status(store, svc)
     running, completed, desired_running = store.task_counts(svc.ID)
     mode = svc.Spec.Mode
     if mode is not None and mode.Replicated is not None:
@@ -98,6 +105,25 @@ def service_status(store: MemoryStore, svc: Service) -> ServiceStatus:
         # Global services (and jobs): one task per eligible node, and the orchestrator keeps exactly
         # those tasks' desired state at running.
         desired = desired_running
+    return ServiceStatus(RunningTasks=running, DesiredTasks=desired, CompletedTasks=completed)
+
+
+def _job_status(store: MemoryStore, svc: Service) -> ServiceStatus:
+    """A job's counts cover its current run only (swarmkit's ListServiceStatuses): running and
+    completed tasks of this JobIteration; desired is MaxConcurrent for a replicated job, and for a
+    global job the tasks of this run still to complete (the CLI shows desired+completed as the total)."""
+    assert svc.JobStatus is not None
+    it = svc.JobStatus.JobIteration.Index
+    running = completed = pending = 0
+    for t in store.tasks_of_service(svc.ID):
+        if t.JobIteration is None or t.JobIteration.Index != it:
+            continue
+        state = t.Status.State
+        running += state is TaskState.RUNNING
+        completed += state is TaskState.COMPLETE
+        pending += state is not TaskState.COMPLETE and t.DesiredState.order <= TaskState.RUNNING.order
+    job = svc.Spec.Mode.ReplicatedJob if svc.Spec.Mode is not None else None
+    desired = (1 if job.MaxConcurrent is None else job.MaxConcurrent) if job is not None else pending
     return ServiceStatus(RunningTasks=running, DesiredTasks=desired, CompletedTasks=completed)
 
 

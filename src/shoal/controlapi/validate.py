@@ -11,7 +11,7 @@ import re
 import msgspec
 
 from shoal.controlapi.bluegreen import check_update_strategy
-from shoal.controlapi.errors import invalid, unimplemented
+from shoal.controlapi.errors import invalid
 from shoal.controlapi.health import check_health_labels
 from shoal.controlapi.schedule import check_schedule_labels
 from shoal.errors import InvalidArgument
@@ -20,6 +20,7 @@ from shoal.models import (
     ContainerSpec,
     EndpointSpec,
     Node,
+    ReplicatedJob,
     ReplicatedService,
     ResourceRequirements,
     ServiceMode,
@@ -254,10 +255,27 @@ def _normalise_mode(mode: ServiceMode | None) -> ServiceMode:
         return ServiceMode(Replicated=ReplicatedService(Replicas=1))
     if mode.Replicated is not None and mode.Replicated.Replicas is None:
         return ServiceMode(Replicated=ReplicatedService(Replicas=1))
-    if mode.ReplicatedJob is not None or mode.GlobalJob is not None:
-        # Accepting a job the orchestrators do not run would leave it at 0/N forever: say so now.
-        raise unimplemented("job modes (replicated-job, global-job) are not supported by this Shoal release yet")
+    if mode.ReplicatedJob is not None:
+        return _normalise_replicated_job(mode)
     return mode
+
+
+def _normalise_replicated_job(mode: ServiceMode) -> ServiceMode:
+    """Moby's defaults made explicit (the docker CLI dereferences both fields in ``service ls``):
+    MaxConcurrent 1 when absent, TotalCompletions equal to MaxConcurrent when absent."""
+    job = mode.ReplicatedJob
+    assert job is not None
+    concurrent = 1 if job.MaxConcurrent is None else job.MaxConcurrent
+    total = concurrent if job.TotalCompletions is None else job.TotalCompletions
+    if concurrent == job.MaxConcurrent and total == job.TotalCompletions:
+        return mode
+    return ServiceMode(ReplicatedJob=ReplicatedJob(MaxConcurrent=concurrent, TotalCompletions=total))
+
+
+def _check_job(spec: ServiceSpec) -> None:
+    """Jobs run to completion instead of being rolled: swarmkit refuses an update config on them."""
+    if mode_kind(spec).endswith("-job") and spec.UpdateConfig is not None:
+        raise InvalidArgument("Jobs may not have an update config")
 
 
 def validate_service_spec(spec: ServiceSpec) -> ServiceSpec:
@@ -270,6 +288,7 @@ def validate_service_spec(spec: ServiceSpec) -> ServiceSpec:
     check_scheduling_labels(spec)
     check_health_labels(spec)
     mode = _normalise_mode(spec.Mode)
+    _check_job(msgspec.structs.replace(spec, Mode=mode))
     check_update_strategy(spec, mode)  # shoal.update-strategy (controlapi/bluegreen.py)
     check_schedule_labels(msgspec.structs.replace(spec, Mode=mode))  # shoal.schedule* (controlapi/schedule.py)
     return spec if mode is spec.Mode else msgspec.structs.replace(spec, Mode=mode)

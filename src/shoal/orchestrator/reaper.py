@@ -17,6 +17,7 @@ of that slot, not of the service. Deletes of one event batch go in one transacti
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from shoal.models import DEFAULT_TASK_HISTORY, Task, TaskState
 from shoal.orchestrator.base import ReconcileLoop
@@ -115,9 +116,21 @@ class TaskReaper(ReconcileLoop):
                 if t.ID in doomed:
                     excess -= 1
                     continue
-                if t.DesiredState.order > RUNNING_ORDER and self._stopped(t):
+                if t.DesiredState.order > RUNNING_ORDER and self._stopped(t) and not self._counted(t):
                     doomed.add(t.ID)
                     excess -= 1
+
+    def _counted(self, t: Task) -> bool:
+        """A completed task of a job's current run: the job orchestrator counts completions from
+        these, so deleting one would make the job run that slot again (whatever the history limit)."""
+        if t.DesiredState is not TaskState.COMPLETE or t.JobIteration is None:
+            return False
+        svc = self.store.get("service", t.ServiceID)
+        return (
+            svc is not None
+            and svc.JobStatus is not None
+            and svc.JobStatus.JobIteration.Index == t.JobIteration.Index
+        )
 
     def _delete(self, doomed: set[str]) -> None:
         if not doomed:
@@ -130,7 +143,8 @@ class TaskReaper(ReconcileLoop):
 
     def _slot_key(self, t: Task) -> SlotKey:
         svc = self.store.get("service", t.ServiceID)
-        glob = is_global(svc) if svc is not None else not t.Slot
+        # Global jobs keep history per node too (their tasks have slot 0, like global ones).
+        glob = (is_global(svc) or _is_global_job(svc)) if svc is not None else not t.Slot
         return (t.ServiceID, t.NodeID if glob else t.Slot)
 
     def _index(self, t: Task) -> SlotKey:
@@ -149,6 +163,11 @@ class TaskReaper(ReconcileLoop):
             slot.discard(t.ID)
             if not slot:
                 del self._slots[key]
+
+
+def _is_global_job(svc: Any) -> bool:
+    mode = svc.Spec.Mode
+    return mode is not None and mode.GlobalJob is not None
 
 
 def _became_history(t: Task, old: Task | None) -> bool:
