@@ -19,6 +19,7 @@ from dotenv import dotenv_values
 
 from .. import models as m
 from . import health as compose_health
+from . import schedule as compose_schedule
 from .errors import ComposeError
 from .loader import Project
 from .merge import to_mapping
@@ -254,6 +255,8 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
         mode = m.ServiceMode(Global=m.GlobalService())
     else:
         mode = m.ServiceMode(Replicated=m.ReplicatedService(Replicas=int(replicas) if replicas is not None else 1))
+    mode, schedule_labels = compose_schedule.apply(project, name, svc, mode)  # x-shoal-schedule: a job
+    deploy_labels.update(schedule_labels)
     endpoint = None
     if ports or deploy.get("endpoint_mode"):
         endpoint = m.EndpointSpec(Mode=deploy.get("endpoint_mode", ""), Ports=ports or None)
