@@ -35,8 +35,9 @@ def snapshot(service: dict[str, Any], tasks: list[dict[str, Any]], old_ids: froz
     yet updated, so an update converges only when every slot runs a new task."""
     mode = service["Spec"].get("Mode") or {"Replicated": {}}
     status = service.get("UpdateStatus") or {}
-    if status.get("State") == "paused":
-        raise CLIError(f"update paused: {status.get('Message', '')}".rstrip(": "))
+    if status.get("State") in ("paused", "rollback_paused"):
+        what = "update" if status["State"] == "paused" else "rollback"
+        raise CLIError(f"{what} paused: {status.get('Message', '')}".rstrip(": "))
     running_keys: set[Any] = set()
     errors = []
     for t in tasks:

@@ -352,9 +352,11 @@ def ps(
     """List the tasks of one or more services."""
     c = client_of(ctx)
     resolved = {}
+    found = []
     for s in services:
         svc = c.get("/services/{0}", s)
         resolved[svc["ID"]] = svc["Spec"].get("Name", svc["ID"])
+        found.append(svc)
     filters = _filters(filter_)
     filters["service"] = list(resolved)
     tasks = c.get("/tasks", params={"filters": filters})
@@ -362,6 +364,8 @@ def ps(
         for t in tasks:
             print(t["ID"])
         return
+    for line in update_status_lines(found):
+        print(line)
     nodes = c.node_names() if tasks else {}
     headers = ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"]
     fmt.print_table(headers, task_rows(tasks, resolved, nodes, no_trunc))
@@ -603,6 +607,38 @@ def update(
         changed_template = body.get("TaskTemplate") != before
     old_ids = _task_ids(c, svc["ID"]) if changed_template and not detach else frozenset()
     _warnings(c.post("/services/{0}/update", svc["ID"], body=body, params=params))
+    print(service)
+    _converge(c, svc["ID"], detach, quiet, old_ids)
+
+
+def update_status_lines(services: list[dict[str, Any]]) -> list[str]:
+    """One line per service with an UpdateStatus ("update: paused — <why>"), shown above `ps`'s
+    table: the docker CLI shows it only in inspect, where a paused update is easy to miss."""
+    out = []
+    for svc in services:
+        st = svc.get("UpdateStatus") or {}
+        if not st.get("State"):
+            continue
+        head = "update" if len(services) == 1 else f"{svc['Spec'].get('Name', svc['ID'])} update"
+        line = f"{head}: {st['State'].replace('_', ' ')}"
+        out.append(f"{line} — {st['Message']}" if st.get("Message") else line)
+    return out
+
+
+@app.command()
+def rollback(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(metavar="SERVICE")],
+    detach: Detach = False,
+    quiet: Quiet = False,
+) -> None:
+    """Revert changes to a service's configuration (its previous spec, rolled out with its
+    rollback config), as `docker service rollback`."""
+    c = client_of(ctx)
+    svc = c.get("/services/{0}", service)
+    old_ids = frozenset() if detach else _task_ids(c, svc["ID"])
+    _warnings(c.post("/services/{0}/update", svc["ID"], body=svc["Spec"],
+                     params={"version": svc["Version"]["Index"], "rollback": "previous"}))
     print(service)
     _converge(c, svc["ID"], detach, quiet, old_ids)
 

@@ -221,6 +221,16 @@ def _check_update_config(uc: UpdateConfig | None) -> None:
         raise InvalidArgument(f"unrecognized update failure action {uc.FailureAction}")
     if uc.Order not in ("", "stop-first", "start-first"):
         raise InvalidArgument(f"unrecognized update order {uc.Order}")
+    # The API's decoder already refuses negatives; specs built in Python (stacks, the cron
+    # scheduler) are checked here too, with swarmkit's wording.
+    if uc.Parallelism < 0:
+        raise invalid("TaskSpec: update-parallelism cannot be negative")
+    if uc.Delay < 0:
+        raise invalid("TaskSpec: update-delay cannot be negative")
+    if uc.Monitor < 0:
+        raise invalid("TaskSpec: update-monitor cannot be negative")
+    if not 0 <= uc.MaxFailureRatio <= 1:
+        raise invalid("TaskSpec: update-maxfailureratio cannot be less than 0 or bigger than 1")
 
 
 def _check_endpoint(ep: EndpointSpec | None) -> None:

@@ -239,7 +239,7 @@ class Updater:
         if ro is not None:
             self._advance(tx, ro, slots, make, now, pol)
             if not paused:
-                failed = self._failures(ro, now, pol)
+                failed = self._failures(tx, ro, now, pol)
                 if failed is not None:
                     self._fail(tx, ro, service, failed, ts)
                     return
@@ -353,10 +353,10 @@ class Updater:
         for tid, started in list(ro.monitored.items()):
             if started is None:
                 t = tx.get("task", tid)
-                if t is not None and t.Status.State.order >= RUNNING_ORDER:
+                if t is not None and t.Status.State is TaskState.RUNNING:
                     ro.monitored[tid] = now
 
-    def _failures(self, ro: _Rollout, now: float, pol: Policy) -> str | None:
+    def _failures(self, tx: Tx, ro: _Rollout, now: float, pol: Policy) -> str | None:
         """Count new failures among the tasks this rollout made; the task ID that tips the ratio.
 
         A failure is a task that reached a terminal state while still desired running (per the
@@ -367,7 +367,8 @@ class Updater:
         for tid, started in list(ro.monitored.items()):
             t = self.store.get("task", tid)
             if t is None:
-                del ro.monitored[tid]
+                if tx.get("task", tid) is None:
+                    del ro.monitored[tid]  # deleted (created in this pass: not committed yet)
                 continue
             if t.Status.State.order > RUNNING_ORDER:
                 del ro.monitored[tid]
