@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from shoal.agent.executor.base import task_ports
 from shoal.models import Task
+from shoal.orchestrator.bluegreen import is_standby
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,11 @@ class IngressProxy:
     # ------------------------------------------------------------------ what runs here
 
     def task_running(self, task: Task, ip: str) -> None:
+        if is_standby(task):
+            # A blue-green release's new task: it runs, but gets traffic only after the switch
+            # (the controller calls again when the label goes).
+            self.task_stopped(task)
+            return
         ports = {p.PublishedPort: p.TargetPort for p in task_ports(task, "ingress") if p.Protocol in ("tcp", "")}
         ports = {pub: tgt for pub, tgt in ports.items() if pub}  # the allocator has not placed it yet
         if not ports or not ip:

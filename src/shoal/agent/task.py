@@ -122,6 +122,13 @@ class TaskController:
 
     def update(self, task: Task) -> None:
         self.task = task
+        if self.state is TaskState.RUNNING and self._info is not None:
+            # Traffic follows the manager at once: a task no longer wanted leaves the balancer before
+            # its container stops, and a blue-green switch (a label change) is heard without a restart.
+            if task.DesiredState.order > _RUNNING:
+                self.hooks.task_stopped(task)
+            else:
+                self.hooks.task_running(task, self._info.ip)
         self._wake.set()
 
     def remove(self) -> None:

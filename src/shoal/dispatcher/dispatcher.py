@@ -375,6 +375,7 @@ class Dispatcher:
                     or old is None
                     or old.DesiredState != new.DesiredState
                     or (old.Spec is not new.Spec and old.Spec != new.Spec)
+                    or (old.Labels is not new.Labels and old.Labels != new.Labels)  # blue-green switch
                 )
                 if relevant or new.ID in changed:
                     changed[new.ID] = new  # a later version of a task already going out replaces it

@@ -16,6 +16,7 @@ import msgspec
 
 from shoal.dispatcher.protocol import NetworkState, ServiceRecord
 from shoal.models import Network, Task, TaskState
+from shoal.orchestrator.bluegreen import is_standby
 from shoal.store import Action, Event, MemoryStore
 
 _ASSIGNED = TaskState.ASSIGNED.order
@@ -105,8 +106,9 @@ class NetworkIndex:
         before, after = _member_nets(prev), _member_nets(new)
         if not before and not after:
             return
-        was_running = prev is not None and prev.Status.State is TaskState.RUNNING
-        is_running = new is not None and new.Status.State is TaskState.RUNNING
+        # A blue-green release's standby task is not in the records until the switch.
+        was_running = prev is not None and prev.Status.State is TaskState.RUNNING and not is_standby(prev)
+        is_running = new is not None and new.Status.State is TaskState.RUNNING and not is_standby(new)
         moved = prev is not None and new is not None and prev.NodeID != new.NodeID
         for nid in before.keys() | after.keys():
             in_before, in_after = nid in before, nid in after
@@ -202,7 +204,7 @@ class NetworkIndex:
             for alias in att.Aliases or ():
                 if alias not in rec.aliases:
                     rec.aliases.append(alias)
-            if t.Status.State is TaskState.RUNNING and att.Addresses:
+            if t.Status.State is TaskState.RUNNING and att.Addresses and not is_standby(t):
                 ip = _bare(att.Addresses[0])
                 rec.addrs.append(ip)
                 rec.tasks[task_name(t, rec.name)] = ip
