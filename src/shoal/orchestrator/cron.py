@@ -200,6 +200,7 @@ class CronScheduler(ReconcileLoop):
                 continue  # it failed while on time; the next scheduled time will try again
             if not on_time and sched.missed == "skip":
                 self._note(entry, now, "missed")
+                log.info("scheduled job %s: missed run skipped (shoal.schedule.missed=skip)", sid)
                 continue
             self._due(sid, entry, "started" if on_time else "started (missed run)")
         self._arm(now)
@@ -209,6 +210,7 @@ class CronScheduler(ReconcileLoop):
         policy = entry.schedule.concurrency
         if live and policy == "forbid":
             self._note(entry, self.clock(), "skipped: the previous run is still running")
+            log.info("scheduled job %s: run skipped, the previous one is still running", sid)
             return
         if live and policy == "allow":
             entry.waiting = True
