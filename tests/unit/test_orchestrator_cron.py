@@ -368,3 +368,27 @@ def test_check_schedule_labels_is_a_400_and_needs_a_job() -> None:
     assert e.value.status == 400
     with pytest.raises(InvalidArgument, match="needs a job mode"):
         check_schedule_labels(msgspec.structs.replace(ok, Mode=None))
+
+
+
+def test_the_real_trigger_is_a_forced_update_through_the_control_api() -> None:
+    import time
+
+    from shoal.controlapi.services import create_service
+
+    store = make_store()
+    spec = ServiceSpec(
+        Name="minutely", Labels={"shoal.schedule": "* * * * *"},
+        TaskTemplate=TaskSpec(ContainerSpec=ContainerSpec(Image="busybox:latest")),
+        Mode=ServiceMode(ReplicatedJob=ReplicatedJob(MaxConcurrent=1, TotalCompletions=1)),
+    )
+    svc = create_service(store, spec)
+    clock = Clock(time.time())
+    sched = CronScheduler(store, clock=clock)  # default trigger: controlapi.update_service
+    sched.reconcile_all()
+    clock.t = sched.entries[svc.ID].next_at + 5
+    sched.tick()
+    after = store.get("service", svc.ID)
+    assert after.Spec.TaskTemplate.ForceUpdate == 1
+    assert after.JobStatus.JobIteration.Index == svc.JobStatus.JobIteration.Index + 1
+    assert after.JobStatus.LastExecution == format_ts(clock.t)

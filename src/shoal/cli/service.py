@@ -66,6 +66,12 @@ RestartCond = Annotated[
     typer.Option(parser=flag(parse_choice("none", "on-failure", "any")), help='"none"|"on-failure"|"any"'),
 ]
 Order = Annotated[str | None, typer.Option(parser=flag(parse_choice("start-first", "stop-first")))]
+# rolling|blue-green, sent as the service label shoal.update-strategy (checked by the daemon: 400).
+Strategy = Annotated[str | None, typer.Option("--strategy", help='Update strategy: "rolling"|"blue-green"')]
+
+
+def _strategy_label(strategy: str | None) -> list[str]:
+    return [] if strategy is None else [f"shoal.update-strategy={strategy}"]
 FailureAction = Annotated[str | None, typer.Option(parser=flag(parse_choice("pause", "continue", "rollback")))]
 Ratio = Annotated[float | None, typer.Option(parser=flag(parse_ratio))]
 Bool = Annotated[bool | None, typer.Option()]
@@ -193,6 +199,7 @@ def create(
     with_registry_auth: Annotated[bool, typer.Option(hidden=True)] = False,
     detach: Detach = False,
     quiet: Quiet = False,
+    strategy: Strategy = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show where each task would go; create nothing")] = False,
     generic_resource: Annotated[
         list[Any] | None, typer.Option(parser=flag(parse_generic_resource), help="Reserve e.g. gpu=2")
@@ -202,7 +209,8 @@ def create(
     opts = ServiceOptions(
         image=image, args=command or None, entrypoint=entrypoint, name=name, mode=mode, replicas=replicas,
         max_concurrent=max_concurrent, publish=_flatten(publish), endpoint_mode=endpoint_mode,
-        env=env or [], labels=label or [], container_labels=container_label or [], constraints=constraint or [],
+        env=env or [], labels=[*(label or []), *_strategy_label(strategy)],
+        container_labels=container_label or [], constraints=constraint or [],
         placement_prefs=placement_pref or [], max_replicas=replicas_max_per_node, networks=network or [],
         mounts=mount or [], limit_cpu=limit_cpu, limit_memory=limit_memory, limit_pids=limit_pids,
         reserve_cpu=reserve_cpu, reserve_memory=reserve_memory, restart_condition=restart_condition,
@@ -561,6 +569,7 @@ def update(
     log_driver: Str = None,
     log_opt: Strs = None,
     force: Annotated[bool, typer.Option("--force", help="Force update even if no changes require it")] = False,
+    strategy: Strategy = None,
     rollback: Annotated[bool, typer.Option("--rollback", help="Rollback to previous specification")] = False,
     with_registry_auth: Annotated[bool, typer.Option(hidden=True)] = False,
     detach: Detach = False,
@@ -569,7 +578,7 @@ def update(
     """Update a service."""
     opts = UpdateOptions(
         image=image, args_str=args, entrypoint=entrypoint, replicas=replicas, env=env_add or [],
-        env_rm=env_rm or [], labels=label_add or [], label_rm=label_rm or [],
+        env_rm=env_rm or [], labels=[*(label_add or []), *_strategy_label(strategy)], label_rm=label_rm or [],
         container_labels=container_label_add or [], container_label_rm=container_label_rm or [],
         constraints=constraint_add or [], constraint_rm=constraint_rm or [],
         placement_prefs=placement_pref_add or [], max_replicas=replicas_max_per_node, publish=_flatten(publish_add),
