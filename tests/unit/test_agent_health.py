@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import msgspec
 import pytest
 
 from shoal.agent.executor.hollow import HollowExecutor
@@ -358,3 +359,30 @@ def test_service_ps_shows_the_health_beside_the_state() -> None:
     assert states["web.1"] == "Running 5 seconds ago (healthy)"
     assert states["web.2"] == "Starting 5 seconds ago (starting)"
     assert states["web.3"] == "Running 5 seconds ago"
+
+
+async def test_adopted_container_is_reinitializing_and_never_healthy_none_runs() -> None:
+    """After an agent restart a running container stays RUNNING while its check starts again, and
+    fails at the reinitializing timeout; with strategy none, a never-healthy one runs anyway."""
+    ex, reports = HollowExecutor(start_delay_s=0), Reports()
+    labels = {**fast_labels(await free_port()), "shoal.health.reinitializing-timeout": "150ms"}
+    task = checked_task(labels)
+    cid = await ex.create(task)
+    info = await ex.start(task, cid)
+    info.ip = "127.0.0.1"
+    running = msgspec.structs.replace(task, Status=TaskStatus(State=TaskState.RUNNING))
+    ctrl = TaskController(running, ex, reports, NoHooks(), adopted=info, adopting=True)
+    first = await reports.until(lambda s: s.State == TaskState.RUNNING)
+    assert first.Health is not None and first.Health.Status == STARTING
+    failed = await reports.until(lambda s: s.State.terminal)
+    assert failed.Err == "task: unhealthy container" and ex.running == 0
+    ctrl.remove()
+    await asyncio.wait_for(ctrl.runner, 2)
+
+    ex, reports = HollowExecutor(start_delay_s=0), Reports()
+    labels = {**fast_labels(await free_port(), "none"), "shoal.health.initializing-timeout": "150ms"}
+    ctrl = TaskController(checked_task(labels), ex, reports, NoHooks())
+    st = await reports.until(lambda s: s.State == TaskState.RUNNING)
+    assert st.Health is not None and st.Health.Status == UNHEALTHY and ex.running == 1
+    ctrl.remove()
+    await asyncio.wait_for(ctrl.runner, 2)
