@@ -137,6 +137,9 @@ def create(
     name: Annotated[str, typer.Option("--name", help="Service name")] = "",
     replicas: Annotated[int | None, typer.Option(parser=flag(parse_uint), help="Number of tasks")] = None,
     max_concurrent: UInt = None,
+    total_completions: Annotated[
+        int | None, typer.Option(parser=flag(parse_uint), help="Completions a replicated job needs (= --replicas)")
+    ] = None,
     mode: Annotated[str, typer.Option(parser=flag(parse_choice(*MODES)), help="Service mode")] = "replicated",
     publish: Annotated[
         list[Any] | None,
@@ -206,6 +209,10 @@ def create(
     ] = None,
 ) -> None:
     """Create a new service."""
+    if total_completions is not None:  # Shoal's spelling of what docker calls --replicas for a job
+        if mode != "replicated-job" or replicas not in (None, total_completions):
+            raise CLIError("total-completions can only be used with replicated-job mode, instead of --replicas", 2)
+        replicas = total_completions
     opts = ServiceOptions(
         image=image, args=command or None, entrypoint=entrypoint, name=name, mode=mode, replicas=replicas,
         max_concurrent=max_concurrent, publish=_flatten(publish), endpoint_mode=endpoint_mode,
@@ -265,8 +272,11 @@ def _replicas(svc: dict[str, Any]) -> str:
     mode = svc["Spec"].get("Mode") or {}
     status = svc.get("ServiceStatus") or {}
     running, desired = status.get("RunningTasks", 0), status.get("DesiredTasks", 0)
-    if "ReplicatedJob" in mode or "GlobalJob" in mode:
-        return f"{running}/{desired} ({status.get('CompletedTasks', 0)} completed)"
+    completed = status.get("CompletedTasks", 0)
+    if "ReplicatedJob" in mode:  # as docker shows jobs: "0/2 (4/4 completed)"
+        return f"{running}/{desired} ({completed}/{mode['ReplicatedJob'].get('TotalCompletions', 0)} completed)"
+    if "GlobalJob" in mode:
+        return f"{running}/{desired} ({completed}/{desired + completed} completed)"
     if not status and "Replicated" in mode:
         desired = mode["Replicated"].get("Replicas", 1)
     limit = ((svc["Spec"].get("TaskTemplate") or {}).get("Placement") or {}).get("MaxReplicas")
