@@ -257,3 +257,20 @@ def test_strategy_label_is_validated():
         validate_service_spec(spec(BG, ServiceMode(Global=GlobalService())))
     with pytest.raises(InvalidArgument, match="reserved"):
         validate_service_spec(spec({STANDBY_LABEL: "standby"}))
+
+
+def test_compose_extension_key_and_deploy_labels(tmp_path):
+    from shoal.compose import load, to_service_specs
+
+    text = (
+        "services:\n"
+        "  web:\n    image: busybox\n    x-shoal-update-strategy: blue-green\n"
+        "  api:\n    image: busybox\n    deploy:\n      labels:\n        shoal.update-strategy: blue-green\n"
+        "  db:\n    image: busybox\n"
+    )
+    path = tmp_path / "compose.yml"
+    path.write_text(text)
+    specs = to_service_specs(load([path], env={}), "app")
+    assert specs["web"].Labels[STRATEGY_LABEL] == "blue-green"
+    assert specs["api"].Labels[STRATEGY_LABEL] == "blue-green"
+    assert STRATEGY_LABEL not in (specs["db"].Labels or {})
