@@ -287,3 +287,18 @@ async def test_global_job_retries_a_failure_on_the_same_node() -> None:
         await wait_for(lambda: len([t for t in live(store, svc.ID) if t.NodeID == n1.ID]) == 1
                        and len(in_state(store, svc.ID, TaskState.RUNNING)) == 2, what="retry on n1")
         assert Counter(t.NodeID for t in of_run(store, svc.ID)) == {n1.ID: 2, n2.ID: 1}
+
+
+async def test_global_run_stamped_by_a_test_clock_still_runs_on_existing_nodes() -> None:
+    store = make_store()
+    nodes = [make_node(store, f"n{i}") for i in range(2)]
+    svc = controlapi.create_service(store, job_spec(glob=True))
+    async with running(*components(store)):
+        await complete_all_running(store, svc.ID, 2)
+        cur = rerun(store, svc.ID)
+        # The cron scheduler stamps LastExecution from its own (here: far behind) clock.
+        stamped = msgspec.structs.replace(cur.JobStatus, LastExecution="2001-01-01T00:00:00.000000000Z")
+        with store.tx() as tx:
+            tx.update("service", msgspec.structs.replace(cur, JobStatus=stamped))
+        await wait_for(lambda: len(in_state(store, svc.ID, TaskState.RUNNING)) == 2, what="run 1 on both nodes")
+        assert {t.NodeID for t in of_run(store, svc.ID, 1)} == {n.ID for n in nodes}

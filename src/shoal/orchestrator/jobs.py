@@ -298,11 +298,19 @@ def _job_task(svc: Service, slot: int, node_id: str, iteration: int, ts: str) ->
 
 
 def _run_started(svc: Service) -> float:
-    """When the current run started: LastExecution, or the service's creation for a spec written
-    without a JobStatus (as swarmkit falls back)."""
+    """When the current run started, in the store's (real) time, to compare with nodes' CreatedAt.
+
+    LastExecution, as swarmkit, when it is a real-time stamp: between the service's creation and its
+    last write (the cron scheduler may stamp it from an accelerated test clock). Otherwise the
+    service's last write, which the update that started the run was (or closely preceded).
+    """
+    created = parse_ts(svc.CreatedAt) if svc.CreatedAt else 0.0
+    updated = parse_ts(svc.UpdatedAt) if svc.UpdatedAt else time.time()
     if svc.JobStatus is not None and svc.JobStatus.LastExecution:
-        return parse_ts(svc.JobStatus.LastExecution)
-    return parse_ts(svc.CreatedAt) if svc.CreatedAt else time.time()
+        started = parse_ts(svc.JobStatus.LastExecution)
+        if created - 1.0 <= started <= updated + 1.0:
+            return started
+    return updated
 
 
 def _may_still_run(task: Task, node: Node | None) -> bool:
