@@ -211,3 +211,18 @@ async def test_stack_object_goes_when_docker_stack_rm_removes_its_services(store
         with store.tx() as tx:
             tx.delete("service", store.service_by_name("vote_web").ID)
         await wait_for(lambda: store.list("stack") == [], what="stack forgotten")
+
+
+def test_redeploy_keeps_a_forced_update(store: MemoryStore) -> None:
+    from shoal.controlapi.services import update_service
+
+    stacks.deploy_stack(store, stack(web=svc()))
+    cur = store.service_by_name("vote_web")
+    task = msgspec.structs.replace(cur.Spec.TaskTemplate, ForceUpdate=3)
+    forced = msgspec.structs.replace(cur.Spec, TaskTemplate=task)
+    update_service(store, cur.ID, cur.Version.Index, forced)
+    res = stacks.deploy_stack(store, stack(web=svc()))
+    assert [c.action for c in res.changes] == ["unchanged"]
+    res = stacks.deploy_stack(store, stack(web=svc("busybox:2")))
+    assert [c.action for c in res.changes] == ["update"]
+    assert store.service_by_name("vote_web").Spec.TaskTemplate.ForceUpdate == 3

@@ -296,6 +296,10 @@ def deploy_stack(
                 creates.append(key)
                 changes.append(Change("service", svc.Name, "create"))
             continue
+        # The file knows nothing of ForceUpdate (`service update --force`, cron runs): keep the
+        # service's, as docker stack deploy does, so a re-deploy does not count as a change.
+        svc = services[key] = msgspec.structs.replace(
+            svc, TaskTemplate=msgspec.structs.replace(svc.TaskTemplate, ForceUpdate=cur.Spec.TaskTemplate.ForceUpdate))
         old, new = _canonical(store, cur.Spec), _canonical(store, svc)
         if old == new:
             changes.append(Change("service", svc.Name, "unchanged"))
