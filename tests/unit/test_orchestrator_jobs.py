@@ -302,3 +302,16 @@ async def test_global_run_stamped_by_a_test_clock_still_runs_on_existing_nodes()
             tx.update("service", msgspec.structs.replace(cur, JobStatus=stamped))
         await wait_for(lambda: len(in_state(store, svc.ID, TaskState.RUNNING)) == 2, what="run 1 on both nodes")
         assert {t.NodeID for t in of_run(store, svc.ID, 1)} == {n.ID for n in nodes}
+
+
+async def test_a_scheduled_job_waits_for_its_first_scheduled_run() -> None:
+    """Creating a job with a schedule starts nothing (cron semantics); the first trigger does."""
+    store = make_store()
+    make_node(store, "n0")
+    spec = msgspec.structs.replace(job_spec(concurrent=1, total=1), Labels={"shoal.schedule": "0 3 * * *"})
+    svc = controlapi.create_service(store, spec)
+    async with running(*components(store)):
+        await settle()
+        assert store.tasks_of_service(svc.ID) == []
+        rerun(store, svc.ID)  # what the cron scheduler does when the time comes
+        await wait_for(lambda: len(of_run(store, svc.ID)) == 1, what="the scheduled run's task")

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from shoal.controlapi.schedule import SCHEDULE_LABEL
 from shoal.models import (
     DEFAULT_RESTART_DELAY,
     Node,
@@ -198,6 +199,8 @@ class JobOrchestrator(ReconcileLoop):
                     raise_desired(tx, t, TaskState.COMPLETE if succeeded(t) else TaskState.SHUTDOWN)
                 continue
             current.setdefault(t.NodeID if glob else t.Slot, []).append(t)
+        if it == 0 and SCHEDULE_LABEL in (svc.Spec.Labels or {}):
+            return  # a scheduled job waits for its first scheduled time, as cron (and CronJobs) do
         slots = self._classify(tx, svc, current)
         if glob:
             self._start_global(tx, svc, it, slots, ts)
