@@ -170,3 +170,7 @@ def test_failed_blue_green_leaves_v1_serving(swarm: docker.DockerClient, shoal: 
     assert {t["ID"] for t in _running(swarm, name, "v1")} == old  # the old tasks never stopped
     bad = [t for t in _tasks(swarm, name) if "no-such-tag" in t["Spec"]["ContainerSpec"]["Image"]]
     assert bad and all(t["DesiredState"] == "shutdown" for t in bad)
+    # Shoal's CLI, waiting (no -d), reports the failure instead of waiting for ever.
+    res = shoal_cli(shoal, "service", "update", "--image", "busybox:no-such-tag-bg2", name, check=False)
+    assert res.returncode != 0 and "blue-green release failed" in res.stderr, res.stderr
+    assert {t["ID"] for t in _running(swarm, name, "v1")} == old

@@ -274,3 +274,16 @@ def test_compose_extension_key_and_deploy_labels(tmp_path):
     assert specs["web"].Labels[STRATEGY_LABEL] == "blue-green"
     assert specs["api"].Labels[STRATEGY_LABEL] == "blue-green"
     assert STRATEGY_LABEL not in (specs["db"].Labels or {})
+
+
+def test_cli_progress_reports_a_failed_release_instead_of_waiting():
+    from shoal.cli.client import CLIError
+    from shoal.cli.progress import snapshot
+
+    svc = {
+        "Spec": {"Mode": {"Replicated": {"Replicas": 1}}},
+        "UpdateStatus": {"State": "rollback_completed", "Message": "blue-green release failed: task x rejected"},
+    }
+    old = {"ID": "old", "Slot": 1, "Status": {"State": "running"}}
+    with pytest.raises(CLIError, match="blue-green release failed"):
+        snapshot(svc, [old], frozenset({"old"}))

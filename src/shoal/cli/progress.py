@@ -38,6 +38,8 @@ def snapshot(service: dict[str, Any], tasks: list[dict[str, Any]], old_ids: froz
     if status.get("State") in ("paused", "rollback_paused"):
         what = "update" if status["State"] == "paused" else "rollback"
         raise CLIError(f"{what} paused: {status.get('Message', '')}".rstrip(": "))
+    if status.get("State") == "rollback_completed" and status.get("Message", "").startswith("blue-green"):
+        raise CLIError(status["Message"])  # a failed blue-green release: the old tasks kept serving
     running_keys: set[Any] = set()
     errors = []
     for t in tasks:
