@@ -593,3 +593,24 @@ async def test_global_service_pauses_on_failure():
         await wait_for(lambda: state_of(store, svc.ID) == "paused", what="paused")
         await asyncio.sleep(0.05)
         assert n_running(store, svc.ID, "busybox:latest") == 2
+
+
+async def test_a_new_update_during_the_delay_carries_on():
+    """Superseding a rollout that is cooling down must not leave it waiting on the old one's timer."""
+    store, clock = make_store(), FakeClock()
+    make_node(store, "n1")
+    uc = UpdateConfig(Parallelism=1, Delay=5 * SECOND, Monitor=SECOND)
+    svc = make_service(store, "web", replicas=2, UpdateConfig=uc)
+    async with running(clocked(store, clock), Scheduler(store), FakeAgent(store)):
+        await start(store, svc, 2)
+        api_update(store, svc.ID, img="busybox:v2")
+        await wait_for(lambda: n_running(store, svc.ID, "busybox:v2") == 1)
+        await settle()
+        api_update(store, svc.ID, img="busybox:v3")  # while the first worker cools down
+        await wait_for(lambda: n_running(store, svc.ID, "busybox:v3") == 1)
+        await settle()
+        for _ in range(3):
+            clock.advance(6)
+            await asyncio.sleep(0.02)
+        await wait_for(lambda: n_running(store, svc.ID, "busybox:v3") == 2, what="second slot updated")
+        await run_clock(clock, lambda: state_of(store, svc.ID) == "completed")

@@ -321,9 +321,10 @@ class Updater:
     # ------------------------------------------------------------------ internals
 
     def _restart(self, old: _Rollout, service: Service) -> _Rollout:
+        if old.timer is not None:
+            old.timer.cancel()  # it would wake the old rollout; the new one sets its own
         ro = _Rollout(service.Spec)
-        ro.stopping, ro.starting, ro.tracked, ro.timer = old.stopping, old.starting, old.tracked, old.timer
-        ro.timer_due = old.timer_due
+        ro.stopping, ro.starting, ro.tracked = old.stopping, old.starting, old.tracked
         self._rollouts[service.ID] = ro
         return ro
 
