@@ -98,3 +98,16 @@ def test_ps_update_status_line() -> None:
         "web update: paused — update paused due to failure or early termination of task x1",
         "api update: rollback completed — rollback completed",
     ]
+
+
+def test_inspect_pretty_shows_update_status() -> None:
+    from shoal.cli.service import _pretty_service
+
+    svc = {"ID": "a", "Spec": {"Name": "web", "Mode": {"Replicated": {"Replicas": 2}}}, "UpdateStatus": {
+        "State": "rollback_completed", "StartedAt": "2020-01-01T00:00:00Z", "CompletedAt": "2020-01-01T00:01:00Z",
+        "Message": "rollback completed"}}
+    text = _pretty_service(svc)
+    assert "UpdateStatus:\n State:\t\trollback_completed\n Started:\t" in text
+    assert " Completed:\t" in text and text.count(" ago") == 2
+    assert " Message:\trollback completed" in text
+    assert "UpdateStatus" not in _pretty_service({**svc, "UpdateStatus": None})

@@ -401,6 +401,15 @@ def _pretty_service(s: dict[str, Any]) -> str:
     lines.append(f"Service Mode:\t{_mode_name(mode).title()}")
     if "Replicated" in mode:
         lines.append(f" Replicas:\t{mode['Replicated'].get('Replicas', 1)}")
+    st = s.get("UpdateStatus") or {}
+    if st.get("State"):
+        # docker's pretty template: Completed only once the update (or rollback) has ended.
+        lines += ["UpdateStatus:", f" State:\t\t{st['State']}"]
+        if st.get("StartedAt"):
+            lines.append(f" Started:\t{fmt.ago(st['StartedAt'])}")
+        if st.get("CompletedAt"):
+            lines.append(f" Completed:\t{fmt.ago(st['CompletedAt'])}")
+        lines.append(f" Message:\t{st.get('Message', '')}")
     placement = task.get("Placement") or {}
     if placement.get("Constraints"):
         lines.append("Placement:")
