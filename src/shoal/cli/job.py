@@ -158,7 +158,8 @@ def ls(ctx: typer.Context) -> None:
         except ValueError:
             tz = None
         rows.append((
-            svc["Spec"]["Name"], sched, _local(last, tz) if last else "-", next_run(labels, last, now),
+            # Iteration 0 is the service's creation, not a run: a scheduled job waits for its time.
+            svc["Spec"]["Name"], sched, _local(last, tz) if last and current else "-", next_run(labels, last, now),
             run_status(tasks),
         ))
     fmt.print_table(["NAME", "SCHEDULE", "LAST RUN", "NEXT RUN", "LAST RUN STATUS"], rows)

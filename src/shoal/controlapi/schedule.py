@@ -148,8 +148,14 @@ def parse_schedule(labels: dict[str, str] | None) -> Schedule | None:
         if stray:
             raise ValueError(f"{stray[0]} needs a {SCHEDULE_LABEL} label")
         return None
-    expr = parse_cron(labels[SCHEDULE_LABEL])
-    tz = parse_timezone(labels.get(TIMEZONE_LABEL, ""))
+    try:
+        expr = parse_cron(labels[SCHEDULE_LABEL])
+    except ValueError as e:
+        raise ValueError(f"{SCHEDULE_LABEL}: {e}") from None
+    try:
+        tz = parse_timezone(labels.get(TIMEZONE_LABEL, ""))
+    except ValueError as e:
+        raise ValueError(f"{TIMEZONE_LABEL}: {e}") from None
     concurrency = _choice(labels, CONCURRENCY_LABEL, CONCURRENCY_POLICIES, DEFAULT_CONCURRENCY)
     missed = _choice(labels, MISSED_LABEL, MISSED_POLICIES, DEFAULT_MISSED)
     raw = labels.get(HISTORY_LABEL, str(DEFAULT_HISTORY))
