@@ -366,7 +366,7 @@ def test_check_schedule_labels_is_a_400_and_needs_a_job() -> None:
     with pytest.raises(InvalidArgument, match="invalid cron expression") as e:
         check_schedule_labels(msgspec.structs.replace(ok, Labels={"shoal.schedule": "99 * * * *"}))
     assert e.value.status == 400 and "label shoal.schedule: invalid cron expression '99 * * * *'" in str(e.value)
-    with pytest.raises(InvalidArgument, match="label shoal.schedule.timezone: unknown time zone"):
+    with pytest.raises(InvalidArgument, match=r"label shoal\.schedule\.timezone: unknown time zone"):
         check_schedule_labels(msgspec.structs.replace(
             ok, Labels={"shoal.schedule": "@hourly", "shoal.schedule.timezone": "Mars/Olympus"}))
     with pytest.raises(InvalidArgument, match="needs a job mode"):
