@@ -43,10 +43,10 @@ from typing import Any
 
 import msgspec
 
-from shoal.errors import ShoalError
 from shoal.models import SECOND, Service, Task, TaskSpec, TaskState, UpdateStatus
 from shoal.orchestrator.restart import Schedule, SlotPart
 from shoal.orchestrator.task import age_key, is_running, is_up_to_date, raise_desired
+from shoal.orchestrator.update import previous_endpoint
 from shoal.store import Action, Event, MemoryStore, Tx
 
 STRATEGY_LABEL = "shoal.update-strategy"
@@ -321,19 +321,12 @@ class BlueGreen:
 def _rolled_back(store: MemoryStore, cur: Service) -> Service | None:
     """``cur`` with its PreviousSpec restored (keeping the strategy label), or None if impossible."""
     prev = cur.PreviousSpec
-    if prev is None:
-        return None
+    endpoint = previous_endpoint(store, cur)
+    if prev is None or endpoint is None:
+        return None  # nothing to go back to, or its old ports are taken meanwhile: pause instead
     labels = dict(prev.Labels or {})
     labels[STRATEGY_LABEL] = BLUE_GREEN
     spec = msgspec.structs.replace(prev, Labels=labels)
-    endpoint = cur.Endpoint
-    if prev.EndpointSpec != cur.Spec.EndpointSpec:
-        from shoal.controlapi.ports import allocate_endpoint  # the control API's rules for ports
-
-        try:
-            endpoint = allocate_endpoint(store, spec, cur)
-        except ShoalError:
-            return None  # its old ports are taken meanwhile: pause instead
     return msgspec.structs.replace(cur, Spec=spec, PreviousSpec=None, Endpoint=endpoint)
 
 

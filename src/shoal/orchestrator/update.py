@@ -38,8 +38,10 @@ from typing import Any
 
 import msgspec
 
+from shoal.errors import ShoalError
 from shoal.models import (
     SECOND,
+    Endpoint,
     Node,
     Service,
     ServiceSpec,
@@ -389,13 +391,15 @@ class Updater:
         st = service.UpdateStatus or UpdateStatus(State=UPDATING, StartedAt=ts)
         action = self.policy(service).failure_action
         rolling_back = st.State in _ROLLING_BACK
-        if action == ROLLBACK and not rolling_back and service.PreviousSpec is not None:
+        endpoint = previous_endpoint(self.store, service) if action == ROLLBACK and not rolling_back else None
+        if endpoint is not None:
             # Put the previous spec back; the next pass sees a new spec and rolls it out with
             # RollbackConfig. StartedAt stays: it is still the same update, turned around.
             new = msgspec.structs.replace(
                 service,
                 Spec=service.PreviousSpec,
                 PreviousSpec=None,
+                Endpoint=endpoint,
                 UpdateStatus=UpdateStatus(
                     State=ROLLBACK_STARTED,
                     StartedAt=st.StartedAt,
@@ -408,7 +412,7 @@ class Updater:
             message = f"rollback paused due to failure or early termination of task {task_id}"
         else:
             if action == ROLLBACK:
-                log.warning("service %s: cannot roll back, no previous spec; pausing the update", service.ID)
+                log.warning("service %s: cannot roll back (no previous spec, or its ports are taken)", service.ID)
             message = f"update paused due to failure or early termination of task {task_id}"
         state = ROLLBACK_PAUSED if rolling_back else PAUSED
         ro.settle_at = None
@@ -465,6 +469,19 @@ class Updater:
         out = msgspec.structs.replace(cur, UpdateStatus=new)
         tx.update("service", out)
         return out
+
+
+def previous_endpoint(store: MemoryStore, service: Service) -> Endpoint | None:
+    """The Endpoint for ``service.PreviousSpec`` (its ports and VIPs, by the control API's rules, as a
+    manual rollback gets them); None without a previous spec or when its ports are taken meanwhile."""
+    if service.PreviousSpec is None:
+        return None
+    from shoal.controlapi.ports import allocate_endpoint  # controlapi imports the orchestrator side
+
+    try:
+        return allocate_endpoint(store, service.PreviousSpec, service)
+    except ShoalError:
+        return None
 
 
 def _create(tx: Tx, task: Task) -> str:
