@@ -83,9 +83,21 @@ def _stack_services(c: Client, stack: str) -> list[dict[str, Any]]:
     return c.get("/services", params={"status": True, "filters": {"label": [f"{NAMESPACE}={stack}"]}})  # type: ignore[no-any-return]
 
 
-def wait_stack(c: Client, stack: str) -> None:
+def _running_tasks(c: Client, service_ids: list[str]) -> list[dict[str, Any]]:
+    if not service_ids:
+        return []
+    tasks = c.get("/tasks", params={"filters": {"service": service_ids, "desired-state": ["running"]}})
+    return [t for t in tasks if (t.get("Status") or {}).get("State") == "running"]
+
+
+def wait_stack(c: Client, stack: str, old_tasks: dict[str, set[str]] | None = None) -> None:
     """Poll until every service of the stack runs all its tasks, no update is under way and no
-    service is still waiting for its dependencies; a Rich progress bar on stderr meanwhile."""
+    service is still waiting for its dependencies; a Rich progress bar on stderr meanwhile.
+
+    ``old_tasks``: for each service this deploy updated, the task IDs it had before. Only tasks
+    made since count for those, so an update that has not started yet when the first poll comes
+    (the orchestrator acts after the deploy returns) is not taken for a finished one."""
+    old_tasks = old_tasks or {}
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
                   TimeElapsedColumn(), TextColumn("{task.fields[note]}", style="yellow"),
                   console=fmt.stderr()) as bar:
@@ -93,6 +105,10 @@ def wait_stack(c: Client, stack: str) -> None:
         while True:
             st = c.get("/shoal/stacks/{0}", stack)
             services = _stack_services(c, stack)
+            fresh: dict[str, int] = {}
+            for t in _running_tasks(c, [s["ID"] for s in services if s["ID"] in old_tasks]):
+                if t["ID"] not in old_tasks[t["ServiceID"]]:
+                    fresh[t["ServiceID"]] = fresh.get(t["ServiceID"], 0) + 1
             running = desired = 0
             notes: list[str] = []
             busy = False
@@ -100,15 +116,20 @@ def wait_stack(c: Client, stack: str) -> None:
                 mode = s["Spec"].get("Mode") or {}
                 if "ReplicatedJob" in mode or "GlobalJob" in mode:
                     continue
+                name = s["Spec"]["Name"]
                 status = s.get("ServiceStatus") or {}
-                running += min(status.get("RunningTasks", 0), status.get("DesiredTasks", 0))
-                desired += status.get("DesiredTasks", 0)
-                upd = (s.get("UpdateStatus") or {}).get("State", "")
-                if upd in ("updating", "rollback_started"):
+                want = status.get("DesiredTasks", 0)
+                have = fresh.get(s["ID"], 0) if s["ID"] in old_tasks else status.get("RunningTasks", 0)
+                running += min(have, want)
+                desired += want
+                upd = s.get("UpdateStatus") or {}
+                state = upd.get("State", "")
+                if state in ("updating", "rollback_started"):
                     busy = True
-                    notes.append(f"{s['Spec']['Name']} {upd}")
-                elif upd == "paused":
-                    raise CLIError(f"update of {s['Spec']['Name']} paused: {s['UpdateStatus'].get('Message', '')}")
+                    notes.append(f"{name} {state}")
+                elif state in ("paused", "rollback_paused", "rollback_completed") and s["ID"] in old_tasks:
+                    # Every one of these ends this deploy's update of the service without it.
+                    raise CLIError(f"update of {name} did not complete ({state}): {upd.get('Message', '')}")
             status = st.get("Status") or {}
             if status.get("Pending"):
                 busy = True
@@ -128,13 +149,23 @@ def _deploy(ctx: typer.Context, files: list[Path], name: str | None, prune: bool
     stack, spec = load_stack(files, name, profiles)
     body = msgspec.to_builtins(spec)
     params = {"prune": prune or None, "dryRun": dry_run or None}
+    watch = not dry_run and not detach
+    before: dict[str, set[str]] = {}
+    if watch:  # the tasks each service has now, to tell the ones an update makes
+        ids = {s["ID"]: s["Spec"]["Name"] for s in _stack_services(c, stack)}
+        for t in _running_tasks(c, list(ids)):
+            before.setdefault(t["ServiceID"], set()).add(t["ID"])
     if must_exist:  # 404 "stack X not found" rather than a new stack
         result = c.post("/shoal/stacks/{0}/update", stack, body=body, params=params)
     else:
         result = c.post("/shoal/stacks", body=body, params=params)
     _print_changes(result, dry_run)
-    if not dry_run and not detach:
-        wait_stack(c, stack)
+    if watch:
+        # Only a changed task template replaces tasks (replicas or labels alone do not).
+        updated = {ch["Name"] for ch in result["Changes"]
+                   if ch["Kind"] == "service" and ch["Action"] == "update" and "TaskTemplate" in ch["Detail"]}
+        by_name = {s["Spec"]["Name"]: s["ID"] for s in _stack_services(c, stack)}
+        wait_stack(c, stack, {by_name[n]: before.get(by_name[n], set()) for n in updated if n in by_name})
 
 
 @app.command()
