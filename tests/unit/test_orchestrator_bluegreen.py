@@ -287,3 +287,30 @@ def test_cli_progress_reports_a_failed_release_instead_of_waiting():
     old = {"ID": "old", "Slot": 1, "Status": {"State": "running"}}
     with pytest.raises(CLIError, match="blue-green release failed"):
         snapshot(svc, [old], frozenset({"old"}))
+
+
+async def test_a_paused_release_stays_paused_across_a_manager_restart():
+    """Without a PreviousSpec a failed release pauses; a new orchestrator (a restarted manager)
+    must read that from the stored status instead of trying the broken version again."""
+    store = make_store()
+    make_node(store, "n1")
+    svc = make_service(store, "web", replicas=2, Labels=BG)
+    agent = FakeAgent(store)
+    async with running(ReplicatedOrchestrator(store), Scheduler(store), agent):
+        await _started(store, svc.ID, 2)
+        agent.paused = True
+        cur = image(store, svc.ID, "busybox:broken")
+        with store.tx() as tx:  # no previous spec to roll back to
+            tx.update("service", msgspec.structs.replace(cur, PreviousSpec=None))
+        await wait_for(lambda: len(tasks_of(store, svc.ID, "busybox:broken")) == 2, what="standby tasks")
+        await wait_for(lambda: all(t.NodeID for t in tasks_of(store, svc.ID, "busybox:broken")))
+        bad = tasks_of(store, svc.ID, "busybox:broken")[0]
+        set_task_state(store, bad.ID, TaskState.FAILED, exit_code=1, err="boom")
+        await wait_for(lambda: status(store, svc.ID).State == "paused", what="paused")
+    made = len(all_tasks(store, svc.ID, "busybox:broken"))
+    agent.paused = False
+    async with running(ReplicatedOrchestrator(store), Scheduler(store), agent):  # the "restarted" manager
+        await settle(50)
+        assert status(store, svc.ID).State == "paused"
+        assert len(all_tasks(store, svc.ID, "busybox:broken")) == made  # no new attempt
+        assert len(running_ids(store, svc.ID, "busybox:latest")) == 2

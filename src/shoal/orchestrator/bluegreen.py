@@ -204,6 +204,10 @@ class BlueGreen:
 
         if rel is not None and rel.failed:
             return True  # paused after a failure until the spec changes
+        if rel is None and service.UpdateStatus is not None and service.UpdateStatus.State == PAUSED:
+            # Failed before this manager (re)started: the stored status remembers it, and any
+            # spec change clears it (the control API resets UpdateStatus on update).
+            return True
         now = self._clock()
         if rel is None:
             limit = deadline_s(service)
