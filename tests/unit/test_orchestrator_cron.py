@@ -50,7 +50,7 @@ class FakeJobs:
         self.runs: list[float] = []
         self.fail = False
 
-    def __call__(self, store: MemoryStore, svc: Service) -> None:
+    def __call__(self, store: MemoryStore, svc: Service, started_at: str) -> None:
         if self.fail:
             raise RuntimeError("update out of sequence")
         self.runs.append(self.clock())
@@ -58,7 +58,8 @@ class FakeJobs:
         tt = svc.Spec.TaskTemplate
         spec = msgspec.structs.replace(svc.Spec, TaskTemplate=msgspec.structs.replace(tt, ForceUpdate=it))
         with store.tx() as tx:
-            tx.update("service", msgspec.structs.replace(svc, Spec=spec, JobStatus=JobStatus(JobIteration=Version(it))))
+            js = JobStatus(JobIteration=Version(it), LastExecution=started_at)
+            tx.update("service", msgspec.structs.replace(svc, Spec=spec, JobStatus=js))
             for slot in range(self.width):
                 tx.create("task", Task(
                     ID=new_id(), Version=Version(), CreatedAt="", UpdatedAt="", Spec=spec.TaskTemplate,
@@ -184,20 +185,42 @@ def test_forbid_skips_a_run_while_the_previous_one_runs() -> None:
     assert len(rig.jobs.runs) == 2 and rig.entry.last_outcome == "started"
 
 
-def test_replace_stops_the_running_iteration_and_starts_a_new_one() -> None:
-    start = ts(2026, 6, 1, 10, 0, 30)
-    rig = Rig({"shoal.schedule": "* * * * *", "shoal.schedule.concurrency": "replace"}, start)
-    rig.advance(start + 30)
-    first = {t.ID for t in rig.tasks()}
-    set_task_state(rig.store, list(first), TaskState.RUNNING)
-    rig.pump()
-    rig.advance(start + 90)
-    assert len(rig.jobs.runs) == 2
-    for t in rig.tasks():
-        if t.ID in first:
-            assert t.DesiredState is TaskState.SHUTDOWN
-        else:
-            assert t.JobIteration.Index == 2 and t.DesiredState is TaskState.COMPLETE
+async def test_replace_stops_the_running_iteration_and_starts_a_new_one() -> None:
+    """With the real control API and job orchestrator: the new run (one service write, stamped
+    with the scheduler's clock) makes the job orchestrator stop what still runs of the old one."""
+    from shoal.controlapi.services import create_service
+    from shoal.orchestrator.jobs import JobOrchestrator
+    from shoal.orchestrator.testutils import make_node, running, wait_for
+    from shoal.scheduler import Scheduler
+
+    store = make_store()
+    make_node(store, "n1")
+    svc = create_service(store, ServiceSpec(
+        Name="minutely", Labels={"shoal.schedule": "* * * * *", "shoal.schedule.concurrency": "replace"},
+        TaskTemplate=TaskSpec(ContainerSpec=ContainerSpec(Image="busybox:latest")),
+        Mode=ServiceMode(ReplicatedJob=ReplicatedJob(MaxConcurrent=2, TotalCompletions=2)),
+    ))
+    clock = Clock(ts(2026, 6, 1, 10, 0, 30))
+    sched = CronScheduler(store, clock=clock)
+
+    def of_run(it: int) -> list[Task]:
+        return [t for t in store.tasks_of_service(svc.ID) if t.JobIteration and t.JobIteration.Index == it]
+
+    async with running(JobOrchestrator(store), Scheduler(store)):
+        sched.reconcile_all()
+        clock.t = sched.entries[svc.ID].next_at + 1
+        sched.tick()
+        await wait_for(lambda: len(of_run(1)) == 2 and all(t.NodeID for t in of_run(1)), what="first run")
+        set_task_state(store, [t.ID for t in of_run(1)], TaskState.RUNNING)
+        writes = store.watch("service")
+        clock.t = sched.entries[svc.ID].next_at + 1
+        sched.tick()
+        assert len(writes.drain()) == 1  # the run and its LastExecution: one write
+        writes.close()
+        assert sched.entries[svc.ID].last_outcome == "started (replaced the previous run)"
+        await wait_for(lambda: all(t.DesiredState is TaskState.SHUTDOWN for t in of_run(1)), what="old run stopped")
+        await wait_for(lambda: len(of_run(2)) == 2, what="second run")
+        assert store.get("service", svc.ID).JobStatus.LastExecution == format_ts(clock.t)
 
 
 def test_allow_never_kills_nor_skips_the_run_waits_for_the_previous_one() -> None:

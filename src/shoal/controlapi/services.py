@@ -47,7 +47,8 @@ def create_service(store: MemoryStore, spec: ServiceSpec) -> Service:
 
 
 def update_service(
-    store: MemoryStore, ref: str, version: int, spec: ServiceSpec, rollback: str | None = None
+    store: MemoryStore, ref: str, version: int, spec: ServiceSpec, rollback: str | None = None,
+    *, job_started_at: str | None = None,
 ) -> Service:
     """Replace a service's spec (the old one becomes PreviousSpec), or swap back with rollback=previous.
 
@@ -77,7 +78,9 @@ def update_service(
     )
     if cur.JobStatus is not None:
         # Swarm: every update of a job (a --force, a scale, the cron scheduler's trigger) is a new run.
-        new.JobStatus = JobStatus(JobIteration=Version(cur.JobStatus.JobIteration.Index + 1), LastExecution=now_ts())
+        # ``job_started_at``: the cron scheduler's own clock, so its bookkeeping needs no second write.
+        new.JobStatus = JobStatus(JobIteration=Version(cur.JobStatus.JobIteration.Index + 1),
+                                  LastExecution=job_started_at or now_ts())
     with store.tx() as tx:
         tx.update("service", new, expected_version=version)
     return new

@@ -7,8 +7,8 @@ and the jobs orchestrator runs it. So the scheduler writes nothing the API could
 run it starts looks exactly like a hand-started one.
 
 State that must outlive the manager is the time of the last run, and it lives where Docker already
-keeps it: ``Service.JobStatus.LastExecution``. The scheduler writes it (in its own clock) right
-after starting a run, which needs no new store kind, is persisted with the service, and is what
+keeps it: ``Service.JobStatus.LastExecution``. The update that starts a run stamps it, in the
+scheduler's own clock (one write), which needs no new store kind, is persisted with the service, and is what
 `docker service inspect` shows. A restarted manager takes the first scheduled time after it (or
 after the service's creation) as the next one; if that time has passed by more than
 ``MISSED_AFTER_S``, runs were missed and ``shoal.schedule.missed`` decides (run once, or skip).
@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 import msgspec
 
 from shoal.controlapi.schedule import MISSED_AFTER_S, Schedule, is_job_mode, parse_schedule
-from shoal.models import JobStatus, Service, Task, TaskState, parse_ts
+from shoal.models import Service, Task, TaskState, parse_ts
 from shoal.orchestrator.base import ReconcileLoop
 from shoal.store import Action, Event, MemoryStore
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-Trigger = Callable[[MemoryStore, Service], None]
+Trigger = Callable[[MemoryStore, Service, str], None]
 
 SPEED_ENV = "SHOAL_TEST_CRON_SPEED"
 _RUNNING = TaskState.RUNNING.order
@@ -79,15 +79,16 @@ def format_ts(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
 
 
-def force_run(store: MemoryStore, svc: Service) -> None:
-    """Start a new iteration of a job as ``docker service update --force`` does (ForceUpdate+1)."""
+def force_run(store: MemoryStore, svc: Service, started_at: str) -> None:
+    """Start a new iteration of a job as ``docker service update --force`` does (ForceUpdate+1),
+    stamping ``started_at`` (the scheduler's clock) as its LastExecution in the same write."""
     from shoal.controlapi.services import update_service  # controlapi imports the orchestrator side
 
     tt = svc.Spec.TaskTemplate
     spec = msgspec.structs.replace(
         svc.Spec, TaskTemplate=msgspec.structs.replace(tt, ForceUpdate=tt.ForceUpdate + 1)
     )
-    update_service(store, svc.ID, svc.Version.Index, spec)
+    update_service(store, svc.ID, svc.Version.Index, spec, job_started_at=started_at)
 
 
 def is_live(t: Task) -> bool:
@@ -217,9 +218,7 @@ class CronScheduler(ReconcileLoop):
             self._note(entry, self.clock(), "waiting for the previous run")
             return
         if live and policy == "replace":
-            with self.store.tx() as tx:
-                for t in live:
-                    tx.update("task", msgspec.structs.replace(t, DesiredState=TaskState.SHUTDOWN))
+            # The new iteration does it: the job orchestrator shuts down what runs of older ones.
             outcome = "started (replaced the previous run)"
         self._start(sid, entry, outcome)
 
@@ -229,7 +228,7 @@ class CronScheduler(ReconcileLoop):
             return
         now = self.clock()
         try:
-            self.trigger(self.store, svc)
+            self.trigger(self.store, svc, format_ts(now))
         except Exception as e:
             # A concurrent writer (409) or a refused spec: try again shortly, while still on time.
             log.warning("scheduled job %s: could not start a run: %s", svc.Spec.Name, e)
@@ -237,13 +236,6 @@ class CronScheduler(ReconcileLoop):
             entry.next_at = min(entry.next_at, now + RETRY_S)
             entry.retry = True
             return
-        cur = self.store.get("service", sid)
-        if cur is not None:
-            js = cur.JobStatus or JobStatus()
-            with self.store.tx() as tx:
-                tx.update("service", msgspec.structs.replace(
-                    cur, JobStatus=msgspec.structs.replace(js, LastExecution=format_ts(now))
-                ))
         self._note(entry, now, outcome)
         log.info("scheduled job %s: %s", svc.Spec.Name, outcome)
 
