@@ -167,7 +167,8 @@ class JobOrchestrator(ReconcileLoop):
                 nodes_changed = True
         if nodes_changed:
             # A node came, went, drained or returned: every job may have a task to move or to start.
-            dirty.update(s.ID for s in self.store.list("service") if is_job(s))
+            # The jobs are the services this loop has reconciled (_iteration), not a scan of all.
+            dirty.update(self._iteration)
         if not dirty and not deleted:
             return
         ts = now_ts()
