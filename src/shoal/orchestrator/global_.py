@@ -31,6 +31,7 @@ from shoal.orchestrator.task import (
     is_terminal,
     is_up_to_date,
     new_task,
+    node_changed,
     node_unusable,
     raise_desired,
 )
@@ -68,7 +69,7 @@ class GlobalOrchestrator(ServiceOrchestrator):
             elif e.kind == "task":
                 if self._task_matters(e):
                     dirty.add(e.obj.ServiceID)
-            elif e.kind == "node" and _node_changed(e):
+            elif e.kind == "node" and node_changed(e):
                 changed_nodes.add(e.obj.ID)
         node_only: list[Service] = []
         if changed_nodes:
@@ -212,16 +213,3 @@ def _dedupe(tx: Tx, svc: Service, tasks: list[Task]) -> list[Task]:
 
 def _accepts_new_tasks(node: Node) -> bool:
     return node.Status.State is NodeState.READY and node.Spec.Availability is NodeAvailability.ACTIVE
-
-
-def _node_changed(e: Event) -> bool:
-    """Whether a node event can change which nodes run global tasks (heartbeats do not)."""
-    if e.action is not Action.UPDATE:
-        return True
-    new, old = e.obj, e.old
-    return (
-        new.Spec != old.Spec
-        or new.Status.State is not old.Status.State
-        or new.Status.Addr != old.Status.Addr
-        or new.Description != old.Description
-    )

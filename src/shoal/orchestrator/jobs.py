@@ -53,6 +53,7 @@ from shoal.orchestrator.task import (
     evacuate,
     is_terminal,
     new_task,
+    node_changed,
     node_unusable,
     raise_desired,
 )
@@ -163,7 +164,7 @@ class JobOrchestrator(ReconcileLoop):
                         deleted.append(e.old.ID)
                 elif is_job(e.obj):
                     dirty.add(e.obj.ID)
-            elif e.kind == "node" and _node_changed(e):
+            elif e.kind == "node" and node_changed(e):
                 nodes_changed = True
         if nodes_changed:
             # A node came, went, drained or returned: every job may have a task to move or to start.
@@ -344,11 +345,3 @@ def _task_matters(e: Event) -> bool:
     if (t.Status.State.order > RUNNING_ORDER) != (old.Status.State.order > RUNNING_ORDER):
         return True
     return old.DesiredState.order <= RUNNING_ORDER < t.DesiredState.order and not is_terminal(t)
-
-
-def _node_changed(e: Event) -> bool:
-    """Heartbeats change nothing for jobs; a node's arrival, removal, availability or state do."""
-    if e.action is not Action.UPDATE:
-        return True
-    new, old = e.obj, e.old
-    return new.Spec != old.Spec or new.Status.State is not old.Status.State

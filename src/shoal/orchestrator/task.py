@@ -22,6 +22,7 @@ from shoal.models import (
     Version,
     now_ts,
 )
+from shoal.store import Action, Event
 
 RUNNING_ORDER = TaskState.RUNNING.order
 ASSIGNED_ORDER = TaskState.ASSIGNED.order
@@ -186,3 +187,17 @@ def raise_desired(tx: Any, task: Task, state: TaskState) -> None:
     cur = tx.get("task", task.ID)
     if cur is not None and cur.DesiredState.order < state.order:
         tx.update("task", with_desired(cur, state))
+
+
+def node_changed(e: Event) -> bool:
+    """Whether a node event can change where tasks may run (heartbeats do not): a node came or
+    went, or its spec, state, address or description (labels, resources) changed."""
+    if e.action is not Action.UPDATE:
+        return True
+    new, old = e.obj, e.old
+    return (
+        new.Spec != old.Spec
+        or new.Status.State is not old.Status.State
+        or new.Status.Addr != old.Status.Addr
+        or new.Description != old.Description
+    )
