@@ -46,7 +46,14 @@ import msgspec
 from shoal.models import SECOND, Service, Task, TaskSpec, TaskState, UpdateStatus
 from shoal.orchestrator.restart import Schedule, SlotPart
 from shoal.orchestrator.task import age_key, is_running, is_up_to_date, raise_desired
-from shoal.orchestrator.update import previous_endpoint
+from shoal.orchestrator.update import (
+    COMPLETED,
+    PAUSED,
+    ROLLBACK_COMPLETED,
+    ROLLBACK_STARTED,
+    UPDATING,
+    previous_endpoint,
+)
 from shoal.store import Action, Event, MemoryStore, Tx
 
 STRATEGY_LABEL = "shoal.update-strategy"
@@ -58,12 +65,6 @@ STANDBY_LABEL = "shoal.bluegreen"  # on tasks only; reserved on services
 STANDBY = "standby"
 
 DEFAULT_DEADLINE_S = 60.0
-
-UPDATING = "updating"
-COMPLETED = "completed"
-PAUSED = "paused"
-ROLLBACK_STARTED = "rollback_started"
-ROLLBACK_COMPLETED = "rollback_completed"
 
 # States in which a task ended on its own (SHUTDOWN is the orchestrator's doing, not a failure).
 _ENDED = frozenset({TaskState.FAILED, TaskState.REJECTED, TaskState.COMPLETE, TaskState.ORPHANED})
