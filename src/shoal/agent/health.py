@@ -26,7 +26,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from shoal.models import HealthResult, TaskHealth
+from shoal.duration import parse_go_duration
+from shoal.models import SECOND, HealthResult, TaskHealth
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ KEYS = (
 STRATEGIES = ("recreate", "none")
 LOG_KEEP = 5  # probe results kept in TaskHealth.Log, as the engine keeps in State.Health.Log
 _METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT")
-_UNITS_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 STARTING, HEALTHY, UNHEALTHY = "starting", "healthy", "unhealthy"
 
@@ -69,10 +69,10 @@ def parse_duration_s(value: str | int | float) -> float:
     text = str(value).strip()
     if re.fullmatch(r"\d+", text):
         return int(text) / 1000
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"invalid duration {value!r}: use a Go duration (2s, 500ms) or milliseconds")
-    return sum(float(n) * _UNITS_S[u] for n, u in parts)
+    try:
+        return parse_go_duration(text) / SECOND
+    except ValueError:
+        raise ValueError(f"invalid duration {value!r}: use a Go duration (2s, 500ms) or milliseconds") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,21 +14,11 @@ from typing import Any, TypeVar
 
 import typer
 
+from shoal.duration import parse_go_duration
 from shoal.models import Mount, NetworkAttachmentConfig, PlacementPreference, PortConfig
 
 T = TypeVar("T")
 
-_UNITS_NS = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,  # U+00B5 micro sign
-    "μs": 1_000,  # U+03BC greek mu
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60 * 1_000_000_000,
-    "h": 3600 * 1_000_000_000,
-}
-_DURATION_PART = re.compile(r"(\d*\.?\d*)(ns|us|µs|μs|ms|s|m|h)")
 
 
 def flag(func: Callable[[str], T]) -> Callable[[str], T]:
@@ -45,27 +35,7 @@ def flag(func: Callable[[str], T]) -> Callable[[str], T]:
     return parse
 
 
-def parse_duration(value: str) -> int:
-    """Go's time.ParseDuration ("1m30s", "1.5h", "300ms", "0") to nanoseconds; negatives are refused."""
-    s = value.strip()
-    if s in ("0", "+0", "-0"):
-        return 0
-    if s.startswith("-"):
-        raise ValueError(f'invalid duration "{value}": duration cannot be negative')
-    s = s.removeprefix("+")
-    total = Decimal(0)
-    pos = 0
-    while pos < len(s):
-        m = _DURATION_PART.match(s, pos)
-        if not m or m.group(1) in ("", "."):
-            raise ValueError(
-                f'invalid duration "{value}" (use a number and a unit: ns, us, ms, s, m, h, e.g. 1m30s)'
-            )
-        total += Decimal(m.group(1)) * _UNITS_NS[m.group(2)]
-        pos = m.end()
-    if not s:
-        raise ValueError(f'invalid duration "{value}"')
-    return int(total)
+parse_duration = parse_go_duration  # the docker CLI's duration flags
 
 
 _RAM = re.compile(r"^(\d+(?:\.\d+)?) ?([kKmMgGtTpP])?[iI]?[bB]?$")

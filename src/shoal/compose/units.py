@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from .. import models as m
+from ..duration import parse_go_duration
 
 _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": m.SECOND, "m": 60 * m.SECOND, "h": 3600 * m.SECOND}
 _BYTES = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30,
@@ -16,11 +17,7 @@ def duration(value: Any) -> int:
     """Go-style duration (``1m30s``, ``500ms``; a bare number is seconds) → nanoseconds."""
     if isinstance(value, int | float):
         return int(value * m.SECOND)
-    text = str(value).strip()
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"invalid duration {value!r}")
-    return int(sum(float(n) * _UNITS[u] for n, u in parts))
+    return parse_go_duration(str(value))
 
 
 def size(value: Any) -> int:
