@@ -260,6 +260,11 @@ class ServiceMode(Spec):
     ReplicatedJob: ReplicatedJob | None = None
     GlobalJob: GlobalJob | None = None
 
+    @property
+    def is_job(self) -> bool:
+        """A job runs to completion (replicated-job, global-job) instead of being kept running."""
+        return self.ReplicatedJob is not None or self.GlobalJob is not None
+
 
 class UpdateConfig(Spec):
     Parallelism: UInt = 0

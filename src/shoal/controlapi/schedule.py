@@ -169,7 +169,7 @@ def parse_schedule(labels: dict[str, str] | None) -> Schedule | None:
 
 
 def is_job_mode(mode: ServiceMode | None) -> bool:
-    return mode is not None and (mode.ReplicatedJob is not None or mode.GlobalJob is not None)
+    return mode is not None and mode.is_job
 
 
 def check_schedule_labels(spec: ServiceSpec) -> None:

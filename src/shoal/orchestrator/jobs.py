@@ -62,8 +62,7 @@ from shoal.store import Action, Event, MemoryStore, Tx
 
 
 def is_job(service: Service) -> bool:
-    mode = service.Spec.Mode
-    return mode is not None and (mode.ReplicatedJob is not None or mode.GlobalJob is not None)
+    return service.Spec.Mode is not None and service.Spec.Mode.is_job
 
 
 def job_iteration(service: Service) -> int:
