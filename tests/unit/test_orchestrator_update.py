@@ -614,3 +614,29 @@ async def test_a_new_update_during_the_delay_carries_on():
             await asyncio.sleep(0.02)
         await wait_for(lambda: n_running(store, svc.ID, "busybox:v3") == 2, what="second slot updated")
         await run_clock(clock, lambda: state_of(store, svc.ID) == "completed")
+
+
+async def test_automatic_rollback_restores_the_previous_endpoint():
+    """An update that also moved the published port and failed: the rolled-back service publishes
+    its old port again (the endpoint is recomputed from the previous spec, not kept)."""
+    from shoal.models import ContainerSpec as CS
+    from shoal.models import EndpointSpec, PortConfig, ReplicatedService, ServiceMode, ServiceSpec, TaskSpec
+
+    store, clock = make_store(), FakeClock()
+    make_node(store, "n1")
+    svc = controlapi.create_service(store, ServiceSpec(
+        Name="web", TaskTemplate=TaskSpec(ContainerSpec=CS(Image="busybox:latest")),
+        Mode=ServiceMode(Replicated=ReplicatedService(Replicas=2)),
+        UpdateConfig=UpdateConfig(Parallelism=1, FailureAction="rollback"),
+        RollbackConfig=UpdateConfig(Parallelism=0, Monitor=SECOND),
+        EndpointSpec=EndpointSpec(Ports=[PortConfig(TargetPort=80, PublishedPort=8080)]),
+    ))
+    async with running(clocked(store, clock), Scheduler(store), FailingAgent(store)):
+        await start(store, svc, 2)
+        api_update(store, svc.ID, img="busybox:bad",
+                   EndpointSpec=EndpointSpec(Ports=[PortConfig(TargetPort=80, PublishedPort=9090)]))
+        assert [p.PublishedPort for p in store.get("service", svc.ID).Endpoint.Ports] == [9090]
+        await wait_for(lambda: state_of(store, svc.ID).startswith("rollback"), what="rollback started")
+    cur = store.get("service", svc.ID)
+    assert [p.PublishedPort for p in cur.Spec.EndpointSpec.Ports] == [8080]
+    assert [p.PublishedPort for p in cur.Endpoint.Ports] == [8080]
