@@ -147,7 +147,8 @@ def test_service_reads_its_secret_and_config(shoal: ShoalProcess, swarm: docker.
     try:
         spec = json.loads(shoal.docker_cli("service", "inspect", "reader").stdout)[0]["Spec"]
         refs = spec["TaskTemplate"]["ContainerSpec"]["Secrets"]
-        assert [r["File"]["Name"] for r in refs] == ["api_key", "/etc/key"] and all(r["SecretID"] for r in refs)
+        # The docker CLI sends the references in no fixed order (it collects them in a Go map).
+        assert sorted(r["File"]["Name"] for r in refs) == ["/etc/key", "api_key"] and all(r["SecretID"] for r in refs)
 
         def logs() -> str:
             return shoal.docker_cli("service", "logs", "--raw", "reader", check=False).stdout
