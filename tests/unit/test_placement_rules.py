@@ -141,6 +141,15 @@ def test_random_strategy_places_everything_on_eligible_nodes():
     assert all(p.reason == "" for p in res)
 
 
+def test_random_strategy_is_uniform_over_eligible_nodes():
+    """Every pick uniform over the nodes: 5,000 tasks on 5 nodes give each about 1,000 (sd ~28)."""
+    store = make_store()
+    nodes = [make_node(store, f"n{i}") for i in range(5)]
+    counts = where(plan(store, svc_spec(5000, labels={"shoal.strategy": "random"})))
+    assert set(counts) == {n.ID for n in nodes}
+    assert all(850 <= c <= 1150 for c in counts.values()), counts
+
+
 # --------------------------------------------------------------------------- resources
 
 

@@ -68,9 +68,16 @@ def make_key(strategy: str, service_id: str, soft: Sequence[Rule], rng: random.R
             return (-used, -info.active)
 
     elif strategy == "random":
+        # Each node a Poisson clock: its key is its next "tick" (last tick + an exponential draw). A
+        # node is re-keyed only when picked, at its own tick, and memorylessness makes every pick
+        # uniformly random over the nodes that can take a task — in O(log n), like the others.
+        # (A fresh uniform key per pick would not: a node that drew a high key first almost never
+        # comes up again.)
+        ticks: dict[str, float] = {}
 
         def base(info: NodeInfo) -> Key:
-            return (rng.random(),)
+            t = ticks[info.id] = ticks.get(info.id, 0.0) + rng.expovariate(1.0)
+            return (t,)
 
     else:
 
