@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import docker
@@ -114,9 +114,11 @@ class Client:
         except ValueError:
             return resp.text
 
-    def delete(self, path: str, *args: str, params: dict[str, Any] | None = None) -> None:
+    def delete(self, path: str, *args: str, params: dict[str, Any] | None = None) -> Any:
+        """DELETE; the JSON body if the daemon sent one (Shoal's stack removal reports warnings)."""
         resp = self.api._delete(self.url(path, *args), params=self._params(params))
         self.api._raise_for_status(resp)
+        return resp.json() if resp.content else None
 
     def stream_frames(self, path: str, *args: str, params: dict[str, Any] | None = None) -> Iterator[bytes]:
         """A log stream's stdcopy frames (one log line each), demultiplexed by the SDK."""
@@ -150,14 +152,24 @@ def client_of(ctx: typer.Context) -> Client:
     return obj
 
 
-def delete_each(c: Client, path: str, refs: list[str], params: dict[str, Any] | None = None) -> None:
-    """``rm`` for several objects, as the docker CLI does it: print each one removed, report each
-    failure on its own line, and exit 1 at the end if any failed."""
+def delete_each(
+    c: Client,
+    path: str,
+    refs: list[str],
+    params: dict[str, Any] | None = None,
+    done: Callable[[str, Any], None] | None = None,
+) -> None:
+    """``rm`` for several objects, as the docker CLI does it: print each one removed (or hand it and
+    the daemon's answer to ``done``), report each failure on its own line, and exit 1 at the end if
+    any failed."""
     failed = False
     for ref in refs:
         try:
-            c.delete(path, ref, params=params)
-            print(ref)
+            body = c.delete(path, ref, params=params)
+            if done is not None:
+                done(ref, body)
+            else:
+                print(ref)
         except Exception as e:
             err = describe_error(e, c.host)
             if err is None:

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from shoal import compose
 from shoal.cli import format as fmt
-from shoal.cli.client import Client, CLIError, client_of
+from shoal.cli.client import Client, CLIError, client_of, delete_each
 from shoal.cli.service import _image, _mode_name, _replicas, task_rows
 from shoal.models import StackResources, StackSpec
 
@@ -259,26 +259,13 @@ def inspect(ctx: typer.Context, stack: Annotated[str, typer.Argument(metavar="ST
 @app.command("rm")
 def rm(ctx: typer.Context, stacks: Annotated[list[str], typer.Argument(metavar="STACK...")]) -> None:
     """Remove stacks: their services, then their networks, secrets and configs."""
-    c = client_of(ctx)
-    failed = False
-    for name in stacks:
-        try:
-            resp = c.api._delete(c.url("/shoal/stacks/{0}", name))
-            c.api._raise_for_status(resp)
-        except Exception as e:
-            from shoal.cli.client import describe_error
 
-            err = describe_error(e, c.host)
-            if err is None:
-                raise
-            print(err.message, file=sys.stderr)
-            failed = True
-            continue
+    def removed(name: str, body: Any) -> None:
         print(f"Removing stack {name}")
-        for w in (resp.json().get("Warnings") if resp.content else None) or []:
+        for w in (body or {}).get("Warnings") or []:
             print(f"warning: {w}", file=sys.stderr)
-    if failed:
-        raise typer.Exit(1)
+
+    delete_each(client_of(ctx), "/shoal/stacks/{0}", stacks, done=removed)
 
 
 # --------------------------------------------------------------------------- shoal compose
