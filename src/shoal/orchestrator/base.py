@@ -90,9 +90,9 @@ class ReconcileLoop:
             log.exception("%s: reconcile pass failed", type(self).__name__)
 
 
-class ServiceOrchestrator(ReconcileLoop):
-    """What the replicated and global orchestrators share: a restart supervisor, an updater, and a
-    set of services poked by their timers, handled on the next pass."""
+class RestartingLoop(ReconcileLoop):
+    """A loop that keeps tasks of services running or retried: a restart supervisor, and a set of
+    services poked by its timers, handled on the next pass (the service and job orchestrators)."""
 
     kinds = ("service", "task", "node")
 
@@ -111,7 +111,6 @@ class ServiceOrchestrator(ReconcileLoop):
             default_delay_ns=default_restart_delay_ns,
             clock=clock,
         )
-        self.updater = Updater(store, schedule=self.call_later, on_due=self._poke, clock=clock)
         self._poked: set[str] = set()
 
     def _poke(self, service_id: str) -> None:
@@ -120,8 +119,26 @@ class ServiceOrchestrator(ReconcileLoop):
 
     def stopped(self) -> None:
         self.restarts.clear()
-        self.updater.clear()
         self._poked.clear()
+
+
+class ServiceOrchestrator(RestartingLoop):
+    """What the replicated and global orchestrators share: the restart supervisor and poked set of
+    :class:`RestartingLoop`, plus the rolling updater."""
+
+    def __init__(
+        self,
+        store: MemoryStore,
+        *,
+        default_restart_delay_ns: int = DEFAULT_RESTART_DELAY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(store, default_restart_delay_ns=default_restart_delay_ns, clock=clock)
+        self.updater = Updater(store, schedule=self.call_later, on_due=self._poke, clock=clock)
+
+    def stopped(self) -> None:
+        super().stopped()
+        self.updater.clear()
 
     def _task_matters(self, e: Event) -> bool:
         """Whether a task event needs its service reconciled (both orchestrators ask the same;

@@ -45,8 +45,8 @@ from shoal.models import (
     now_ts,
     parse_ts,
 )
-from shoal.orchestrator.base import ReconcileLoop
-from shoal.orchestrator.restart import RestartSupervisor, SlotPart, task_failed
+from shoal.orchestrator.base import RestartingLoop
+from shoal.orchestrator.restart import SlotPart, task_failed
 from shoal.orchestrator.task import (
     RUNNING_ORDER,
     age_key,
@@ -103,10 +103,8 @@ class _Slots:
         return self.completed | self.active | self.stopping | self.failed
 
 
-class JobOrchestrator(ReconcileLoop):
+class JobOrchestrator(RestartingLoop):
     """Creates, retries and retires the tasks of job services (both modes)."""
-
-    kinds = ("service", "task", "node")
 
     def __init__(
         self,
@@ -115,26 +113,13 @@ class JobOrchestrator(ReconcileLoop):
         default_restart_delay_ns: int = DEFAULT_RESTART_DELAY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(store)
-        self.restarts = RestartSupervisor(
-            store,
-            schedule=self.call_later,
-            on_ready=self._poke,
-            default_delay_ns=default_restart_delay_ns,
-            clock=clock,
-        )
-        self._poked: set[str] = set()
+        super().__init__(store, default_restart_delay_ns=default_restart_delay_ns, clock=clock)
         self._iteration: dict[str, int] = {}
-
-    def _poke(self, service_id: str) -> None:
-        self._poked.add(service_id)
-        self.wake()
 
     # ------------------------------------------------------------------ loop hooks
 
     def stopped(self) -> None:
-        self.restarts.clear()
-        self._poked.clear()
+        super().stopped()
         self._iteration.clear()
 
     def reconcile_all(self) -> None:
