@@ -29,6 +29,10 @@ class Unavailable(ShoalError):
     status = 503
 
 
+class StoreUnavailable(Unavailable):
+    """The cluster store cannot make writes durable now (disk full, no etcd quorum): retry later."""
+
+
 NOT_IN_SWARM = (
     "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect "
     "this node to swarm and try again."

@@ -131,6 +131,7 @@ class Manager:
         self.on_leave: Hook | None = None  # ... and stops it (removing its containers) here
         self.joiner: Joiner | None = None  # the daemon joins another manager's swarm here
         self._tasks: list[asyncio.Task[None]] = []
+        self.broken = ""  # why this manager cannot serve its swarm (its state could not be read)
         self._state_file = self.data_root / "node.json"
         self.membership: Membership | None = self._load_membership()
 
@@ -160,12 +161,22 @@ class Manager:
         """Cluster state is read and written on the manager only, as in Swarm mode (503 elsewhere)."""
         if not self.in_swarm:
             raise NotInSwarm()
+        if self.broken:
+            raise Unavailable(self.broken)
         if not self.is_manager:
             raise Unavailable(WORKER_NOT_MANAGER)
 
     async def start(self) -> None:
         """Resume after a restart: a daemon that was in a swarm comes back in it."""
         if self.is_manager and self.store.cluster() is None:
+            if self.store.problems:
+                # Never leave a swarm because its state could not be *read*: say so and serve what
+                # can be served (info, ping); the rows stay on disk for a fixed Shoal or an operator.
+                self.broken = ("the cluster state could not be read (" +
+                               "; ".join(str(p) for p in self.store.problems[:3]) + "); this manager is not "
+                               "serving the swarm until it can")
+                log.error("%s", self.broken)
+                return
             log.warning("node.json names this host a manager but the store is empty; leaving the swarm")
             self._save_membership(None)
         if self.membership is None:
@@ -242,7 +253,7 @@ class Manager:
         except BaseException:
             # e.g. the cluster port is taken: leave no half-made swarm behind.
             await self.stop()
-            self.store.wipe()
+            await self.store.wipe()
             self._save_membership(None)
             raise
         if self.on_join:
@@ -262,7 +273,7 @@ class Manager:
         if self.on_leave and node_id:
             await self.on_leave(node_id)
         if self.store.cluster() is not None:
-            self.store.wipe()
+            await self.store.wipe()
         self._save_membership(None)
         log.info("left the swarm")
 

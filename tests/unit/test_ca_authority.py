@@ -207,13 +207,15 @@ def test_key_that_does_not_match_the_root_is_refused(tmp_path: Path) -> None:
         ClusterCA(store, tmp_path)
 
 
-def test_a_new_swarm_in_the_same_store_is_followed(env: tuple[MemoryStore, ClusterCA, str], tmp_path: Path) -> None:
+async def test_a_new_swarm_in_the_same_store_is_followed(
+    env: tuple[MemoryStore, ClusterCA, str], tmp_path: Path
+) -> None:
     """``swarm leave`` then ``swarm init``: a new root and key; a stale rotation file is ignored."""
     store, ca, _ = env
     ca.join(tokens(store).Worker, csr(), "host-2", "10.77.0.2", "active")
     ca.rotate_root()
     assert ca.rotation_in_progress
-    store.wipe()
+    await store.wipe()
     make_cluster(store, tmp_path)
     generation = ca.generation
     assert ca.validate_join_token(tokens(store).Worker) == NodeRole.WORKER

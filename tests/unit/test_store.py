@@ -73,7 +73,7 @@ def test_watch_sees_one_batch_per_commit() -> None:
     late.close()
 
 
-def test_sqlite_survives_a_restart(tmp_path) -> None:
+async def test_sqlite_survives_a_restart(tmp_path) -> None:
     path = tmp_path / "state.db"
     store = MemoryStore(SqliteBackend(path))
     with store.tx() as tx:
@@ -81,7 +81,7 @@ def test_sqlite_survives_a_restart(tmp_path) -> None:
         tx.create("task", task("t1", "s1", "n1"))
     with store.tx() as tx:
         tx.delete("task", "t1")
-    store.backend.close()
+    await store.close()
     again = MemoryStore(SqliteBackend(path))
     assert again.revision == 2
     assert again.get("service", "s1").Spec.Name == "web"
@@ -89,13 +89,13 @@ def test_sqlite_survives_a_restart(tmp_path) -> None:
     assert again.service_by_name("web").Version.Index == 1
 
 
-def test_wipe_forgets_everything(tmp_path) -> None:
+async def test_wipe_forgets_everything(tmp_path) -> None:
     store = MemoryStore(SqliteBackend(tmp_path / "s.db"))
     with store.tx() as tx:
         tx.create("service", service("s1", "web"))
-    store.wipe()
+    await store.wipe()
     assert store.count("service") == 0
-    store.backend.close()
+    await store.close()
     assert MemoryStore(SqliteBackend(tmp_path / "s.db")).count("service") == 0
 
 
@@ -125,12 +125,12 @@ def test_task_counters_follow_every_write() -> None:
     assert store.task_counts("s1") == recount == (3, 1, 4)
 
 
-def test_reloaded_tasks_share_their_spec(tmp_path) -> None:
+async def test_reloaded_tasks_share_their_spec(tmp_path) -> None:
     store = MemoryStore(SqliteBackend(tmp_path / "s.db"))
     with store.tx() as tx:
         for i in range(3):
             tx.create("task", task(f"t{i}", "s1"))
-    store.backend.close()
+    await store.close()
     again = MemoryStore(SqliteBackend(tmp_path / "s.db"))
     specs = {id(t.Spec) for t in again.tasks_of_service("s1")}
     assert len(specs) == 1

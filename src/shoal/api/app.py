@@ -64,6 +64,24 @@ async def version_middleware(request: web.Request, handler: Handler) -> web.Stre
     return await handler(request)
 
 
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+DURABLE_TIMEOUT_S = 30.0  # how long a write's answer waits for the store before it says 503
+
+
+@web.middleware
+async def durable_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A write is answered only once it is durable (the store persists behind memory, see
+    store/writer.py); while the store cannot persist, new writes are refused with its error."""
+    if request.method in _READS:
+        return await handler(request)
+    store = request.app[MANAGER].store
+    store.writer.check_writable()
+    response = await handler(request)
+    if not response.prepared:  # a streamed answer has already told the client what it could
+        await store.wait_durable(within=DURABLE_TIMEOUT_S)
+    return response
+
+
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = system.SERVER_HEADER
 
@@ -115,7 +133,8 @@ _ROUTES: list[tuple[str, str, Handler]] = [
 
 def create_app(manager: ManagerAPI) -> web.Application:
     """The Docker Engine API (swarm part) over ``manager``; serve it with :func:`shoal.api.serve`."""
-    app = web.Application(middlewares=[errors_middleware, version_middleware], client_max_size=16 * 1024**2)
+    middlewares = [errors_middleware, version_middleware, durable_middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=16 * 1024**2)
     app[MANAGER] = manager
     for method, path, handler in _ROUTES:
         app.router.add_route(method, path, handler)

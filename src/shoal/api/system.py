@@ -157,6 +157,16 @@ def _swarm_info(manager: ManagerAPI) -> dict[str, Any]:
             "Error": "",
             "RemoteManagers": [{"NodeID": "", "Addr": getattr(manager, "manager_addr", "")}],
         }
+    broken = getattr(manager, "broken", "")
+    if broken:
+        return {
+            "NodeID": manager.node_id or "",
+            "NodeAddr": manager.addr,
+            "LocalNodeState": "error",
+            "ControlAvailable": False,
+            "Error": broken,
+            "RemoteManagers": None,
+        }
     if not manager.in_swarm or cluster is None:
         return {
             "NodeID": "",
@@ -212,4 +222,14 @@ async def info(request: web.Request) -> web.Response:
     out.update(_container_counts(manager))
     out["ServerVersion"] = shoal.__version__
     out["Swarm"] = _swarm_info(manager)
+    out["Warnings"] = [*(manager.engine_info.get("Warnings") or []), *store_warnings(manager)] or None
     return json_response(out)
+
+
+def store_warnings(manager: ManagerAPI) -> list[str]:
+    """What the cluster store could not read back or cannot persist, for ``docker info``."""
+    store = manager.store
+    out = [f"WARNING: cluster store: {p} (kept out of the cluster state)" for p in store.problems]
+    if store.writer.error is not None:
+        out.append(f"WARNING: cluster store: changes are not durable yet: {store.writer.error}")
+    return out

@@ -110,7 +110,7 @@ class FakeManager:
                 "Removing the last manager erases all current state of the swarm. Use `--force` to ignore "
                 "this message."
             )
-        self.store.wipe()
+        await self.store.wipe()
         self.node_id = None
 
     async def logs(self, tasks: list[Task], options: LogOptions) -> AsyncIterator[LogMessage]:

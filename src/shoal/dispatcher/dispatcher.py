@@ -304,6 +304,9 @@ class Dispatcher:
             full = Assignments(full=True, tasks=tasks)
             self._add_networks(full, stream, set(self.networks.nets_of(node_id)))
             self._add_references(full)
+            # Nothing reaches an agent before it is durable: a manager that crashes must not have
+            # started containers for tasks its successor never hears of.
+            await self.store.wait_durable(stream.since)
             yield full
             while True:
                 await stream.wake.wait()
@@ -318,6 +321,7 @@ class Dispatcher:
                     self._add_networks(delta, stream, nets)
                 if delta is not None and (delta.tasks or delta.removed or delta.networks or delta.removed_networks):
                     self._add_references(delta)
+                    await self.store.wait_durable(max((e.revision for e in events), default=None))
                     yield delta
         finally:
             sess.streams.discard(stream)
@@ -414,6 +418,8 @@ class Dispatcher:
             items = list(pending.items())
             for i in range(0, len(items), MAX_STATUS_BATCH):
                 self._apply_statuses(items[i : i + MAX_STATUS_BATCH])
+                await asyncio.sleep(0)  # heartbeats and other sessions between chunks
+            await self.store.wait_durable()  # acknowledged only once durable
         except Exception as exc:  # the callers get the error
             done.set_exception(exc)
         else:

@@ -21,6 +21,9 @@ from shoal.store import Action, Event, MemoryStore, Watcher
 
 log = logging.getLogger(__name__)
 
+RETRY_FIRST_S = 0.1
+RETRY_MAX_S = 5.0
+
 
 class ReconcileLoop:
     """Base of the orchestrators and the reaper. Subclasses fill in the three hooks."""
@@ -31,6 +34,8 @@ class ReconcileLoop:
         self.store = store
         self._watcher: Watcher | None = None
         self._timers: set[asyncio.TimerHandle] = set()
+        self._failed_passes = 0  # consecutive failed passes: the retry backs off
+        self._retry: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ hooks
 
@@ -72,22 +77,45 @@ class ReconcileLoop:
                 first = await watcher.get()
                 # Let producers that are ready run first, so their commits join this batch.
                 await asyncio.sleep(0)
-                self._guard(self.handle, [*first, *watcher.drain()])
+                events = [*first, *watcher.drain()]
+                if not self._failed_passes:
+                    self._guard(self.handle, events)
+                elif self._retry is None:
+                    # A pass failed: its events are lost to it, so the retry reconciles everything
+                    # (events until then are covered by it too).
+                    self._guard(self.reconcile_all)
         finally:
             watcher.close()
             self._watcher = None
             for t in self._timers:
                 t.cancel()
             self._timers.clear()
+            self._retry = None
+            self._failed_passes = 0
             self.stopped()
 
     def _guard(self, fn: Callable[..., None], *args: object) -> None:
-        # A bug in one pass must not stop orchestration for the whole cluster: log it and carry on;
-        # the next event or a restarted manager reconciles again.
+        """Run one pass. A failing pass (a bug, a write the store refused) must neither stop
+        orchestration for the whole cluster nor be forgotten: it is logged, and a full reconcile is
+        retried with back-off (0.1 s doubling to 5 s) until one succeeds."""
         try:
             fn(*args)
         except Exception:
-            log.exception("%s: reconcile pass failed", type(self).__name__)
+            self._failed_passes += 1
+            delay = min(RETRY_FIRST_S * 2 ** (self._failed_passes - 1), RETRY_MAX_S)
+            if self._failed_passes <= 3 or self._failed_passes % 20 == 0:
+                log.exception("%s: reconcile pass failed (%d in a row); retrying in %.1fs",
+                              type(self).__name__, self._failed_passes, delay)
+
+            def retry() -> None:
+                self._retry = None
+                self.wake()
+
+            if self._retry is None:
+                self._retry = self.call_later(delay, retry)
+        else:
+            if fn == self.reconcile_all:
+                self._failed_passes = 0
 
 
 class RestartingLoop(ReconcileLoop):

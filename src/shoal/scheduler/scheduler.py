@@ -243,12 +243,13 @@ class Scheduler(ReconcileLoop):
                         status = msgspec.structs.replace(t.Status, Err=err, Timestamp=ts)
                         tx.update("task", msgspec.structs.replace(t, Status=status))
         except Exception:
-            # The node counts already include this batch's assignments: start over from the store.
-            log.exception("scheduler: writing assignments failed; rebuilding state")
+            # The node counts already include this batch's assignments, and the allocator its
+            # addresses: forget them, and let the loop retry a full pass with back-off (never a
+            # retry from in here: with a write that keeps failing, that recursed without end).
             if self.allocator is not None:
                 self.allocator.rebuild()
-            self.reconcile_all()
-            return
+            self.stopped()
+            raise
         for nt in assigned:
             self._pending.pop(nt.ID, None)
 

@@ -1,6 +1,6 @@
 """Versioned objects with transactional batches and watches; see :mod:`shoal.store.base`."""
 
-from shoal.store.base import KINDS, Action, Backend, Event, Kind
+from shoal.store.base import KINDS, Action, Backend, Event, Kind, Problem, Snapshot
 from shoal.store.memory import MemoryStore, Tx, Watcher
 from shoal.store.sqlite import NullBackend, SqliteBackend
 
@@ -12,6 +12,8 @@ __all__ = [
     "Kind",
     "MemoryStore",
     "NullBackend",
+    "Problem",
+    "Snapshot",
     "SqliteBackend",
     "Tx",
     "Watcher",

@@ -9,8 +9,7 @@ then publishes it to watchers. Components never call each other: they watch the 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shoal.models import Cluster, Config, Network, Node, Secret, Service, Stack, Task
@@ -26,6 +25,18 @@ KINDS: dict[Kind, type] = {
     "config": Config,
     "stack": Stack,
 }
+
+
+@dataclass(slots=True, frozen=True)
+class Problem:
+    """An object the store could not keep or read back, shown to operators (``docker info``)."""
+
+    kind: Kind
+    id: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id}: {self.error}"
 
 
 class Action(enum.StrEnum):
@@ -45,19 +56,32 @@ class Event:
     revision: int
 
 
+@dataclass(slots=True)
+class Snapshot:
+    """What a backend holds: the last durable revision, every object it could decode, by kind, and
+    the rows it could not (reported, never fatal: the daemon starts without them)."""
+
+    revision: int
+    objects: dict[Kind, list[Any]]
+    bad: list[Problem] = field(default_factory=list)
+
+
 class Backend(Protocol):
     """Durable storage under the in-memory view (sqlite for one manager, etcd for HA)."""
 
-    def load(self) -> tuple[int, dict[Kind, list[Any]]]:
-        """Return the last committed revision and every stored object, by kind."""
+    def load(self) -> Snapshot:
+        """The last committed revision and every stored object."""
         ...
 
-    def commit(self, revision: int, puts: Iterable[tuple[Kind, Any]], deletes: Iterable[tuple[Kind, str]]) -> None:
-        """Persist one transaction atomically."""
+    async def persist(
+        self, revision: int, puts: list[tuple[Kind, Any]], deletes: list[tuple[Kind, str]]
+    ) -> list[Problem]:
+        """Make one (merged) batch durable, atomically, bringing the backend to ``revision``. Raise
+        on failure (the writer retries); return the objects rejected on their own (written without)."""
         ...
 
-    def wipe(self) -> None:
-        """Forget everything (``swarm leave``)."""
+    async def wipe(self) -> None:
+        """Forget everything (``swarm leave``), rows that could not be decoded included."""
         ...
 
     def close(self) -> None: ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +18,10 @@ import msgspec
 
 from shoal.errors import Conflict
 from shoal.models import Version, now_ts
-from shoal.store.base import KINDS, Action, Backend, Event, Kind
+from shoal.store.base import KINDS, Action, Backend, Event, Kind, Problem, Snapshot
+from shoal.store.writer import WriteBehind
+
+log = logging.getLogger(__name__)
 
 _REPLAY = 50_000  # events kept for watchers that resume from a revision
 
@@ -118,7 +122,7 @@ class Tx:
 class MemoryStore:
     """Objects by kind and ID, secondary indexes for tasks, and the commit/watch machinery."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, snapshot: Snapshot | None = None) -> None:
         self.backend = backend
         self._objects: dict[Kind, dict[str, Any]] = {k: {} for k in KINDS}
         self._tasks_by_service: dict[str, dict[str, Any]] = {}
@@ -129,9 +133,15 @@ class MemoryStore:
         self._task_counts: dict[str, list[int]] = {}
         self._watchers: set[Watcher] = set()
         self._history: deque[Event] = deque(maxlen=_REPLAY)
-        self.revision, loaded = backend.load()
-        _share_task_specs(loaded.get("task", []))
-        for kind, objs in loaded.items():
+        snapshot = snapshot if snapshot is not None else backend.load()
+        self.revision = snapshot.revision
+        # What could not be read back or kept: shown in `docker info`, never a reason not to start.
+        self.problems: list[Problem] = list(snapshot.bad)
+        for p in snapshot.bad:
+            log.error("store: %s; skipped (the row is left as it is)", p)
+        self.writer = WriteBehind(backend, snapshot.revision, on_problem=self.problems.append)
+        _share_task_specs(snapshot.objects.get("task", []))
+        for kind, objs in snapshot.objects.items():
             for obj in objs:
                 self._index(kind, obj, None)
 
@@ -194,23 +204,34 @@ class MemoryStore:
             obj.UpdatedAt = ts
             puts.append((kind, obj))
             events.append(Event(kind, action, obj, old, rev))
-        # Durable first: if the backend fails, memory and watchers never saw the batch.
-        self.backend.commit(rev, puts, deletes)
         self.revision = rev
         for e in events:
             self._index(e.kind, None if e.action is Action.DELETE else e.obj, e.old)
         self._history.extend(events)
         for w in list(self._watchers):
             w._offer(events)
+        # Then durable, in order, off the loop (see writer.py): what leaves the manager waits for it.
+        self.writer.add(rev, puts, deletes)
         return events
 
-    def wipe(self) -> None:
+    async def wait_durable(self, revision: int | None = None, within: float | None = None) -> None:
+        """Return once ``revision`` (default: every commit so far) is in the backend."""
+        await self.writer.wait(revision, within)
+
+    async def wipe(self) -> None:
         """Forget every object (``swarm leave``); watchers see deletes."""
         with self.tx() as tx:
             for kind in KINDS:
                 for oid in list(self._objects[kind]):
                     tx.delete(kind, oid)
-        self.backend.wipe()
+        await self.writer.wait(within=10)  # a failing backend: the leave fails with its 503
+        await self.backend.wipe()
+        self.problems.clear()
+
+    async def close(self) -> None:
+        """Persist what is queued (bounded wait), then close the backend (daemon shutdown)."""
+        await self.writer.close()
+        self.backend.close()
 
     # ------------------------------------------------------------------ watches
 

@@ -1,0 +1,205 @@
+"""Write-behind: committed batches reach the backend in order, without holding up the event loop.
+
+:meth:`MemoryStore.commit` applies a batch to memory and publishes it at once, so every component
+keeps reading one consistent, current view and a commit never fails for a reason outside the
+batch itself. The batch is then handed here. The writer persists batches in commit order; batches
+that queue up while a write is in flight are merged into one (the latest version of each object
+wins), so a burst of fifty commits costs one disk transaction, and the durable state is always the
+state of some revision — a prefix of what memory went through.
+
+What leaves the manager waits for :meth:`WriteBehind.wait`: an API answer, an assignment sent to
+an agent, the acknowledgment of a status report. So nothing is acknowledged before it is durable,
+and a crash loses only what nobody was told about (the new leader or the restarted manager then
+reconciles from the durable state, as after any restart).
+
+A failed write (disk full, no etcd quorum) is retried with back-off until it succeeds; the error is
+kept in :attr:`WriteBehind.error` so the API can refuse new writes with a clear 503 meanwhile. An
+object that the backend rejects on its own (it cannot be encoded) is dropped from persistence and
+reported, so one bad object never blocks the rest of its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from shoal.errors import StoreUnavailable
+from shoal.store.base import Backend, Kind, Problem
+
+log = logging.getLogger(__name__)
+
+Key = tuple[Kind, str]
+RETRY_FIRST_S = 0.1
+RETRY_MAX_S = 5.0
+_LOG_EVERY_S = 30.0  # a persisting failure is logged when it changes, and then this often
+
+
+class WriteBehind:
+    """The ordered, coalescing persister between a :class:`MemoryStore` and its :class:`Backend`."""
+
+    def __init__(
+        self, backend: Backend, revision: int, on_problem: Callable[[Problem], None] | None = None
+    ) -> None:
+        self.backend = backend
+        self.durable = revision  # every revision up to this one is in the backend
+        self.error: Exception | None = None  # the last write's failure, None once one succeeds
+        self._queued = revision  # the revision the pending writes bring the backend to
+        self._puts: dict[Key, Any] = {}
+        self._deletes: set[Key] = set()
+        self._on_problem = on_problem
+        self._more = asyncio.Event()
+        self._progress = asyncio.Event()  # set on every success or failure; waiters re-check
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._logged: tuple[str, float] = ("", 0.0)
+        # A backend that keeps nothing (unit tests, hollow benchmarks) is durable at once.
+        self._immediate = bool(getattr(backend, "immediate", False))
+
+    # ------------------------------------------------------------------ producer side
+
+    def add(self, revision: int, puts: list[tuple[Kind, Any]], deletes: list[Key]) -> None:
+        """Queue one committed batch (called by the store, in commit order)."""
+        if self._immediate:
+            self.durable = self._queued = revision
+            return
+        for kind, obj in puts:
+            key = (kind, obj.ID)
+            self._deletes.discard(key)
+            self._puts[key] = obj
+        for key in deletes:
+            self._puts.pop(key, None)
+            self._deletes.add(key)
+        self._queued = revision
+        self._more.set()
+        if self._task is None and not self._closed:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop (a synchronous caller): :meth:`flush` persists it
+            self._task = loop.create_task(self._run(), name="store-writer")
+
+    @property
+    def lag(self) -> int:
+        """Revisions committed in memory but not yet durable."""
+        return self._queued - self.durable
+
+    async def wait(self, revision: int | None = None, within: float | None = None) -> None:
+        """Return once ``revision`` (default: everything committed so far) is durable.
+
+        With ``within`` (seconds), raise :class:`StoreUnavailable` naming the backend's error when it has not
+        become durable in time (the write stays queued and is retried)."""
+        target = self._queued if revision is None else revision
+        deadline = None if within is None else time.monotonic() + within
+        while self.durable < target:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise StoreUnavailable(self._unavailable_message())
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), remaining)
+            except TimeoutError:
+                continue
+
+    def check_writable(self) -> None:
+        """Raise :class:`StoreUnavailable` while the backend is failing (refuse new API writes)."""
+        if self.error is not None:
+            raise StoreUnavailable(self._unavailable_message())
+
+    def _unavailable_message(self) -> str:
+        why = f": {self.error}" if self.error is not None else " in time"
+        return f"the cluster store is not accepting writes (changes not yet durable{why})"
+
+    # ------------------------------------------------------------------ writer side
+
+    def _take(self) -> tuple[int, list[tuple[Kind, Any]], list[Key]]:
+        rev = self._queued
+        puts = [(kind, obj) for (kind, _), obj in self._puts.items()]
+        deletes = list(self._deletes)
+        self._puts, self._deletes = {}, set()
+        return rev, puts, deletes
+
+    def _put_back(self, puts: list[tuple[Kind, Any]], deletes: list[Key]) -> None:
+        """Return a failed batch under whatever was queued since (newer writes win)."""
+        newer_puts, newer_deletes = self._puts, self._deletes
+        self._puts = {(kind, obj.ID): obj for kind, obj in puts}
+        self._deletes = set(deletes)
+        for key in newer_deletes:
+            self._puts.pop(key, None)
+            self._deletes.add(key)
+        for key, obj in newer_puts.items():
+            self._deletes.discard(key)
+            self._puts[key] = obj
+
+    async def _run(self) -> None:
+        delay = RETRY_FIRST_S
+        while True:
+            await self._more.wait()
+            self._more.clear()
+            if not self._puts and not self._deletes:
+                self._done(self._queued)
+                continue
+            rev, puts, deletes = self._take()
+            try:
+                rejected = await self.backend.persist(rev, puts, deletes)
+            except asyncio.CancelledError:
+                self._put_back(puts, deletes)
+                raise
+            except Exception as e:  # any backend failure: keep the batch, retry with back-off
+                self._put_back(puts, deletes)
+                self._failed(e)
+                self._more.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            delay = RETRY_FIRST_S
+            for problem in rejected:
+                self._report(problem)
+            if self.error is not None:
+                log.warning("store: writes are durable again (up to revision %d)", rev)
+                self.error = None
+            self._done(rev)
+
+    def _done(self, rev: int) -> None:
+        self.durable = max(self.durable, rev)
+        self._progress.set()
+
+    def _failed(self, e: Exception) -> None:
+        self.error = e
+        self._progress.set()
+        msg, last = self._logged
+        now = time.monotonic()
+        if str(e) != msg or now - last > _LOG_EVERY_S:
+            log.error("store: persisting revision %d failed, retrying with back-off: %s", self._queued, e)
+            self._logged = (str(e), now)
+
+    def _report(self, problem: Problem) -> None:
+        log.error("store: %s; kept in memory only", problem)
+        if self._on_problem is not None:
+            self._on_problem(problem)
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def close(self, grace_s: float = 10.0) -> None:
+        """Stop the writer after one last attempt to persist what is queued (daemon shutdown)."""
+        self._closed = True
+        if self._task is not None:
+            if self.error is None:
+                try:
+                    await self.wait(within=grace_s)
+                except StoreUnavailable as e:
+                    log.error("store: shutting down with revisions %d..%d not durable: %s",
+                              self.durable + 1, self._queued, e)
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._puts or self._deletes:
+            rev, puts, deletes = self._take()
+            try:
+                for problem in await self.backend.persist(rev, puts, deletes):
+                    self._report(problem)
+                self._done(rev)
+            except Exception as e:
+                log.error("store: shutting down with revisions %d..%d not durable: %s", self.durable + 1, rev, e)
