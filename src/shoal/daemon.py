@@ -140,7 +140,7 @@ class Daemon:
         with contextlib.suppress(Exception):
             await self._runner.cleanup()
         if self.manager is not None:
-            await self.manager.store.close()
+            await self.manager.close()
 
 
 async def _amain(hosts: list[str], data_root: str, engine: str, advertise_addr: str | None) -> None:

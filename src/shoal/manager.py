@@ -30,6 +30,7 @@ from shoal.dispatcher.dispatcher import Dispatcher
 from shoal.dispatcher.protocol import LogMessage, LogOptions
 from shoal.errors import InvalidArgument, NotInSwarm, Unavailable
 from shoal.ids import new_id
+from shoal.looplag import LoopLagMonitor
 from shoal.models import (
     DEFAULT_HEARTBEAT,
     DEFAULT_TASK_HISTORY,
@@ -131,6 +132,8 @@ class Manager:
         self.on_leave: Hook | None = None  # ... and stops it (removing its containers) here
         self.joiner: Joiner | None = None  # the daemon joins another manager's swarm here
         self._tasks: list[asyncio.Task[None]] = []
+        self.loop_lag = LoopLagMonitor()
+        self._lag_task: asyncio.Task[None] | None = None
         self.broken = ""  # why this manager cannot serve its swarm (its state could not be read)
         self._state_file = self.data_root / "node.json"
         self.membership: Membership | None = self._load_membership()
@@ -168,6 +171,8 @@ class Manager:
 
     async def start(self) -> None:
         """Resume after a restart: a daemon that was in a swarm comes back in it."""
+        if self._lag_task is None:
+            self._lag_task = asyncio.create_task(self.loop_lag.run(), name="loop-lag")
         if self.is_manager and self.store.cluster() is None:
             if self.store.problems:
                 # Never leave a swarm because its state could not be *read*: say so and serve what
@@ -290,6 +295,15 @@ class Manager:
         self.dispatcher = None
         self.ca = None
         self.scheduler = None
+
+    async def close(self) -> None:
+        """Daemon shutdown: stop the components, then make what is queued durable and close."""
+        await self.stop()
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            await asyncio.gather(self._lag_task, return_exceptions=True)
+            self._lag_task = None
+        await self.store.close()
 
     # ------------------------------------------------------------------ used by the API
 

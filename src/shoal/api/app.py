@@ -117,6 +117,7 @@ _ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/tasks/{id}/logs", logs.task_logs),
     ("GET", "/distribution/{name:.+}/json", distribution_inspect),
     ("POST", "/shoal/plan", extensions.placement_plan),
+    ("GET", "/shoal/debug/manager", extensions.manager_health),
     ("POST", "/containers/create", containers.create),
     ("GET", "/containers/json", containers.list_containers),
     ("GET", "/containers/{id}/json", containers.inspect),

@@ -1,11 +1,12 @@
-"""``/shoal/...``: what Docker's API has no word for. Here: the placement plan (a dry run)."""
+"""``/shoal/...``: what Docker's API has no word for. Here: the placement plan (a dry run) and the
+manager's own health."""
 
 from __future__ import annotations
 
 import msgspec
 from aiohttp import web
 
-from shoal.api.common import decode_body, json_response, swarm_manager
+from shoal.api.common import decode_body, json_response, manager_of, swarm_manager
 from shoal.controlapi.validate import check_reservation_fits, validate_service_spec
 from shoal.models import ServiceSpec
 from shoal.scheduler import plan
@@ -30,3 +31,19 @@ async def placement_plan(request: web.Request) -> web.Response:
         {"Slot": p.slot, "NodeID": p.node_id or "", "Node": hostnames.get(p.node_id or "", ""), "Reason": p.reason}
         for p in placements
     ])
+
+
+async def manager_health(request: web.Request) -> web.Response:
+    """``GET /shoal/debug/manager``: whether this manager keeps up with its own work — event-loop lag,
+    how far the store's durable state trails memory, and nodes marked down for missed heartbeats."""
+    manager = manager_of(request)
+    store = manager.store
+    lag = getattr(manager, "loop_lag", None)
+    dispatcher = getattr(manager, "dispatcher", None)
+    return json_response({
+        "LoopLag": lag.summary() if lag is not None else None,
+        "Store": {"Revision": store.revision, "Durable": store.writer.durable,
+                  "Error": str(store.writer.error) if store.writer.error else "",
+                  "Problems": [str(p) for p in store.problems]},
+        "NodesMarkedDown": dict(dispatcher.marked_down) if dispatcher is not None else {},
+    })

@@ -80,6 +80,10 @@ class HollowFleet:
         self._thread.join(10)
         self._thread = None
 
+    def alive_node_ids(self) -> set[str]:
+        """Nodes whose agent has been running all along (none is ever stopped before :meth:`stop`)."""
+        return {n.node_id for n in self.nodes if n.runner is not None and not n.runner.done()}
+
     def running_containers(self) -> int:
         return sum(n.executor.running for n in self.nodes)
 

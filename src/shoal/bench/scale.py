@@ -63,6 +63,8 @@ class ScaleResult:
     services_ms: list[float] = field(default_factory=list)
     nodes_ms: list[float] = field(default_factory=list)
     rss_mb: float = 0.0
+    false_down: int = 0  # nodes the manager marked Down while their agent was alive
+    loop_lag: dict[str, float] = field(default_factory=dict)  # the manager's event-loop lag (ms)
 
     @property
     def api_ms(self) -> list[float]:
@@ -78,13 +80,17 @@ class ScaleResult:
             f"GET /services: p50 {pct(self.services_ms, 50):.1f} ms, p99 {pct(self.services_ms, 99):.1f} ms",
             f"GET /nodes:    p50 {pct(self.nodes_ms, 50):.1f} ms, p99 {pct(self.nodes_ms, 99):.1f} ms",
             f"manager peak RSS: {self.rss_mb:.0f} MiB",
+            f"manager event-loop lag: p50 {self.loop_lag.get('p50_ms', 0):.1f} ms, "
+            f"p99 {self.loop_lag.get('p99_ms', 0):.1f} ms, max {self.loop_lag.get('max_ms', 0):.1f} ms",
+            f"nodes marked Down while their agent was alive: {self.false_down}",
         ]
         return "\n".join(lines)
 
     def line(self) -> str:
         return (f"scale: nodes={self.nodes} tasks={self.tasks} all_running_s={self.all_running_s:.1f} "
                 f"placements_per_s={self.placements_per_s:.0f} place_p99_ms={pct(self.place_ms, 99):.1f} "
-                f"api_p99_ms={pct(self.api_ms, 99):.1f} rss_mb={self.rss_mb:.0f}")
+                f"api_p99_ms={pct(self.api_ms, 99):.1f} rss_mb={self.rss_mb:.0f} false_down={self.false_down} "
+                f"loop_lag_p99_ms={self.loop_lag.get('p99_ms', 0):.1f}")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -294,6 +300,10 @@ def run_scale(cfg: ScaleConfig) -> ScaleResult:
             say(f"timing GET /services and GET /nodes ({cfg.api_samples} each) ...")
             result.services_ms = [timed_get(client, "/services") for _ in range(cfg.api_samples)]
             result.nodes_ms = [timed_get(client, "/nodes") for _ in range(cfg.api_samples)]
+            health = client.api._result(client.api._get(client.api._url("/shoal/debug/manager")), json=True)
+            result.loop_lag = health["LoopLag"] or {}
+            alive = fleet.alive_node_ids()
+            result.false_down = sum(1 for nid in health["NodesMarkedDown"] if nid in alive)
         result.rss_mb = peak_rss_mb(manager.pid)
         return result
     finally:

@@ -127,6 +127,9 @@ class Dispatcher:
         self._watcher: Watcher | None = store.watch(*_WATCHED)
         self.networks = NetworkIndex(store)
         self._stopped = False  # run() ended: no new sessions (nothing would feed their streams)
+        # How often each node was marked down for missed heartbeats (the scale benchmark checks it
+        # against the agents it knows were alive: a manager must never mistake its stall for theirs).
+        self.marked_down: dict[str, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -204,6 +207,7 @@ class Dispatcher:
                 if node is None or node.Status.State == NodeState.DOWN:
                     continue
                 log.info("node %s is down: %s", node_id, message)
+                self.marked_down[node_id] = self.marked_down.get(node_id, 0) + 1
                 status = msgspec.structs.replace(node.Status, State=NodeState.DOWN, Message=message)
                 tx.update("node", msgspec.structs.replace(node, Status=status))
 
