@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ from shoal.agent.executor.docker import DockerExecutor
 from shoal.api.server import create_app, serve
 from shoal.dispatcher.inprocess import InProcessClient
 from shoal.dispatcher.protocol import DispatcherClient
+from shoal.looplag import trace_slow_callbacks
 from shoal.manager import SWARM_PORT, Manager, Membership
 from shoal.models import JoinRequest
 from shoal.transport.bootstrap import join_cluster, load_credentials
@@ -158,4 +160,6 @@ async def _amain(hosts: list[str], data_root: str, engine: str, advertise_addr: 
 def run_daemon(hosts: list[str], data_root: str, engine: str, advertise_addr: str | None = None,
                log_level: str = "info") -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.environ.get("SHOAL_TRACE_SLOW_MS"):
+        trace_slow_callbacks(float(os.environ["SHOAL_TRACE_SLOW_MS"]) / 1000, log)
     asyncio.run(_amain(hosts, data_root, engine, advertise_addr))

@@ -9,6 +9,9 @@ over and over and records how much later than asked it woke up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import logging
 import statistics
 import time
 from collections import deque
@@ -39,3 +42,48 @@ class LoopLagMonitor:
         q = statistics.quantiles(s, n=100, method="inclusive") if len(s) > 1 else [s[0]] * 99
         return {"p50_ms": round(q[49] * 1000, 1), "p99_ms": round(q[98] * 1000, 1),
                 "max_ms": round(self.max_s * 1000, 1), "samples": len(s)}
+
+
+def trace_slow_callbacks(threshold_s: float, log: logging.Logger) -> None:
+    """Log every event-loop callback that holds the loop longer than ``threshold_s``, naming the
+    coroutine it ran — what asyncio's debug mode does, without the rest of debug mode's cost.
+    Opt-in (``SHOAL_TRACE_SLOW_MS``): it wraps every callback of the process."""
+    original = asyncio.events.Handle._run
+
+    def timed(handle: asyncio.events.Handle) -> None:
+        t0 = time.perf_counter()
+        original(handle)
+        took = time.perf_counter() - t0
+        if took > threshold_s:
+            cb = handle._callback
+            owner = getattr(cb, "__self__", None)
+            what = f"task {owner.get_name()} ({owner.get_coro()})" if isinstance(owner, asyncio.Task) else repr(cb)
+            log.warning("event loop held %.0f ms by %s", took * 1000, what)
+
+    asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+
+
+class GcStats:
+    """Time the cyclic garbage collector spends, by generation: at 100,000 tasks a full collection
+    walks every tracked object, and it runs on the event loop's thread like everything else."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.collections = [0, 0, 0]
+        self._t0 = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            gen = info["generation"]
+            self.seconds[gen] += time.perf_counter() - self._t0
+            self.collections[gen] += 1
+
+    def summary(self) -> dict[str, list[float] | list[int]]:
+        return {"seconds": [round(s, 3) for s in self.seconds], "collections": list(self.collections)}
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._callback)

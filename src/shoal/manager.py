@@ -30,7 +30,7 @@ from shoal.dispatcher.dispatcher import Dispatcher
 from shoal.dispatcher.protocol import LogMessage, LogOptions
 from shoal.errors import InvalidArgument, NotInSwarm, Unavailable
 from shoal.ids import new_id
-from shoal.looplag import LoopLagMonitor
+from shoal.looplag import GcStats, LoopLagMonitor
 from shoal.models import (
     DEFAULT_HEARTBEAT,
     DEFAULT_TASK_HISTORY,
@@ -133,6 +133,7 @@ class Manager:
         self.joiner: Joiner | None = None  # the daemon joins another manager's swarm here
         self._tasks: list[asyncio.Task[None]] = []
         self.loop_lag = LoopLagMonitor()
+        self.gc_stats = GcStats()
         self._lag_task: asyncio.Task[None] | None = None
         self.broken = ""  # why this manager cannot serve its swarm (its state could not be read)
         self._state_file = self.data_root / "node.json"
@@ -303,6 +304,7 @@ class Manager:
             self._lag_task.cancel()
             await asyncio.gather(self._lag_task, return_exceptions=True)
             self._lag_task = None
+        self.gc_stats.close()
         await self.store.close()
 
     # ------------------------------------------------------------------ used by the API

@@ -38,15 +38,19 @@ def parse_ts(ts: str) -> float:
     return base + (float("0." + frac[:9]) if frac else 0.0)
 
 
-class Spec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+# gc=False: the cyclic garbage collector does not track these structs. They are plain data trees
+# (no object refers back to one that holds it), so reference counting frees them, and a manager
+# holding 100,000 tasks — half a million structs — no longer spends a third of its CPU walking
+# them in collections (measured with py-spy --native in the scale benchmark: 30 % in gc_collect_main).
+class Spec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
     """Base of every user-supplied spec: unknown keys are errors."""
 
 
-class FullSpec(msgspec.Struct, forbid_unknown_fields=True):
+class FullSpec(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """A spec whose defaults are not zero values, so they are always written out (Role, Protocol ...)."""
 
 
-class Obj(msgspec.Struct):
+class Obj(msgspec.Struct, gc=False):
     """Base of every object the cluster reports: every field is written, as Docker does."""
 
 

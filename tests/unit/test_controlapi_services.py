@@ -219,10 +219,11 @@ def test_force_update_changes_spec(store: MemoryStore) -> None:
 
 
 def test_get_by_id_name_prefix_and_ambiguity(store: MemoryStore) -> None:
-    a = controlapi.create_service(store, spec("a"))
-    b = controlapi.create_service(store, spec("b"))
+    # Names no ID prefix can equal (a one-letter name would match an ID starting with that letter).
+    a = controlapi.create_service(store, spec("svc-a"))
+    b = controlapi.create_service(store, spec("svc-b"))
     assert controlapi.get_service(store, a.ID) is store.get("service", a.ID)
-    assert controlapi.get_service(store, "b").ID == b.ID
+    assert controlapi.get_service(store, "svc-b").ID == b.ID
     common = 0
     while a.ID[common] == b.ID[common]:
         common += 1

@@ -362,3 +362,36 @@ async def test_a_manager_stall_does_not_mark_nodes_down(fast_env: tuple[MemorySt
     await asyncio.sleep(0.06)  # the loop wakes late and sees the lag
     await d.heartbeat(info.session_id)  # the heartbeat that waited during the stall
     assert store.get("node", nid).Status.State == NodeState.READY
+
+
+async def test_a_mass_expiry_is_taken_for_the_manager_falling_behind() -> None:
+    """Heartbeats that queued in the transport while the manager was busy look, from the expiry loop,
+    like most nodes going silent together: that is put off (up to three grace periods), while one
+    node going silent among live ones is declared down at once."""
+    store = MemoryStore(NullBackend())
+    d = Dispatcher(store, heartbeat_period_s=1.0)
+    nodes = [make_node(store) for _ in range(40)]
+    sessions = {nid: (await d.register(nid, NodeDescription(), "10.0.0.1")).session_id for nid in nodes}
+    t0 = time.monotonic()
+    # One silent node among 39 that heartbeat: down at the first check past its deadline.
+    for nid in nodes[1:]:
+        await d.heartbeat(sessions[nid])
+    d._sessions[sessions[nodes[0]]].deadline = t0 - 0.1
+    d._expire(t0)
+    assert store.get("node", nodes[0]).Status.State == NodeState.DOWN
+    assert d.marked_down == {nodes[0]: 1}
+    # Then 20 of the remaining 39 (>= 20 %, >= 10) late at once: deferred, nobody down ...
+    for nid in nodes[1:21]:
+        d._sessions[sessions[nid]].deadline = t0 - 0.1
+    for i in range(3):
+        d._expire(t0 + i * 10)
+        assert all(store.get("node", nid).Status.State != NodeState.DOWN for nid in nodes[1:])
+        for nid in nodes[1:21]:  # still silent
+            d._sessions[sessions[nid]].deadline = t0 - 0.1
+    # ... but not for ever: the fourth time in a row they are declared down (the others heartbeat).
+    for nid in nodes[21:]:
+        d._sessions[sessions[nid]].deadline = t0 + 100
+    d._expire(t0 + 40)
+    down = {nid for nid in nodes if store.get("node", nid).Status.State == NodeState.DOWN}
+    assert down == {nodes[0], *nodes[1:21]}
+    await asyncio.sleep(0)

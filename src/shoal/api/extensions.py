@@ -3,6 +3,9 @@ manager's own health."""
 
 from __future__ import annotations
 
+import collections
+import gc
+
 import msgspec
 from aiohttp import web
 
@@ -39,9 +42,16 @@ async def manager_health(request: web.Request) -> web.Response:
     manager = manager_of(request)
     store = manager.store
     lag = getattr(manager, "loop_lag", None)
+    gc_stats = getattr(manager, "gc_stats", None)
     dispatcher = getattr(manager, "dispatcher", None)
+    tracked: dict[str, int] | None = None
+    if request.query.get("objects"):  # on demand: walking every tracked object takes a while
+        counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
+        tracked = dict(counts.most_common(15))
     return json_response({
+        "TrackedObjects": tracked,
         "LoopLag": lag.summary() if lag is not None else None,
+        "GC": gc_stats.summary() if gc_stats is not None else None,
         "Store": {"Revision": store.revision, "Durable": store.writer.durable,
                   "Error": str(store.writer.error) if store.writer.error else "",
                   "Problems": [str(p) for p in store.problems]},

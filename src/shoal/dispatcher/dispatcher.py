@@ -51,7 +51,10 @@ log = logging.getLogger(__name__)
 
 GRACE_MULTIPLIER = 3  # a node is down after this many missed heartbeat periods (swarmkit's default)
 STALL_TOLERANCE_S = 0.5  # a later wake-up than this is the manager's stall, not the nodes'
-MAX_STATUS_BATCH = 10_000  # status updates per transaction; bounds one commit's size at startup
+MASS_EXPIRY_SHARE = 0.2  # this share of all sessions late at once reads as the manager falling behind
+MASS_EXPIRY_MIN = 10  # ... and at least this many (a small cluster losing two hosts is just that)
+MAX_DEFERRALS = 3  # grace periods in a row that a mass expiry may be put off
+MAX_STATUS_BATCH = 2_000  # status updates per transaction, with the loop served between two
 # Task events route assignments; the others only change what nodes know of their networks.
 _WATCHED = ("task", "network", "node", "service")
 _ASSIGNED = TaskState.ASSIGNED.order
@@ -130,6 +133,7 @@ class Dispatcher:
         # How often each node was marked down for missed heartbeats (the scale benchmark checks it
         # against the agents it knows were alive: a manager must never mistake its stall for theirs).
         self.marked_down: dict[str, int] = {}
+        self._deferrals = 0  # mass expiries put off in a row (see _manager_behind)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -190,11 +194,13 @@ class Dispatcher:
             self._unknown[node_id] += lag
 
     def _expire(self, now: float) -> None:
+        late = [sess for sess in self._sessions.values() if sess.deadline < now]
+        if self._manager_behind(late, now):
+            return
         down: list[tuple[str, str]] = []
-        for sess in list(self._sessions.values()):
-            if sess.deadline < now:
-                self._close(sess)
-                down.append((sess.node_id, "heartbeat failure"))
+        for sess in late:
+            self._close(sess)
+            down.append((sess.node_id, "heartbeat failure"))
         for node_id, deadline in list(self._unknown.items()):
             if deadline < now:
                 del self._unknown[node_id]
@@ -210,6 +216,27 @@ class Dispatcher:
                 self.marked_down[node_id] = self.marked_down.get(node_id, 0) + 1
                 status = msgspec.structs.replace(node.Status, State=NodeState.DOWN, Message=message)
                 tx.update("node", msgspec.structs.replace(node, Status=status))
+
+    def _manager_behind(self, late: list[_Session], now: float) -> bool:
+        """Whether the missed heartbeats say more about this manager than about the nodes.
+
+        The stall check above only sees this loop's own timer; heartbeats can also queue in the
+        transport while the loop is busy but its timer still fires on time. Nodes fail alone or a
+        rack at a time; a large share of every session missing its deadline at once is what a
+        starved manager looks like. Then every deadline moves back one grace period instead — at
+        most MAX_DEFERRALS times in a row, so a real mass failure is still declared, late."""
+        many = len(late) >= max(MASS_EXPIRY_MIN, MASS_EXPIRY_SHARE * len(self._sessions))
+        if not many or self._deferrals >= MAX_DEFERRALS:
+            self._deferrals = 0
+            return False
+        self._deferrals += 1
+        grace = self.heartbeat_period() * GRACE_MULTIPLIER
+        log.warning("%d of %d nodes missed their heartbeats at once: taking it for this manager falling "
+                    "behind, not the nodes; deadlines extended by %.0fs (%d/%d)",
+                    len(late), len(self._sessions), grace, self._deferrals, MAX_DEFERRALS)
+        for sess in self._sessions.values():
+            sess.deadline = max(sess.deadline, now + grace)
+        return True
 
     def _close(self, sess: _Session) -> None:
         sess.closed = True
@@ -409,7 +436,7 @@ class Dispatcher:
             self._pending[u.task_id] = (sess.node_id, u.status)
         if self._flushed is None:
             self._flushed = asyncio.get_running_loop().create_future()
-            self._flush_task = asyncio.create_task(self._flush_soon())
+            self._flush_task = asyncio.create_task(self._flush_soon(), name="status-flush")
         await asyncio.shield(self._flushed)
 
     async def _flush_soon(self) -> None:

@@ -39,12 +39,16 @@ from shoal.orchestrator.task import (
 )
 from shoal.store import Action, Event, MemoryStore, Tx
 
+# New tasks one pass may create; more wait for the next pass (after the loop served others).
+MAX_NEW_TASKS_PER_PASS = 2_000
+
 
 class ReplicatedOrchestrator(ServiceOrchestrator):
     """Creates, replaces and removes the tasks of replicated services."""
 
     def __init__(self, store: MemoryStore, **kwargs: Any) -> None:
         super().__init__(store, **kwargs)
+        self._budget = MAX_NEW_TASKS_PER_PASS  # new tasks left in this pass
         # Blue-green releases (orchestrator/bluegreen.py) take the rolling updater's place for
         # services labelled shoal.update-strategy=blue-green; standby tasks' changes wake the loop.
         self.bluegreen = BlueGreen(
@@ -61,6 +65,7 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
     # ------------------------------------------------------------------ loop hooks
 
     def reconcile_all(self) -> None:
+        self._budget = MAX_NEW_TASKS_PER_PASS
         ts = now_ts()
         with self.store.tx() as tx:
             # Tasks of services deleted while no orchestrator ran (global tasks have slot 0).
@@ -91,6 +96,7 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
                         dirty.add(t.ServiceID)
         if not dirty and not deleted:
             return
+        self._budget = MAX_NEW_TASKS_PER_PASS
         ts = now_ts()
         with self.store.tx() as tx:
             for svc in deleted:
@@ -180,6 +186,12 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
             if not any(is_up_to_date(t, svc) for t in runnable.get(slot, ())):
                 fill.append(slot)
             self.restarts.done(sid, slot)
+        if len(fill) > self._budget:
+            # A bounded pass: the rest of the slots are filled in the next one, so heartbeats and
+            # the API get the loop in between (10,000 new replicas are five passes, not one).
+            fill = sorted(fill)[: max(self._budget, 0)]
+            self._poke(sid)
+        self._budget -= len(fill)
         for slot in fill:
             nt = new_task(svc, slot, ts=ts)
             tx.create("task", nt)

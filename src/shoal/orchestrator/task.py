@@ -52,8 +52,23 @@ def new_task(service: Service, slot: int, node_id: str = "", *, ts: str | None =
         NodeID=node_id,
         SpecVersion=Version(service.Version.Index),
         Endpoint=service.Endpoint,
-        ServiceAnnotations={"Name": spec.Name, "Labels": spec.Labels or {}},
+        ServiceAnnotations=_annotations(spec.Name, spec.Labels),
     )
+
+
+_ANNOTATIONS: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Any]] = {}
+
+
+def _annotations(name: str, labels: dict[str, str] | None) -> dict[str, Any]:
+    """One ServiceAnnotations dict per (name, labels), shared by the service's tasks like their
+    spec: 100,000 copies would be 200,000 more objects for the garbage collector to walk."""
+    key = (name, tuple(sorted(labels.items())) if labels else ())
+    ann = _ANNOTATIONS.get(key)
+    if ann is None:
+        if len(_ANNOTATIONS) > 10_000:
+            _ANNOTATIONS.clear()  # a bound, not a cache policy: sharing is only an optimisation
+        ann = _ANNOTATIONS[key] = {"Name": name, "Labels": dict(labels) if labels else {}}
+    return ann
 
 
 # --------------------------------------------------------------------------- service mode

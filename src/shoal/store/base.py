@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
+
 from shoal.models import Cluster, Config, Network, Node, Secret, Service, Stack, Task
 
 Kind = str
@@ -45,9 +47,11 @@ class Action(enum.StrEnum):
     DELETE = "delete"
 
 
-@dataclass(slots=True, frozen=True)
-class Event:
-    """One object changed in one committed transaction. ``old`` is None on create."""
+class Event(msgspec.Struct, frozen=True, gc=False):
+    """One object changed in one committed transaction. ``old`` is None on create.
+
+    A struct the garbage collector does not track (the store keeps 50,000 for replay), as the
+    models are: it only refers to stored objects, never to anything that refers back to it."""
 
     kind: Kind
     action: Action
@@ -84,4 +88,4 @@ class Backend(Protocol):
         """Forget everything (``swarm leave``), rows that could not be decoded included."""
         ...
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...

@@ -33,7 +33,7 @@ def _share_task_specs(tasks: list[Any]) -> None:
     seen: dict[bytes, Any] = {}
     enc = msgspec.msgpack.encode
     for t in tasks:
-        for field in ("Spec", "Endpoint"):
+        for field in ("Spec", "Endpoint", "ServiceAnnotations"):
             value = getattr(t, field)
             if value is not None:
                 setattr(t, field, seen.setdefault(enc(value), value))
@@ -225,13 +225,12 @@ class MemoryStore:
                 for oid in list(self._objects[kind]):
                     tx.delete(kind, oid)
         await self.writer.wait(within=10)  # a failing backend: the leave fails with its 503
-        await self.backend.wipe()
+        await self.writer.call(self.backend.wipe)
         self.problems.clear()
 
     async def close(self) -> None:
         """Persist what is queued (bounded wait), then close the backend (daemon shutdown)."""
         await self.writer.close()
-        self.backend.close()
 
     # ------------------------------------------------------------------ watches
 
