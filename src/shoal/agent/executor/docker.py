@@ -26,6 +26,7 @@ from shoal.agent.executor.base import (
     LABEL_TASK_ID,
     ContainerInfo,
     ContainerNotFound,
+    EngineUnavailable,
     ExecutorError,
     ExitInfo,
     ImageNotFound,
@@ -67,6 +68,7 @@ START_CONCURRENCY = 8
 PULL_FAILURE_TTL_S = 10.0  # a failed pull is not retried for this long: tasks fail fast, not forever
 _DEAD_MEMORY = 10_000  # exits seen before anyone waited for them (a container that died at once)
 _INFINITE = aiohttp.ClientTimeout(total=None, sock_read=None)
+PING_TIMEOUT_S = 5.0  # a busy engine answers /_ping in milliseconds; this long means it is stuck
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
@@ -93,6 +95,13 @@ def _bound_ports(port_map: dict[str, Any] | None) -> list[PortConfig]:
                     k, PortConfig(Protocol=k[1], TargetPort=k[0], PublishedPort=int(b["HostPort"]), PublishMode="host")
                 )
     return list(out.values())
+
+
+def _connect_reason(url: str, exc: BaseException) -> str:
+    """"cannot connect to unix:///x.sock: No such file or directory", without aiohttp's wrapping."""
+    err = getattr(exc, "os_error", None) or exc
+    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return f"cannot connect to {url}: {text}"
 
 
 def _first_ip(networks: dict[str, Any] | None) -> str:
@@ -160,6 +169,9 @@ class DockerExecutor:
         self._start_sem = asyncio.Semaphore(start_concurrency)
         self._events_task: asyncio.Task[None] | None = None
         self._events_ready = asyncio.Event()
+        # Set when the event stream breaks: the engine may be gone, and the agent's health probe
+        # (agent/engine.py) checks at once instead of at its next tick.
+        self.engine_trouble = asyncio.Event()
         self._exit_waiters: dict[str, asyncio.Future[ExitInfo]] = {}
         self._dead: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._health: dict[str, collections.deque[bool]] = {}
@@ -228,6 +240,24 @@ class DockerExecutor:
         info = await self._call("GET", "info")
         self.hostname = info.get("Name", "")
         return node_description(info)
+
+    async def ping(self, timeout_s: float = PING_TIMEOUT_S) -> None:
+        """``GET /_ping``; raises :class:`EngineUnavailable` (a short reason) if it fails."""
+        try:
+            async with self.docker._query("_ping", "GET", timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                await resp.read()
+        except DockerError as e:
+            # aiodocker folds connection failures into status 900; its text names its own dummy URL.
+            cause = e.__cause__ or e.__context__
+            if e.status == 900 and isinstance(cause, TimeoutError):
+                raise EngineUnavailable(f"{self.url} did not answer within {timeout_s:g} s", timed_out=True) from None
+            if e.status == 900 and cause is not None:
+                raise EngineUnavailable(_connect_reason(self.url, cause)) from None
+            raise EngineUnavailable(f"{self.url} answered {e.status}: {e.message}") from None
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise EngineUnavailable(f"{self.url} did not answer within {timeout_s:g} s", timed_out=True) from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise EngineUnavailable(_connect_reason(self.url, e)) from None
 
     async def list_task_containers(self, node_id: str) -> list[ContainerInfo]:
         filters = json.dumps({"label": [f"{LABEL_NODE_ID}={node_id}"]})
@@ -464,6 +494,9 @@ class DockerExecutor:
                 raise
             except Exception as exc:  # the engine restarted or the socket broke: retry
                 log.warning("engine event stream failed (%s); reconnecting", exc)
+            else:  # the engine closed the stream (it is shutting down)
+                log.warning("engine event stream ended; reconnecting")
+            self.engine_trouble.set()
             await asyncio.sleep(1.0)
 
     def _on_event(self, ev: dict[str, Any]) -> None:
