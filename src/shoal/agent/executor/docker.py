@@ -69,6 +69,7 @@ PULL_FAILURE_TTL_S = 10.0  # a failed pull is not retried for this long: tasks f
 _DEAD_MEMORY = 10_000  # exits seen before anyone waited for them (a container that died at once)
 _INFINITE = aiohttp.ClientTimeout(total=None, sock_read=None)
 PING_TIMEOUT_S = 5.0  # a busy engine answers /_ping in milliseconds; this long means it is stuck
+ENGINE_RETRY_S = 1.0  # while the engine is away, exits wait and are checked again this often
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
@@ -242,19 +243,28 @@ class DockerExecutor:
         return node_description(info)
 
     async def ping(self, timeout_s: float = PING_TIMEOUT_S) -> None:
-        """``GET /_ping``; raises :class:`EngineUnavailable` (a short reason) if it fails."""
+        """``GET /_ping`` on a new connection; raises :class:`EngineUnavailable` (a short reason).
+
+        A new connection, not one from the pool: a stopping dockerd first closes its listening
+        socket and only then stops its containers, still serving the connections it has (the
+        event stream too). So only a fresh connect tells that it is going away.
+        """
+        if self.url.startswith("unix://"):
+            connector: aiohttp.BaseConnector = aiohttp.UnixConnector(self.url[len("unix://") :], force_close=True)
+            base = "http://localhost"
+        else:
+            connector = aiohttp.TCPConnector(force_close=True)
+            base = self.url.replace("tcp://", "http://", 1).rstrip("/")
         try:
-            async with self.docker._query("_ping", "GET", timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-                await resp.read()
-        except DockerError as e:
-            # aiodocker folds connection failures into status 900; its text names its own dummy URL.
-            cause = e.__cause__ or e.__context__
-            if e.status == 900 and isinstance(cause, TimeoutError):
-                raise EngineUnavailable(f"{self.url} did not answer within {timeout_s:g} s", timed_out=True) from None
-            if e.status == 900 and cause is not None:
-                raise EngineUnavailable(_connect_reason(self.url, cause)) from None
-            raise EngineUnavailable(f"{self.url} answered {e.status}: {e.message}") from None
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+            async with (
+                aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
+                session.get(f"{base}/_ping") as resp,
+            ):
+                body = await resp.read()
+                if resp.status != 200:
+                    text = body[:200].decode(errors="replace").strip()
+                    raise EngineUnavailable(f"{self.url} answered {resp.status}: {text}")
+        except TimeoutError:
             raise EngineUnavailable(f"{self.url} did not answer within {timeout_s:g} s", timed_out=True) from None
         except (aiohttp.ClientError, OSError) as e:
             raise EngineUnavailable(_connect_reason(self.url, e)) from None
@@ -525,7 +535,21 @@ class DockerExecutor:
         task.add_done_callback(self._background.discard)
 
     async def _resolve_exit(self, cid: str, event_code: int) -> None:
-        """Inspect the dead container for its exit code and error; the event's code is the fallback."""
+        """Inspect the dead container for its exit code and error; the event's code is the fallback.
+
+        A container killed because its engine is shutting down did not fail: reporting it would
+        spend a restart attempt, and its replacement could land on this node before the manager
+        hears that the engine is gone. So the exit is resolved only once the engine answers a
+        fresh connection: at once normally; while it is away, the agent reports the engine down,
+        the manager orphans the task, and the late report (after the engine returns) is ignored.
+        """
+        while True:
+            try:
+                await self.ping()
+                break
+            except EngineUnavailable:
+                self.engine_trouble.set()  # the health probe checks now, not at its next tick
+                await asyncio.sleep(ENGINE_RETRY_S)
         try:
             info = await self.inspect(cid)
             result = ExitInfo(info.exit_code, info.error, info.error == "OOM killed")
