@@ -173,6 +173,27 @@ def test_a_stopped_engine_moves_its_tasks_and_takes_none_until_it_is_back(lab: L
     wait_for(lambda: len(engine_containers(lab, svc.id)["host-2"]) == 4)
 
 
+def test_the_manager_serves_the_cluster_while_its_own_engine_is_down(lab: Lab, swarm: docker.DockerClient) -> None:
+    """The manager's engine stops: its API and the cluster go on, it just runs nothing itself."""
+    svc = sleeper(swarm, "managed", 8)
+    wait_for(lambda: running_per_host(swarm, svc.id) == {"host-1": 2, "host-2": 2, "host-3": 2, "host-4": 2})
+    manager = lab.hosts[0].node_id
+    lab.stop_engine("host-1")
+    status = wait_for(lambda: (st := swarm.api.inspect_node(manager)["Status"])["State"] == "down" and st, within=15)
+    assert status["Message"].startswith("engine unavailable: ")
+    per_host = wait_for(lambda: (p := running_per_host(swarm, svc.id)) and sum(p.values()) == 8 and p, within=15)
+    assert "host-1" not in per_host
+    other = sleeper(swarm, "while-down", 3)  # the cluster API works as ever
+    assert sum(wait_for(lambda: (p := running_per_host(swarm, other.id)) and sum(p.values()) == 3 and p).values()) == 3
+    assert "host-1" not in running_per_host(swarm, other.id)
+    assert swarm.api.inspect_node(manager)["ManagerStatus"]["Leader"] is True
+    lab.restore("host-1")
+    wait_for(lambda: swarm.api.inspect_node(manager)["Status"]["State"] == "ready", within=30)
+    svc.reload()
+    svc.scale(11)
+    assert wait_for(lambda: running_per_host(swarm, svc.id).get("host-1") == 3)
+
+
 def test_drain_moves_everything_and_pause_takes_nothing_new(lab: Lab, swarm: docker.DockerClient) -> None:
     svc = sleeper(swarm, "maint", 8)
     wait_for(lambda: sum(running_per_host(swarm, svc.id).values()) == 8)
