@@ -159,6 +159,8 @@ class Daemon:
         executor = DockerExecutor(self.engine)
         try:
             await executor.remove_all(node_id)
+        except Exception as e:  # the engine is down: leaving must still work (Swarm's --force)
+            log.warning("could not remove the containers of node %s (engine %s): %s", node_id, self.engine, e)
         finally:
             await executor.close()
         shutil.rmtree(self.cert_dir, ignore_errors=True)

@@ -97,6 +97,10 @@ class EngineMonitor:
 
     async def run(self) -> None:
         """Until cancelled: probe at the interval, or at once when the executor smells trouble."""
+        if getattr(self.executor, "engine_always_up", False):
+            # The hollow executor: a thousand of them in one fleet process would only add wake-ups.
+            await self.check()
+            return
         while True:
             await self.check()
             interval = self.interval_up_s if self.up else self.interval_down_s
