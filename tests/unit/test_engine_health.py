@@ -19,12 +19,14 @@ from shoal.models import (
     NodeDescription,
     NodeState,
     RestartPolicy,
+    Task,
     TaskSpec,
     TaskState,
     Version,
     engine_unavailable,
 )
 from shoal.orchestrator import GlobalOrchestrator, ReplicatedOrchestrator
+from shoal.orchestrator.task import new_task
 from shoal.orchestrator.testutils import (
     make_node,
     make_service,
@@ -226,9 +228,7 @@ class Clock:
         return self.now
 
 
-def _task(store: MemoryStore):  # type: ignore[no-untyped-def]
-    from shoal.orchestrator.task import new_task
-
+def _task(store: MemoryStore) -> Task:
     svc = make_service(store, "probe", replicas=0)
     return new_task(svc, 1)
 
@@ -371,4 +371,4 @@ async def test_failures_of_global_tasks_are_not_counted() -> None:
     async with running(GlobalOrchestrator(store), sched, agent):
         await wait_for(lambda: agent.failed[bad.ID] >= MAX_FAILURES + 1, within=5)
         assert not sched.nodes[bad.ID].failures  # the scheduler did not choose the node
-        assert svc.ID
+        assert all(t.NodeID == bad.ID for t in store.tasks_of_service(svc.ID) if t.Status.State is TaskState.FAILED)
