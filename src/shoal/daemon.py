@@ -33,13 +33,19 @@ from shoal.transport.client import GrpcDispatcherClient
 log = logging.getLogger("shoal.daemon")
 
 
-async def engine_info(url: str) -> dict[str, Any]:
-    """The engine's ``/info``; fails with one clear line when the engine is not there."""
+ENGINE_INFO_TIMEOUT_S = 5.0
+ENGINE_RETRY_S = 2.0
+
+
+async def engine_info(url: str, timeout_s: float = ENGINE_INFO_TIMEOUT_S) -> dict[str, Any]:
+    """The engine's ``/info``; raises ``ConnectionError`` (one clear line) when it does not answer."""
     docker = aiodocker.Docker(url=url)
     try:
-        return dict(await docker.system.info())
+        return dict(await asyncio.wait_for(docker.system.info(), timeout_s))
+    except TimeoutError:
+        raise ConnectionError(f"cannot reach the Docker engine at {url}: no answer within {timeout_s:g} s") from None
     except Exception as e:  # aiodocker raises several connection error types
-        raise SystemExit(f"shoal: cannot reach the Docker engine at {url}: {e}") from None
+        raise ConnectionError(f"cannot reach the Docker engine at {url}: {e}") from None
     finally:
         await docker.close()
 
@@ -58,6 +64,7 @@ class Daemon:
         self._logs_task: asyncio.Task[None] | None = None
         self._executor: DockerExecutor | None = None
         self._grpc: GrpcDispatcherClient | None = None
+        self._engine_task: asyncio.Task[None] | None = None
         self.hostname = socket.gethostname()
 
     @property
@@ -65,15 +72,38 @@ class Daemon:
         return self.data_root / "certificates"
 
     async def start(self) -> None:
-        info = await engine_info(self.engine)
-        self.hostname = str(info.get("Name") or socket.gethostname())
-        self.manager = Manager(self.data_root, engine_info=info, advertise_addr=self.advertise_addr)
+        # A host whose engine is down still serves the API and, on a manager, the cluster: only
+        # this node runs nothing (its agent reports the engine down) until the engine answers.
+        try:
+            info: dict[str, Any] | None = await engine_info(self.engine)
+        except ConnectionError as e:
+            log.warning("%s; serving anyway, this node runs no tasks until it answers", e)
+            info = None
+        self.hostname = str((info or {}).get("Name") or socket.gethostname())
+        self.manager = Manager(self.data_root, engine_info=info or {}, advertise_addr=self.advertise_addr)
+        if info is None:
+            self._engine_task = asyncio.create_task(self._await_engine(), name="engine-info")
         self.manager.on_join = self._start_agent
         self.manager.on_leave = self._stop_agent_and_clean
         self.manager.joiner = self._join
         self._runner = await serve(create_app(self.manager), self.hosts)
         await self.manager.start()
         log.info("shoal daemon listening on %s", ", ".join(self.hosts))
+
+    async def _await_engine(self) -> None:
+        """Fill in what ``/info`` and ``/version`` say of the engine once it first answers (the
+        agent watches the engine on its own, for the node's state)."""
+        while True:
+            await asyncio.sleep(ENGINE_RETRY_S)
+            try:
+                info = await engine_info(self.engine)
+            except ConnectionError:
+                continue
+            assert self.manager is not None
+            self.manager.engine_info = info
+            self.hostname = str(info.get("Name") or self.hostname)
+            log.info("the Docker engine at %s answers", self.engine)
+            return
 
     async def _join(self, req: JoinRequest) -> Membership:
         """``swarm join`` on this host: credentials from the remote manager, pinned by the token."""
@@ -131,11 +161,16 @@ class Daemon:
         executor = DockerExecutor(self.engine)
         try:
             await executor.remove_all(node_id)
+        except Exception as e:  # the engine is down: leaving must still work (Swarm's --force)
+            log.warning("could not remove the containers of node %s (engine %s): %s", node_id, self.engine, e)
         finally:
             await executor.close()
         shutil.rmtree(self.cert_dir, ignore_errors=True)
 
     async def stop(self) -> None:
+        if self._engine_task is not None:
+            self._engine_task.cancel()
+            await asyncio.gather(self._engine_task, return_exceptions=True)
         await self._stop_agent()
         if self.manager is not None:
             await self.manager.stop()

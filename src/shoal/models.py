@@ -608,6 +608,17 @@ class NodeStatus(Obj):
     Addr: str = ""
 
 
+# A node whose agent is alive but whose engine does not answer is ``down`` with this message
+# (followed by ": <reason>"): it can run nothing, so it is treated as a lost node, and the prefix
+# tells the scheduler's explanation and the dispatcher why (see docs/architecture.md).
+ENGINE_UNAVAILABLE = "engine unavailable"
+
+
+def engine_unavailable(node: Node) -> bool:
+    """Whether ``node`` is down because its agent reported its engine unusable."""
+    return node.Status.State is NodeState.DOWN and node.Status.Message.startswith(ENGINE_UNAVAILABLE)
+
+
 class ManagerStatus(Obj):
     Leader: bool = False
     Reachability: str = "reachable"

@@ -16,8 +16,9 @@ import requests
 class ShoalProcess:
     """One daemon with its own socket and data root; can be stopped and started again."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, engine: str | None = None) -> None:
         self.root = root
+        self.engine = engine  # --engine; None: the daemon's default (the machine's dockerd)
         self.sock = root / "shoal.sock"
         self.data = root / "data"
         self.log = root / "shoal.log"
@@ -26,9 +27,10 @@ class ShoalProcess:
 
     def start(self, timeout: float = 20.0) -> None:
         shoal = Path(sys.executable).with_name("shoal")
+        engine = ["--engine", self.engine] if self.engine else []
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [str(shoal), "daemon", "-H", self.host, "--data-root", str(self.data), "--log-level", "info"],
+                [str(shoal), "daemon", "-H", self.host, "--data-root", str(self.data), "--log-level", "info", *engine],
                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         deadline = time.monotonic() + timeout

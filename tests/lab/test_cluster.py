@@ -125,6 +125,75 @@ def test_failover_of_a_killed_host_and_a_cut_host(lab: Lab, swarm: docker.Docker
     assert wait_for(lambda: sum(running_per_host(swarm, svc.id).values()) == 12)
 
 
+def test_a_stopped_engine_moves_its_tasks_and_takes_none_until_it_is_back(lab: Lab, swarm: docker.DockerClient) -> None:
+    """Issue 10, item 9: `shoal lab stop-engine host-2` with 12 replicas. Host-2's agent lives on and
+    reports its engine down: the node goes down ("engine unavailable: ..."), its tasks are orphaned
+    (no restart attempt spent) and run elsewhere within the failover time, and nothing is placed
+    on host-2 until its engine is back."""
+    svc = sleeper(swarm, "engine", 12)
+    wait_for(lambda: running_per_host(swarm, svc.id) == {"host-1": 3, "host-2": 3, "host-3": 3, "host-4": 3})
+    ids = {h.name: h.node_id for h in lab.hosts}
+
+    def node2() -> dict[str, Any]:
+        return swarm.api.inspect_node(ids["host-2"])
+
+    start = time.monotonic()
+    lab.stop_engine("host-2")  # returns once dockerd has exited (it stops its containers first)
+    stopped = time.monotonic() - start
+    status = wait_for(lambda: (st := node2()["Status"])["State"] == "down" and st, within=15)
+    assert status["Message"].startswith("engine unavailable: cannot connect to unix://"), status
+    per_host = wait_for(lambda: (p := running_per_host(swarm, svc.id)) and sum(p.values()) == 12 and p, within=15)
+    took = time.monotonic() - start
+    print(f"\nengine stop: dockerd gone after {stopped:.1f} s, 12 running elsewhere after {took:.1f} s")
+    assert "host-2" not in per_host and took < 20
+    tasks = swarm.api.tasks(filters={"service": svc.id})
+    lost = [t for t in tasks if t["NodeID"] == ids["host-2"]]
+    assert len(lost) == 3
+    assert all(t["Status"]["State"] == "orphaned" and t["DesiredState"] == "shutdown" for t in lost), [
+        (t["Status"], t["DesiredState"]) for t in lost]
+    # Nothing failed or was rejected on the way: the slots were refilled without a restart attempt.
+    assert {t["Status"]["State"] for t in tasks} == {"running", "orphaned"}
+
+    # While the engine is down, nothing new goes there, and the CLI's view says why.
+    svc.scale(16)
+    per_host = wait_for(lambda: (p := running_per_host(swarm, svc.id)) and sum(p.values()) == 16 and p)
+    assert "host-2" not in per_host
+    assert len([t for t in swarm.api.tasks(filters={"service": svc.id}) if t["NodeID"] == ids["host-2"]]) == 3
+    assert node2()["Status"]["State"] == "down"
+
+    # Back: the same agent reports it, the node is ready again and takes its share.
+    start = time.monotonic()
+    lab.restore("host-2")
+    wait_for(lambda: node2()["Status"]["State"] == "ready", within=30)
+    print(f"engine restore: node ready {time.monotonic() - start:.1f} s after restore began")
+    svc.reload()
+    svc.scale(20)
+    per_host = wait_for(lambda: (p := running_per_host(swarm, svc.id)) and sum(p.values()) == 20 and p)
+    assert per_host.get("host-2") == 4, per_host  # spread: the empty node takes the 4 new tasks
+    wait_for(lambda: len(engine_containers(lab, svc.id)["host-2"]) == 4)
+
+
+def test_the_manager_serves_the_cluster_while_its_own_engine_is_down(lab: Lab, swarm: docker.DockerClient) -> None:
+    """The manager's engine stops: its API and the cluster go on, it just runs nothing itself."""
+    svc = sleeper(swarm, "managed", 8)
+    wait_for(lambda: running_per_host(swarm, svc.id) == {"host-1": 2, "host-2": 2, "host-3": 2, "host-4": 2})
+    manager = lab.hosts[0].node_id
+    lab.stop_engine("host-1")
+    status = wait_for(lambda: (st := swarm.api.inspect_node(manager)["Status"])["State"] == "down" and st, within=15)
+    assert status["Message"].startswith("engine unavailable: ")
+    per_host = wait_for(lambda: (p := running_per_host(swarm, svc.id)) and sum(p.values()) == 8 and p, within=15)
+    assert "host-1" not in per_host
+    other = sleeper(swarm, "while-down", 3)  # the cluster API works as ever
+    assert sum(wait_for(lambda: (p := running_per_host(swarm, other.id)) and sum(p.values()) == 3 and p).values()) == 3
+    assert "host-1" not in running_per_host(swarm, other.id)
+    assert swarm.api.inspect_node(manager)["ManagerStatus"]["Leader"] is True
+    lab.restore("host-1")
+    wait_for(lambda: swarm.api.inspect_node(manager)["Status"]["State"] == "ready", within=30)
+    svc.reload()
+    svc.scale(11)
+    assert wait_for(lambda: running_per_host(swarm, svc.id).get("host-1") == 3)
+
+
 def test_drain_moves_everything_and_pause_takes_nothing_new(lab: Lab, swarm: docker.DockerClient) -> None:
     svc = sleeper(swarm, "maint", 8)
     wait_for(lambda: sum(running_per_host(swarm, svc.id).values()) == 8)

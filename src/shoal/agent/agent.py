@@ -4,6 +4,11 @@ Swarmkit's ``agent/agent.go`` + ``session.go``: register, heartbeat, read the as
 hand it to the worker, report status through the batching reporter. When the session breaks (manager
 restarting, network), running containers are left alone and the agent registers again with
 exponential back-off (0.1 s doubling to 5 s). The agent is also the node's :class:`LogSource`.
+
+The engine is watched (agent/engine.py) and its health rides on every heartbeat, sent at once when
+it changes. An agent whose engine is not there yet still registers (reporting it down: the node
+runs nothing but is known, and a manager's API works), and as soon as the engine answers it starts
+its worker and registers again, so the new session's full assignment set reaches the worker.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 from collections.abc import AsyncIterator
 
+from shoal.agent.engine import EngineMonitor
 from shoal.agent.executor.base import Executor
 from shoal.agent.executor.docker import DockerExecutor
 from shoal.agent.ingress import IngressProxy
@@ -21,13 +28,14 @@ from shoal.agent.network.plumbing import NetworkAgent
 from shoal.agent.reporter import StatusReporter
 from shoal.agent.worker import Worker
 from shoal.dispatcher.merge import merge_streams
-from shoal.dispatcher.protocol import DispatcherClient, LogMessage, LogOptions, SessionInfo
-from shoal.models import Task
+from shoal.dispatcher.protocol import DispatcherClient, EngineHealth, LogMessage, LogOptions, SessionInfo
+from shoal.models import NodeDescription, Task
 
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
+WORKER_START_TIMEOUT_S = 10.0  # the engine answered its ping but not the calls the worker needs
 
 
 class Agent:
@@ -41,6 +49,7 @@ class Agent:
         ingress: IngressProxy | None = None,
         report_interval_s: float = 0.05,
         report_max_batch: int = 100,
+        engine: EngineMonitor | None = None,
     ) -> None:
         self.client = client
         self.executor = executor
@@ -52,7 +61,10 @@ class Agent:
             # Real containers get real overlay networks; the hollow executor plumbs nothing.
             executor.network = NetworkAgent(executor.url, node_id, addr)
         self.reporter = StatusReporter(client, report_interval_s, report_max_batch)
-        self.worker: Worker | None = None
+        self.engine = engine if engine is not None else EngineMonitor(executor)
+        self.worker: Worker | None = None  # made once the engine first answers
+        self._worker_error = ""  # why the worker could not start (the engine answers pings only)
+        self._description: NodeDescription | None = None
         self.session: SessionInfo | None = None
         self.connected = asyncio.Event()  # set while a session is up (tests and the daemon wait on it)
 
@@ -68,25 +80,19 @@ class Agent:
 
     async def run(self) -> None:
         """Until cancelled. Containers keep running when it ends; call :meth:`close` afterwards."""
-        backoff = BACKOFF_MIN_S
-        while True:  # the engine may be starting too: wait for it rather than give up
-            try:
-                await self.executor.start_events()  # before listing: an exit in between must not be missed
-                description = await self.executor.describe()
-                existing = await self.executor.list_task_containers(self.node_id)
-                break
-            except Exception as exc:
-                log.warning("agent %s: engine not usable yet: %s", self.node_id, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-        self.worker = Worker(self.executor, self.reporter, self.ingress, existing)
+        monitor = asyncio.create_task(self.engine.run(), name=f"engine-monitor-{self.node_id}")
         reporter = asyncio.create_task(self.reporter.run())
         backoff = BACKOFF_MIN_S
         try:
+            await self._start_worker()
             while True:
+                again = False
                 try:
-                    self.session = await self.client.register(self.node_id, description, self.addr)
-                    await self._session(self.session)
+                    description = self._description or NodeDescription(Hostname=socket.gethostname())
+                    self.session = await self.client.register(
+                        self.node_id, description, self.addr, self.engine_health()
+                    )
+                    again = await self._session(self.session)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # any session failure: back off and register again
@@ -97,40 +103,93 @@ class Agent:
                     self.connected.clear()
                     self.reporter.set_session(None)
                     self.session = None
+                if again:  # the worker just started: a new session brings it the full set
+                    backoff = BACKOFF_MIN_S
+                    continue
                 await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
         finally:
-            reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter
-            await self.worker.close()
+            for t in (monitor, reporter):
+                t.cancel()
+            await asyncio.gather(monitor, reporter, return_exceptions=True)
+            if self.worker is not None:
+                await self.worker.close()
             await self.ingress.close()
 
-    async def _session(self, session: SessionInfo) -> None:
-        """Heartbeat and assignments side by side; whichever fails first ends the session."""
+    def engine_health(self) -> EngineHealth:
+        """What the manager is told: the probe's verdict, but an engine that answers pings and not
+        the worker's first calls is not usable either."""
+        health = self.engine.health or EngineHealth(up=False, reason="not checked yet")
+        if health.up and self.worker is None:
+            return EngineHealth(up=False, reason=self._worker_error or "engine starting")
+        return health
+
+    async def _start_worker(self) -> bool:
+        """Once the engine answers: follow its events (before listing, so no exit in between is
+        missed), describe the node, list the containers a previous agent left. True when done."""
+        if self.worker is not None:
+            return True
+        if not self.engine.up:
+            await self.engine.check()
+            if not self.engine.up:
+                return False
+        try:
+            await asyncio.wait_for(self.executor.start_events(), timeout=WORKER_START_TIMEOUT_S)
+            self._description = await self.executor.describe()
+            existing = await self.executor.list_task_containers(self.node_id)
+        except Exception as exc:
+            self._worker_error = f"engine not usable: {exc or type(exc).__name__}"
+            log.warning("agent %s: %s", self.node_id, self._worker_error)
+            return False
+        self._worker_error = ""
+        self.worker = Worker(self.executor, self.reporter, self.ingress, existing)
+        return True
+
+    async def _until_worker(self) -> None:
+        """While the engine has never answered: wait for it, then start the worker."""
+        while not await self._start_worker():
+            flip = self.engine.flipped()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(flip.wait(), timeout=BACKOFF_MAX_S)
+
+    async def _session(self, session: SessionInfo) -> bool:
+        """Heartbeat and assignments side by side; whichever fails first ends the session. Without a
+        worker, also wait for the engine: True when the session ended because the worker started."""
         heartbeat = asyncio.create_task(self._heartbeat(session))
         assignments = asyncio.create_task(self._assignments(session))
+        tasks = {heartbeat, assignments}
+        waiter = asyncio.create_task(self._until_worker()) if self.worker is None else None
+        if waiter is not None:
+            tasks.add(waiter)
         try:
-            done, _pending = await asyncio.wait({heartbeat, assignments}, return_when=asyncio.FIRST_COMPLETED)
+            done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 t.result()  # raises the session's error
+            return waiter is not None and waiter in done
         finally:
-            for t in (heartbeat, assignments):
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(heartbeat, assignments, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _heartbeat(self, session: SessionInfo) -> None:
+        """A heartbeat every period, and one at once when the engine goes down or comes back, so
+        the manager moves the node's tasks without waiting a period."""
         period = session.heartbeat_period_s
         while True:
-            await asyncio.sleep(period)
-            period = await self.client.heartbeat(session.session_id)
+            flip = self.engine.flipped()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(flip.wait(), timeout=period)
+            period = await self.client.heartbeat(session.session_id, self.engine_health())
 
     async def _assignments(self, session: SessionInfo) -> None:
-        assert self.worker is not None
+        # Without a worker (no engine yet) the messages are read and dropped: the session that
+        # follows the worker's start sends the full set again.
+        worker = self.worker
         stream = self.client.assignments(session.session_id)
         try:
             async for msg in stream:
-                self.worker.apply(msg)
+                if worker is not None:
+                    worker.apply(msg)
                 if msg.full:
                     # Reports wait until the worker has seen the full set (and adopted containers).
                     self.reporter.set_session(session.session_id)

@@ -23,6 +23,7 @@ from shoal.dispatcher.merge import merge_streams
 from shoal.dispatcher.netstate import Dirty, NetworkIndex
 from shoal.dispatcher.protocol import (
     Assignments,
+    EngineHealth,
     LogMessage,
     LogOptions,
     LogSource,
@@ -33,6 +34,7 @@ from shoal.dispatcher.protocol import (
 from shoal.errors import NotFound, Unavailable
 from shoal.ids import new_id
 from shoal.models import (
+    ENGINE_UNAVAILABLE,
     SECOND,
     Config,
     Node,
@@ -43,6 +45,7 @@ from shoal.models import (
     Task,
     TaskState,
     TaskStatus,
+    engine_unavailable,
     now_ts,
 )
 from shoal.store import Action, Event, MemoryStore, Tx, Watcher
@@ -91,6 +94,11 @@ class _Stream:
 def _visible(task: Task | None, node_id: str) -> bool:
     """Whether the node's agent is told about this task (swarmkit: state >= assigned)."""
     return task is not None and task.NodeID == node_id and task.Status.State.order >= _ASSIGNED
+
+
+def _engine_down_status(status: NodeStatus, engine: EngineHealth) -> NodeStatus:
+    message = f"{ENGINE_UNAVAILABLE}: {engine.reason}" if engine.reason else ENGINE_UNAVAILABLE
+    return msgspec.structs.replace(status, State=NodeState.DOWN, Message=message)
 
 
 def _same_status(a: TaskStatus, b: TaskStatus) -> bool:
@@ -254,14 +262,20 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ register / heartbeat
 
-    async def register(self, node_id: str | None, description: NodeDescription, addr: str) -> SessionInfo:
-        """Open a session for a known node; its previous session (if any) ends."""
+    async def register(
+        self, node_id: str | None, description: NodeDescription, addr: str, engine: EngineHealth | None = None
+    ) -> SessionInfo:
+        """Open a session for a known node; its previous session (if any) ends. A node whose engine
+        is down registers too (its agent is there), but stays ``down`` and keeps its description."""
         if self._stopped:
             raise Unavailable("dispatcher is stopped")
         period = self.heartbeat_period()
         with self.store.tx() as tx:
             node = self._node_for_register(tx, node_id)
             status = NodeStatus(State=NodeState.READY, Message="", Addr=addr or node.Status.Addr)
+            if engine is not None and not engine.up:
+                status = _engine_down_status(status, engine)
+                description = node.Description  # a down engine described nothing: keep what we know
             tx.update("node", msgspec.structs.replace(node, Description=description, Status=status))
         old = self._node_sessions.get(node.ID)
         if old is not None:
@@ -281,14 +295,38 @@ class Dispatcher:
             raise NotFound(f"node {node_id or '(none)'} not found")
         return node
 
-    async def heartbeat(self, session_id: str) -> float:
+    async def heartbeat(self, session_id: str, engine: EngineHealth | None = None) -> float:
         sess = self._session(session_id)
-        if self.store.get("node", sess.node_id) is None:  # removed with `docker node rm --force`
+        node: Node | None = self.store.get("node", sess.node_id)
+        if node is None:  # removed with `docker node rm --force`
             self._close(sess)
             raise SessionInvalid("node removed")
         period = self.heartbeat_period()
         sess.deadline = time.monotonic() + period * GRACE_MULTIPLIER
+        if engine is not None:
+            self._record_engine(node, engine)
         return period
+
+    def _record_engine(self, node: Node, engine: EngineHealth) -> None:
+        """Turn a change of the node's engine health into its state: ``down`` ("engine
+        unavailable: ...") while the engine is down, ``ready`` again once it is back. Writes only on
+        a change, so steady heartbeats cost no transaction."""
+        status = node.Status
+        if engine.up:
+            if not engine_unavailable(node):
+                return  # ready already, or down for another reason that only a new session clears
+            log.info("node %s: engine is back", node.ID)
+            new = msgspec.structs.replace(status, State=NodeState.READY, Message="")
+        else:
+            new = _engine_down_status(status, engine)
+            if new == status:
+                return
+            if status.State is not NodeState.DOWN:
+                log.warning("node %s: %s", node.ID, new.Message)
+        with self.store.tx() as tx:
+            cur: Node | None = tx.get("node", node.ID)
+            if cur is not None and cur.Status == status:  # unchanged since we looked
+                tx.update("node", msgspec.structs.replace(cur, Status=new))
 
     # ------------------------------------------------------------------ assignments
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from shoal.dispatcher.dispatcher import Dispatcher
-from shoal.dispatcher.protocol import Assignments, SessionInfo, TaskStatusUpdate
+from shoal.dispatcher.protocol import Assignments, EngineHealth, SessionInfo, TaskStatusUpdate
 from shoal.models import NodeDescription
 
 
@@ -20,11 +20,13 @@ class InProcessClient:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
 
-    async def register(self, node_id: str | None, description: NodeDescription, addr: str) -> SessionInfo:
-        return await self.dispatcher.register(node_id, description, addr)
+    async def register(
+        self, node_id: str | None, description: NodeDescription, addr: str, engine: EngineHealth | None = None
+    ) -> SessionInfo:
+        return await self.dispatcher.register(node_id, description, addr, engine)
 
-    async def heartbeat(self, session_id: str) -> float:
-        return await self.dispatcher.heartbeat(session_id)
+    async def heartbeat(self, session_id: str, engine: EngineHealth | None = None) -> float:
+        return await self.dispatcher.heartbeat(session_id, engine)
 
     def assignments(self, session_id: str) -> AsyncIterator[Assignments]:
         return self.dispatcher.assignments(session_id)

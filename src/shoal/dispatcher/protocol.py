@@ -16,6 +16,15 @@ import msgspec
 from shoal.models import Config, Network, NodeDescription, Secret, Task, TaskStatus
 
 
+class EngineHealth(msgspec.Struct):
+    """Whether the node's container engine answers, as the agent last saw it. ``reason`` says why
+    not, in a few words ("cannot connect to unix:///var/run/docker.sock"). Sent with register and
+    every heartbeat; a message without it (an older agent) leaves the node's state as it is."""
+
+    up: bool = True
+    reason: str = ""
+
+
 class SessionInfo(msgspec.Struct):
     node_id: str
     session_id: str
@@ -90,9 +99,14 @@ class LogMessage(msgspec.Struct):
 class DispatcherClient(Protocol):
     """What an agent calls. The in-process transport and the gRPC one both implement it."""
 
-    async def register(self, node_id: str | None, description: NodeDescription, addr: str) -> SessionInfo: ...
+    async def register(
+        self, node_id: str | None, description: NodeDescription, addr: str, engine: EngineHealth | None = None
+    ) -> SessionInfo:
+        """``engine`` down: the node registers but takes no tasks (``description`` may then be a
+        placeholder; the manager keeps the one it has)."""
+        ...
 
-    async def heartbeat(self, session_id: str) -> float:
+    async def heartbeat(self, session_id: str, engine: EngineHealth | None = None) -> float:
         """Returns the heartbeat period (seconds) the manager wants next."""
         ...
 

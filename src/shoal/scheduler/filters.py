@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from shoal.models import NodeAvailability, NodeState, Task
+from shoal.models import NodeAvailability, NodeState, Task, engine_unavailable
 from shoal.scheduler.constraints import Constraint, constraints_of, node_matches, parse_constraints
 from shoal.scheduler.expressions import rules_of
 from shoal.scheduler.nodeinfo import NodeInfo, PortKey, generic_reservations, host_ports, reservations
@@ -23,6 +23,7 @@ from shoal.scheduler.settings import ClusterSettings
 __all__ = [
     "CPUFilter",
     "ConstraintFilter",
+    "EngineFilter",
     "ExpressionFilter",
     "Filter",
     "GenericResourceFilter",
@@ -73,6 +74,22 @@ class ReadyNodeFilter:
 
     def explain(self, nodes: int) -> str:
         return f"{_on(nodes)} not available for new tasks"
+
+
+class EngineFilter:
+    """The node's engine answers its agent. A node reporting its engine down is also ``down`` (so
+    the ready filter would refuse it too); this filter runs first to say why."""
+
+    name = "engine"
+
+    def set_task(self, task: Task) -> bool:
+        return True
+
+    def check(self, info: NodeInfo) -> bool:
+        return not engine_unavailable(info.node)
+
+    def explain(self, nodes: int) -> str:
+        return f"engine unavailable on {_on(nodes)}"
 
 
 class CPUFilter:
@@ -282,7 +299,9 @@ class MaxReplicasFilter:
 
 FilterFactory = Callable[[], Filter]
 _REGISTRY: list[tuple[str, FilterFactory]] = [
-    # Readiness first: it is the cheapest and rules out the most nodes in a degraded cluster.
+    # Readiness first: it is the cheapest and rules out the most nodes in a degraded cluster. The
+    # engine check is part of it, ahead only to name the cause.
+    ("engine", EngineFilter),
     ("ready", ReadyNodeFilter),
     ("cpu", CPUFilter),
     ("memory", MemoryFilter),

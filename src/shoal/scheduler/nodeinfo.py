@@ -16,6 +16,14 @@ _RUNNING = TaskState.RUNNING.order
 _ASSIGNED = TaskState.ASSIGNED.order
 
 PortKey = tuple[str, int]  # (protocol, published port)
+# Failures are counted per service *and spec version* (swarmkit's versionedService): an update that
+# fixes the service starts with a clean slate everywhere.
+FailureKey = tuple[str, int]
+
+# Swarmkit's scheduler constants: a node where a service's tasks failed (or were rejected) this
+# many times within this window goes behind every other node for that service.
+MAX_FAILURES = 5
+MONITOR_FAILURES_S = 300.0
 
 
 def occupies(task: Task) -> bool:
@@ -92,6 +100,10 @@ def container_names(task: Task) -> tuple[str, str]:
     return f"{svc}.{mid}", f"{svc}.{mid}.{task.ID}"
 
 
+def failure_key(task: Task) -> FailureKey:
+    return (task.ServiceID, task.SpecVersion.Index if task.SpecVersion is not None else 0)
+
+
 def _bump(d: dict[Any, int], key: Any, sign: int) -> None:
     n = d.get(key, 0) + sign
     if n > 0:
@@ -118,6 +130,8 @@ class NodeInfo:
         "active",
         "active_by_service",
         "capacity_generic",
+        "failures",
+        "failures_cleaned",
         "id",
         "images",
         "label_pairs",
@@ -147,6 +161,9 @@ class NodeInfo:
         self.images: dict[str, int] = {}
         self.service_names: dict[str, int] = {}
         self.names: dict[str, int] = {}
+        # Times (monotonic seconds) of recent failures here, oldest first, by service version.
+        self.failures: dict[FailureKey, list[float]] = {}
+        self.failures_cleaned = 0.0
 
     def set_node(self, node: Node) -> None:
         self.node = node
@@ -161,6 +178,7 @@ class NodeInfo:
         c.capacity_generic, c.reserved_generic = self.capacity_generic, dict(self.reserved_generic)
         c.label_pairs, c.images = dict(self.label_pairs), dict(self.images)
         c.service_names, c.names = dict(self.service_names), dict(self.names)
+        c.failures, c.failures_cleaned = {k: list(v) for k, v in self.failures.items()}, self.failures_cleaned
         return c
 
     # ------------------------------------------------------------------ capacity
@@ -182,6 +200,28 @@ class NodeInfo:
 
     def service_count(self, service_id: str) -> int:
         return self.active_by_service.get(service_id, 0)
+
+    # ------------------------------------------------------------------ failures (back-off)
+
+    def task_failed(self, task: Task, now: float) -> int:
+        """Record that ``task`` failed or was rejected here; returns the service version's failures
+        within the window, this one included."""
+        if now - self.failures_cleaned >= MONITOR_FAILURES_S:
+            # Now and then, forget services that stopped failing, so the map does not grow forever.
+            self.failures = {k: v for k, v in self.failures.items() if now - v[-1] < MONITOR_FAILURES_S}
+            self.failures_cleaned = now
+        key = failure_key(task)
+        times = [t for t in self.failures.get(key, ()) if now - t < MONITOR_FAILURES_S]
+        times.append(now)
+        self.failures[key] = times
+        return len(times)
+
+    def recent_failures(self, key: FailureKey, now: float) -> int:
+        """Failures of that service version here within the window."""
+        times = self.failures.get(key)
+        if not times:
+            return 0
+        return sum(1 for t in times if now - t < MONITOR_FAILURES_S)
 
     # ------------------------------------------------------------------ updates
 

@@ -3,6 +3,9 @@
 Nodes that pass the filters are ranked by a key (smallest first):
 
 - soft rules (classic ``==~``/``!=~``, Rancher ``_soft``): fewest unsatisfied first;
+- recent failures: a node where this service version failed ``MAX_FAILURES`` times within
+  ``MONITOR_FAILURES_S`` goes behind all others, the most failures last (swarmkit's back-off from
+  nodes where a service crash-loops); fewer failures than that do not count;
 - the strategy: **spread** (fewest tasks of the service, then fewest tasks), **binpack** (most
   reserved CPU+memory as a share of capacity, then most tasks), **random**.
 
@@ -26,7 +29,7 @@ from typing import Any
 from shoal.models import Task, TaskState
 from shoal.scheduler.expressions import Rule, rules_of
 from shoal.scheduler.filters import Pipeline
-from shoal.scheduler.nodeinfo import NodeInfo, reservations
+from shoal.scheduler.nodeinfo import MAX_FAILURES, NodeInfo, failure_key, reservations
 from shoal.scheduler.settings import task_priority
 
 Key = tuple[Any, ...]
@@ -56,8 +59,15 @@ def descriptor_value(info: NodeInfo, descriptor: str) -> str | None:
     return None
 
 
-def make_key(strategy: str, service_id: str, soft: Sequence[Rule], rng: random.Random) -> Callable[[NodeInfo], Key]:
-    """The ranking key for one group (smaller is better)."""
+def make_key(
+    strategy: str,
+    service_id: str,
+    soft: Sequence[Rule],
+    rng: random.Random,
+    failures: Callable[[NodeInfo], int] | None = None,
+) -> Callable[[NodeInfo], Key]:
+    """The ranking key for one group (smaller is better). ``failures``: the node's back-off count
+    (0 for a node in good standing), ranked before everything else."""
     if strategy == "binpack":
 
         def base(info: NodeInfo) -> Key:
@@ -84,13 +94,33 @@ def make_key(strategy: str, service_id: str, soft: Sequence[Rule], rng: random.R
         def base(info: NodeInfo) -> Key:
             return (info.service_count(service_id), info.active)
 
-    if not soft:
-        return base
+    ranked = base
+    if soft:
+
+        def ranked(info: NodeInfo) -> Key:
+            return (sum(not r.test(info) for r in soft), *base(info))
+
+    if failures is None:
+        return ranked
 
     def key(info: NodeInfo) -> Key:
-        return (sum(not r.test(info) for r in soft), *base(info))
+        return (failures(info), *ranked(info))
 
     return key
+
+
+def backoff(task: Task, nodes: Iterable[NodeInfo], now: float) -> Callable[[NodeInfo], int] | None:
+    """The failure count by which a node is ranked for ``task``'s group, or None when no node has
+    failed it ``MAX_FAILURES`` times (the usual case: the ranking key stays as it was)."""
+    fkey = failure_key(task)
+
+    def count(info: NodeInfo) -> int:
+        n = info.recent_failures(fkey, now)
+        return n if n >= MAX_FAILURES else 0
+
+    if not any(fkey in info.failures and count(info) for info in nodes):
+        return None
+    return count
 
 
 class _Leaf:
@@ -124,11 +154,18 @@ class GroupPlacer:
         task: Task,
         strategy: str,
         rng: random.Random | None = None,
+        now: float | None = None,
     ) -> None:
+        """``now`` (monotonic seconds): rank nodes by their recent failures for this group too."""
         self.pipeline = pipeline
         self.service_id = task.ServiceID
         soft = [r for r in rules_of(task) if r.soft]
-        self.key = make_key(strategy, task.ServiceID, soft, rng or random.Random())
+        if now is not None:
+            nodes = list(nodes)
+            failures = backoff(task, nodes, now)
+        else:
+            failures = None
+        self.key = make_key(strategy, task.ServiceID, soft, rng or random.Random(), failures)
         self.prefs = preference_labels(task)
         self._seq = 0
         root: _Leaf | _Branch = _Branch() if self.prefs else _Leaf()

@@ -19,6 +19,13 @@ stopped holding resources. New pending tasks alone never re-run the old unplacea
 
 Global tasks arrive with ``NodeID`` preset: only that node is checked.
 
+Back-off (swarmkit's): each failure or rejection of a task the scheduler placed is counted on its
+node, per service version; a node with ``MAX_FAILURES`` of them within ``MONITOR_FAILURES_S`` is
+ranked behind the others for that service (see :mod:`.placement`), so a service that crash-loops
+on one host (a bad volume, a missing device) moves to hosts where it may work. Preassigned
+(global) tasks are not counted: the scheduler did not choose their node. The counts live in
+memory, as in swarmkit: a restarted manager starts them afresh.
+
 Cluster settings (strategy, overcommit) come from the swarm spec labels (:mod:`.settings`).
 """
 
@@ -26,7 +33,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -34,7 +42,7 @@ import msgspec
 from shoal.models import Node, Task, TaskState, TaskStatus, now_ts
 from shoal.orchestrator.base import ReconcileLoop
 from shoal.scheduler.filters import Pipeline
-from shoal.scheduler.nodeinfo import NodeInfo, occupies
+from shoal.scheduler.nodeinfo import MAX_FAILURES, MONITOR_FAILURES_S, NodeInfo, occupies
 from shoal.scheduler.placement import GroupPlacer, find_preemption, preemption_message
 from shoal.scheduler.settings import ClusterSettings, task_priority, task_strategy
 from shoal.store import Action, Event, MemoryStore
@@ -50,6 +58,7 @@ ASSIGNED_MESSAGE = "scheduler assigned task to node"
 MAX_PLACEMENTS_PER_PASS = 2_000
 _RUNNING = TaskState.RUNNING.order
 _ASSIGNED = TaskState.ASSIGNED.order
+_FAILURES = (TaskState.FAILED, TaskState.REJECTED)
 
 
 class Scheduler(ReconcileLoop):
@@ -58,9 +67,15 @@ class Scheduler(ReconcileLoop):
     kinds = ("task", "node", "cluster")
 
     def __init__(
-        self, store: MemoryStore, *, pipeline: Pipeline | None = None, rng: random.Random | None = None
+        self,
+        store: MemoryStore,
+        *,
+        pipeline: Pipeline | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(store)
+        self.clock = clock  # for the failure back-off window
         self.pipeline = pipeline or Pipeline()
         self.rng = rng or random.Random()
         self.settings = ClusterSettings()
@@ -68,6 +83,7 @@ class Scheduler(ReconcileLoop):
         self._where: dict[str, str] = {}  # task ID -> node it is counted on
         self._pending: dict[str, Task] = {}
         self._deferred: set[str] = set()  # pending tasks a full pass left for the next one
+        self._preassigned: set[str] = set()  # global tasks: their failures say nothing of our choices
         # Preempted tasks whose resources count as free although their containers still stop.
         self._released: set[str] = set()
         self._victims: list[Task] = []  # preemptions of the pass being built
@@ -90,6 +106,7 @@ class Scheduler(ReconcileLoop):
         self.nodes = {n.ID: NodeInfo(n) for n in self.store.list("node")}
         self._where.clear()
         self._pending.clear()
+        self._preassigned.clear()
         self._released.clear()
         for t in self.store.list("task"):
             self._track(t)
@@ -99,6 +116,7 @@ class Scheduler(ReconcileLoop):
         self.nodes.clear()
         self._where.clear()
         self._pending.clear()
+        self._preassigned.clear()
         self._released.clear()
 
     def handle(self, events: list[Event]) -> None:
@@ -113,6 +131,7 @@ class Scheduler(ReconcileLoop):
                 self._released.discard(e.old.ID)
                 retry_all |= self._forget(e.old.ID)
                 self._pending.pop(e.old.ID, None)
+                self._preassigned.discard(e.old.ID)
                 fresh.pop(e.old.ID, None)
             else:
                 was_pending = e.obj.ID in self._pending
@@ -186,12 +205,31 @@ class Scheduler(ReconcileLoop):
                 if prev is not None and prev.DesiredState.order <= _RUNNING < t.DesiredState.order:
                     freed = True
         elif where is not None:
+            if t.Status.State in _FAILURES:
+                self._count_failure(t, where)
             freed |= self._forget(t.ID)
+        if t.Status.State.terminal:
+            self._preassigned.discard(t.ID)
         if t.Status.State is TaskState.PENDING and t.DesiredState.order <= _RUNNING:
             self._pending[t.ID] = t
+            if t.NodeID:
+                self._preassigned.add(t.ID)
         else:
             self._pending.pop(t.ID, None)
         return freed
+
+    def _count_failure(self, t: Task, node_id: str) -> None:
+        """``t`` just failed or was rejected on ``node_id`` (where it was counted until now)."""
+        info = self.nodes.get(node_id)
+        if info is None or t.ID in self._preassigned or t.NodeID != node_id:
+            return
+        prev = info.tasks.get(t.ID)
+        if prev is None or prev.Status.State in _FAILURES:
+            return  # not a transition we saw: counted already, or never ours
+        n = info.task_failed(t, self.clock())
+        if n == MAX_FAILURES:
+            log.warning("scheduler: ranking node %s last for service %s: %d failures or rejections within %.0f s",
+                        node_id, t.ServiceID, n, MONITOR_FAILURES_S)
 
     def _forget(self, task_id: str) -> bool:
         where = self._where.pop(task_id, None)
@@ -288,8 +326,9 @@ class Scheduler(ReconcileLoop):
         p.set_task(group[0])
         strategy = task_strategy(group[0].Labels, self.settings.strategy)
         remaining = group
+        now = self.clock()
         while remaining:
-            placer = GroupPlacer(self.nodes.values(), p, group[0], strategy, self.rng)
+            placer = GroupPlacer(self.nodes.values(), p, group[0], strategy, self.rng, now)
             placed = 0
             for t in remaining:
                 info = placer.pick()

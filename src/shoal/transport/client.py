@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 
 from shoal.ca.certs import generate_key_and_csr
-from shoal.dispatcher.protocol import Assignments, LogSource, SessionInfo, TaskStatusUpdate
+from shoal.dispatcher.protocol import Assignments, EngineHealth, LogSource, SessionInfo, TaskStatusUpdate
 from shoal.models import NodeDescription, NodeRole
 from shoal.transport import messages as m
 from shoal.transport.bootstrap import NodeCredentials, save_credentials
@@ -87,18 +87,21 @@ class GrpcDispatcherClient:
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e, self.creds.manager) from None
 
-    async def register(self, node_id: str | None, description: NodeDescription, addr: str) -> SessionInfo:
+    async def register(
+        self, node_id: str | None, description: NodeDescription, addr: str, engine: EngineHealth | None = None
+    ) -> SessionInfo:
         self._start_renewer()
-        resp: m.RegisterResponse = await self._unary(
-            "Register", m.RegisterRequest(node_id=node_id or self.creds.node_id, description=description, addr=addr),
-            m.RegisterResponse)
+        req = m.RegisterRequest(node_id=node_id or self.creds.node_id, description=description, addr=addr,
+                                engine=engine)
+        resp: m.RegisterResponse = await self._unary("Register", req, m.RegisterResponse)
         self._session_id = resp.session.session_id
         self._new_session.set()
         self._check(resp.state)
         return resp.session
 
-    async def heartbeat(self, session_id: str) -> float:
-        resp: m.HeartbeatResponse = await self._unary("Heartbeat", m.SessionRequest(session_id), m.HeartbeatResponse)
+    async def heartbeat(self, session_id: str, engine: EngineHealth | None = None) -> float:
+        resp: m.HeartbeatResponse = await self._unary("Heartbeat", m.HeartbeatRequest(session_id, engine),
+                                                      m.HeartbeatResponse)
         self._check(resp.state)
         return resp.period_s
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from shoal.dispatcher.protocol import LogMessage, LogOptions, SessionInfo, TaskStatusUpdate
+from shoal.dispatcher.protocol import EngineHealth, LogMessage, LogOptions, SessionInfo, TaskStatusUpdate
 from shoal.models import NodeDescription, Task
 
 
@@ -54,6 +54,9 @@ class RegisterRequest(msgspec.Struct):
     node_id: str
     description: NodeDescription
     addr: str
+    # Absent from older agents (None: the node counts as able to run tasks, as before). Unknown
+    # fields are ignored when decoding, so older managers simply do not see it.
+    engine: EngineHealth | None = None
 
 
 class RegisterResponse(msgspec.Struct):
@@ -65,6 +68,14 @@ class SessionRequest(msgspec.Struct):
     """Heartbeat, Assignments and LogSubscriptions name only the session."""
 
     session_id: str
+
+
+class HeartbeatRequest(msgspec.Struct):
+    """A heartbeat names its session and carries the node's engine health. Wire-compatible with
+    :class:`SessionRequest` both ways: an older agent's heartbeat decodes with ``engine`` None."""
+
+    session_id: str
+    engine: EngineHealth | None = None
 
 
 class HeartbeatResponse(msgspec.Struct):

@@ -17,7 +17,7 @@ BOOTSTRAP_SERVICE = "shoal.Bootstrap"  # bootstrap port (cluster port + 1), serv
 # method name → (request type, response type)
 DISPATCHER_METHODS: dict[str, tuple[type[Any], type[Any]]] = {
     "Register": (m.RegisterRequest, m.RegisterResponse),
-    "Heartbeat": (m.SessionRequest, m.HeartbeatResponse),
+    "Heartbeat": (m.HeartbeatRequest, m.HeartbeatResponse),
     "Assignments": (m.SessionRequest, Assignments),
     "UpdateTaskStatus": (m.UpdateTaskStatusRequest, m.Empty),
     "RenewCertificate": (m.RenewRequest, m.RenewResponse),

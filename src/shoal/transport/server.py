@@ -273,7 +273,7 @@ class ClusterServer:
             raise PermissionDenied(f"the certificate of node {ident.node_id} cannot register as node {req.node_id}")
         if self.ca.store.get("node", ident.node_id) is None:
             raise NotFound(f"node {ident.node_id} not found: it was removed from the swarm; join it again")
-        info = await self.dispatcher.register(ident.node_id, req.description, req.addr or _peer_ip(ctx))
+        info = await self.dispatcher.register(ident.node_id, req.description, req.addr or _peer_ip(ctx), req.engine)
         old = self._node_session.get(ident.node_id)
         if old is not None:
             self._sessions.pop(old, None)
@@ -281,9 +281,9 @@ class ClusterServer:
         self._node_session[ident.node_id] = info.session_id
         return m.RegisterResponse(session=info, state=self._cert_state(ident.node_id))
 
-    async def _heartbeat(self, req: m.SessionRequest, ctx: grpc.aio.ServicerContext) -> m.HeartbeatResponse:
+    async def _heartbeat(self, req: m.HeartbeatRequest, ctx: grpc.aio.ServicerContext) -> m.HeartbeatResponse:
         node_id = self._session_owner(ctx, req.session_id)
-        period = await self.dispatcher.heartbeat(req.session_id)
+        period = await self.dispatcher.heartbeat(req.session_id, req.engine)
         return m.HeartbeatResponse(period_s=period, state=self._cert_state(node_id))
 
     async def _assignments(self, req: m.SessionRequest, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Assignments]:

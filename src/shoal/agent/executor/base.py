@@ -26,6 +26,15 @@ class ExecutorError(Exception):
     """An engine operation failed; ``str(err)`` is what the task's Status.Err shows."""
 
 
+class EngineUnavailable(ExecutorError):
+    """The engine does not answer at all (stopped, socket gone, stuck). ``timed_out``: it may only
+    be slow (a connection that was refused is certain)."""
+
+    def __init__(self, reason: str, *, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.timed_out = timed_out
+
+
 class ImageNotFound(ExecutorError):
     pass
 
@@ -65,6 +74,10 @@ class Executor(Protocol):
         ...
 
     async def describe(self) -> NodeDescription: ...
+
+    async def ping(self) -> None:
+        """Raises if the engine does not answer (the agent's health probe, agent/engine.py)."""
+        ...
 
     async def list_task_containers(self, node_id: str) -> list[ContainerInfo]:
         """Every container (running or not) labelled as belonging to ``node_id``."""

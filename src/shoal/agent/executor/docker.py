@@ -26,6 +26,7 @@ from shoal.agent.executor.base import (
     LABEL_TASK_ID,
     ContainerInfo,
     ContainerNotFound,
+    EngineUnavailable,
     ExecutorError,
     ExitInfo,
     ImageNotFound,
@@ -67,6 +68,8 @@ START_CONCURRENCY = 8
 PULL_FAILURE_TTL_S = 10.0  # a failed pull is not retried for this long: tasks fail fast, not forever
 _DEAD_MEMORY = 10_000  # exits seen before anyone waited for them (a container that died at once)
 _INFINITE = aiohttp.ClientTimeout(total=None, sock_read=None)
+PING_TIMEOUT_S = 5.0  # a busy engine answers /_ping in milliseconds; this long means it is stuck
+ENGINE_RETRY_S = 1.0  # while the engine is away, exits wait and are checked again this often
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
@@ -93,6 +96,13 @@ def _bound_ports(port_map: dict[str, Any] | None) -> list[PortConfig]:
                     k, PortConfig(Protocol=k[1], TargetPort=k[0], PublishedPort=int(b["HostPort"]), PublishMode="host")
                 )
     return list(out.values())
+
+
+def _connect_reason(url: str, exc: BaseException) -> str:
+    """"cannot connect to unix:///x.sock: No such file or directory", without aiohttp's wrapping."""
+    err = getattr(exc, "os_error", None) or exc
+    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return f"cannot connect to {url}: {text}"
 
 
 def _first_ip(networks: dict[str, Any] | None) -> str:
@@ -160,6 +170,9 @@ class DockerExecutor:
         self._start_sem = asyncio.Semaphore(start_concurrency)
         self._events_task: asyncio.Task[None] | None = None
         self._events_ready = asyncio.Event()
+        # Set when the event stream breaks: the engine may be gone, and the agent's health probe
+        # (agent/engine.py) checks at once instead of at its next tick.
+        self.engine_trouble = asyncio.Event()
         self._exit_waiters: dict[str, asyncio.Future[ExitInfo]] = {}
         self._dead: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._health: dict[str, collections.deque[bool]] = {}
@@ -228,6 +241,33 @@ class DockerExecutor:
         info = await self._call("GET", "info")
         self.hostname = info.get("Name", "")
         return node_description(info)
+
+    async def ping(self, timeout_s: float = PING_TIMEOUT_S) -> None:
+        """``GET /_ping`` on a new connection; raises :class:`EngineUnavailable` (a short reason).
+
+        A new connection, not one from the pool: a stopping dockerd first closes its listening
+        socket and only then stops its containers, still serving the connections it has (the
+        event stream too). So only a fresh connect tells that it is going away.
+        """
+        if self.url.startswith("unix://"):
+            connector: aiohttp.BaseConnector = aiohttp.UnixConnector(self.url[len("unix://") :], force_close=True)
+            base = "http://localhost"
+        else:
+            connector = aiohttp.TCPConnector(force_close=True)
+            base = self.url.replace("tcp://", "http://", 1).rstrip("/")
+        try:
+            async with (
+                aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
+                session.get(f"{base}/_ping") as resp,
+            ):
+                body = await resp.read()
+                if resp.status != 200:
+                    text = body[:200].decode(errors="replace").strip()
+                    raise EngineUnavailable(f"{self.url} answered {resp.status}: {text}")
+        except TimeoutError:
+            raise EngineUnavailable(f"{self.url} did not answer within {timeout_s:g} s", timed_out=True) from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise EngineUnavailable(_connect_reason(self.url, e)) from None
 
     async def list_task_containers(self, node_id: str) -> list[ContainerInfo]:
         filters = json.dumps({"label": [f"{LABEL_NODE_ID}={node_id}"]})
@@ -464,6 +504,9 @@ class DockerExecutor:
                 raise
             except Exception as exc:  # the engine restarted or the socket broke: retry
                 log.warning("engine event stream failed (%s); reconnecting", exc)
+            else:  # the engine closed the stream (it is shutting down)
+                log.warning("engine event stream ended; reconnecting")
+            self.engine_trouble.set()
             await asyncio.sleep(1.0)
 
     def _on_event(self, ev: dict[str, Any]) -> None:
@@ -492,7 +535,21 @@ class DockerExecutor:
         task.add_done_callback(self._background.discard)
 
     async def _resolve_exit(self, cid: str, event_code: int) -> None:
-        """Inspect the dead container for its exit code and error; the event's code is the fallback."""
+        """Inspect the dead container for its exit code and error; the event's code is the fallback.
+
+        A container killed because its engine is shutting down did not fail: reporting it would
+        spend a restart attempt, and its replacement could land on this node before the manager
+        hears that the engine is gone. So the exit is resolved only once the engine answers a
+        fresh connection: at once normally; while it is away, the agent reports the engine down,
+        the manager orphans the task, and the late report (after the engine returns) is ignored.
+        """
+        while True:
+            try:
+                await self.ping()
+                break
+            except EngineUnavailable:
+                self.engine_trouble.set()  # the health probe checks now, not at its next tick
+                await asyncio.sleep(ENGINE_RETRY_S)
         try:
             info = await self.inspect(cid)
             result = ExitInfo(info.exit_code, info.error, info.error == "OOM killed")

@@ -53,6 +53,11 @@ class HollowExecutor:
     async def start_events(self) -> None:
         return None  # exits are resolved directly by stop/remove/crash: no event stream to follow
 
+    engine_always_up = True  # the agent's engine monitor probes once and stops (agent/engine.py)
+
+    async def ping(self) -> None:
+        return None  # a simulated engine is always there
+
     async def describe(self) -> NodeDescription:
         return NodeDescription(
             Hostname=self.hostname,
