@@ -395,3 +395,29 @@ async def test_a_mass_expiry_is_taken_for_the_manager_falling_behind() -> None:
     down = {nid for nid in nodes if store.get("node", nid).Status.State == NodeState.DOWN}
     assert down == {nodes[0], *nodes[1:21]}
     await asyncio.sleep(0)
+
+
+async def test_grace_grows_by_how_late_live_nodes_heartbeats_are_handled() -> None:
+    """When the manager handles every node's heartbeats seconds late (queued in the transport while
+    it was busy), a node is declared down only once it is later than its peers by the grace."""
+    store = MemoryStore(NullBackend())
+    d = Dispatcher(store, heartbeat_period_s=1.0)
+    nodes = [make_node(store) for _ in range(30)]
+    sessions = {nid: (await d.register(nid, NodeDescription(), "10.0.0.1")).session_id for nid in nodes}
+    assert d.heartbeat_slack() == 0.0
+    for nid in nodes:  # every heartbeat handled 4 s after its period
+        d._sessions[sessions[nid]].last_seen -= 5.0
+        await d.heartbeat(sessions[nid])
+    assert 3.9 < d.heartbeat_slack() < 4.1
+    now = time.monotonic()
+    d._sessions[sessions[nodes[0]]].deadline = now - 2.0  # late, but less than its peers are
+    d._sessions[sessions[nodes[1]]].deadline = now - 10.0  # really silent
+    d._expire(now)
+    assert store.get("node", nodes[0]).Status.State != NodeState.DOWN
+    assert store.get("node", nodes[1]).Status.State == NodeState.DOWN
+    # The slack is bounded: a manager that is always late still declares silent nodes down.
+    for _ in range(3):
+        for nid in nodes[2:]:
+            d._sessions[sessions[nid]].last_seen -= 1000.0
+            await d.heartbeat(sessions[nid])
+    assert d.heartbeat_slack() == 3 * 1.0 * 3

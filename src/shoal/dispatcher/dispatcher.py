@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 GRACE_MULTIPLIER = 3  # a node is down after this many missed heartbeat periods (swarmkit's default)
 STALL_TOLERANCE_S = 0.5  # a later wake-up than this is the manager's stall, not the nodes'
 MASS_EXPIRY_SHARE = 0.2  # this share of all sessions late at once reads as the manager falling behind
+MAX_SLACK_GRACES = 3  # heartbeat slack (see heartbeat_slack) never delays a verdict more than this
 MASS_EXPIRY_MIN = 10  # ... and at least this many (a small cluster losing two hosts is just that)
 MAX_DEFERRALS = 3  # grace periods in a row that a mass expiry may be put off
 MAX_STATUS_BATCH = 2_000  # status updates per transaction, with the loop served between two
@@ -77,6 +79,7 @@ class _Session:
     deadline: float
     closed: bool = False
     streams: set[_Stream] = field(default_factory=set)
+    last_seen: float = field(default_factory=time.monotonic)  # when its last heartbeat was handled
 
 
 @dataclass(eq=False)
@@ -142,6 +145,7 @@ class Dispatcher:
         # against the agents it knows were alive: a manager must never mistake its stall for theirs).
         self.marked_down: dict[str, int] = {}
         self._deferrals = 0  # mass expiries put off in a row (see _manager_behind)
+        self._late_by: deque[float] = deque(maxlen=500)  # how late recent heartbeats were handled (s)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -201,8 +205,19 @@ class Dispatcher:
         for node_id in self._unknown:
             self._unknown[node_id] += lag
 
+    def heartbeat_slack(self) -> float:
+        """Extra grace: how late live nodes' heartbeats are being handled now (the 90th percentile
+        of the last ones), at most MAX_SLACK_GRACES grace periods. A node that really went silent
+        is late by far more than its peers, whose heartbeats keep being handled."""
+        if len(self._late_by) < 10:
+            return 0.0
+        ordered = sorted(self._late_by)
+        cap = MAX_SLACK_GRACES * self.heartbeat_period() * GRACE_MULTIPLIER
+        return min(ordered[int(len(ordered) * 0.9)], cap)
+
     def _expire(self, now: float) -> None:
-        late = [sess for sess in self._sessions.values() if sess.deadline < now]
+        slack = self.heartbeat_slack()
+        late = [sess for sess in self._sessions.values() if sess.deadline + slack < now]
         if self._manager_behind(late, now):
             return
         down: list[tuple[str, str]] = []
@@ -302,7 +317,12 @@ class Dispatcher:
             self._close(sess)
             raise SessionInvalid("node removed")
         period = self.heartbeat_period()
-        sess.deadline = time.monotonic() + period * GRACE_MULTIPLIER
+        now = time.monotonic()
+        # How much later than its period this heartbeat was handled: when the manager falls behind,
+        # every node's heartbeats are handled late, and _expire grants that much more grace.
+        self._late_by.append(max(0.0, now - sess.last_seen - period))
+        sess.last_seen = now
+        sess.deadline = now + period * GRACE_MULTIPLIER
         if engine is not None:
             self._record_engine(node, engine)
         return period
