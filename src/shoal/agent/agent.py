@@ -192,6 +192,8 @@ class Agent:
                     worker.apply(msg)
                 if msg.full:
                     # Reports wait until the worker has seen the full set (and adopted containers).
+                    if worker is not None:
+                        worker.report_current()
                     self.reporter.set_session(session.session_id)
                     self.connected.set()
         finally:

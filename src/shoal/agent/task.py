@@ -160,6 +160,12 @@ class TaskController:
         )
         self.reporter.report(self.task.ID, status)
 
+    def report_again(self) -> None:
+        """The last reported status once more (a new session: the manager may have lost it)."""
+        if self._last is not None:
+            state, message, err, ts = self._last
+            self._report(state, message, err, ts)
+
     def _report_health(self) -> None:
         """The same state again with the new health; its timestamp stays the state's own, so
         "Running 5 minutes ago" does not restart at every health change."""

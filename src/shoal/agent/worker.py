@@ -99,6 +99,12 @@ class Worker:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def report_current(self) -> None:
+        """Queue every task's current status again: after a new session the manager (restarted, or a
+        new leader) has only what was durable, and status reports are acknowledged before that."""
+        for ctrl in self.controllers.values():
+            ctrl.report_again()
+
     def container_of(self, task: Task) -> str:
         ctrl = self.controllers.get(task.ID)
         if ctrl is not None and ctrl.container_id:

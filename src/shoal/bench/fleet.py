@@ -7,11 +7,16 @@ They run on an asyncio loop in a thread of their own, so the benchmark's measuri
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
+import multiprocessing
+import multiprocessing.process
 import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,6 +60,7 @@ class HollowFleet:
     """Join ``cfg.nodes`` hollow nodes and keep their agents running until :meth:`stop`."""
 
     cfg: FleetConfig
+    first_index: int = 0  # node names start here (hollow-<i>): fleets in several processes
     nodes: list[HollowNode] = field(default_factory=list)
     join_s: float = 0.0
     connect_s: float = 0.0
@@ -113,8 +119,9 @@ class HollowFleet:
 
     async def _join_all(self) -> None:
         t0 = time.monotonic()
-        for start in range(0, self.cfg.nodes, self.cfg.join_batch):
-            batch = range(start, min(start + self.cfg.join_batch, self.cfg.nodes))
+        first, last = self.first_index, self.first_index + self.cfg.nodes
+        for start in range(first, last, self.cfg.join_batch):
+            batch = range(start, min(start + self.cfg.join_batch, last))
             self.nodes.extend(await asyncio.gather(*(self._join_one(i) for i in batch)))
         self.join_s = time.monotonic() - t0
         await asyncio.wait_for(asyncio.gather(*(n.agent.connected.wait() for n in self.nodes)),
@@ -132,3 +139,80 @@ class HollowFleet:
                 await n.agent.close()
             except Exception as e:  # best effort: the manager may be gone already
                 log.debug("closing hollow node %d: %s", n.index, e)
+
+
+def _fleet_process(cfg: FleetConfig, first: int, conn: Connection) -> None:
+    """A child process's part of a :class:`ProcessFleet`: its own fleet, driven over ``conn``."""
+    logging.basicConfig(level=logging.ERROR)
+    fleet = HollowFleet(cfg, first_index=first)
+    try:
+        fleet.start()
+        conn.send(("started", fleet.join_s, fleet.connect_s))
+        while True:
+            cmd = conn.recv()
+            if cmd == "alive":
+                conn.send(fleet.alive_node_ids())
+            elif cmd == "stop":
+                break
+    except EOFError:
+        pass  # the benchmark went away: stop too
+    except Exception as e:
+        conn.send(("failed", f"{type(e).__name__}: {e}", 0.0))
+    finally:
+        fleet.stop()
+        conn.close()
+
+
+class ProcessFleet:
+    """The hollow nodes split over ``processes`` child processes, each a :class:`HollowFleet`.
+
+    One Python process simulating 1,000 agents is one core at most: in the scale benchmark it became
+    the bottleneck once the manager kept up (98,000 tasks waiting in ``assigned`` while the manager's
+    loop idled). Agents on separate machines would not share a core either."""
+
+    def __init__(self, cfg: FleetConfig, processes: int = 2) -> None:
+        self.cfg = cfg
+        self.processes = max(1, min(processes, cfg.nodes))
+        self.join_s = 0.0
+        self.connect_s = 0.0
+        self._children: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+
+    def start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no copy of the parent's threads or loops
+        base, extra = divmod(self.cfg.nodes, self.processes)
+        first = 0
+        for i in range(self.processes):
+            n = base + (1 if i < extra else 0)
+            parent, child = ctx.Pipe()
+            part = dataclasses.replace(self.cfg, nodes=n)
+            proc = ctx.Process(target=_fleet_process, args=(part, first, child), name=f"hollow-fleet-{i}", daemon=True)
+            proc.start()
+            child.close()
+            self._children.append((proc, parent))
+            first += n
+        for _proc, conn in self._children:
+            what, join_s, connect_s = conn.recv()
+            if what != "started":
+                raise RuntimeError(f"a hollow fleet process failed to start: {join_s}")
+            self.join_s = max(self.join_s, join_s)
+            self.connect_s = max(self.connect_s, connect_s)
+
+    def alive_node_ids(self) -> set[str]:
+        alive: set[str] = set()
+        for proc, conn in self._children:
+            if proc.is_alive():
+                conn.send("alive")
+                alive |= conn.recv()
+        return alive
+
+    def stop(self) -> None:
+        for _proc, conn in self._children:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                conn.send("stop")
+        for proc, conn in self._children:
+            proc.join(60)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            conn.close()
+        self._children.clear()

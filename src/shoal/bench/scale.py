@@ -29,7 +29,7 @@ import docker
 import requests
 from docker.types import ServiceMode
 
-from shoal.bench.fleet import FleetConfig, HollowFleet
+from shoal.bench.fleet import FleetConfig, ProcessFleet
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class ScaleConfig:
     api_samples: int = 50
     timeout_s: float = 900.0  # for all tasks to run
     image: str = "busybox:latest"  # never pulled: hollow nodes only pretend
+    fleet_processes: int = 2  # the hollow nodes' processes (one is one core at most)
     heartbeat_s: float | None = None  # the swarm's dispatcher heartbeat period; Swarm's default if None
     profile: Path | None = None  # py-spy output for the manager during the run (.svg, else raw stacks)
     progress: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
@@ -288,7 +289,7 @@ def run_scale(cfg: ScaleConfig) -> ScaleResult:
     tmp = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
     root = cfg.manager_data or tmp / "manager"
     manager = ManagerProcess(root)
-    fleet: HollowFleet | None = None
+    fleet: ProcessFleet | None = None
     result = ScaleResult(cfg.nodes, cfg.tasks)
     try:
         manager.start()
@@ -297,10 +298,10 @@ def run_scale(cfg: ScaleConfig) -> ScaleResult:
         token = init_swarm(client, port, cfg.heartbeat_s)
         say(f"manager pid {manager.pid} on {manager.host}, cluster port 127.0.0.1:{port}")
         with profiler(manager.pid, cfg.profile):
-            fleet = HollowFleet(FleetConfig(manager=f"127.0.0.1:{port}", token=token, cert_root=tmp / "nodes",
-                                            nodes=cfg.nodes, join_batch=cfg.join_batch,
-                                            start_delay_s=cfg.start_delay_s))
-            say(f"joining {cfg.nodes} hollow nodes, {cfg.join_batch} at a time ...")
+            fleet = ProcessFleet(FleetConfig(manager=f"127.0.0.1:{port}", token=token, cert_root=tmp / "nodes",
+                                             nodes=cfg.nodes, join_batch=cfg.join_batch,
+                                             start_delay_s=cfg.start_delay_s), processes=cfg.fleet_processes)
+            say(f"joining {cfg.nodes} hollow nodes in {fleet.processes} processes, {cfg.join_batch} at a time each ...")
             fleet.start()
             result.join_s = fleet.connect_s
             say(f"  joined in {fleet.join_s:.1f} s, all sessions up in {fleet.connect_s:.1f} s")
@@ -347,12 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--join-batch", type=int, default=50)
     p.add_argument("--timeout", type=float, default=900.0, help="for all tasks to run (s)")
     p.add_argument("--heartbeat", type=float, default=None, help="swarm heartbeat period (s); default 5")
+    p.add_argument("--fleet-processes", type=int, default=2, help="processes the hollow nodes run in")
     p.add_argument("--profile", type=Path, default=None, help="py-spy the manager into this file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     cfg = ScaleConfig(nodes=args.nodes, tasks=args.tasks, services=args.services, manager_data=args.manager_data,
                       start_delay_s=args.start_delay, join_batch=args.join_batch, timeout_s=args.timeout,
-                      heartbeat_s=args.heartbeat, profile=args.profile)
+                      heartbeat_s=args.heartbeat, profile=args.profile, fleet_processes=args.fleet_processes)
     result = run_scale(cfg)
     print(result.report())
     print(result.line(), flush=True)

@@ -508,7 +508,10 @@ class Dispatcher:
             for i in range(0, len(items), MAX_STATUS_BATCH):
                 self._apply_statuses(items[i : i + MAX_STATUS_BATCH])
                 await asyncio.sleep(0)  # heartbeats and other sessions between chunks
-            await self.store.wait_durable()  # acknowledged only once durable
+            # Acknowledged once applied, not once durable: waiting for durability would queue every
+            # report behind the whole write backlog (a 100,000-task deploy: seconds). A report lost
+            # with a crashed manager is not lost for good: agents report every task's current
+            # status again at each new session (Worker.report_current), as swarmkit's do.
         except Exception as exc:  # the callers get the error
             done.set_exception(exc)
         else:
