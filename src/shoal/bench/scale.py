@@ -230,6 +230,22 @@ def wait_all_running(client: docker.DockerClient, cfg: ScaleConfig, t0: float) -
         time.sleep(0.25)
 
 
+def manager_health(client: docker.DockerClient) -> dict:
+    api = client.api
+    return dict(api._result(api._get(api._url("/shoal/debug/manager")), json=True))
+
+
+def wait_durable(client: docker.DockerClient, timeout_s: float = 60.0) -> float:
+    """Seconds until the manager's store has persisted everything committed so far. The probes
+    measure placement in a full, settled cluster; a create answered while the deploy's last status
+    writes are still being persisted waits for them (its answer waits until it is durable)."""
+    t0 = time.monotonic()
+    target = manager_health(client)["Store"]["Revision"]
+    while manager_health(client)["Store"]["Durable"] < target and time.monotonic() - t0 < timeout_s:
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
 def create_services(manager: ManagerProcess, cfg: ScaleConfig, counts: list[int]) -> None:
     """All services requested at once, one client each (as a deploy tool would): every answer waits
     until the write is durable, and under this load one such round trip takes about a second, so
@@ -315,12 +331,15 @@ def run_scale(cfg: ScaleConfig) -> ScaleResult:
             result.placements_per_s = cfg.tasks / result.all_running_s if result.all_running_s else 0.0
             say(f"  all running in {result.all_running_s:.1f} s")
 
+            settle_s = wait_durable(client)
+            say(f"  the deploy's writes durable {settle_s:.1f} s later")
             say(f"placing {cfg.place_samples} extra single-replica services ...")
             result.place_ms = [place_one(client, cfg, f"probe-{i}") for i in range(cfg.place_samples)]
+            say("  placements (ms, in order): " + " ".join(f"{ms:.0f}" for ms in result.place_ms))
             say(f"timing GET /services and GET /nodes ({cfg.api_samples} each) ...")
             result.services_ms = [timed_get(client, "/services") for _ in range(cfg.api_samples)]
             result.nodes_ms = [timed_get(client, "/nodes") for _ in range(cfg.api_samples)]
-            health = client.api._result(client.api._get(client.api._url("/shoal/debug/manager")), json=True)
+            health = manager_health(client)
             result.loop_lag = health["LoopLag"] or {}
             say(f"  manager GC: {health.get('GC')}")
             alive = fleet.alive_node_ids()
