@@ -71,14 +71,16 @@ DURABLE_TIMEOUT_S = 30.0  # how long a write's answer waits for the store before
 @web.middleware
 async def durable_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A write is answered only once it is durable (the store persists behind memory, see
-    store/writer.py); while the store cannot persist, new writes are refused with its error."""
+    store/writer.py); while the store cannot persist, new writes are refused with its error, and a
+    write whose persisting failed gets that error (503) at once — it stays queued and lands when
+    the store recovers, like a write whose answer timed out."""
     if request.method in _READS:
         return await handler(request)
     store = request.app[MANAGER].store
     store.writer.check_writable()
     response = await handler(request)
     if not response.prepared:  # a streamed answer has already told the client what it could
-        await store.wait_durable(within=DURABLE_TIMEOUT_S)
+        await store.wait_durable(within=DURABLE_TIMEOUT_S, fail_fast=True)
     return response
 
 

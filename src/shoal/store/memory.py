@@ -214,9 +214,12 @@ class MemoryStore:
         self.writer.add(rev, puts, deletes)
         return events
 
-    async def wait_durable(self, revision: int | None = None, within: float | None = None) -> None:
-        """Return once ``revision`` (default: every commit so far) is in the backend."""
-        await self.writer.wait(revision, within)
+    async def wait_durable(
+        self, revision: int | None = None, within: float | None = None, fail_fast: bool = False
+    ) -> None:
+        """Return once ``revision`` (default: every commit so far) is in the backend; see
+        :meth:`WriteBehind.wait` for ``within`` and ``fail_fast``."""
+        await self.writer.wait(revision, within, fail_fast)
 
     async def wipe(self) -> None:
         """Forget every object (``swarm leave``); watchers see deletes."""

@@ -56,7 +56,10 @@ def apply(db: sqlite3.Connection, request: list) -> None:
             raise ValueError(f"unknown request {op!r}")
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        # sqlite has already rolled back after some errors (a full disk): a second ROLLBACK would
+        # raise "no transaction is active" and hide the real error.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
 
 

@@ -59,6 +59,7 @@ class WriteBehind:
         self.backend = backend
         self.durable = revision  # every revision up to this one is in the backend
         self.error: Exception | None = None  # the last write's failure, None once one succeeds
+        self._failed_rev = 0  # the revision that failing write would have brought the backend to
         self._queued = revision  # the revision the pending writes bring the backend to
         self._puts: dict[Key, Any] = {}
         self._deletes: set[Key] = set()
@@ -132,16 +133,19 @@ class WriteBehind:
         """Revisions committed in memory but not yet durable."""
         return self._queued - self.durable
 
-    async def wait(self, revision: int | None = None, within: float | None = None) -> None:
+    async def wait(self, revision: int | None = None, within: float | None = None, fail_fast: bool = False) -> None:
         """Return once ``revision`` (default: everything committed so far) is durable.
 
         With ``within`` (seconds), raise :class:`StoreUnavailable` naming the backend's error when
-        it has not become durable in time (the write stays queued and is retried)."""
+        it has not become durable in time; with ``fail_fast``, as soon as an attempt to persist it
+        failed. Either way the write stays queued and is retried."""
         target = self._queued if revision is None else revision
         deadline = None if within is None else time.monotonic() + within
         while self.durable < target:
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            if (remaining is not None and remaining <= 0) or (
+                fail_fast and self.error is not None and self._failed_rev >= target
+            ):
                 raise StoreUnavailable(self._unavailable_message())
             if self._progress is None:
                 self._start()
@@ -226,6 +230,7 @@ class WriteBehind:
                 rejected = await self.backend.persist(rev, puts, deletes)
             except Exception as e:  # any backend failure: keep the batch, retry with back-off
                 self._put_back(puts, deletes)
+                self._failed_rev = rev
                 self._failed(e)
                 if self._closing:
                     return  # close() already waited its grace period
