@@ -270,10 +270,10 @@ class Manager:
     async def leave(self, force: bool) -> None:
         if not self.in_swarm:
             raise Unavailable("This node is not part of a swarm")
-        if self.is_manager:
-            managers = [n for n in self.store.list("node") if n.Spec.Role == NodeRole.MANAGER]
-            if not force and len(managers) <= 1:
-                raise Unavailable(LAST_MANAGER)
+        if self.is_manager and not force:
+            # With the embedded store this manager holds the only copy of the cluster state: other
+            # nodes promoted to manager are managers in name only, so leaving would erase it.
+            raise Unavailable(LAST_MANAGER)
         node_id = self.node_id
         await self.stop()
         if self.on_leave and node_id:
