@@ -130,3 +130,20 @@ async def test_stop_resolves_wait_exit_and_remove_is_idempotent() -> None:
     assert await ex.list_task_containers("n1") == []
     with pytest.raises(ContainerNotFound, match="No such container"):
         await ex.inspect(cid)
+
+
+async def test_a_new_session_reports_every_task_again() -> None:
+    """Status reports are acknowledged before they are durable: a manager that comes back with an
+    older state (a restart, a new leader) learns the current one from the agents' next session."""
+    import msgspec
+
+    async with hollow_cluster(1) as c:
+        svc = make_service(c.store, "web", replicas=3)
+        await wait_for(lambda: c.states(svc.ID) == Counter({TaskState.RUNNING: 3}), what="3 running")
+        with c.store.tx() as tx:  # what a manager restored from an older durable state would hold
+            for t in c.store.tasks_of_service(svc.ID):
+                tx.update("task", msgspec.structs.replace(t, Status=TaskStatus(State=TaskState.ASSIGNED)))
+        dispatcher = c.agents[0].client.dispatcher  # type: ignore[attr-defined]
+        for sess in list(dispatcher._sessions.values()):
+            dispatcher._close(sess)  # the session ends: the agent registers again
+        await wait_for(lambda: c.states(svc.ID) == Counter({TaskState.RUNNING: 3}), what="3 running again")
