@@ -321,24 +321,50 @@ async def test_a_deposed_leader_is_fenced_out_and_writes_nothing(etcd1: ManagedE
 
 
 async def test_three_members_survive_one_loss_and_fail_fast_without_quorum(tmp_path: Path) -> None:
-    async with running(tmp_path, 3) as ms:
-        b = EtcdBackend.from_endpoints([m.client_url for m in ms], max_ops=128, timeout_s=2)
+    # The bounds must cover etcd's own failover when the member we lose is its raft leader: a new
+    # one is elected within about two election timeouts (0.5 s here), and writes wait for it.
+    timeout, ttl = 2.5, 3
+    async with running(tmp_path, 3, heartbeat_ms=50, election_ms=500) as ms:
+        endpoints = [m.client_url for m in ms]
+        b = EtcdBackend.from_endpoints(endpoints, max_ops=128, timeout_s=timeout)
+        elect_client = etcd_client(endpoints)
+        election = LeaderElection(elect_client, member_id="a", info=b"a", ttl_s=ttl)
+        seen: list[RemoteBatch] = []
+        watch_error: list[BaseException] = []
+
+        async def follow(start: int) -> None:
+            try:
+                async for batch in b.watch(start):
+                    seen.append(batch)
+            except StoreUnavailable as e:
+                watch_error.append(e)
+
         try:
             svc = service(1)
-            await b.persist(1, [("service", svc)], [])
+            lead = await election.campaign()
+            await b.persist(1, [("service", svc)], [], fence=lead.fence)
+            follower = asyncio.create_task(follow((await b.load()).etcd_revision + 1))
             ms[0].kill()
             for rev in (2, 3, 4):  # round robin: some of these would have gone to the dead member
-                await b.persist(rev, [("task", task(rev, svc, rev))], [])
+                await b.persist(rev, [("task", task(rev, svc, rev))], [], fence=lead.fence)
             assert (await b.load()).revision == 4
+            await asyncio.sleep(ttl + 0.5)  # longer than the lease TTL: the keepalive moved to a live member
+            assert not lead.lost.is_set()
+            assert [x.revision for x in seen] == [2, 3, 4]  # the watch followed, without a gap
             ms[1].kill()
             t0 = time.monotonic()
-            with pytest.raises(StoreUnavailable, match="no answer within 2s"):
-                await b.persist(5, [("task", task(5, svc, 5))], [])
-            assert time.monotonic() - t0 < 2 + 1.0
+            with pytest.raises(StoreUnavailable, match=f"no answer within {timeout:g}s"):
+                await b.persist(5, [("task", task(5, svc, 5))], [], fence=lead.fence)
+            assert time.monotonic() - t0 < timeout + 1.0
             t0 = time.monotonic()
             with pytest.raises(StoreUnavailable):
                 await b.load()
-            assert time.monotonic() - t0 < 2 + 1.0
+            assert time.monotonic() - t0 < timeout + 1.0
+            # Without quorum the leader cannot refresh its lease: it gives up within 0.6 * TTL (it had
+            # been trying for 5 s already), and the watch gives up too.
+            await asyncio.wait_for(lead.lost.wait(), 1)
+            await asyncio.wait_for(follower, timeout + 1)
+            assert watch_error and "no member answered" in str(watch_error[0])
             # Quorum comes back: both work again (the data dirs keep everything).
             ms[0].spawn()
             ms[1].spawn()
@@ -347,7 +373,11 @@ async def test_three_members_survive_one_loss_and_fail_fast_without_quorum(tmp_p
             snap = await b.load()
             assert snap.revision == 6 and {t.ID for t in snap.objects["task"]} >= {
                 "task000002", "task000003", "task000004", "task000006"}
+            lead = await asyncio.wait_for(election.campaign(), 10)
+            await b.persist(7, [], [("task", "task000006")], fence=lead.fence)
         finally:
+            await election.close()
+            await elect_client.close()
             await b.close()
 
 

@@ -183,10 +183,14 @@ class LeaderElection:
         while not lost.is_set():
             sent = time.monotonic()
             try:
-                ttl = await asyncio.wait_for(self._refresh(lease_id), timeout=max(0.05, last_ok + grace - sent))
+                # Capped per attempt, like retrying(): an attempt that went to a dying member must
+                # leave time for another one before the grace is over.
+                attempt = min(max(0.05, last_ok + grace - sent), self.ttl / 4)
+                ttl = await asyncio.wait_for(self._refresh(lease_id), timeout=attempt)
             except (grpc.aio.AioRpcError, TimeoutError) as e:
                 if time.monotonic() >= last_ok + grace:
-                    log.warning("election: lease %x not refreshed for %.1fs (%s)", lease_id, grace, e)
+                    log.warning("election: lease %x not refreshed for %.1fs (%s)", lease_id, grace,
+                                str(e) or type(e).__name__)
                     lost.set()
                     return
                 await asyncio.sleep(0.1)
