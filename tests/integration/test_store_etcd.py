@@ -228,8 +228,14 @@ async def test_import_snapshot_into_an_empty_prefix_only(backend: EtcdBackend) -
     with pytest.raises(Conflict, match="wipe it first"):
         await backend.import_snapshot(42, objs)
     await backend.wipe()
-    snap = await backend.load()
-    assert snap.revision == 0 and all(v == [] for v in snap.objects.values())
+    after = await backend.load()
+    assert after.revision == 0 and all(v == [] for v in after.objects.values())
+    # A watcher sees the wipe as one whole batch of deletes at store revision 0.
+    (wiped,) = await collect(backend.watch(snap.etcd_revision + 1, whole_batches=True), lambda bs: True)
+    assert wiped.revision == 0 and wiped.puts == [] and len(wiped.deletes) == 1007
+    # A wiped prefix takes an import again.
+    assert await backend.import_snapshot(43, {"service": objs["service"]}) == 1
+    assert (await backend.load()).revision == 43
 
 
 # ---------------------------------------------------------------------------------------- election

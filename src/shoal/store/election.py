@@ -78,8 +78,11 @@ class LeaderElection:
 
     async def campaign(self) -> Leadership:
         """Return once this candidate is the leader. Waits as long as another leader lives; survives
-        etcd outages (it starts over with a new lease). Cancel it to stop campaigning."""
+        etcd outages (it starts over with a new lease). Cancel it to stop campaigning. After a term
+        is lost, call it again (or :meth:`resign`): that also ends the old term's tasks and lease."""
         await self.client.connect()
+        await self._stop(revoke=True)
+        self.leadership = None
         while True:
             lost = asyncio.Event()
             try:

@@ -224,6 +224,7 @@ class EtcdBackend:
         self.meta_key = self._p + b"/meta/revision"
         self._encoder = msgspec.msgpack.Encoder()
         self._decoders = {k: msgspec.msgpack.Decoder(t) for k, t in KINDS.items()}
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     def from_endpoints(cls, endpoints: Sequence[str], prefix: str = DEFAULT_PREFIX, **kw: Any) -> EtcdBackend:
@@ -364,6 +365,11 @@ class EtcdBackend:
         c = await self._stubs()
         compare = [fence.compare()] if fence is not None else []
         chunks = self._chunks(self._ops(revision, puts, deletes))
+        async with self._write_lock:  # FIFO: overlapping calls still land in call order, unmixed
+            await self._write_chunks(c, revision, compare, chunks)
+
+    async def _write_chunks(self, c: aetcd.Client, revision: int, compare: list[rpc.Compare],
+                            chunks: list[list[rpc.RequestOp]]) -> None:
         for n, chunk in enumerate(chunks, 1):
             req = rpc.TxnRequest(compare=compare, success=chunk)
 
@@ -384,23 +390,31 @@ class EtcdBackend:
         """Copy a whole store (e.g. a single manager's sqlite file) into an empty prefix; chunked like
         any batch, the meta revision last. Returns the number of objects written."""
         c = await self._stubs()
-        for key, end in [(self.meta_key, b"")] + [(kp, prefix_end(kp)) for kp in self._kind_prefix.values()]:
-            resp = await self._range(c, rpc.RangeRequest(key=key, range_end=end, count_only=True), "import check")
-            if resp.count:
-                raise Conflict(f"etcd already holds a Shoal store under {self.prefix}; wipe it first")
+        meta = await self._range(c, rpc.RangeRequest(key=self.meta_key), "import check")
+        used = bool(meta.kvs and int(meta.kvs[0].value))
+        for kp in self._kind_prefix.values():
+            if used:
+                break
+            resp = await self._range(c, rpc.RangeRequest(key=kp, range_end=prefix_end(kp), count_only=True),
+                                     "import check")
+            used = resp.count > 0
+        if used:
+            raise Conflict(f"etcd already holds a Shoal store under {self.prefix}; wipe it first")
         puts = [(kind, obj) for kind, objs in objects.items() for obj in objs]
         await self.persist(revision, puts, [], fence)
         return len(puts)
 
     async def wipe(self, fence: Fence | None = None) -> None:
-        """Delete every object and the meta revision in one transaction (one op per kind), leaving
-        election keys alone."""
+        """Delete every object in one transaction (one range delete per kind) and set the meta
+        revision to 0, so a watcher sees one whole batch of deletes with ``revision == 0``. Election
+        keys stay."""
         c = await self._stubs()
         ops = [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=kp, range_end=prefix_end(kp)))
                for kp in self._kind_prefix.values()]
-        ops.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self.meta_key)))
+        ops.append(rpc.RequestOp(request_put=rpc.PutRequest(key=self.meta_key, value=b"0")))
         req = rpc.TxnRequest(compare=[fence.compare()] if fence else [], success=ops)
-        resp = await retrying("wipe", lambda left: c.kvstub.Txn(req, timeout=left), self.timeout_s)
+        async with self._write_lock:
+            resp = await retrying("wipe", lambda left: c.kvstub.Txn(req, timeout=left), self.timeout_s)
         if not resp.succeeded:
             raise FencedOut("etcd refused the wipe: this manager is no longer the leader")
 
