@@ -21,6 +21,7 @@ from aetcd import rpc
 from shoal.errors import Conflict, FencedOut, InvalidArgument, StoreUnavailable
 from shoal.models import Cluster, Config, ContainerStatus, Network, Node, Secret, Service, Stack, TaskState, Version
 from shoal.orchestrator.task import new_task
+from shoal.store import MemoryStore, SqliteBackend
 from shoal.store.base import KINDS
 from shoal.store.election import LeaderElection
 from shoal.store.etcd import EtcdBackend, RemoteBatch, RevisionCompacted, etcd_client
@@ -219,12 +220,25 @@ async def test_watch_groups_each_chunk_and_merges_whole_batches(backend: EtcdBac
         await collect(backend.watch(start), lambda bs: True, within=5)
 
 
-async def test_import_snapshot_into_an_empty_prefix_only(backend: EtcdBackend) -> None:
-    objs = one_of_each_kind()
-    objs["task"] = [task(i, objs["service"][0], 3) for i in range(1000)]
-    assert await backend.import_snapshot(42, objs) == 1007
+async def test_import_a_sqlite_store_into_an_empty_prefix_only(backend: EtcdBackend, tmp_path: Path) -> None:
+    # A single manager's store, written through MemoryStore into its sqlite file.
+    store = MemoryStore(SqliteBackend(tmp_path / "state.db"))
+    seed = one_of_each_kind()
+    seed["task"] = [task(i, seed["service"][0]) for i in range(1000)]
+    for kind, items in seed.items():
+        with store.tx() as tx:
+            for obj in items:
+                tx.create(kind, obj)
+    with store.tx() as tx:
+        tx.delete("secret", "sec1")
+    store.backend.close()
+    revision, objs = SqliteBackend(tmp_path / "state.db").load()
+    assert revision == 9 and len(objs["task"]) == 1000
+    assert await backend.import_snapshot(revision, objs) == 1006
     snap = await backend.load()
-    assert snap.revision == 42 and snap.objects == objs
+    assert snap.revision == 9 and snap.max_index == 8
+    assert {k: sorted(v, key=lambda o: o.ID) for k, v in snap.objects.items()} == {
+        k: sorted(v, key=lambda o: o.ID) for k, v in objs.items()}
     with pytest.raises(Conflict, match="wipe it first"):
         await backend.import_snapshot(42, objs)
     await backend.wipe()
@@ -232,7 +246,7 @@ async def test_import_snapshot_into_an_empty_prefix_only(backend: EtcdBackend) -
     assert after.revision == 0 and all(v == [] for v in after.objects.values())
     # A watcher sees the wipe as one whole batch of deletes at store revision 0.
     (wiped,) = await collect(backend.watch(snap.etcd_revision + 1, whole_batches=True), lambda bs: True)
-    assert wiped.revision == 0 and wiped.puts == [] and len(wiped.deletes) == 1007
+    assert wiped.revision == 0 and wiped.puts == [] and len(wiped.deletes) == 1006
     # A wiped prefix takes an import again.
     assert await backend.import_snapshot(43, {"service": objs["service"]}) == 1
     assert (await backend.load()).revision == 43
