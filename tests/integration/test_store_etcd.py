@@ -18,7 +18,7 @@ import msgspec
 import pytest
 from aetcd import rpc
 
-from shoal.errors import Conflict, FencedOut, InvalidArgument, StoreUnavailable
+from shoal.errors import Conflict, FencedOut, StoreUnavailable
 from shoal.models import Cluster, Config, ContainerStatus, Network, Node, Secret, Service, Stack, TaskState, Version
 from shoal.orchestrator.task import new_task
 from shoal.store import MemoryStore, SqliteBackend
@@ -175,31 +175,37 @@ async def test_chunks_also_respect_the_request_size(etcd1: ManagedEtcd) -> None:
         batches = await collect(b.watch(2), lambda bs: bs[-1].revision == 1)
         per_chunk = max(len(x.puts) for x in batches)
         assert per_chunk * size <= 64 * 1024 and len(batches) >= 1000 * size // (64 * 1024)
-        # An object bigger than one request is refused before anything is written.
-        huge = msgspec.structs.replace(svc, Spec=msgspec.structs.replace(svc.Spec, Labels={"x": "y" * 70_000}))
-        with pytest.raises(InvalidArgument, match="bytes encoded"):
-            await b.persist(2, [("service", svc), ("service", huge)], [])
-        assert (await b.load()).revision == 1
+        # An object bigger than one request is left out and reported; the rest of its batch lands.
+        big_spec = msgspec.structs.replace(svc.Spec, Labels={"x": "y" * 70_000})
+        huge = msgspec.structs.replace(svc, ID="huge", Spec=big_spec)
+        (problem,) = await b.persist(2, [("service", svc), ("service", huge)], [])
+        assert (problem.kind, problem.id) == ("service", "huge") and "more than one etcd request" in problem.error
+        snap = await b.load()
+        assert snap.revision == 2 and [o.ID for o in snap.objects["service"]] == [svc.ID]
     finally:
         await b.close()
 
 
 async def test_an_undecodable_row_is_reported_and_the_rest_loads(backend: EtcdBackend) -> None:
     objs = one_of_each_kind()
-    await backend.persist(3, [(k, o) for k, os in objs.items() for o in os], [])
+    # Rows another Shoal version (or damage) left, then a batch persisted after them.
+    start = (await backend.load()).etcd_revision + 1
     c = backend.client
     await c.put(backend.key("task", "garbage"), b"\xc1 not msgpack")
     await c.put(backend.key("service", "wrongshape"), msgspec.msgpack.encode({"ID": 5}))
+    await backend.persist(3, [(k, o) for k, os in objs.items() for o in os], [])
     snap = await backend.load()
     assert {(r.kind, r.id) for r in snap.bad} == {("task", "garbage"), ("service", "wrongshape")}
     assert snap.objects == objs
+    assert all("cannot be decoded" in r.error for r in snap.bad)
     # A watcher skips and reports them too.
-    start = snap.etcd_revision + 1
     await c.put(backend.key("node", "bad"), b"\xff")
     await backend.persist(4, [("node", msgspec.structs.replace(objs["node"][0], Version=Version(4)))], [])
     batches = await collect(backend.watch(start), lambda bs: bs[-1].revision == 4)
-    assert [(r.kind, r.id) for b in batches for r in b.bad] == [("node", "bad")]
-    assert [o.ID for b in batches for _, o in b.puts] == ["node1"]
+    assert [(r.kind, r.id) for b in batches for r in b.bad] == [("task", "garbage"), ("service", "wrongshape"),
+                                                                ("node", "bad")]
+    assert all("cannot be decoded" in r.error for b in batches for r in b.bad)
+    assert [o.ID for _, o in batches[-1].puts] == ["node1"]
 
 
 async def test_watch_groups_each_chunk_and_merges_whole_batches(backend: EtcdBackend) -> None:
@@ -220,6 +226,37 @@ async def test_watch_groups_each_chunk_and_merges_whole_batches(backend: EtcdBac
         await collect(backend.watch(start), lambda bs: True, within=5)
 
 
+async def test_a_torn_batch_stays_invisible_and_the_next_leader_repairs_it(backend: EtcdBackend) -> None:
+    svc = service(1)
+    before = [("task", task(i, svc, 1)) for i in range(200)]
+    await backend.persist(1, [("service", svc), *before], [])
+    good = await backend.load()
+    # Batch 2 updates every task, deletes the service and adds 100 tasks: 3 chunks of 128 ops. Its
+    # leader dies after the first two chunks (written as persist writes them, the meta key not yet).
+    update = [("task", msgspec.structs.replace(t, Version=Version(2), NodeID="elsewhere")) for _, t in before]
+    added = [("task", task(1000 + i, svc, 2)) for i in range(100)]
+    ops, _ = backend._ops(2, update + added, [("service", svc.ID)])
+    chunks = backend._chunks(ops)
+    assert len(chunks) == 3
+    await backend._write_chunks(await backend._stubs(), 2, [], chunks[:2])
+    # A load sees the state of batch 1 exactly: nothing of the torn batch.
+    snap = await backend.load()
+    assert snap.revision == 1 and snap.objects == good.objects and snap.max_index == 1
+    assert snap.etcd_revision == good.etcd_revision < snap.head_revision
+    # The next leader repairs etcd before writing: the torn writes are undone.
+    # Every key the two chunks touched: the service put back, 200 tasks rewritten, 55 new ones deleted.
+    assert await backend.repair(snap) == 128 * 2
+    after = await backend.load()
+    assert after.objects == good.objects and after.max_index == 1
+    assert await backend.repair(after) == 0
+    # A follower watching from the snapshot with whole batches gets torn chunks + repair as one
+    # batch that nets out to nothing new.
+    (merged,) = await collect(backend.watch(snap.etcd_revision + 1, whole_batches=True), lambda bs: True)
+    assert merged.revision == 1
+    final = {o.ID: o for _, o in merged.puts}
+    assert final[svc.ID] == svc and all(final[t.ID] == t for _, t in before)
+
+
 async def test_import_a_sqlite_store_into_an_empty_prefix_only(backend: EtcdBackend, tmp_path: Path) -> None:
     # A single manager's store, written through MemoryStore into its sqlite file.
     store = MemoryStore(SqliteBackend(tmp_path / "state.db"))
@@ -231,10 +268,11 @@ async def test_import_a_sqlite_store_into_an_empty_prefix_only(backend: EtcdBack
                 tx.create(kind, obj)
     with store.tx() as tx:
         tx.delete("secret", "sec1")
-    store.backend.close()
-    revision, objs = SqliteBackend(tmp_path / "state.db").load()
-    assert revision == 9 and len(objs["task"]) == 1000
-    assert await backend.import_snapshot(revision, objs) == 1006
+    await store.close()  # waits until the write-behind writer has persisted everything
+    single = SqliteBackend(tmp_path / "state.db").load()
+    revision, objs = single.revision, single.objects
+    assert revision == 9 and len(objs["task"]) == 1000 and single.bad == []
+    assert await backend.import_snapshot(revision, objs) == []
     snap = await backend.load()
     assert snap.revision == 9 and snap.max_index == 8
     assert {k: sorted(v, key=lambda o: o.ID) for k, v in snap.objects.items()} == {
@@ -248,7 +286,7 @@ async def test_import_a_sqlite_store_into_an_empty_prefix_only(backend: EtcdBack
     (wiped,) = await collect(backend.watch(snap.etcd_revision + 1, whole_batches=True), lambda bs: True)
     assert wiped.revision == 0 and wiped.puts == [] and len(wiped.deletes) == 1006
     # A wiped prefix takes an import again.
-    assert await backend.import_snapshot(43, {"service": objs["service"]}) == 1
+    assert await backend.import_snapshot(43, {"service": objs["service"]}) == []
     assert (await backend.load()).revision == 43
 
 

@@ -14,8 +14,11 @@ etcd refuses a transaction with more than ``--max-txn-ops`` operations or bigger
 ``--max-request-bytes``, so :meth:`EtcdBackend.persist` cuts a batch into chunks. Each chunk is one
 etcd transaction (one etcd revision, so a watcher sees it as one group), each carries the leader's
 fence, and the meta revision rides in the last one: a store revision in etcd means "every chunk of
-this batch and of all earlier ones landed". A leader that dies between chunks leaves a torn batch:
-objects with ``Version.Index`` above the meta revision (:attr:`Snapshot.max_index` shows it).
+this batch and of all earlier ones landed". A leader that dies between chunks leaves a torn batch.
+etcd's MVCC keeps it out of sight: :meth:`EtcdBackend.load` reads every object at the etcd revision
+where the meta key was last written, i.e. exactly the last whole batch, and the next leader calls
+:meth:`EtcdBackend.repair` to write that state back over the torn chunks before its first batch.
+So the durable state is always the state of some store revision, as with sqlite.
 
 We use aetcd for the channel and etcd's generated v3 API, and call the stubs directly: aetcd's
 convenience methods have no paginated range, one timeout for every call, and a watch that hands out
@@ -39,8 +42,8 @@ import grpc
 import msgspec
 from aetcd import rpc
 
-from shoal.errors import Conflict, FencedOut, InvalidArgument, StoreUnavailable
-from shoal.store.base import KINDS, Kind
+from shoal.errors import Conflict, FencedOut, StoreUnavailable
+from shoal.store.base import KINDS, Kind, Problem, Snapshot
 
 DEFAULT_PREFIX = "/shoal"
 DEFAULT_TIMEOUT_S = 5.0
@@ -164,24 +167,24 @@ class Fence:
         )
 
 
-@dataclass(slots=True, frozen=True)
-class BadRow:
-    """A stored value that does not decode (written by another version, or damaged)."""
-
-    kind: Kind
-    id: str
-    error: str
+BadRow = Problem  # a stored value that does not decode (written by another version, or damaged)
 
 
 @dataclass(slots=True)
-class Snapshot:
-    """Everything under the prefix at one etcd revision."""
+class EtcdSnapshot(Snapshot):
+    """Everything under the prefix as of the last batch persisted whole.
 
-    revision: int  # store revision (meta key), 0 for an empty store
-    etcd_revision: int  # header revision of the read: watch from etcd_revision + 1
-    objects: dict[Kind, list[Any]]
-    bad: list[BadRow] = field(default_factory=list)
-    max_index: int = 0  # highest Version.Index seen; above ``revision`` means a torn last batch
+    The objects are read at ``etcd_revision``, the etcd revision of the last chunk of that batch
+    (the meta key's mod revision), so chunks of a torn batch written after it stay invisible.
+    Watch from ``etcd_revision + 1``: a torn batch's chunks then arrive first (merged into the next
+    whole batch with ``whole_batches``). If etcd's history no longer reaches back that far (a long
+    idle store and auto-compaction), the read is at the current revision instead and
+    ``max_index > revision`` tells that a torn batch shows.
+    """
+
+    etcd_revision: int = 0
+    head_revision: int = 0  # etcd's revision when the load began
+    max_index: int = 0  # highest Version.Index read
 
 
 @dataclass(slots=True)
@@ -192,7 +195,7 @@ class RemoteBatch:
     etcd_revision: int
     puts: list[tuple[Kind, Any]] = field(default_factory=list)
     deletes: list[tuple[Kind, str]] = field(default_factory=list)
-    bad: list[BadRow] = field(default_factory=list)
+    bad: list[Problem] = field(default_factory=list)
 
 
 class EtcdBackend:
@@ -240,9 +243,9 @@ class EtcdBackend:
 
     # ------------------------------------------------------------------ load
 
-    async def load(self) -> Snapshot:
-        """Every object, read page by page at one etcd revision so the pages agree with each other.
-        If compaction removes that revision mid-read, start over at the current one."""
+    async def load(self) -> EtcdSnapshot:
+        """Every object as of the last whole batch, read page by page at one etcd revision (so the
+        pages agree with each other). A leader calls :meth:`repair` with the result before writing."""
         # Decoding 100,000 objects that all stay alive makes the cyclic GC rescan the growing heap
         # again and again: with it paused, load takes less than half the time.
         gc_was_enabled = gc.isenabled()
@@ -250,51 +253,96 @@ class EtcdBackend:
         try:
             for _ in range(5):
                 try:
-                    return await self._load_at_one_revision()
+                    return await self._load_once()
                 except grpc.aio.AioRpcError as e:
-                    if e.code() != grpc.StatusCode.OUT_OF_RANGE:  # "required revision has been compacted"
+                    if e.code() != grpc.StatusCode.OUT_OF_RANGE:
                         raise StoreUnavailable(f"etcd: load: {e.code().name}: {e.details()}") from e
+                    # Compaction overtook a read at the current revision: read again.
             raise StoreUnavailable("etcd: load kept losing its revision to compaction")
         finally:
             if gc_was_enabled:
                 gc.enable()
 
-    async def _load_at_one_revision(self) -> Snapshot:
+    async def _load_once(self) -> EtcdSnapshot:
         c = await self._stubs()
         meta = await self._range(c, rpc.RangeRequest(key=self.meta_key), "load meta")
-        rev = meta.header.revision
-        snap = Snapshot(revision=int(meta.kvs[0].value) if meta.kvs else 0, etcd_revision=rev, objects={})
+        head = meta.header.revision
+        at = meta.kvs[0].mod_revision if meta.kvs else head
+        snap = EtcdSnapshot(revision=int(meta.kvs[0].value) if meta.kvs else 0, objects={},
+                            etcd_revision=at, head_revision=head)
+        try:
+            await self._read_objects(c, snap)
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.OUT_OF_RANGE or at == head:
+                raise
+            snap = EtcdSnapshot(revision=snap.revision, objects={}, etcd_revision=head, head_revision=head)
+            await self._read_objects(c, snap)
+        return snap
+
+    async def _read_objects(self, c: aetcd.Client, snap: EtcdSnapshot) -> None:
         for kind, kp in self._kind_prefix.items():
             out: list[Any] = []
             snap.objects[kind] = out
             decode = self._decoders[kind].decode
-            start, end, limit = kp, prefix_end(kp), self.page_size
-            while True:
-                req = rpc.RangeRequest(key=start, range_end=end, limit=limit, revision=rev)
-                try:
-                    resp = await self._range(c, req, f"load {kind}")
-                except StoreUnavailable as e:
-                    cause = e.__cause__
-                    if (isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                            and limit > 1):
-                        limit //= 2  # a page of large objects is over the message limit: smaller pages
-                        continue
-                    raise
+            async for resp in self._pages(c, kp, snap.etcd_revision, f"load {kind}"):
                 for kv in resp.kvs:
-                    oid = kv.key[len(kp):].decode(errors="replace")
                     try:
                         obj = decode(kv.value)
                     except msgspec.DecodeError as err:  # ValidationError is a DecodeError too
-                        snap.bad.append(BadRow(kind, oid, str(err)))
+                        snap.bad.append(Problem(kind, kv.key[len(kp):].decode(errors="replace"),
+                                                f"cannot be decoded: {err}"))
                         continue
                     out.append(obj)
                     idx = obj.Version.Index
                     if idx > snap.max_index:
                         snap.max_index = idx
-                if not resp.more or not resp.kvs:
-                    break
-                start = resp.kvs[-1].key + b"\0"
-        return snap
+
+    async def _pages(self, c: aetcd.Client, kp: bytes, revision: int, what: str, keys_only: bool = False
+                     ) -> AsyncIterator[rpc.RangeResponse]:
+        """The keys under ``kp`` at ``revision`` (0: now), ``page_size`` at a time."""
+        start, end, limit = kp, prefix_end(kp), self.page_size
+        while True:
+            req = rpc.RangeRequest(key=start, range_end=end, limit=limit, revision=revision, keys_only=keys_only)
+            try:
+                resp = await self._range(c, req, what)
+            except StoreUnavailable as e:
+                cause = e.__cause__
+                if (isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                        and limit > 1):
+                    limit //= 2  # a page of large objects is over the message limit: smaller pages
+                    continue
+                raise
+            yield resp
+            if not resp.more or not resp.kvs:
+                return
+            start = resp.kvs[-1].key + b"\0"
+
+    async def repair(self, snap: EtcdSnapshot, fence: Fence | None = None) -> int:
+        """Make etcd hold exactly ``snap`` again: undo the chunks of a torn batch (a leader that died
+        between chunks) by writing back the snapshot's version of every object changed after
+        ``snap.etcd_revision`` and deleting objects created since. A new leader calls this once,
+        with its fence, right after :meth:`load` and before its first batch; otherwise the torn
+        objects would show in a later load. Returns how many objects it rewrote or deleted."""
+        c = await self._stubs()
+        want = {self.key(k, o.ID): (k, o) for k, objs in snap.objects.items() for o in objs}
+        keep = {self.key(p.kind, p.id) for p in snap.bad}  # undecodable rows: left as they are
+        puts: list[tuple[Kind, Any]] = []
+        deletes: list[tuple[Kind, str]] = []
+        seen: set[bytes] = set()
+        for kind, kp in self._kind_prefix.items():
+            async for resp in self._pages(c, kp, 0, f"repair {kind}", keys_only=True):
+                for kv in resp.kvs:
+                    seen.add(kv.key)
+                    if kv.mod_revision <= snap.etcd_revision or kv.key in keep:
+                        continue
+                    if kv.key in want:
+                        puts.append(want[kv.key])
+                    else:
+                        deletes.append((kind, kv.key[len(kp):].decode()))
+        puts.extend(obj for key, obj in want.items() if key not in seen)
+        if puts or deletes:
+            await self.persist(snap.revision, puts, deletes, fence)
+        return len(puts) + len(deletes)
 
     async def _range(self, c: aetcd.Client, req: rpc.RangeRequest, what: str) -> rpc.RangeResponse:
         async def call(left: float) -> rpc.RangeResponse:
@@ -313,30 +361,36 @@ class EtcdBackend:
     # ------------------------------------------------------------------ persist
 
     def _ops(self, revision: int, puts: Iterable[tuple[Kind, Any]], deletes: Iterable[tuple[Kind, str]]
-             ) -> list[tuple[rpc.RequestOp, int]]:
+             ) -> tuple[list[tuple[rpc.RequestOp, int]], list[Problem]]:
         """One request op per key (the last write of a key wins: etcd refuses a transaction that puts
-        one key twice), with its size; the meta revision last, so it lands in the last chunk."""
+        one key twice), with its size; the meta revision last, so it lands in the last chunk. Objects
+        that cannot be encoded, or are too big for one etcd request, are left out and returned."""
         enc = self._encoder.encode
+        room = self.max_bytes - _TXN_SLACK
         by_key: dict[bytes, tuple[rpc.RequestOp, int]] = {}
+        rejected: list[Problem] = []
         for kind, oid in deletes:
             k = self.key(kind, oid)
             by_key[k] = (rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k)), len(k) + _OP_OVERHEAD)
         for kind, obj in puts:
             k = self.key(kind, obj.ID)
-            v = enc(obj)
+            try:
+                v = enc(obj)
+            except (TypeError, ValueError, OverflowError) as e:
+                rejected.append(Problem(kind, obj.ID, f"cannot be encoded: {e}"))
+                continue
             size = len(k) + len(v) + _OP_OVERHEAD
-            if size > self.max_bytes - _TXN_SLACK:
-                raise InvalidArgument(
-                    f"{kind} {obj.ID} is {len(v)} bytes encoded; one etcd request takes at most "
-                    f"{self.max_bytes - _TXN_SLACK - _OP_OVERHEAD - len(k)}"
-                )
+            if size > room:
+                rejected.append(Problem(kind, obj.ID, f"is {len(v)} bytes encoded, more than one etcd request "
+                                                      f"takes ({room - _OP_OVERHEAD - len(k)})"))
+                continue
             by_key[k] = (rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v)), size)
         by_key.pop(self.meta_key, None)
         meta = str(revision).encode()
         ops = list(by_key.values())
         ops.append((rpc.RequestOp(request_put=rpc.PutRequest(key=self.meta_key, value=meta)),
                     len(self.meta_key) + len(meta) + _OP_OVERHEAD))
-        return ops
+        return ops, rejected
 
     def _chunks(self, ops: list[tuple[rpc.RequestOp, int]]) -> list[list[rpc.RequestOp]]:
         budget = self.max_bytes - _TXN_SLACK
@@ -356,17 +410,19 @@ class EtcdBackend:
         puts: Iterable[tuple[Kind, Any]],
         deletes: Iterable[tuple[Kind, str]],
         fence: Fence | None = None,
-    ) -> None:
-        """Write one store batch; durable (on a quorum) when this returns.
+    ) -> list[Problem]:
+        """Write one store batch; durable (on a quorum) when this returns. Returns the objects left
+        out because they cannot be stored on their own (the rest of the batch is written).
 
         Raises :class:`FencedOut` if ``fence`` no longer holds (that chunk and all later ones are not
         written), :class:`StoreUnavailable` if a chunk gets no answer within ``timeout_s``.
         """
         c = await self._stubs()
         compare = [fence.compare()] if fence is not None else []
-        chunks = self._chunks(self._ops(revision, puts, deletes))
+        ops, rejected = self._ops(revision, puts, deletes)
         async with self._write_lock:  # FIFO: overlapping calls still land in call order, unmixed
-            await self._write_chunks(c, revision, compare, chunks)
+            await self._write_chunks(c, revision, compare, self._chunks(ops))
+        return rejected
 
     async def _write_chunks(self, c: aetcd.Client, revision: int, compare: list[rpc.Compare],
                             chunks: list[list[rpc.RequestOp]]) -> None:
@@ -386,9 +442,9 @@ class EtcdBackend:
                 )
 
     async def import_snapshot(self, revision: int, objects: dict[Kind, list[Any]],
-                              fence: Fence | None = None) -> int:
+                              fence: Fence | None = None) -> list[Problem]:
         """Copy a whole store (e.g. a single manager's sqlite file) into an empty prefix; chunked like
-        any batch, the meta revision last. Returns the number of objects written."""
+        any batch, the meta revision last. Returns the objects that could not be copied."""
         c = await self._stubs()
         meta = await self._range(c, rpc.RangeRequest(key=self.meta_key), "import check")
         used = bool(meta.kvs and int(meta.kvs[0].value))
@@ -400,9 +456,8 @@ class EtcdBackend:
             used = resp.count > 0
         if used:
             raise Conflict(f"etcd already holds a Shoal store under {self.prefix}; wipe it first")
-        puts = [(kind, obj) for kind, objs in objects.items() for obj in objs]
-        await self.persist(revision, puts, [], fence)
-        return len(puts)
+        return await self.persist(revision, [(kind, obj) for kind, objs in objects.items() for obj in objs], [],
+                                  fence)
 
     async def wipe(self, fence: Fence | None = None) -> None:
         """Delete every object in one transaction (one range delete per kind) and set the meta
@@ -526,7 +581,7 @@ class EtcdBackend:
         try:
             batch.puts.append((kind, self._decoders[kind].decode(ev.kv.value)))
         except msgspec.DecodeError as err:
-            batch.bad.append(BadRow(kind, oid, str(err)))
+            batch.bad.append(Problem(kind, oid, f"cannot be decoded: {err}"))
 
 
 class _Compacted(Exception):
