@@ -491,3 +491,17 @@ async def test_a_member_that_cannot_start_says_why(tmp_path: Path) -> None:
     with pytest.raises(EtcdStartError, match="exited with status"):
         await m.start(10)
     m.stop()
+
+
+async def test_a_restarted_manager_adopts_its_running_member(tmp_path: Path) -> None:
+    async with running(tmp_path, 1) as (first,):
+        again = ManagedEtcd(first.name, first.data_dir, first.client_url, first.peer_url)
+        await again.start(10)  # the member is already up: adopted, not started twice
+        assert again.pid == first.pid and again.running
+        b = EtcdBackend.from_endpoints([again.client_url], timeout_s=3)
+        try:
+            await b.persist(1, [("service", service(1))], [])
+        finally:
+            await b.close()
+        again.stop()
+        assert not first.running and not again.running and not first.pid_path.exists()

@@ -63,6 +63,7 @@ class ManagedEtcd:
     log_path: Path | None = None
     etcd_bin: str = "etcd"
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _pid: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -75,11 +76,25 @@ class ManagedEtcd:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._pid
+
+    @property
+    def pid_path(self) -> Path:
+        return self.data_dir.with_name(self.data_dir.name + ".pid")
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return self._pid is not None and self._is_our_member(self._pid)
+
+    def _is_our_member(self, pid: int) -> bool:
+        """Is ``pid`` an etcd serving this data dir (not a recycled PID, not a zombie)?"""
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return f"--data-dir={self.data_dir}".encode() in argv
 
     def command(self) -> list[str]:
         return [
@@ -109,12 +124,23 @@ class ManagedEtcd:
         lost quorum cannot be healthy until its peers are up too)."""
         if self.running:
             return
+        # The member runs in its own session, so it outlives a manager that crashed (its peers keep
+        # their quorum); the restarted manager adopts it through the PID file instead of failing to
+        # bind its ports a second time.
+        try:
+            pid = int(self.pid_path.read_text())
+        except (OSError, ValueError):
+            pid = 0
+        if pid and self._is_our_member(pid):
+            self._proc, self._pid = None, pid
+            return
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         assert self.log_path is not None
         with open(self.log_path, "ab") as log:
-            # Own session: the member must not get the terminal's signals meant for the manager.
             self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True)
+        self._pid = self._proc.pid
+        self.pid_path.write_text(f"{self._pid}\n")
 
     async def start(self, timeout_s: float = 30.0) -> None:
         self.spawn()
@@ -126,10 +152,9 @@ class ManagedEtcd:
         last = "no answer"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
             while time.monotonic() < deadline:
-                if self._proc is not None and self._proc.poll() is not None:
-                    raise EtcdStartError(
-                        f"etcd member {self.name} exited with status {self._proc.returncode}:\n{self.log_tail()}"
-                    )
+                if self._pid is not None and not self.running:
+                    status = self._proc.returncode if self._proc is not None else "unknown"
+                    raise EtcdStartError(f"etcd member {self.name} exited with status {status}:\n{self.log_tail()}")
                 try:
                     async with http.get(f"{self.client_url}/health") as resp:
                         body = await resp.json(content_type=None)
@@ -160,15 +185,28 @@ class ManagedEtcd:
         self._signal_and_wait(signal.SIGKILL, 5.0)
 
     def _signal_and_wait(self, sig: signal.Signals, timeout_s: float) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.kill(proc.pid, sig)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        proc, pid = self._proc, self._pid
+        self._proc = self._pid = None
+        if pid is not None and (proc.poll() is None if proc is not None else self._is_our_member(pid)):
+            os.kill(pid, sig)
+            if not self._wait_gone(proc, pid, timeout_s):
+                os.kill(pid, signal.SIGKILL)
+                self._wait_gone(proc, pid, 5.0)
+        self.pid_path.unlink(missing_ok=True)
+
+    def _wait_gone(self, proc: subprocess.Popen[bytes] | None, pid: int, timeout_s: float) -> bool:
+        if proc is not None:  # our child: wait() also reaps it
+            try:
+                proc.wait(timeout_s)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        deadline = time.monotonic() + timeout_s  # adopted: not our child, watch /proc
+        while self._is_our_member(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
 
 @dataclass(frozen=True, slots=True)
