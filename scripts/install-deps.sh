@@ -21,6 +21,8 @@ needs=(
   docker-registry:docker-registry
   # tests/unit/test_compose_config_compat.py compares the Compose loader with `docker-compose config`
   docker-compose:docker-compose
+  # the HA store's tests and `ManagedEtcd` run etcd members (Debian's 3.4)
+  etcd:etcd-server
 )
 
 missing=()

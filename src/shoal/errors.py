@@ -30,7 +30,15 @@ class Unavailable(ShoalError):
 
 
 class StoreUnavailable(Unavailable):
-    """The cluster store cannot make writes durable now (disk full, no etcd quorum): retry later."""
+    """The cluster store cannot make writes durable now (disk full, no etcd quorum): retry later.
+
+    From etcd, the outcome of the write that raised it is unknown (etcd may still apply it): do not
+    assume it failed; reload or retry idempotently."""
+
+
+class FencedOut(Unavailable):
+    """A write carried the fence of a leadership that is over; etcd refused it and wrote nothing.
+    The API answers 503 like any other "ask again" (the next leader serves the retry)."""
 
 
 NOT_IN_SWARM = (
