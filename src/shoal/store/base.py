@@ -8,7 +8,10 @@ then publishes it to watchers. Components never call each other: they watch the 
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import gc
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -89,3 +92,16 @@ class Backend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while loading a store: decoding 100,000 objects that all
+    stay alive makes it rescan the growing heap again and again (loads took over twice as long)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from shoal.store.base import KINDS, Kind, Problem, Snapshot
+from shoal.store.base import KINDS, Kind, Problem, Snapshot, gc_paused
 from shoal.store.sqlite_writer import HEADER, connect
 
 log = logging.getLogger(__name__)
@@ -49,16 +49,17 @@ class SqliteBackend:
             row = db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()
             out: dict[Kind, list[Any]] = {k: [] for k in KINDS}
             bad: list[Problem] = []
-            for kind, oid, data in db.execute("SELECT kind, id, data FROM objects"):
-                decoder = self._decoders.get(kind)
-                if decoder is None:
-                    bad.append(Problem(kind, oid, "unknown kind of object (written by a newer Shoal?)"))
-                    continue
-                try:
-                    out[kind].append(decoder.decode(data))
-                except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                    # Left in the file untouched: a newer Shoal may read it, an operator may inspect it.
-                    bad.append(Problem(kind, oid, f"cannot be decoded: {e}"))
+            with gc_paused():
+                for kind, oid, data in db.execute("SELECT kind, id, data FROM objects"):
+                    decoder = self._decoders.get(kind)
+                    if decoder is None:
+                        bad.append(Problem(kind, oid, "unknown kind of object (written by a newer Shoal?)"))
+                        continue
+                    try:
+                        out[kind].append(decoder.decode(data))
+                    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                        # Left in the file untouched: a newer Shoal may read it, an operator may look.
+                        bad.append(Problem(kind, oid, f"cannot be decoded: {e}"))
             return Snapshot(row[0] if row else 0, out, bad)
         finally:
             db.close()
