@@ -180,3 +180,15 @@ async def test_unexpected_exception_is_500(client: TestClient, manager: FakeMana
     monkeypatch.setattr(manager, "require_swarm", boom)
     resp = await client.get("/services")
     assert resp.status == 500 and await resp.json() == {"message": "kaboom"}
+
+
+async def test_manager_health_reports_the_store_and_tracked_objects() -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from shoal.api.app import create_app
+    from shoal.api.testing import FakeManager
+
+    async with TestClient(TestServer(create_app(FakeManager()))) as c:
+        body = await (await c.get("/shoal/debug/manager?objects=1")).json()
+    assert body["Store"] == {"Revision": 0, "Durable": 0, "Error": "", "Problems": []}
+    assert body["TrackedObjects"] and body["NodesMarkedDown"] == {}
