@@ -413,6 +413,33 @@ async def test_failure_pauses_the_update_until_the_next_update():
     assert status(store, svc.ID).Message == "update completed"
 
 
+async def test_an_update_is_not_complete_while_a_restart_is_refilling_an_outdated_slot():
+    # The failed slot's restart is booked when the next update (back to the old image) arrives:
+    # the restart's task has the new spec, and the update completes only once it runs (found by
+    # tests/integration/test_rolling_update.py, which once saw "completed" with 2 of 3 running).
+    store, clock = make_store(), FakeClock()
+    make_node(store, "n1")
+    svc = make_service(store, "web", replicas=3, UpdateConfig=UpdateConfig(Parallelism=1, Monitor=SECOND))
+    agent = FailingAgent(store)
+    async with running(clocked(store, clock), Scheduler(store), agent):
+        await start(store, svc, 3)
+        api_update(store, svc.ID, img="busybox:bad")
+        await wait_for(lambda: state_of(store, svc.ID) == "paused", what="paused")
+        agent.paused = True  # the restart's new task will wait in `assigned`
+        api_update(store, svc.ID, img="busybox:latest")
+        await settle()
+        for _ in range(6):
+            clock.advance(1.0)  # the restart fires, and Monitor passes many times over
+            await settle()
+        await asyncio.sleep(0.05)
+        assert n_running(store, svc.ID) == 2
+        assert state_of(store, svc.ID) == "updating"
+        agent.paused = False
+        agent.step()
+        await run_clock(clock, lambda: state_of(store, svc.ID) == "completed", what="completed")
+        assert n_running(store, svc.ID, "busybox:latest") == 3
+
+
 async def test_max_failure_ratio_counts_failures_over_the_slots_to_update():
     store, clock = make_store(), FakeClock()
     make_node(store, "n1")

@@ -112,7 +112,7 @@ class GlobalOrchestrator(ServiceOrchestrator):
             svc,
             ctx.slots,
             lambda nid: new_task(svc, 0, str(nid), ts=ts),
-            skip=self.restarts.waiting(sid),
+            skip=self.restarts.refilling(sid),
             ts=ts,
         )
 

@@ -212,7 +212,7 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
             svc,
             runnable,
             lambda slot: new_task(svc, int(slot), ts=ts),
-            skip=self.restarts.waiting(sid),
+            skip=self.restarts.refilling(sid),
             ts=ts,
         )
 

@@ -163,6 +163,10 @@ class RestartSupervisor:
         """Slots whose replacement is booked but not due yet: they count as occupied."""
         return {k for k, p in self._pending.get(service_id, {}).items() if not p.ready}
 
+    def refilling(self, service_id: str) -> dict[SlotPart, str]:
+        """:meth:`waiting`'s slots, each with the ID of the failed task its restart replaces."""
+        return {k: p.old_task_id for k, p in self._pending.get(service_id, {}).items() if not p.ready}
+
     def due(self, service_id: str) -> list[SlotPart]:
         """Slots whose replacement is due now; the orchestrator creates it and calls :meth:`done`."""
         return sorted((k for k, p in self._pending.get(service_id, {}).items() if p.ready), key=str)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +118,10 @@ class _Rollout:
     timer_due: float = 0.0
 
     tracked: set[str] = field(default_factory=set)  # task IDs in stopping/starting, for O(1) look-ups
+    # Slots a booked restart refills after a task of the old spec failed: the restart's task has
+    # the new spec, and the update is not complete until it runs.
+    refills: set[SlotPart] = field(default_factory=set)
+    refill_tasks: set[str] = field(default_factory=set)  # their tasks, watched like tracked ones
 
     def start(self, part: SlotPart, task_id: str, *, ours: bool = True) -> None:
         self.starting[part] = task_id
@@ -136,7 +140,7 @@ class _Rollout:
         self.tracked.difference_update(self.stopping.pop(part, ()))
 
     def watches(self, task_id: str) -> bool:
-        return task_id in self.tracked or task_id in self.monitored
+        return task_id in self.tracked or task_id in self.monitored or task_id in self.refill_tasks
 
 
 class Updater:
@@ -213,17 +217,17 @@ class Updater:
         slots: dict[SlotPart, list[Task]],
         make: Callable[[SlotPart], Task],
         *,
-        skip: set[SlotPart] | None = None,
+        skip: Mapping[SlotPart, str] | None = None,
         ts: str,
     ) -> None:
         """Advance the update of ``service``.
 
         ``slots`` maps each live slot to its runnable tasks (after this pass's other changes);
-        ``make(part)`` builds a fresh task for a slot; ``skip`` are slots another mechanism is
-        refilling (a booked restart), which the updater leaves alone.
+        ``make(part)`` builds a fresh task for a slot; ``skip`` maps the slots another mechanism is
+        refilling (a booked restart) to the failed task it replaces; the updater leaves them alone.
         """
         sid = service.ID
-        skip = skip or set()
+        skip = skip or {}
         service = tx.get("service", sid) or service
         status = service.UpdateStatus
         ro = self._rollouts.get(sid)
@@ -248,10 +252,21 @@ class Updater:
 
         dirty: list[SlotPart] = []
         pairs: dict[SlotPart, Task] = {}
-        blocked = False  # an outdated slot is waiting for a booked restart: the update is not over
+        # A slot waiting for a booked restart (its task failed, so it may have no runnable task
+        # at all) is left to the restart. If the failed task had the old spec, the update is not
+        # over until the restart's task (made from the new spec, followed from the next pass like
+        # one of ours) runs; if it had the new spec, that failure was the update's to count.
+        refills: set[SlotPart] = set()
+        for part, failed_id in skip.items():
+            failed = tx.get("task", failed_id)
+            if failed is not None and not is_up_to_date(failed, service):
+                if not any(is_up_to_date(t, service) and is_running(t) for t in slots.get(part, ())):
+                    refills.add(part)
+        blocked = bool(refills)
+        if ro is not None:
+            ro.refills = (ro.refills & (slots.keys() | skip.keys())) | refills
         for part, tasks in slots.items():
             if part in skip:
-                blocked = blocked or not all(is_up_to_date(t, service) for t in tasks)
                 continue
             if ro is not None and (part in ro.stopping or part in ro.starting):
                 continue
@@ -260,6 +275,12 @@ class Updater:
             for t in tasks:
                 (fresh if is_up_to_date(t, service) else old).append(t)
             if not old:
+                if ro is not None and part in ro.refills:
+                    if any(is_running(t) for t in fresh):
+                        ro.refills.discard(part)
+                    else:
+                        blocked = True  # the restart's task, with the new spec, is on its way
+                        ro.refill_tasks.update(t.ID for t in fresh)  # its RUNNING wakes the service
                 continue
             if not fresh:
                 dirty.append(part)
@@ -288,6 +309,7 @@ class Updater:
             self._write_status(tx, service, UPDATING, ts)
         for part, t in pairs.items():
             ro.start(part, t.ID, ours=False)
+        ro.refills |= refills
 
         ro.cooldowns = [c for c in ro.cooldowns if c > now]
         busy = len(ro.stopping) + len(ro.starting) + len(ro.cooldowns)
@@ -327,6 +349,7 @@ class Updater:
             old.timer.cancel()  # it would wake the old rollout; the new one sets its own
         ro = _Rollout(service.Spec)
         ro.stopping, ro.starting, ro.tracked = old.stopping, old.starting, old.tracked
+        ro.refills, ro.refill_tasks = old.refills, old.refill_tasks
         self._rollouts[service.ID] = ro
         return ro
 
