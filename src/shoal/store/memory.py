@@ -11,14 +11,14 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
 
-from shoal.errors import Conflict
+from shoal.errors import Conflict, FencedOut, Unavailable
 from shoal.models import Version, now_ts
-from shoal.store.base import KINDS, Action, Backend, Event, Kind, Problem, Snapshot
+from shoal.store.base import KINDS, Action, Backend, Event, Kind, Problem, Snapshot, gc_paused
 from shoal.store.writer import WriteBehind
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,9 @@ class MemoryStore:
         for p in snapshot.bad:
             log.error("store: %s; skipped (the row is left as it is)", p)
         self.writer = WriteBehind(backend, snapshot.revision, on_problem=self.problems.append)
+        # Set on a manager that is not the leader of a replicated store (see store/replica.py): it
+        # applies the leader's batches and refuses commits of its own, with this message.
+        self.refuse_writes = ""
         _share_task_specs(snapshot.objects.get("task", []))
         for kind, objs in snapshot.objects.items():
             for obj in objs:
@@ -188,6 +191,8 @@ class MemoryStore:
     def commit(self, tx: Tx) -> list[Event]:
         if not tx._writes:
             return []
+        if self.refuse_writes:
+            raise Unavailable(self.refuse_writes)
         rev = self.revision + 1
         ts = now_ts()
         puts: list[tuple[Kind, Any]] = []
@@ -204,15 +209,67 @@ class MemoryStore:
             obj.UpdatedAt = ts
             puts.append((kind, obj))
             events.append(Event(kind, action, obj, old, rev))
+        self._publish(rev, events)
+        # Then durable, in order, off the loop (see writer.py): what leaves the manager waits for it.
+        self.writer.add(rev, puts, deletes)
+        return events
+
+    def _publish(self, rev: int, events: list[Event]) -> None:
         self.revision = rev
         for e in events:
             self._index(e.kind, None if e.action is Action.DELETE else e.obj, e.old)
         self._history.extend(events)
         for w in list(self._watchers):
             w._offer(events)
-        # Then durable, in order, off the loop (see writer.py): what leaves the manager waits for it.
-        self.writer.add(rev, puts, deletes)
+
+    # ------------------------------------------------------------------ replicated stores (HA)
+
+    def apply_remote(self, revision: int, puts: list[tuple[Kind, Any]], deletes: list[tuple[Kind, str]]) -> list[Event]:
+        """Apply a batch the leader made durable (a follower's watch) as one commit at ``revision``;
+        the objects keep the leader's versions and timestamps."""
+        _share_task_specs([obj for kind, obj in puts if kind == "task"])
+        events: list[Event] = []
+        for kind, obj in puts:
+            old = self._objects[kind].get(obj.ID)
+            events.append(Event(kind, Action.CREATE if old is None else Action.UPDATE, obj, old, revision))
+        for kind, oid in deletes:
+            old = self._objects[kind].get(oid)
+            if old is not None:
+                events.append(Event(kind, Action.DELETE, old, old, revision))
+        if revision <= self.revision and events:
+            # A wipe, or a deposed leader's undurable revisions replaced: these numbers now name
+            # other batches, so a watcher cannot resume from them.
+            self._history.clear()
+        self._publish(revision, events)
+        self.writer.mark_durable(revision)
         return events
+
+    def reset(self, snapshot: Snapshot) -> list[Event]:
+        """Make the view equal ``snapshot``, published as one batch of the differences: a follower
+        (re)starting its watch, or a deposed leader dropping what it never made durable."""
+        puts: list[tuple[Kind, Any]] = []
+        deletes: list[tuple[Kind, str]] = []
+        with gc_paused():
+            for kind in KINDS:
+                cur = self._objects[kind]
+                nxt = {o.ID: o for o in snapshot.objects.get(kind, ())}
+                deletes.extend((kind, oid) for oid in cur.keys() - nxt.keys())
+                puts.extend((kind, o) for oid, o in nxt.items() if (old := cur.get(oid)) is None or old != o)
+            self.problems[:] = snapshot.bad
+            return self.apply_remote(snapshot.revision, puts, deletes)
+
+    def lead(self, backend: Backend, on_fenced: Callable[[FencedOut], None]) -> None:
+        """This manager became the leader: commits are accepted again and persist through
+        ``backend`` (the leader's fenced writer), from the current revision on."""
+        self.writer = WriteBehind(backend, self.revision, on_problem=self.problems.append, on_fenced=on_fenced)
+        self.refuse_writes = ""
+
+    async def follow(self, why: str, backend: Backend) -> None:
+        """The leadership ended (or never was): refuse commits with ``why`` and drop the leader's
+        writer without waiting for what it still holds; ``backend`` keeps nothing (NullBackend)."""
+        self.refuse_writes = why
+        old, self.writer = self.writer, WriteBehind(backend, self.revision)
+        await old.abandon()
 
     async def wait_durable(
         self, revision: int | None = None, within: float | None = None, fail_fast: bool = False

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from shoal.errors import StoreUnavailable
+from shoal.errors import FencedOut, StoreUnavailable
 from shoal.store.base import Backend, Kind, Problem
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,19 @@ class WriteBehind:
     under ``_lock``; ``durable`` and ``error`` are plain attributes written by the writer only."""
 
     def __init__(
-        self, backend: Backend, revision: int, on_problem: Callable[[Problem], None] | None = None
+        self,
+        backend: Backend,
+        revision: int,
+        on_problem: Callable[[Problem], None] | None = None,
+        on_fenced: Callable[[FencedOut], None] | None = None,
     ) -> None:
         self.backend = backend
         self.durable = revision  # every revision up to this one is in the backend
         self.error: Exception | None = None  # the last write's failure, None once one succeeds
+        # A leader's write refused because its term is over (etcd): this writer stops for good and
+        # ``on_fenced`` tells the manager to step down; nothing it still holds will ever be durable.
+        self.fenced: FencedOut | None = None
+        self._on_fenced = on_fenced
         self._failed_rev = 0  # the revision that failing write would have brought the backend to
         self._queued = revision  # the revision the pending writes bring the backend to
         self._puts: dict[Key, Any] = {}
@@ -71,11 +80,17 @@ class WriteBehind:
         self._more: asyncio.Event | None = None  # on the writer's loop
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._abandoned = False
         self._logged: tuple[str, float] = ("", 0.0)
         # A backend that keeps nothing (unit tests, hollow benchmarks) is durable at once.
         self._immediate = bool(getattr(backend, "immediate", False))
 
     # ------------------------------------------------------------------ manager side
+
+    def mark_durable(self, revision: int) -> None:
+        """A follower's view moved to ``revision``, which the leader has already made durable."""
+        assert self._immediate, "only a writer that keeps nothing follows another's revisions"
+        self.durable = self._queued = revision
 
     def add(self, revision: int, puts: list[tuple[Kind, Any]], deletes: list[Key]) -> None:
         """Queue one committed batch (called by the store, in commit order)."""
@@ -142,6 +157,8 @@ class WriteBehind:
         target = self._queued if revision is None else revision
         deadline = None if within is None else time.monotonic() + within
         while self.durable < target:
+            if self.fenced is not None:
+                raise self.fenced
             remaining = None if deadline is None else deadline - time.monotonic()
             if (remaining is not None and remaining <= 0) or (
                 fail_fast and self.error is not None and self._failed_rev >= target
@@ -161,6 +178,8 @@ class WriteBehind:
 
     def check_writable(self) -> None:
         """Raise :class:`StoreUnavailable` while the backend is failing (refuse new API writes)."""
+        if self.fenced is not None:
+            raise self.fenced
         if self.error is not None:
             raise StoreUnavailable(self._unavailable_message())
 
@@ -182,10 +201,24 @@ class WriteBehind:
         except StoreUnavailable as e:
             log.error("store: shutting down with revisions %d..%d not durable: %s",
                       self.durable + 1, self._queued, e)
+        await self._stop_thread()
+
+    async def abandon(self) -> None:
+        """Stop without waiting for what is queued (a leader whose term ended: the next leader's
+        state is the durable one, and this manager reloads it)."""
+        self._abandoned = True
+        if self._thread is None:
+            await self.backend.close()
+            return
+        await self._stop_thread()
+
+    async def _stop_thread(self) -> None:
         self._closing = True
         assert self._wloop is not None and self._more is not None
-        self._wloop.call_soon_threadsafe(self._more.set)
+        with contextlib.suppress(RuntimeError):  # its loop already ended (fenced)
+            self._wloop.call_soon_threadsafe(self._more.set)
         thread = self._thread
+        assert thread is not None
         await asyncio.get_running_loop().run_in_executor(None, thread.join)
         self._thread = None
 
@@ -218,6 +251,8 @@ class WriteBehind:
         while True:
             await self._more.wait()
             self._more.clear()
+            if self._abandoned:
+                return
             with self._lock:
                 idle = not self._puts and not self._deletes
             if idle:
@@ -228,6 +263,9 @@ class WriteBehind:
             rev, puts, deletes = self._take()
             try:
                 rejected = await self.backend.persist(rev, puts, deletes)
+            except FencedOut as e:  # our term is over: retrying cannot help, and must not
+                self._fence(e)
+                return
             except Exception as e:  # any backend failure: keep the batch, retry with back-off
                 self._put_back(puts, deletes)
                 self._failed_rev = rev
@@ -268,6 +306,15 @@ class WriteBehind:
         if str(e) != msg or now - last > _LOG_EVERY_S:
             log.error("store: persisting revision %d failed, retrying with back-off: %s", self._queued, e)
             self._logged = (str(e), now)
+
+    def _fence(self, e: FencedOut) -> None:
+        log.warning("store: revision %d was refused: %s", self._queued, e)
+        self.error = self.fenced = e
+        if self._progress is not None:
+            self._notify(self._progress.set)
+        if self._on_fenced is not None:
+            cb = self._on_fenced
+            self._notify(lambda: cb(e))
 
     def _report(self, problem: Problem) -> None:
         log.error("store: %s; kept in memory only", problem)
