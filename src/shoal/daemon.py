@@ -118,9 +118,10 @@ class Daemon:
     async def _start_agent(self, node_id: str) -> None:
         assert self.manager is not None
         self._executor = DockerExecutor(self.engine)
-        if self.manager.is_manager:
-            assert self.manager.dispatcher is not None
-            client: DispatcherClient = InProcessClient(self.manager.dispatcher)
+        manager = self.manager
+        if manager.is_manager:
+            # Whichever dispatcher this manager runs now: on etcd it runs one only while it leads.
+            client: DispatcherClient = InProcessClient(lambda: manager.dispatcher)
         else:
             creds = load_credentials(self.cert_dir)
             if creds is None:
@@ -130,8 +131,9 @@ class Daemon:
             client = self._grpc
         self.agent = Agent(client, self._executor, node_id, self.manager.addr)
         if self.manager.is_manager:
-            assert self.manager.dispatcher is not None
-            self.manager.dispatcher.register_log_source(node_id, self.agent)
+            self.manager.local_agent = self.agent
+            if self.manager.dispatcher is not None:
+                self.manager.dispatcher.register_log_source(node_id, self.agent)
         else:
             assert self._grpc is not None
             self._logs_task = asyncio.create_task(self._grpc.serve_logs(self.agent), name="agent-logs")
@@ -154,6 +156,8 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await self.agent.close()
             self.agent = None
+            if self.manager is not None:
+                self.manager.local_agent = None
 
     async def _stop_agent_and_clean(self, node_id: str) -> None:
         """``swarm leave``: the node's tasks stop and their containers go, as in Swarm mode."""

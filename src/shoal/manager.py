@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -28,7 +29,8 @@ from shoal.ca.tokens import generate_join_token
 from shoal.controlapi.cluster import check_swarm_spec
 from shoal.dispatcher.dispatcher import Dispatcher
 from shoal.dispatcher.protocol import LogMessage, LogOptions
-from shoal.errors import InvalidArgument, NotInSwarm, Unavailable
+from shoal.errors import InvalidArgument, NotInSwarm, StoreUnavailable, Unavailable
+from shoal.ha import ManagerTerms, StoreSettings, init_settings
 from shoal.ids import new_id
 from shoal.looplag import GcStats, LoopLagMonitor
 from shoal.models import (
@@ -63,7 +65,7 @@ from shoal.orchestrator.reaper import TaskReaper
 from shoal.orchestrator.replicated import ReplicatedOrchestrator
 from shoal.orchestrator.stacks import StackDeployer
 from shoal.scheduler.scheduler import Scheduler
-from shoal.store import Backend, MemoryStore, SqliteBackend
+from shoal.store import Backend, MemoryStore, NullBackend, SqliteBackend
 from shoal.transport.server import ClusterServer
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ WORKER_NOT_MANAGER = (
     "Please run this command on a manager node or promote the current node to a manager."
 )
 SWARM_PORT = 2377
+DURABLE_INIT_S = 15.0
 
 Hook = Callable[[str], Awaitable[None]]
 
@@ -92,6 +95,7 @@ class Membership:
     role: str  # "manager": holds the store and runs the leader's components; "worker": an agent only
     manager: str = ""  # "ip:port" of the manager a worker talks to
     listen: str = ""  # "host:port" a manager's cluster listener binds (2377; the bootstrap one is +1)
+    store: dict[str, Any] | None = None  # a manager's StoreSettings (shoal.ha); None: embedded sqlite
 
 
 Joiner = Callable[["JoinRequest"], Awaitable[Membership]]
@@ -120,7 +124,14 @@ class Manager:
     ) -> None:
         self.data_root = Path(data_root)
         self.data_root.mkdir(parents=True, exist_ok=True)
-        self.store = MemoryStore(backend or SqliteBackend(self.data_root / "state.db"))
+        self._state_file = self.data_root / "node.json"
+        self.membership: Membership | None = self._load_membership()
+        self.store_settings = StoreSettings.from_dict(self.membership.store if self.membership else None)
+        # On etcd the view starts empty and is filled from etcd by start() (see shoal.ha).
+        self.store = MemoryStore(NullBackend() if self.store_settings.on_etcd
+                                 else backend or SqliteBackend(self.data_root / "state.db"))
+        self.terms: ManagerTerms | None = None  # managers on etcd: the leader loop
+        self.local_agent: Any = None  # this host's agent: every new dispatcher asks it for logs
         self.engine_info: dict[str, Any] = engine_info or {}
         self.addr = advertise_addr or default_addr()
         self.heartbeat_s = heartbeat_s
@@ -136,8 +147,8 @@ class Manager:
         self.gc_stats = GcStats()
         self._lag_task: asyncio.Task[None] | None = None
         self.broken = ""  # why this manager cannot serve its swarm (its state could not be read)
-        self._state_file = self.data_root / "node.json"
-        self.membership: Membership | None = self._load_membership()
+        self.loading = ""  # set while a manager on etcd loads its first view (the API says 503)
+        self._loading_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ membership
 
@@ -167,6 +178,8 @@ class Manager:
             raise NotInSwarm()
         if self.broken:
             raise Unavailable(self.broken)
+        if self.loading:
+            raise Unavailable(self.loading)
         if not self.is_manager:
             raise Unavailable(WORKER_NOT_MANAGER)
 
@@ -174,6 +187,11 @@ class Manager:
         """Resume after a restart: a daemon that was in a swarm comes back in it."""
         if self._lag_task is None:
             self._lag_task = asyncio.create_task(self.loop_lag.run(), name="loop-lag")
+        if self.is_manager and self.store_settings.on_etcd:
+            await self._start_on_etcd()
+            if self.on_join and self.membership is not None:
+                await self.on_join(self.membership.node_id)
+            return
         if self.is_manager and self.store.cluster() is None:
             if self.store.problems:
                 # Never leave a swarm because its state could not be *read*: say so and serve what
@@ -208,6 +226,8 @@ class Manager:
     async def init_swarm(self, req: InitRequest) -> str:
         if self.in_swarm:
             raise Unavailable(ALREADY_IN_SWARM)
+        settings = init_settings(req.Store, req.EtcdEndpoints or [], _host_of(req.AdvertiseAddr) if
+                                 req.AdvertiseAddr else self.addr, member="", client_port=req.EtcdPort or 2379)
         # Every check before the first side effect: a bad request changes nothing.
         if req.Availability and req.Availability not in set(NodeAvailability):
             raise InvalidArgument(f"invalid availability {req.Availability!r}: must be active, pause or drain")
@@ -243,6 +263,8 @@ class Manager:
             JoinTokens=JoinTokens(Worker=generate_join_token(ca_cert), Manager=generate_join_token(ca_cert)),
         )
         availability = NodeAvailability(req.Availability) if req.Availability else NodeAvailability.ACTIVE
+        if settings.on_etcd:
+            settings.member = node_id
         node = Node(
             ID=node_id, Version=Version(), CreatedAt="", UpdatedAt="",
             Spec=NodeSpec(Role=NodeRole.MANAGER, Availability=availability),
@@ -250,16 +272,30 @@ class Manager:
             Status=NodeStatus(State=NodeState.READY, Addr=self.addr),
             ManagerStatus=ManagerStatus(Leader=True, Reachability="reachable", Addr=f"{self.addr}:{SWARM_PORT}"),
         )
-        with self.store.tx() as tx:
-            tx.create("cluster", cluster)
-            tx.create("node", node)
-        self._save_membership(Membership(node_id=node_id, role="manager", listen=_listen_of(req.ListenAddr)))
+        membership = Membership(node_id=node_id, role="manager", listen=_listen_of(req.ListenAddr),
+                                store=settings.to_dict() if settings.on_etcd else None)
+
+        async def create() -> None:
+            with self.store.tx() as tx:
+                tx.create("cluster", cluster)
+                tx.create("node", node)
+            self._save_membership(membership)
+
         try:
-            await self._start_components()
+            if settings.on_etcd:
+                await self._init_on_etcd(settings, node_id, create)
+            else:
+                await create()
+                await self._start_components()
         except BaseException:
             # e.g. the cluster port is taken: leave no half-made swarm behind.
-            await self.stop()
-            await self.store.wipe()
+            await self.stop_components()
+            if self.terms is not None:
+                with contextlib.suppress(Exception):
+                    await self.terms.erase()  # nobody else writes yet: no fence needed
+                await self._drop_etcd()
+            elif self.store.cluster() is not None:
+                await self.store.wipe()
             self._save_membership(None)
             raise
         if self.on_join:
@@ -275,16 +311,51 @@ class Manager:
             # nodes promoted to manager are managers in name only, so leaving would erase it.
             raise Unavailable(LAST_MANAGER)
         node_id = self.node_id
-        await self.stop()
+        if self.terms is not None:
+            await self._leave_etcd()
+        else:
+            await self.stop()
         if self.on_leave and node_id:
             await self.on_leave(node_id)
-        if self.store.cluster() is not None:
+        if self.store.cluster() is not None and not self.store.refuse_writes:
             await self.store.wipe()
         self._save_membership(None)
         log.info("left the swarm")
 
+    async def _leave_etcd(self) -> None:
+        """The last manager erases the swarm from etcd (with --force, like the sqlite store); any
+        other manager only stops its part: the cluster state stays with the managers that hold it."""
+        assert self.terms is not None
+        others = [n for n in self.store.list("node") if n.Spec.Role == NodeRole.MANAGER and n.ID != self.node_id]
+        if not others and self.terms.is_leader:
+            await self.stop_components()
+            await self.store.wipe()  # through the leader's fenced writer, then etcd's range delete
+        await self._drop_etcd()
+
+    async def _drop_etcd(self) -> None:
+        """Stop following etcd (and this manager's member, whose data goes): back to sqlite."""
+        assert self.terms is not None
+        await self.terms.close()
+        self.terms = None
+        if self.store_settings.managed:
+            shutil.rmtree(self.data_root / "etcd", ignore_errors=True)
+        await self.store.close()
+        self.store = MemoryStore(SqliteBackend(self.data_root / "state.db"))
+        self.store_settings = StoreSettings()
+
     async def stop(self) -> None:
-        """Cancel every component (daemon shutdown or leave); running containers are left alone."""
+        """Stop leading (daemon shutdown or leave); running containers are left alone."""
+        if self._loading_task is not None:
+            self._loading_task.cancel()
+            await asyncio.gather(self._loading_task, return_exceptions=True)
+            self._loading_task = None
+        if self.terms is not None:
+            await self.terms.close()
+            self.terms = None
+        await self.stop_components()
+
+    async def stop_components(self) -> None:
+        """Cancel every leader component; running containers are left alone."""
         if self.server is not None:
             await self.server.stop()
             self.server = None
@@ -299,6 +370,9 @@ class Manager:
 
     async def close(self) -> None:
         """Daemon shutdown: stop the components, then make what is queued durable and close."""
+        if self.terms is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.wait_durable(within=10)
         await self.stop()
         if self._lag_task is not None:
             self._lag_task.cancel()
@@ -320,12 +394,69 @@ class Manager:
             raise NotInSwarm()
         return self.dispatcher.logs(tasks, options)
 
+    # ------------------------------------------------------------------ managers on etcd
+
+    def _terms(self, settings: StoreSettings, node_id: str) -> ManagerTerms:
+        info = {"node": node_id, "addr": f"{self.addr}:{SWARM_PORT}"}
+        return ManagerTerms(self.data_root, settings, self.store, node_id, info,
+                            on_elected=self._elected, on_deposed=self.stop_components)
+
+    async def _init_on_etcd(self, settings: StoreSettings, node_id: str, create: Callable[[], Awaitable[None]]
+                            ) -> None:
+        """``swarm init --store etcd``: this manager's etcd member (or the user's etcd), then the
+        first term: the cluster and node objects are its first batch."""
+        old, self.store = self.store, MemoryStore(NullBackend())
+        await old.close()
+        self.store_settings = settings
+        self.terms = self._terms(settings, node_id)
+        await self.terms.open()
+        await self.terms.check_unused()
+        await self.terms.lead_now(prepare=create)
+        await self.store.wait_durable(within=DURABLE_INIT_S)
+        self.terms.run()
+
+    async def _start_on_etcd(self) -> None:
+        assert self.membership is not None
+        self.terms = self._terms(self.store_settings, self.membership.node_id)
+        self.loading = "this manager is loading the swarm's state from etcd; try again in a moment"
+        try:
+            await self.terms.open()
+        except (Unavailable, StoreUnavailable) as e:
+            self.loading = ""
+            self.broken = f"this manager cannot reach its store: {e}"
+            log.error("%s", self.broken)
+            return
+        self.terms.run()
+        await self.terms.wait_ready()
+        if self.terms.ready:
+            self.loading = ""
+        else:  # etcd does not answer yet: keep saying so until the first view arrives
+            self.loading = f"this manager cannot reach etcd yet ({self.terms.stale or 'no answer'})"
+            self._loading_task = asyncio.create_task(self._loaded(self.terms), name="etcd-first-view")
+
+    async def _loaded(self, terms: ManagerTerms) -> None:
+        await terms.wait_ready(timeout_s=None)
+        self.loading = ""
+
+    async def _elected(self) -> None:
+        """A new term: mark this manager the leader in the node list, then start the components."""
+        me = self.node_id
+        with self.store.tx() as tx:
+            for n in self.store.list("node"):
+                if n.ManagerStatus is None or n.ManagerStatus.Leader == (n.ID == me):
+                    continue
+                status = msgspec.structs.replace(n.ManagerStatus, Leader=n.ID == me)
+                tx.update("node", msgspec.structs.replace(n, ManagerStatus=status))
+        await self._start_components()
+
     # ------------------------------------------------------------------ internals
 
     async def _start_components(self) -> None:
         assert self.membership is not None
         node_id = self.membership.node_id
         self.dispatcher = Dispatcher(self.store, heartbeat_period_s=self.heartbeat_s)
+        if self.local_agent is not None:
+            self.dispatcher.register_log_source(node_id, self.local_agent)
         self.ca = ClusterCA(self.store, self.data_root, local_node_id=node_id)
         host, port = _split_listen(self.membership.listen or f"0.0.0.0:{SWARM_PORT}")
         self.server = ClusterServer(self.dispatcher, self.ca, host, port, node_id_of_manager=node_id,
@@ -371,7 +502,8 @@ class Manager:
         try:
             data = json.loads(self._state_file.read_text())
             return Membership(node_id=data["node_id"], role=data.get("role", "manager"),
-                              manager=data.get("manager", ""), listen=data.get("listen", ""))
+                              manager=data.get("manager", ""), listen=data.get("listen", ""),
+                              store=data.get("store"))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 

@@ -712,6 +712,10 @@ class InitRequest(Spec):
     Spec: SwarmSpec | None = None
     AutoLockManagers: bool = False
     Availability: str = ""
+    # Shoal's extensions (the docker CLI never sends them): where the swarm's store lives.
+    Store: str = ""  # "sqlite" (the default: one manager) or "etcd" (managers with failover)
+    EtcdEndpoints: list[str] | None = None  # an etcd cluster the user runs; none: Shoal runs a member
+    EtcdPort: UInt = 0  # the client port of the member Shoal runs (its peer port is the next one); 0: 2379
 
 
 class JoinRequest(Spec):

@@ -157,6 +157,16 @@ def _swarm_info(manager: ManagerAPI) -> dict[str, Any]:
             "Error": "",
             "RemoteManagers": [{"NodeID": "", "Addr": getattr(manager, "manager_addr", "")}],
         }
+    loading = getattr(manager, "loading", "")
+    if loading:
+        return {
+            "NodeID": manager.node_id or "",
+            "NodeAddr": manager.addr,
+            "LocalNodeState": "pending",
+            "ControlAvailable": False,
+            "Error": loading,
+            "RemoteManagers": None,
+        }
     broken = getattr(manager, "broken", "")
     if broken:
         return {

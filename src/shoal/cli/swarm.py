@@ -43,6 +43,12 @@ def init(
     task_history_limit: Annotated[int | None, typer.Option(help="Task history retention limit")] = None,
     ca_cert: Annotated[Path | None, typer.Option(help="Use this root CA certificate (PEM), not a new one")] = None,
     ca_key: Annotated[Path | None, typer.Option(help="The root CA's private key (PEM, EC)")] = None,
+    store: Annotated[str | None, typer.Option(parser=flag(parse_choice("sqlite", "etcd")), help=(
+        "Where the swarm's state lives: sqlite (one manager) or etcd (managers that fail over; "
+        "Shoal runs an etcd member next to each manager unless --etcd-endpoints is given)"))] = None,
+    etcd_endpoints: Annotated[str, typer.Option(
+        help="An etcd cluster you run: URL[,URL...] (implies --store etcd)")] = "",
+    etcd_port: Annotated[int, typer.Option(help="Client port of the etcd member Shoal runs (peer port: +1)")] = 0,
 ) -> None:
     """Initialize a swarm."""
     c = client_of(ctx)
@@ -63,6 +69,13 @@ def init(
         "Availability": availability,
         "Spec": spec,
     }
+    endpoints = [e.strip() for e in etcd_endpoints.split(",") if e.strip()]
+    if store or endpoints:
+        body["Store"] = store or "etcd"
+    if endpoints:
+        body["EtcdEndpoints"] = endpoints
+    if etcd_port:
+        body["EtcdPort"] = etcd_port
     node_id = c.post("/swarm/init", body=body)
     print(f"Swarm initialized: current node ({node_id}) is now a manager.\n")
     print(join_instructions(c, "worker", str(node_id)))

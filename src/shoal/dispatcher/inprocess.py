@@ -7,18 +7,30 @@ stored objects as immutable.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from shoal.dispatcher.dispatcher import Dispatcher
 from shoal.dispatcher.protocol import Assignments, EngineHealth, SessionInfo, TaskStatusUpdate
+from shoal.errors import Unavailable
 from shoal.models import NodeDescription
+
+NO_DISPATCHER = "the dispatcher is not running on this manager (it is not the leader)"
 
 
 class InProcessClient:
-    """A :class:`~shoal.dispatcher.protocol.DispatcherClient` bound to a local :class:`Dispatcher`."""
+    """A :class:`~shoal.dispatcher.protocol.DispatcherClient` bound to a local :class:`Dispatcher`,
+    or to whichever one ``dispatcher()`` names at each call (a manager that leads for a while)."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.dispatcher = dispatcher
+    def __init__(self, dispatcher: Dispatcher | Callable[[], Dispatcher | None]) -> None:
+        self._fixed = dispatcher if isinstance(dispatcher, Dispatcher) else None
+        self._resolve = None if isinstance(dispatcher, Dispatcher) else dispatcher
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        d = self._fixed if self._resolve is None else self._resolve()
+        if d is None:
+            raise Unavailable(NO_DISPATCHER)  # the agent backs off and registers again
+        return d
 
     async def register(
         self, node_id: str | None, description: NodeDescription, addr: str, engine: EngineHealth | None = None

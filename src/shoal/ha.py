@@ -1,0 +1,282 @@
+"""Managers on etcd: this manager's etcd member (when Shoal runs it), its copy of the store, and the
+leader loop that decides when the leader's components run here.
+
+Every manager holds the whole store in memory and serves reads from it. Whichever manager holds the
+election key (store/election.py, an etcd lease) is the leader: it alone commits, through a writer
+that carries its fence, and runs the dispatcher, orchestrators, scheduler and allocator. The others
+follow the leader's batches from an etcd watch (store/replica.py) and campaign. The loop here:
+
+    follow + campaign ──elected──▶ lead: load, repair, accept commits, start components
+          ▲                                          │
+          └──── stop components, drop the writer ◀── term lost (lease gone, write fenced, etcd away)
+
+A term ends as soon as the leader can tell it may be over (the election's ``lost``, or a write
+refused by etcd); a deposed leader's writes never land, because etcd checks the fence itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal.errors import Conflict, InvalidArgument, StoreUnavailable, Unavailable
+from shoal.store import MemoryStore
+from shoal.store.election import LeaderElection, Leadership
+from shoal.store.etcd import DEFAULT_PREFIX, etcd_client
+from shoal.store.etcdproc import EtcdStartError, ManagedEtcd
+from shoal.store.replica import EtcdReplica
+
+log = logging.getLogger(__name__)
+
+ETCD_CLIENT_PORT = 2379  # etcd's own defaults; a managed member's peer port is the client port + 1
+ETCD_START_TIMEOUT_S = 30.0
+SYNC_TIMEOUT_S = 15.0  # how long start() waits for a first view (or leadership) before serving anyway
+
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class StoreSettings:
+    """Where this manager's store lives; kept in node.json (``Membership.store``)."""
+
+    backend: str = "sqlite"  # "sqlite": the embedded single-manager store; "etcd": HA
+    endpoints: list[str] = field(default_factory=list)  # etcd client URLs
+    managed: bool = False  # Shoal runs this manager's etcd member (<data-root>/etcd)
+    prefix: str = DEFAULT_PREFIX
+    member: str = ""  # the managed member's name
+    client_url: str = ""  # the managed member's URLs
+    peer_url: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> StoreSettings:
+        if not data:
+            return cls()
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def on_etcd(self) -> bool:
+        return self.backend == "etcd"
+
+
+def init_settings(backend: str, endpoints: list[str], addr: str, member: str,
+                  client_port: int = ETCD_CLIENT_PORT) -> StoreSettings:
+    """The settings of a new swarm's first manager: an etcd the user runs (``endpoints``), a member
+    Shoal runs for it (no endpoints), or the embedded sqlite store."""
+    backend = backend or ("etcd" if endpoints else "sqlite")
+    if backend not in ("sqlite", "etcd"):
+        raise InvalidArgument(f"invalid store {backend!r}: must be sqlite or etcd")
+    if backend == "sqlite":
+        if endpoints:
+            raise InvalidArgument("etcd endpoints given, but the store is sqlite")
+        return StoreSettings()
+    for ep in endpoints:
+        try:
+            etcd_client([ep])  # validates the URL's shape; connects lazily, so nothing is opened
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
+    if endpoints:
+        return StoreSettings(backend="etcd", endpoints=list(endpoints))
+    client_url = f"http://{addr}:{client_port}"
+    return StoreSettings(backend="etcd", endpoints=[client_url], managed=True, member=member,
+                         client_url=client_url, peer_url=f"http://{addr}:{client_port + 1}")
+
+
+class ManagerTerms:
+    """This manager's side of a replicated store: the managed member, the replica, the election,
+    and the loop that runs ``on_elected``/``on_deposed`` around each term as leader."""
+
+    def __init__(
+        self,
+        data_root: Path,
+        settings: StoreSettings,
+        store: MemoryStore,
+        member_id: str,
+        info: dict[str, Any],
+        on_elected: Hook,
+        on_deposed: Hook,
+        *,
+        ttl_s: float | None = None,
+    ) -> None:
+        self.data_root = data_root
+        self.settings = settings
+        self.store = store
+        self.member_id = member_id
+        self.info = info
+        self.on_elected = on_elected
+        self.on_deposed = on_deposed
+        self.ttl_s = ttl_s
+        self.etcd: ManagedEtcd | None = None
+        self.replica: EtcdReplica | None = None
+        self.election: LeaderElection | None = None
+        self._client: Any = None
+        self.term: Leadership | None = None  # set while this manager is the leader
+        self.leading = asyncio.Event()  # set while the leader's components run here
+        self._loop_task: asyncio.Task[None] | None = None
+        self._follow_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Start the managed member (if any) and connect; the view is empty until :meth:`run`."""
+        s = self.settings
+        if s.managed:
+            self.etcd = ManagedEtcd(s.member or self.member_id, self.data_root / "etcd", s.client_url, s.peer_url)
+            try:
+                await self.etcd.start(ETCD_START_TIMEOUT_S)
+            except EtcdStartError as e:
+                raise Unavailable(f"the manager's etcd member did not start: {e}") from None
+            except FileNotFoundError:
+                raise Unavailable("etcd is not installed (Debian: apt-get install etcd-server)") from None
+        self.replica = EtcdReplica(self.store, s.endpoints, s.prefix)
+        self._client = etcd_client(s.endpoints)
+        kw: dict[str, Any] = {} if self.ttl_s is None else {"ttl_s": self.ttl_s}
+        self.election = LeaderElection(self._client, s.prefix, member_id=self.member_id,
+                                       info=json.dumps(self.info).encode(), **kw)
+
+    async def check_unused(self) -> None:
+        """``swarm init`` on an etcd that already holds a swarm is refused (Conflict), not merged."""
+        assert self.replica is not None
+        snap = await self.replica.etcd.load()
+        if snap.revision or any(snap.objects.values()):
+            raise Conflict(f"etcd already holds a Shoal swarm under {self.settings.prefix}; "
+                           "join it with a manager token, or remove it first")
+
+    async def erase(self) -> None:
+        """Delete the swarm from etcd without a fence (a failed ``swarm init``, the only writer)."""
+        assert self.replica is not None
+        await self.replica.etcd.wipe()
+
+    async def lead_now(self, prepare: Hook | None = None) -> None:
+        """Become the leader before returning (``swarm init``: nobody else campaigns yet);
+        ``prepare`` runs once commits are accepted, before ``on_elected``."""
+        assert self.election is not None
+        try:
+            term = await asyncio.wait_for(self.election.campaign(), SYNC_TIMEOUT_S)
+        except TimeoutError:
+            raise Unavailable(f"no leadership in etcd within {SYNC_TIMEOUT_S:g}s") from None
+        await self._begin(term, prepare)
+
+    def run(self) -> None:
+        """Start the follow/campaign/lead loop (after :meth:`open`, or :meth:`lead_now`)."""
+        self._loop_task = asyncio.create_task(self._loop(), name="manager-terms")
+
+    @property
+    def ready(self) -> bool:
+        """This manager leads, or its view has caught up with etcd at least once."""
+        return self.leading.is_set() or (self.replica is not None and self.replica.synced.is_set())
+
+    async def wait_ready(self, timeout_s: float | None = SYNC_TIMEOUT_S) -> None:
+        """Until this manager leads or its view has caught up once (bounded: then serve anyway)."""
+        assert self.replica is not None
+        waits = [asyncio.create_task(self.leading.wait()), asyncio.create_task(self.replica.synced.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def close(self, stop_member: bool = True) -> None:
+        """Stop leading and following (daemon shutdown, leave); the lease is revoked so another
+        manager takes over at once."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+        await self._end_term()
+        await self._stop_following()
+        if self.election is not None:
+            await self.election.close()
+        if self.replica is not None:
+            await self.replica.close()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.close()
+        if stop_member and self.etcd is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.etcd.stop)
+
+    # ------------------------------------------------------------------ status
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leading.is_set()
+
+    @property
+    def stale(self) -> str:
+        """Why this manager's view may be behind (etcd unreachable), or ""."""
+        return self.replica.error if self.replica is not None else ""
+
+    async def leader_info(self) -> dict[str, Any] | None:
+        assert self.election is not None
+        raw = await self.election.leader()
+        return json.loads(raw) if raw else None
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _loop(self) -> None:
+        assert self.election is not None
+        while True:
+            try:
+                if self.term is None:
+                    self._start_following()
+                    term = await self.election.campaign()
+                    await self._begin(term)
+                assert self.term is not None
+                await self.term.lost.wait()
+                log.warning("manager %s: leadership lost; following the next leader", self.member_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("manager %s: leader term failed; campaigning again", self.member_id)
+                await asyncio.sleep(1)
+            await self._end_term()
+
+    async def _begin(self, term: Leadership, prepare: Hook | None = None) -> None:
+        assert self.replica is not None
+        await self._stop_following()
+        self.term = term
+        try:
+            await self.replica.lead(term.fence, lambda _e: term.lost.set())
+            if prepare is not None:
+                await prepare()
+            await self.on_elected()
+        except BaseException:
+            await self._end_term()
+            raise
+        self.leading.set()
+        log.info("manager %s leads the swarm (store revision %d)", self.member_id, self.store.revision)
+
+    async def _end_term(self) -> None:
+        if self.term is None:
+            return
+        self.leading.clear()
+        term, self.term = self.term, None
+        term.lost.set()
+        try:
+            await self.on_deposed()
+        finally:
+            assert self.replica is not None
+            await self.replica.step_down()
+            if self.election is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.election.resign()
+
+    def _start_following(self) -> None:
+        assert self.replica is not None
+        if self._follow_task is None or self._follow_task.done():
+            self._follow_task = asyncio.create_task(self.replica.follow(), name="store-follow")
+
+    async def _stop_following(self) -> None:
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            await asyncio.gather(self._follow_task, return_exceptions=True)
+            self._follow_task = None
