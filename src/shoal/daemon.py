@@ -22,19 +22,23 @@ import aiodocker
 from shoal.agent.agent import Agent
 from shoal.agent.executor.docker import DockerExecutor
 from shoal.api.server import create_app, serve
+from shoal.ca.certs import write_private
 from shoal.dispatcher.inprocess import InProcessClient
 from shoal.dispatcher.protocol import DispatcherClient
 from shoal.looplag import trace_slow_callbacks
-from shoal.manager import SWARM_PORT, Manager, Membership
+from shoal.manager import SWARM_PORT, Manager, Membership, listen_of, split_listen
 from shoal.models import JoinRequest
 from shoal.transport.bootstrap import join_cluster, load_credentials
 from shoal.transport.client import GrpcDispatcherClient
+from shoal.transport.leader import LeaderClient
+from shoal.transport.messages import ManagerJoin
 
 log = logging.getLogger("shoal.daemon")
 
 
 ENGINE_INFO_TIMEOUT_S = 5.0
 ENGINE_RETRY_S = 2.0
+MANAGER_JOIN_TIMEOUT_S = 30.0  # a manager's join waits for etcd to take its new member
 
 
 async def engine_info(url: str, timeout_s: float = ENGINE_INFO_TIMEOUT_S) -> dict[str, Any]:
@@ -53,7 +57,8 @@ async def engine_info(url: str, timeout_s: float = ENGINE_INFO_TIMEOUT_S) -> dic
 class Daemon:
     """Wires the pieces together and owns their lifetimes."""
 
-    def __init__(self, hosts: list[str], data_root: str, engine: str, advertise_addr: str | None) -> None:
+    def __init__(self, hosts: list[str], data_root: str, engine: str, advertise_addr: str | None,
+                 hostname: str | None = None) -> None:
         self.hosts = hosts
         self.data_root = Path(data_root)
         self.engine = engine
@@ -64,8 +69,10 @@ class Daemon:
         self._logs_task: asyncio.Task[None] | None = None
         self._executor: DockerExecutor | None = None
         self._grpc: GrpcDispatcherClient | None = None
+        self._leader_client: LeaderClient | None = None
         self._engine_task: asyncio.Task[None] | None = None
-        self.hostname = socket.gethostname()
+        self.hostname = hostname or socket.gethostname()
+        self._fixed_hostname = bool(hostname)
 
     @property
     def cert_dir(self) -> Path:
@@ -79,7 +86,10 @@ class Daemon:
         except ConnectionError as e:
             log.warning("%s; serving anyway, this node runs no tasks until it answers", e)
             info = None
-        self.hostname = str((info or {}).get("Name") or socket.gethostname())
+        if self._fixed_hostname and info is not None:
+            info["Name"] = self.hostname  # the node's name in the swarm, as --hostname says
+        else:
+            self.hostname = str((info or {}).get("Name") or socket.gethostname())
         self.manager = Manager(self.data_root, engine_info=info or {}, advertise_addr=self.advertise_addr)
         if info is None:
             self._engine_task = asyncio.create_task(self._await_engine(), name="engine-info")
@@ -87,6 +97,7 @@ class Daemon:
         self.manager.on_leave = self._stop_agent_and_clean
         self.manager.joiner = self._join
         self._runner = await serve(create_app(self.manager), self.hosts)
+        self.manager.api_runner = self._runner
         await self.manager.start()
         log.info("shoal daemon listening on %s", ", ".join(self.hosts))
 
@@ -101,7 +112,10 @@ class Daemon:
                 continue
             assert self.manager is not None
             self.manager.engine_info = info
-            self.hostname = str(info.get("Name") or self.hostname)
+            if self._fixed_hostname:
+                info["Name"] = self.hostname
+            else:
+                self.hostname = str(info.get("Name") or self.hostname)
             log.info("the Docker engine at %s answers", self.engine)
             return
 
@@ -110,8 +124,17 @@ class Daemon:
         assert self.manager is not None
         assert req.RemoteAddrs  # the API checked
         remote = req.RemoteAddrs[0] if ":" in req.RemoteAddrs[0] else f"{req.RemoteAddrs[0]}:{SWARM_PORT}"
+        listen = listen_of(req.ListenAddr)
+        joined: list[ManagerJoin] = []
         creds = await join_cluster(remote, req.JoinToken, self.hostname, self.manager.addr,
-                                   req.Availability or "active", self.cert_dir)
+                                   req.Availability or "active", self.cert_dir, timeout_s=MANAGER_JOIN_TIMEOUT_S,
+                                   listen_port=split_listen(listen)[1], etcd_port=req.EtcdPort,
+                                   on_manager=joined.append)
+        if joined:  # a manager of a swarm on etcd: it holds the store and can lead
+            write_private(self.data_root / "ca.key", joined[0].ca_key_pem)
+            log.info("joined the swarm of %s as node %s (manager)", remote, creds.node_id)
+            return Membership(node_id=creds.node_id, role="manager", manager=remote, listen=listen,
+                              store=joined[0].store)
         log.info("joined the swarm of %s as node %s", remote, creds.node_id)
         return Membership(node_id=creds.node_id, role="worker", manager=remote)
 
@@ -119,9 +142,14 @@ class Daemon:
         assert self.manager is not None
         self._executor = DockerExecutor(self.engine)
         manager = self.manager
-        if manager.is_manager:
-            # Whichever dispatcher this manager runs now: on etcd it runs one only while it leads.
-            client: DispatcherClient = InProcessClient(lambda: manager.dispatcher)
+        if manager.is_manager and manager.terms is not None:
+            # On etcd a manager runs the dispatcher only while it leads; otherwise its agent goes to
+            # the leader over gRPC, like any other node.
+            self._leader_client = LeaderClient(lambda: manager.dispatcher, manager.leader_addr,
+                                               manager.node_credentials, self.cert_dir)
+            client: DispatcherClient = self._leader_client
+        elif manager.is_manager:
+            client = InProcessClient(lambda: manager.dispatcher)
         else:
             creds = load_credentials(self.cert_dir)
             if creds is None:
@@ -152,6 +180,9 @@ class Daemon:
         if self._grpc is not None:
             await self._grpc.close()
             self._grpc = None
+        if self._leader_client is not None:
+            await self._leader_client.close()
+            self._leader_client = None
         if self.agent is not None:
             with contextlib.suppress(Exception):
                 await self.agent.close()
@@ -184,8 +215,9 @@ class Daemon:
             await self.manager.close()
 
 
-async def _amain(hosts: list[str], data_root: str, engine: str, advertise_addr: str | None) -> None:
-    daemon = Daemon(hosts, data_root, engine, advertise_addr)
+async def _amain(hosts: list[str], data_root: str, engine: str, advertise_addr: str | None,
+                 hostname: str | None = None) -> None:
+    daemon = Daemon(hosts, data_root, engine, advertise_addr, hostname)
     await daemon.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -197,8 +229,8 @@ async def _amain(hosts: list[str], data_root: str, engine: str, advertise_addr: 
 
 
 def run_daemon(hosts: list[str], data_root: str, engine: str, advertise_addr: str | None = None,
-               log_level: str = "info") -> None:
+               hostname: str | None = None, log_level: str = "info") -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.environ.get("SHOAL_TRACE_SLOW_MS"):
         trace_slow_callbacks(float(os.environ["SHOAL_TRACE_SLOW_MS"]) / 1000, log)
-    asyncio.run(_amain(hosts, data_root, engine, advertise_addr))
+    asyncio.run(_amain(hosts, data_root, engine, advertise_addr, hostname))

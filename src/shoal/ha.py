@@ -29,7 +29,7 @@ from shoal.errors import Conflict, InvalidArgument, StoreUnavailable, Unavailabl
 from shoal.store import MemoryStore
 from shoal.store.election import LeaderElection, Leadership
 from shoal.store.etcd import DEFAULT_PREFIX, etcd_client
-from shoal.store.etcdproc import EtcdStartError, ManagedEtcd
+from shoal.store.etcdproc import EtcdStartError, ManagedEtcd, add_member, members, promote_learner, remove_member
 from shoal.store.replica import EtcdReplica
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ class StoreSettings:
     member: str = ""  # the managed member's name
     client_url: str = ""  # the managed member's URLs
     peer_url: str = ""
+    # A member joining an existing etcd cluster (a manager that joined): its first start's
+    # --initial-cluster, as add_member returned it; empty for the first member.
+    initial_cluster: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> StoreSettings:
@@ -130,13 +133,21 @@ class ManagerTerms:
         """Start the managed member (if any) and connect; the view is empty until :meth:`run`."""
         s = self.settings
         if s.managed:
-            self.etcd = ManagedEtcd(s.member or self.member_id, self.data_root / "etcd", s.client_url, s.peer_url)
+            self.etcd = ManagedEtcd(s.member or self.member_id, self.data_root / "etcd", s.client_url, s.peer_url,
+                                    initial_cluster=dict(s.initial_cluster),
+                                    cluster_state="existing" if s.initial_cluster else "new")
             try:
                 await self.etcd.start(ETCD_START_TIMEOUT_S)
             except EtcdStartError as e:
                 raise Unavailable(f"the manager's etcd member did not start: {e}") from None
             except FileNotFoundError:
                 raise Unavailable("etcd is not installed (Debian: apt-get install etcd-server)") from None
+            if s.initial_cluster:  # joined as a learner: a voter once caught up
+                client = etcd_client(s.endpoints)  # a learner itself refuses the call: any member
+                try:
+                    await promote_learner(client, s.member or self.member_id)
+                finally:
+                    await client.close()
         self.replica = EtcdReplica(self.store, s.endpoints, s.prefix)
         self._client = etcd_client(s.endpoints)
         kw: dict[str, Any] = {} if self.ttl_s is None else {"ttl_s": self.ttl_s}
@@ -203,6 +214,30 @@ class ManagerTerms:
                 await self._client.close()
         if stop_member and self.etcd is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.etcd.stop)
+
+    # ------------------------------------------------------------------ membership
+
+    async def admit(self, node_id: str, addr: str, etcd_port: int) -> StoreSettings:
+        """The store settings of a manager joining at ``addr``: with managed etcd, a new member on
+        that host is announced first (etcd then counts it in its quorum; it starts on the joiner)."""
+        s = self.settings
+        if not s.managed:
+            return StoreSettings(backend="etcd", endpoints=list(s.endpoints), prefix=s.prefix)
+        client_url = f"http://{addr}:{etcd_port or ETCD_CLIENT_PORT}"
+        peer_url = f"http://{addr}:{(etcd_port or ETCD_CLIENT_PORT) + 1}"
+        initial = await add_member(self._client, node_id, peer_url, learner=True)
+        others = [ep for ep in s.endpoints if ep != client_url]
+        return StoreSettings(backend="etcd", endpoints=[client_url, *others], managed=True, prefix=s.prefix,
+                             member=node_id, client_url=client_url, peer_url=peer_url, initial_cluster=initial)
+
+    async def remove_member(self, name: str) -> bool:
+        """Take the etcd member ``name`` (a manager's node ID) out of the cluster; False if there is
+        no such member (an etcd the user runs, or already gone)."""
+        for mem in await members(self._client):
+            if mem.name == name or (not mem.name and any(name in u for u in mem.peer_urls)):
+                await remove_member(self._client, mem.id)
+                return True
+        return False
 
     # ------------------------------------------------------------------ status
 

@@ -13,23 +13,26 @@ import json
 import logging
 import shutil
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
+from aiohttp import web
 
 from shoal.agent.executor.docker import node_description
 from shoal.allocator import NetworkAllocator
+from shoal.api.forward import API_PORT_OFFSET, NO_LEADER, Forwarder, Leader, ManagerSite, client_ssl
 from shoal.ca.authority import ClusterCA
-from shoal.ca.certs import write_private
+from shoal.ca.certs import generate_key_and_csr, write_private
 from shoal.ca.rootca import check_supplied_root, create_root_ca
 from shoal.ca.tokens import generate_join_token
 from shoal.controlapi.cluster import check_swarm_spec
 from shoal.dispatcher.dispatcher import Dispatcher
 from shoal.dispatcher.protocol import LogMessage, LogOptions
-from shoal.errors import InvalidArgument, NotInSwarm, StoreUnavailable, Unavailable
+from shoal.errors import InvalidArgument, NotInSwarm, ShoalError, StoreUnavailable, Unavailable
 from shoal.ha import ManagerTerms, StoreSettings, init_settings
 from shoal.ids import new_id
 from shoal.looplag import GcStats, LoopLagMonitor
@@ -66,6 +69,8 @@ from shoal.orchestrator.replicated import ReplicatedOrchestrator
 from shoal.orchestrator.stacks import StackDeployer
 from shoal.scheduler.scheduler import Scheduler
 from shoal.store import Backend, MemoryStore, NullBackend, SqliteBackend
+from shoal.transport.bootstrap import NodeCredentials, load_credentials, save_credentials
+from shoal.transport.messages import ManagerJoin
 from shoal.transport.server import ClusterServer
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,7 @@ WORKER_NOT_MANAGER = (
     "Please run this command on a manager node or promote the current node to a manager."
 )
 SWARM_PORT = 2377
+CERT_DIR = "certificates"  # <data-root>/certificates: this node's key, certificate and roots
 DURABLE_INIT_S = 15.0
 
 Hook = Callable[[str], Awaitable[None]]
@@ -132,6 +138,10 @@ class Manager:
                                  else backend or SqliteBackend(self.data_root / "state.db"))
         self.terms: ManagerTerms | None = None  # managers on etcd: the leader loop
         self.local_agent: Any = None  # this host's agent: every new dispatcher asks it for logs
+        self.api_runner: web.AppRunner | None = None  # the daemon's API: the leader serves it to managers too
+        self.forwarder = Forwarder()  # a follower's way to the leader's API (writes)
+        self._manager_site: ManagerSite | None = None
+        self._leader_ssl: tuple[str, ssl.SSLContext] | None = None
         self.engine_info: dict[str, Any] = engine_info or {}
         self.addr = advertise_addr or default_addr()
         self.heartbeat_s = heartbeat_s
@@ -220,6 +230,15 @@ class Manager:
             self.addr = _host_of(req.AdvertiseAddr)
         membership = await self.joiner(req)
         self._save_membership(membership)
+        self.store_settings = StoreSettings.from_dict(membership.store)
+        if self.is_manager and self.store_settings.on_etcd:
+            # A manager of a swarm on etcd: its member joins the etcd cluster, it follows the
+            # leader's store and campaigns (the daemon's joiner saved the CA key beside node.json).
+            old, self.store = self.store, MemoryStore(NullBackend())
+            await old.close()
+            await self._start_on_etcd()
+            if self.broken:
+                raise Unavailable(f"joined as node {membership.node_id}, but {self.broken}")
         if self.on_join:
             await self.on_join(membership.node_id)
 
@@ -270,9 +289,10 @@ class Manager:
             Spec=NodeSpec(Role=NodeRole.MANAGER, Availability=availability),
             Description=self._describe(),
             Status=NodeStatus(State=NodeState.READY, Addr=self.addr),
-            ManagerStatus=ManagerStatus(Leader=True, Reachability="reachable", Addr=f"{self.addr}:{SWARM_PORT}"),
+            ManagerStatus=ManagerStatus(Leader=True, Reachability="reachable",
+                                        Addr=f"{self.addr}:{split_listen(listen_of(req.ListenAddr))[1]}"),
         )
-        membership = Membership(node_id=node_id, role="manager", listen=_listen_of(req.ListenAddr),
+        membership = Membership(node_id=node_id, role="manager", listen=listen_of(req.ListenAddr),
                                 store=settings.to_dict() if settings.on_etcd else None)
 
         async def create() -> None:
@@ -283,7 +303,7 @@ class Manager:
 
         try:
             if settings.on_etcd:
-                await self._init_on_etcd(settings, node_id, create)
+                await self._init_on_etcd(settings, node_id, membership.listen, create)
             else:
                 await create()
                 await self._start_components()
@@ -356,6 +376,9 @@ class Manager:
 
     async def stop_components(self) -> None:
         """Cancel every leader component; running containers are left alone."""
+        if self._manager_site is not None:
+            await self._manager_site.stop()
+            self._manager_site = None
         if self.server is not None:
             await self.server.stop()
             self.server = None
@@ -379,6 +402,7 @@ class Manager:
             await asyncio.gather(self._lag_task, return_exceptions=True)
             self._lag_task = None
         self.gc_stats.close()
+        await self.forwarder.close()
         await self.store.close()
 
     # ------------------------------------------------------------------ used by the API
@@ -389,6 +413,35 @@ class Manager:
         assert self.ca is not None
         self.ca.rotate_root()
 
+    def leader_addr(self) -> str | None:
+        """The leader's cluster address as this manager's view has it (None: not known)."""
+        for n in self.store.list("node"):
+            if n.ManagerStatus is not None and n.ManagerStatus.Leader and n.ManagerStatus.Addr:
+                return str(n.ManagerStatus.Addr)
+        return None
+
+    def node_credentials(self) -> NodeCredentials | None:
+        """This manager's own node certificate, for its agent to reach another leader: the one it
+        joined with, or one it signs itself with the CA key every manager on etcd holds."""
+        cert_dir = self.data_root / CERT_DIR
+        creds = load_credentials(cert_dir)
+        if creds is not None:
+            return creds
+        node_id, cluster = self.node_id, self.store.cluster()
+        if node_id is None or cluster is None:
+            return None
+        try:
+            ca = ClusterCA(self.store, self.data_root, local_node_id=node_id)
+            key_pem, csr_pem = generate_key_and_csr()
+            cert_pem = ca.sign_node_csr(csr_pem, node_id, NodeRole.MANAGER, cluster.ID, self.addr)
+        except ShoalError as e:
+            log.warning("cannot issue this manager's node certificate: %s", e)
+            return None
+        creds = NodeCredentials(node_id, NodeRole.MANAGER, cert_pem, key_pem, ca.trust_bundle_pem(),
+                                manager=self.leader_addr() or "")
+        save_credentials(cert_dir, creds)
+        return creds
+
     def logs(self, tasks: list[Task], options: LogOptions) -> AsyncIterator[LogMessage]:
         if self.dispatcher is None:
             raise NotInSwarm()
@@ -396,19 +449,19 @@ class Manager:
 
     # ------------------------------------------------------------------ managers on etcd
 
-    def _terms(self, settings: StoreSettings, node_id: str) -> ManagerTerms:
-        info = {"node": node_id, "addr": f"{self.addr}:{SWARM_PORT}"}
+    def _terms(self, settings: StoreSettings, node_id: str, listen: str) -> ManagerTerms:
+        info = {"node": node_id, "addr": f"{self.addr}:{split_listen(listen)[1]}"}  # where followers forward
         return ManagerTerms(self.data_root, settings, self.store, node_id, info,
                             on_elected=self._elected, on_deposed=self.stop_components)
 
-    async def _init_on_etcd(self, settings: StoreSettings, node_id: str, create: Callable[[], Awaitable[None]]
-                            ) -> None:
+    async def _init_on_etcd(self, settings: StoreSettings, node_id: str, listen: str,
+                            create: Callable[[], Awaitable[None]]) -> None:
         """``swarm init --store etcd``: this manager's etcd member (or the user's etcd), then the
         first term: the cluster and node objects are its first batch."""
         old, self.store = self.store, MemoryStore(NullBackend())
         await old.close()
         self.store_settings = settings
-        self.terms = self._terms(settings, node_id)
+        self.terms = self._terms(settings, node_id, listen)
         await self.terms.open()
         await self.terms.check_unused()
         await self.terms.lead_now(prepare=create)
@@ -417,7 +470,7 @@ class Manager:
 
     async def _start_on_etcd(self) -> None:
         assert self.membership is not None
-        self.terms = self._terms(self.store_settings, self.membership.node_id)
+        self.terms = self._terms(self.store_settings, self.membership.node_id, self.membership.listen)
         self.loading = "this manager is loading the swarm's state from etcd; try again in a moment"
         try:
             await self.terms.open()
@@ -437,6 +490,39 @@ class Manager:
     async def _loaded(self, terms: ManagerTerms) -> None:
         await terms.wait_ready(timeout_s=None)
         self.loading = ""
+
+    async def _start_manager_site(self, host: str, port: int, node_id: str) -> None:
+        """The leader's API for the other managers' forwarded writes (api/forward.py)."""
+        if self.api_runner is None or self.ca is None:
+            return
+        self._manager_site = ManagerSite(self.api_runner, host, port + API_PORT_OFFSET)
+        cert_pem, key_pem = self.ca.issue_manager_server_cert(node_id, self.addr)
+        await self._manager_site.start(cert_pem, key_pem, self.ca.trust_bundle_pem())
+
+    async def leader_api(self) -> Leader | None:
+        """Where to send a write: None when this manager handles it itself (it leads, or it holds the
+        only copy of the store); Unavailable (Docker's wording) when there is no leader."""
+        if self.terms is None or self.terms.is_leader:
+            return None
+        info = await self.terms.leader_info()
+        if not info or info.get("node") == self.node_id:
+            raise Unavailable(NO_LEADER)
+        creds = self.node_credentials()
+        if creds is None:
+            raise Unavailable("this manager has no node certificate to reach the leader with")
+        if self._leader_ssl is None or self._leader_ssl[0] != creds.cert_pem:
+            d = self.data_root / CERT_DIR
+            self._leader_ssl = (creds.cert_pem, client_ssl(creds.root_pem, d / "node.crt", d / "node.key"))
+        host, port = split_listen(str(info["addr"]))
+        return Leader(host, port + API_PORT_OFFSET, self._leader_ssl[1])
+
+    async def _admit_manager(self, node_id: str, addr: str, etcd_port: int) -> ManagerJoin | None:
+        """A manager joins (manager token): its store settings (a new etcd member when Shoal runs
+        them) and the CA key, sent back over the join's bootstrap channel."""
+        if self.terms is None:
+            return None
+        settings = await self.terms.admit(node_id, addr, etcd_port)
+        return ManagerJoin(store=settings.to_dict(), ca_key_pem=(self.data_root / "ca.key").read_text())
 
     async def _elected(self) -> None:
         """A new term: mark this manager the leader in the node list, then start the components."""
@@ -458,9 +544,12 @@ class Manager:
         if self.local_agent is not None:
             self.dispatcher.register_log_source(node_id, self.local_agent)
         self.ca = ClusterCA(self.store, self.data_root, local_node_id=node_id)
-        host, port = _split_listen(self.membership.listen or f"0.0.0.0:{SWARM_PORT}")
+        host, port = split_listen(self.membership.listen or f"0.0.0.0:{SWARM_PORT}")
         self.server = ClusterServer(self.dispatcher, self.ca, host, port, node_id_of_manager=node_id,
                                     advertise_addr=self.addr)
+        if self.terms is not None:
+            self.server.admit_manager = self._admit_manager
+            await self._start_manager_site(host, port, node_id)
         await self.server.start()
         self.scheduler = Scheduler(self.store)
         allocator = NetworkAllocator(self.store)
@@ -515,15 +604,15 @@ class Manager:
         self.membership = membership
 
 
-def _listen_of(listen_addr: str) -> str:
+def listen_of(listen_addr: str) -> str:
     """InitRequest.ListenAddr ("0.0.0.0:2377", "10.0.0.1", ":2377", "") as "host:port"."""
     if not listen_addr:
         return f"0.0.0.0:{SWARM_PORT}"
-    host, port = _split_listen(listen_addr)
+    host, port = split_listen(listen_addr)
     return f"{host}:{port}"
 
 
-def _split_listen(listen: str) -> tuple[str, int]:
+def split_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         return listen or "0.0.0.0", SWARM_PORT

@@ -725,6 +725,7 @@ class JoinRequest(Spec):
     RemoteAddrs: list[str] | None = None
     JoinToken: str = ""
     Availability: str = ""
+    EtcdPort: UInt = 0  # Shoal: a joining manager's etcd member's client port (peer: +1); 0: 2379
 
 
 DEFAULT_TASK_HISTORY = 5

@@ -16,9 +16,10 @@ import requests
 class ShoalProcess:
     """One daemon with its own socket and data root; can be stopped and started again."""
 
-    def __init__(self, root: Path, engine: str | None = None) -> None:
+    def __init__(self, root: Path, engine: str | None = None, args: tuple[str, ...] = ()) -> None:
         self.root = root
         self.engine = engine  # --engine; None: the daemon's default (the machine's dockerd)
+        self.args = args  # more `shoal daemon` options (e.g. --hostname)
         self.sock = root / "shoal.sock"
         self.data = root / "data"
         self.log = root / "shoal.log"
@@ -30,7 +31,8 @@ class ShoalProcess:
         engine = ["--engine", self.engine] if self.engine else []
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [str(shoal), "daemon", "-H", self.host, "--data-root", str(self.data), "--log-level", "info", *engine],
+                [str(shoal), "daemon", "-H", self.host, "--data-root", str(self.data), "--log-level", "info", *engine,
+                 *self.args],
                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         deadline = time.monotonic() + timeout

@@ -10,7 +10,9 @@ from aiohttp import web
 import shoal
 from shoal.api import containers, extensions, logs, networks, nodes, secrets, services, stacks, swarm, system, tasks
 from shoal.api.common import MANAGER, ManagerAPI, json_response
-from shoal.errors import InvalidArgument, NotFound, ShoalError
+from shoal.api.forward import FORWARDED, NO_LEADER, REVISION, is_local, peer_role, wait_for_revision
+from shoal.errors import Forbidden, InvalidArgument, NotFound, ShoalError, Unavailable
+from shoal.models import NodeRole
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,29 @@ DURABLE_TIMEOUT_S = 30.0  # how long a write's answer waits for the store before
 
 
 @web.middleware
+async def forward_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A write to a manager that does not lead goes to the leader (see api/forward.py); the
+    leader's manager port (TLS) lets managers in only."""
+    role = peer_role(request)
+    if role is not False and role != NodeRole.MANAGER:
+        raise Forbidden("only the swarm's managers may use this port")
+    if request.method in _READS or is_local(request.path):
+        return await handler(request)
+    manager = request.app[MANAGER]
+    leader_api = getattr(manager, "leader_api", None)
+    leader = await leader_api() if leader_api is not None else None
+    if leader is None:  # this manager leads (or has the only copy of the store)
+        return await handler(request)
+    if request.headers.get(FORWARDED):
+        raise Unavailable(NO_LEADER)  # forwarded to us, but we do not lead: never a second hop
+    response = await manager.forwarder.send(request, leader)
+    revision = response.headers.get(REVISION, "")
+    if revision.isdigit():
+        await wait_for_revision(manager.store, int(revision))
+    return response
+
+
+@web.middleware
 async def durable_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A write is answered only once it is durable (the store persists behind memory, see
     store/writer.py); while the store cannot persist, new writes are refused with its error, and a
@@ -81,6 +106,7 @@ async def durable_middleware(request: web.Request, handler: Handler) -> web.Stre
     response = await handler(request)
     if not response.prepared:  # a streamed answer has already told the client what it could
         await store.wait_durable(within=DURABLE_TIMEOUT_S, fail_fast=True)
+        response.headers[REVISION] = str(store.revision)
     return response
 
 
@@ -136,7 +162,7 @@ _ROUTES: list[tuple[str, str, Handler]] = [
 
 def create_app(manager: ManagerAPI) -> web.Application:
     """The Docker Engine API (swarm part) over ``manager``; serve it with :func:`shoal.api.serve`."""
-    middlewares = [errors_middleware, version_middleware, durable_middleware]
+    middlewares = [errors_middleware, version_middleware, forward_middleware, durable_middleware]
     app = web.Application(middlewares=middlewares, client_max_size=16 * 1024**2)
     app[MANAGER] = manager
     for method, path, handler in _ROUTES:

@@ -218,7 +218,8 @@ class ClusterCA:
             return NodeRole.WORKER
         raise InvalidArgument(f"{INVALID_TOKEN}: A valid join token is necessary to join this cluster")
 
-    def join(self, token: str, csr_pem: str, hostname: str, addr: str, availability: str) -> tuple[str, str]:
+    def join(self, token: str, csr_pem: str, hostname: str, addr: str, availability: str,
+             listen_port: int = SWARM_PORT) -> tuple[str, str]:
         """Admit a new node: (node ID, certificate PEM). Everything is checked before anything is
         written; the node object is created in one transaction."""
         role = self.validate_join_token(token)
@@ -236,7 +237,7 @@ class ClusterCA:
             Spec=NodeSpec(Role=role, Availability=avail),
             Description=NodeDescription(Hostname=hostname, TLSInfo=tls_info(self._root_pem)),
             Status=NodeStatus(State=NodeState.UNKNOWN, Addr=addr),
-            ManagerStatus=(ManagerStatus(Leader=False, Reachability="unknown", Addr=f"{addr}:{SWARM_PORT}")
+            ManagerStatus=(ManagerStatus(Leader=False, Reachability="unknown", Addr=f"{addr}:{listen_port}")
                            if role == NodeRole.MANAGER else None),
         )
         with self.store.tx() as tx:

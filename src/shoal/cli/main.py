@@ -136,6 +136,7 @@ def daemon(
     data_root: Annotated[str, typer.Option(help="Where the daemon keeps its state")] = "/var/lib/shoal",
     engine: Annotated[str, typer.Option(help="The node's container engine")] = "unix:///var/run/docker.sock",
     advertise_addr: Annotated[str | None, typer.Option(help="Address other nodes reach this one at")] = None,
+    hostname: Annotated[str | None, typer.Option(help="This node's name in the swarm (default: the engine's)")] = None,
     log_level: Annotated[str, typer.Option("--log-level", "-l", parser=flag(LogLevel))] = "info",
 ) -> None:
     """Run the Shoal daemon (manager and agent) in the foreground."""
@@ -146,6 +147,7 @@ def daemon(
         data_root=data_root,
         engine=engine,
         advertise_addr=advertise_addr,
+        hostname=hostname,
         log_level=log_level,
     )
     if inspect.iscoroutine(result):

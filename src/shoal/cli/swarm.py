@@ -90,13 +90,18 @@ def join(
     advertise_addr: Annotated[str | None, typer.Option(help="Advertised address")] = None,
     listen_addr: Annotated[str, typer.Option(help="Listen address")] = DEFAULT_LISTEN,
     availability: Annotated[str, typer.Option(parser=flag(parse_choice("active", "pause", "drain")))] = "active",
+    etcd_port: Annotated[int, typer.Option(
+        help="A manager of a swarm on etcd: client port of the etcd member Shoal runs here (peer port: +1)")] = 0,
 ) -> None:
     """Join a swarm as a node and/or manager."""
     c = client_of(ctx)
-    c.post("/swarm/join", body={
+    body: dict[str, Any] = {
         "ListenAddr": listen_addr, "AdvertiseAddr": advertise_addr or "", "RemoteAddrs": [remote],
         "JoinToken": token, "Availability": availability,
-    })
+    }
+    if etcd_port:
+        body["EtcdPort"] = etcd_port
+    c.post("/swarm/join", body=body)
     manager = c.info().get("Swarm", {}).get("ControlAvailable", False)
     print(f"This node joined a swarm as a {'manager' if manager else 'worker'}.")
 

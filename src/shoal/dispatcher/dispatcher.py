@@ -300,7 +300,13 @@ class Dispatcher:
         self._sessions[sess.id] = sess
         self._node_sessions[node.ID] = sess
         log.debug("node %s registered (session %s)", node.ID, sess.id)
-        return SessionInfo(node_id=node.ID, session_id=sess.id, heartbeat_period_s=period)
+        return SessionInfo(node_id=node.ID, session_id=sess.id, heartbeat_period_s=period,
+                           managers=self.manager_addrs())
+
+    def manager_addrs(self) -> list[str]:
+        """Every manager's cluster address, the leader's first."""
+        ms = [n.ManagerStatus for n in self.store.list("node") if n.ManagerStatus is not None and n.ManagerStatus.Addr]
+        return [st.Addr for st in sorted(ms, key=lambda st: not st.Leader)]
 
     def _node_for_register(self, tx: Tx, node_id: str | None) -> Node:
         """The node a registering agent is. Joining a new host (``create_node`` with a join token

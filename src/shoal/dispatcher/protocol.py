@@ -29,6 +29,9 @@ class SessionInfo(msgspec.Struct):
     node_id: str
     session_id: str
     heartbeat_period_s: float
+    # Every manager's cluster address, the leader's first: where an agent goes when its manager
+    # stops answering (swarmkit's session message carries the same list).
+    managers: list[str] = msgspec.field(default_factory=list)
 
 
 class TaskStatusUpdate(msgspec.Struct):

@@ -30,7 +30,7 @@ import grpc
 from aetcd import rpc
 
 from shoal.errors import Conflict, StoreUnavailable
-from shoal.store.etcd import DEFAULT_TIMEOUT_S, retrying
+from shoal.store.etcd import DEFAULT_TIMEOUT_S, etcd_client, retrying
 
 T = TypeVar("T")
 RECONFIG_TIMEOUT_S = 15.0  # etcd wants 5 s of full connectivity before a membership change
@@ -246,11 +246,14 @@ async def _reconfigure(what: str, call: Callable[[float], Awaitable[T]], timeout
 
 
 async def add_member(client: aetcd.Client, name: str, peer_url: str,
-                     timeout_s: float = RECONFIG_TIMEOUT_S) -> dict[str, str]:
-    """Announce a new member; returns the ``initial_cluster`` to start it with (state "existing")."""
+                     timeout_s: float = RECONFIG_TIMEOUT_S, *, learner: bool = False) -> dict[str, str]:
+    """Announce a new member; returns the ``initial_cluster`` to start it with (state "existing").
+
+    A ``learner`` does not vote until :func:`promote_member`: announcing a voter that then never
+    starts would raise the quorum to a member that is not there (two of two, with one missing)."""
     await client.connect()
     resp = await _reconfigure(f"add member {name} ({peer_url})", lambda left: client.clusterstub.MemberAdd(
-        rpc.MemberAddRequest(peerURLs=[peer_url]), timeout=left), timeout_s)
+        rpc.MemberAddRequest(peerURLs=[peer_url], isLearner=learner), timeout=left), timeout_s)
     cluster: dict[str, str] = {}
     for m in resp.members:  # as `etcdctl member add` prints ETCD_INITIAL_CLUSTER
         for url in m.peerURLs:
@@ -264,3 +267,31 @@ async def remove_member(client: aetcd.Client, member_id: int, timeout_s: float =
     await client.connect()
     await _reconfigure(f"remove member {member_id:x}", lambda left: client.clusterstub.MemberRemove(
         rpc.MemberRemoveRequest(ID=member_id), timeout=left), timeout_s)
+
+
+async def promote_learner(client: aetcd.Client, name: str, timeout_s: float = 60.0) -> None:
+    """Make the learner ``name`` a voting member once it has caught up with the raft leader (etcd
+    refuses before that, and that refusal is retried until ``timeout_s``). A voter already: no-op.
+    The call goes to the voters only: a learner answers "rpc not supported for learner"."""
+    await client.connect()
+    deadline = time.monotonic() + timeout_s
+    why = "no such member"
+    while time.monotonic() + 0.5 < deadline:
+        all_members = await members(client)
+        mine = [mem for mem in all_members if mem.name == name]
+        if mine and not mine[0].is_learner:
+            return
+        voters = [u for mem in all_members if not mem.is_learner for u in mem.client_urls]
+        if mine and voters:
+            vc = etcd_client(voters)
+            try:
+                await vc.connect()
+                await vc.clusterstub.MemberPromote(rpc.MemberPromoteRequest(ID=mine[0].id),
+                                                   timeout=max(0.1, deadline - time.monotonic()))
+                return
+            except grpc.aio.AioRpcError as e:
+                why = f"{e.code().name}: {e.details()}"  # e.g. not in sync with the leader yet
+            finally:
+                await vc.close()
+        await asyncio.sleep(0.5)
+    raise StoreUnavailable(f"etcd: promote {name}: {why}")

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ class NodeCredentials:
     key_pem: str
     root_pem: str  # trust bundle: the cluster's current root first, then any still trusted
     manager: str  # "ip:port" of the manager's cluster listener
+    managers: tuple[str, ...] = ()  # every manager's, as the last session listed them (leader first)
 
     @property
     def not_after(self) -> dt.datetime:
@@ -72,7 +74,8 @@ def save_credentials(cert_dir: str | Path, creds: NodeCredentials) -> None:
     write_private(d / (KEY_FILE + ".new"), creds.key_pem)
     write_private(d / (CERT_FILE + ".new"), creds.cert_pem)
     write_private(d / ROOTS_FILE, creds.root_pem)
-    write_private(d / STATE_FILE, json.dumps({"node_id": creds.node_id, "manager": creds.manager}))
+    write_private(d / STATE_FILE, json.dumps({"node_id": creds.node_id, "manager": creds.manager,
+                                              "managers": list(creds.managers)}))
     (d / (KEY_FILE + ".new")).replace(d / KEY_FILE)
     (d / (CERT_FILE + ".new")).replace(d / CERT_FILE)
 
@@ -98,7 +101,8 @@ def load_credentials(cert_dir: str | Path) -> NodeCredentials | None:
         return None
     if ident.role is None or ident.node_id != state.get("node_id"):
         return None
-    return NodeCredentials(ident.node_id, ident.role, cert_pem, key_pem, root_pem, str(state["manager"]))
+    return NodeCredentials(ident.node_id, ident.role, cert_pem, key_pem, root_pem, str(state["manager"]),
+                           tuple(str(a) for a in state.get("managers", ())))
 
 
 def _fetch_server_cert(host: str, port: int, timeout: float) -> str:
@@ -137,8 +141,13 @@ async def join_cluster(
     *,
     timeout_s: float = JOIN_TIMEOUT_S,
     bootstrap_port: int | None = None,
+    listen_port: int = 0,
+    etcd_port: int = 0,
+    on_manager: Callable[[m.ManagerJoin], None] | None = None,
 ) -> NodeCredentials:
     """Join the cluster whose manager listens at ``manager`` ("ip:port"); see the module's doc.
+    A manager of a swarm on etcd also gets its part of the store, handed to ``on_manager`` before
+    the credentials are saved (``listen_port``, ``etcd_port``: where it will listen).
 
     Raises InvalidArgument (bad token, root digest mismatch), Conflict (hostname taken) or
     Unavailable (manager unreachable within ``timeout_s``)."""
@@ -161,9 +170,11 @@ async def join_cluster(
         raise InvalidArgument(f"remote CA does not match fingerprint. Expected: {digest}")
     key_pem, csr_pem = generate_key_and_csr()
     req = m.JoinRequest(token=token.strip(), csr_pem=csr_pem, hostname=hostname, addr=addr,
-                        availability=availability or "active")
+                        availability=availability or "active", listen_port=listen_port, etcd_port=etcd_port)
     resp = await _bootstrap_call(host, bport, root.root_pem, "Join", req, m.JoinResponse,
                                  deadline - loop.time(), manager)
+    if resp.manager is not None and on_manager is not None:
+        on_manager(resp.manager)
     creds = NodeCredentials(resp.node_id, NodeRole(resp.role), resp.cert_pem, key_pem, resp.bundle_pem, manager)
     save_credentials(cert_dir, creds)
     return creds

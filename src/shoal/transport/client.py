@@ -27,6 +27,7 @@ import grpc
 
 from shoal.ca.certs import generate_key_and_csr
 from shoal.dispatcher.protocol import Assignments, EngineHealth, LogSource, SessionInfo, TaskStatusUpdate
+from shoal.errors import Unavailable
 from shoal.models import NodeDescription, NodeRole
 from shoal.transport import messages as m
 from shoal.transport.bootstrap import NodeCredentials, save_credentials
@@ -51,6 +52,9 @@ class GrpcDispatcherClient:
         self.on_renewed: Callable[[NodeCredentials], None] | None = None
         self._host, self._port = split_addr(creds.manager)
         self._channel = self._open()
+        # Where else a manager may answer (the last session's list, kept with the credentials):
+        # when this one stops answering, the next register tries the next one.
+        self.remotes: list[str] = list(dict.fromkeys([creds.manager, *creds.managers]))
         self._previous: grpc.aio.Channel | None = None  # kept open for calls begun before a renewal
         self._session_id: str | None = None
         self._new_session = asyncio.Event()
@@ -93,8 +97,16 @@ class GrpcDispatcherClient:
         self._start_renewer()
         req = m.RegisterRequest(node_id=node_id or self.creds.node_id, description=description, addr=addr,
                                 engine=engine)
-        resp: m.RegisterResponse = await self._unary("Register", req, m.RegisterResponse)
+        try:
+            resp: m.RegisterResponse = await self._unary("Register", req, m.RegisterResponse)
+        except Unavailable:
+            await self._next_remote()
+            raise
         self._session_id = resp.session.session_id
+        if resp.session.managers and resp.session.managers != list(self.creds.managers):
+            self.creds = dataclasses.replace(self.creds, managers=tuple(resp.session.managers))
+            save_credentials(self.cert_dir, self.creds)
+            self.remotes = list(dict.fromkeys([self.creds.manager, *resp.session.managers]))
         self._new_session.set()
         self._check(resp.state)
         return resp.session
@@ -118,6 +130,18 @@ class GrpcDispatcherClient:
 
     async def update_task_status(self, session_id: str, updates: list[TaskStatusUpdate]) -> None:
         await self._unary("UpdateTaskStatus", m.UpdateTaskStatusRequest(session_id, updates), m.Empty)
+
+    async def _next_remote(self) -> None:
+        """This manager does not answer (or does not lead): the next register goes to the next one."""
+        if len(self.remotes) < 2:
+            return
+        i = self.remotes.index(self.creds.manager) if self.creds.manager in self.remotes else -1
+        target = self.remotes[(i + 1) % len(self.remotes)]
+        log.info("node %s: manager %s does not answer; trying %s", self.creds.node_id, self.creds.manager, target)
+        self.creds = dataclasses.replace(self.creds, manager=target)
+        self._host, self._port = split_addr(target)
+        old, self._channel = self._channel, self._open()
+        await old.close()
 
     # ------------------------------------------------------------------ certificates
 

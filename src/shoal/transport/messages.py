@@ -7,6 +7,8 @@ node compares with its certificate (its role, the root's digest) to know when to
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from shoal.dispatcher.protocol import EngineHealth, LogMessage, LogOptions, SessionInfo, TaskStatusUpdate
@@ -30,6 +32,17 @@ class JoinRequest(msgspec.Struct):
     hostname: str
     addr: str
     availability: str = "active"
+    listen_port: int = 0  # a manager's cluster port (0: 2377), for the others to reach it
+    etcd_port: int = 0  # the client port of the etcd member a joining manager will run (0: 2379)
+
+
+class ManagerJoin(msgspec.Struct):
+    """What a manager joining a swarm on etcd needs: where the store is (shoal.ha.StoreSettings,
+    with the etcd cluster its new member joins) and the CA's key, so that it can sign when it leads.
+    Sent only over the bootstrap channel the joiner pinned to the token's root, to a manager token."""
+
+    store: dict[str, Any]
+    ca_key_pem: str
 
 
 class JoinResponse(msgspec.Struct):
@@ -37,6 +50,7 @@ class JoinResponse(msgspec.Struct):
     role: str
     cert_pem: str
     bundle_pem: str  # every root the node should trust (current first)
+    manager: ManagerJoin | None = None  # a manager of a swarm on etcd: its part of the store
 
 
 # ---------------------------------------------------------------------------- cluster listener

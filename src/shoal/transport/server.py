@@ -19,16 +19,17 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from shoal.ca.authority import ClusterCA
+from shoal.ca.authority import SWARM_PORT, ClusterCA
 from shoal.ca.certs import CertIdentity, cert_identity
 from shoal.dispatcher.dispatcher import Dispatcher, SessionInvalid
 from shoal.dispatcher.protocol import Assignments
 from shoal.errors import NotFound, ShoalError, Unavailable
+from shoal.models import NodeRole
 from shoal.transport import messages as m
 from shoal.transport.errors import ERROR_KEY, PermissionDenied, Unauthenticated, status_of
 from shoal.transport.logs import RemoteLogSource
@@ -143,6 +144,8 @@ class ClusterServer:
         self._sessions: dict[str, str] = {}  # session ID → node ID (one per node: the latest)
         self._node_session: dict[str, str] = {}
         self._log_sources: dict[str, RemoteLogSource] = {}
+        # A manager joining (manager token): the store's part of the join (shoal.manager sets it).
+        self.admit_manager: Callable[[str, str, int], Awaitable[m.ManagerJoin | None]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -350,7 +353,19 @@ class ClusterServer:
         return m.RootCAResponse(root_pem=self.ca.root_pem)
 
     async def _join(self, req: m.JoinRequest, ctx: grpc.aio.ServicerContext) -> m.JoinResponse:
-        node_id, cert = self.ca.join(req.token, req.csr_pem, req.hostname, req.addr or _peer_ip(ctx),
-                                     req.availability)
-        return m.JoinResponse(node_id=node_id, role=str(cert_identity(cert).role), cert_pem=cert,
-                              bundle_pem=self.ca.trust_bundle_pem())
+        addr = req.addr or _peer_ip(ctx)
+        node_id, cert = self.ca.join(req.token, req.csr_pem, req.hostname, addr, req.availability,
+                                     listen_port=req.listen_port or SWARM_PORT)
+        role = cert_identity(cert).role
+        manager: m.ManagerJoin | None = None
+        if role == NodeRole.MANAGER and self.admit_manager is not None:
+            try:
+                manager = await self.admit_manager(node_id, addr, req.etcd_port)
+            except BaseException:
+                # The store could not take the new manager (e.g. etcd refused the member): the
+                # join fails whole, so the node can simply try again.
+                with contextlib.suppress(Exception), self.ca.store.tx() as tx:
+                    tx.delete("node", node_id)
+                raise
+        return m.JoinResponse(node_id=node_id, role=str(role), cert_pem=cert,
+                              bundle_pem=self.ca.trust_bundle_pem(), manager=manager)

@@ -1,0 +1,133 @@
+"""Three managers on etcd, one machine: three daemons (own sockets, data roots, listen and etcd
+ports, ``--hostname``) on the machine's dockerd, each running its own etcd member.
+
+Joined with the manager token, each manager's member joins the etcd cluster (as a learner, then a
+voter), its view follows the leader's, its agent reaches the leader over gRPC, and `node ls` on any
+of them shows one Leader. Killing the leader's daemon elects another within the lease's TTL; the
+service keeps exactly its replicas, writes work through a surviving manager, and the old leader
+comes back as a follower."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.integration.conftest import shoal_cli, wait_for
+from tests.integration.shoal_process import ShoalProcess
+from tests.integration.test_manager_etcd import free_ports
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server is not installed")]
+
+
+class Mgr:
+    def __init__(self, root: Path, n: int) -> None:
+        self.n = n
+        self.listen, self.etcd = free_ports(3)[0], free_ports(2)[0]
+        self.proc = ShoalProcess(root / f"m{n}", args=("--hostname", f"mgr-{n}", "--advertise-addr", "127.0.0.1"))
+        self.proc.root.mkdir(parents=True, exist_ok=True)
+
+    def client(self) -> docker.DockerClient:
+        return self.proc.client()
+
+    def cli(self, *args: str, check: bool = True):
+        return shoal_cli(self.proc, *args, check=check)
+
+    def leader(self) -> bool:
+        try:
+            me = self.client().info()["Swarm"]["NodeID"]
+            return any(n.id == me and n.attrs["ManagerStatus"]["Leader"] for n in self.client().nodes.list())
+        except docker.errors.APIError:
+            return False
+
+
+@pytest.fixture
+def managers(tmp_path: Path) -> Iterator[list[Mgr]]:
+    ms = [Mgr(tmp_path, n) for n in (1, 2, 3)]
+    for m in ms:
+        m.proc.start()
+    try:
+        yield ms
+    finally:
+        for m in ms:
+            m.proc.stop(signal.SIGKILL)
+        engine = docker.from_env()
+        for m in ms:
+            for c in engine.containers.list(all=True, filters={"label": "com.docker.swarm.service.name=hasvc"}):
+                c.remove(force=True)
+            pidfile = m.proc.data / "etcd.pid"
+            if pidfile.exists():
+                pid = int(pidfile.read_text())
+                cmdline = Path(f"/proc/{pid}/cmdline")
+                if cmdline.exists() and f"--data-dir={m.proc.data / 'etcd'}".encode() in cmdline.read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+        engine.close()
+
+
+def running(client: docker.DockerClient, name: str) -> list[dict]:
+    return [t for t in client.api.tasks(filters={"service": name})
+            if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
+
+
+def test_three_managers_fail_over(managers: list[Mgr]) -> None:
+    m1, m2, m3 = managers
+    m1.cli("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{m1.listen}",
+           "--store", "etcd", "--etcd-port", str(m1.etcd))
+    token = m1.cli("swarm", "join-token", "-q", "manager").stdout.strip()
+    for m in (m2, m3):
+        out = m.cli("swarm", "join", f"127.0.0.1:{m1.listen}", "--token", token, "--advertise-addr", "127.0.0.1",
+                    "--listen-addr", f"127.0.0.1:{m.listen}", "--etcd-port", str(m.etcd)).stdout
+        assert "as a manager" in out, out
+
+    # Every manager sees the three nodes, all ready, with one leader (m1).
+    def view(m: Mgr) -> list[tuple[str, bool, str]]:
+        return sorted((n.attrs["Description"]["Hostname"] if False else n.id, n.attrs["ManagerStatus"]["Leader"],
+                       n.attrs["Status"]["State"]) for n in m.client().nodes.list())
+
+    for m in managers:
+        wait_for(lambda m=m: len(view(m)) == 3 and all(state == "ready" for _, _, state in view(m)), timeout=40)
+        assert sum(leader for _, leader, _ in view(m)) == 1
+    assert m1.leader()
+
+    # A service created through a follower (the write goes to the leader), 3 replicas: one on each
+    # node (spread), all on the one dockerd; the follower reads its own write at once.
+    m3.client().services.create("busybox:latest", ["sleep", "600"], name="hasvc",
+                                mode={"Replicated": {"Replicas": 3}}, stop_grace_period=10**9)
+    assert m3.client().services.get("hasvc").name == "hasvc"
+    wait_for(lambda: len(running(m1.client(), "hasvc")) == 3, timeout=40)
+    wait_for(lambda: len(running(m2.client(), "hasvc")) == 3)  # a follower's view: the same
+
+    # The leader's daemon dies (and with it its agent; its etcd member lives on as a process of
+    # its own, so etcd keeps all three members). Another manager leads within the lease's TTL.
+    t0 = time.monotonic()
+    m1.proc.stop(signal.SIGKILL)
+    wait_for(lambda: m2.leader() or m3.leader(), timeout=30)
+    elected_s = time.monotonic() - t0
+    assert elected_s < 15, elected_s
+    survivor = m2 if m2.leader() else m3
+    # Writes work through a surviving manager; the dead node's task is replaced once it is Down.
+    svc = survivor.client().services.get("hasvc")
+    svc.scale(4)
+    wait_for(lambda: len(running(survivor.client(), "hasvc")) == 4, timeout=60)
+    slots = [t["Slot"] for t in running(survivor.client(), "hasvc")]
+    assert sorted(slots) == [1, 2, 3, 4], slots
+
+    # The old leader comes back, as a follower that sees the new state.
+    m1.proc.start()
+    wait_for(lambda: _try(lambda: len(running(m1.client(), "hasvc")) == 4), timeout=40)
+    assert not m1.leader()
+    assert sum(m.leader() for m in managers) == 1
+
+
+def _try(fn) -> bool:
+    try:
+        return bool(fn())
+    except docker.errors.APIError:
+        return False
