@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from shoal.errors import Conflict, InvalidArgument, StoreUnavailable, Unavailable
 from shoal.store import MemoryStore
 from shoal.store.election import LeaderElection, Leadership
@@ -250,6 +252,11 @@ class ManagerTerms:
         """Why this manager's view may be behind (etcd unreachable), or ""."""
         return self.replica.error if self.replica is not None else ""
 
+    async def reachable(self) -> set[str]:
+        """The managers (node IDs) campaigning in etcd now: alive and connected to the store."""
+        assert self.election is not None
+        return await self.election.candidates()
+
     async def leader_info(self) -> dict[str, Any] | None:
         assert self.election is not None
         raw = await self.election.leader()
@@ -315,3 +322,91 @@ class ManagerTerms:
             self._follow_task.cancel()
             await asyncio.gather(self._follow_task, return_exceptions=True)
             self._follow_task = None
+
+
+class ManagerReachability:
+    """A leader component: keeps every manager node's ``ManagerStatus`` true to etcd — Leader for
+    this manager only, Reachable for managers holding an election key (alive, connected to the
+    store), Unreachable otherwise — as `docker node ls` shows them."""
+
+    def __init__(self, store: MemoryStore, terms: ManagerTerms, node_id: str, interval_s: float = 2.0) -> None:
+        self.store = store
+        self.terms = terms
+        self.node_id = node_id
+        self.interval_s = interval_s
+
+    async def run(self) -> None:
+        while True:
+            try:
+                live = await self.terms.reachable()
+            except StoreUnavailable as e:
+                log.info("manager reachability: %s", e)
+                live = None
+            if live is not None:
+                self.mark(live)
+            await asyncio.sleep(self.interval_s)
+
+    def mark(self, live: set[str]) -> None:
+        with self.store.tx() as tx:
+            for n in self.store.list("node"):
+                st = n.ManagerStatus
+                if st is None:
+                    continue
+                leader = n.ID == self.node_id
+                reach = "reachable" if leader or n.ID in live else "unreachable"
+                if st.Leader != leader or st.Reachability != reach:
+                    status = msgspec.structs.replace(st, Leader=leader, Reachability=reach)
+                    tx.update("node", msgspec.structs.replace(n, ManagerStatus=status))
+
+
+async def migrate_to_etcd(data_root: Path, endpoints: list[str], etcd_port: int = 0) -> tuple[StoreSettings, int]:
+    """``shoal store migrate``: move a single manager's store (its sqlite file) to etcd, with its
+    daemon stopped. Shoal runs the etcd member unless ``endpoints`` name one the user runs. The
+    sqlite file is kept as ``state.db.migrated``. Returns the new settings and how many objects moved."""
+    from shoal.store import SqliteBackend  # the embedded store, only to read it once
+    from shoal.store.etcd import EtcdBackend
+
+    state_file = data_root / "node.json"
+    try:
+        membership = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        raise InvalidArgument(f"{data_root} holds no swarm (no readable node.json)") from None
+    if membership.get("role") != "manager":
+        raise InvalidArgument("only a manager's store can be moved (this host is a worker)")
+    if StoreSettings.from_dict(membership.get("store")).on_etcd:
+        raise Conflict("this manager's store is on etcd already")
+    db = data_root / "state.db"
+    backend = SqliteBackend(db)
+    try:
+        snap = backend.load()
+    finally:
+        await backend.close()
+    if snap.bad:
+        raise InvalidArgument(f"{len(snap.bad)} stored objects cannot be read ({snap.bad[0]}); nothing moved")
+    node_id = str(membership["node_id"])
+    me = next((n for n in snap.objects.get("node", []) if n.ID == node_id), None)
+    if me is None or not me.Status.Addr:
+        raise InvalidArgument(f"node {node_id} is not in the store; nothing moved")
+    settings = init_settings("etcd", endpoints, me.Status.Addr, member=node_id,
+                             client_port=etcd_port or ETCD_CLIENT_PORT)
+    member: ManagedEtcd | None = None
+    if settings.managed:
+        member = ManagedEtcd(node_id, data_root / "etcd", settings.client_url, settings.peer_url)
+        try:
+            await member.start(ETCD_START_TIMEOUT_S)
+        except EtcdStartError as e:
+            raise Unavailable(f"the etcd member did not start: {e}") from None
+    etcd = EtcdBackend.from_endpoints(settings.endpoints, settings.prefix)
+    try:
+        await etcd.import_snapshot(snap.revision, snap.objects)
+    finally:
+        await etcd.close()
+        if member is not None:
+            await asyncio.get_running_loop().run_in_executor(None, member.stop)
+    membership["store"] = settings.to_dict()
+    state_file.write_text(json.dumps(membership))
+    for suffix in ("", "-wal", "-shm"):  # sqlite's write-ahead log goes with the file
+        part = db.with_name(db.name + suffix)
+        if part.exists():
+            part.replace(db.with_name(f"state.db.migrated{suffix}"))
+    return settings, sum(len(v) for v in snap.objects.values())

@@ -33,7 +33,7 @@ from shoal.controlapi.cluster import check_swarm_spec
 from shoal.dispatcher.dispatcher import Dispatcher
 from shoal.dispatcher.protocol import LogMessage, LogOptions
 from shoal.errors import InvalidArgument, NotInSwarm, ShoalError, StoreUnavailable, Unavailable
-from shoal.ha import ManagerTerms, StoreSettings, init_settings
+from shoal.ha import ManagerReachability, ManagerTerms, StoreSettings, init_settings
 from shoal.ids import new_id
 from shoal.looplag import GcStats, LoopLagMonitor
 from shoal.models import (
@@ -504,7 +504,10 @@ class Manager:
         only copy of the store); Unavailable (Docker's wording) when there is no leader."""
         if self.terms is None or self.terms.is_leader:
             return None
-        info = await self.terms.leader_info()
+        try:
+            info = await self.terms.leader_info()
+        except StoreUnavailable as e:  # no etcd quorum (or no member answers): no leader either
+            raise Unavailable(f"{NO_LEADER} ({e.message})") from None
         if not info or info.get("node") == self.node_id:
             raise Unavailable(NO_LEADER)
         creds = self.node_credentials()
@@ -526,13 +529,12 @@ class Manager:
 
     async def _elected(self) -> None:
         """A new term: mark this manager the leader in the node list, then start the components."""
-        me = self.node_id
-        with self.store.tx() as tx:
-            for n in self.store.list("node"):
-                if n.ManagerStatus is None or n.ManagerStatus.Leader == (n.ID == me):
-                    continue
-                status = msgspec.structs.replace(n.ManagerStatus, Leader=n.ID == me)
-                tx.update("node", msgspec.structs.replace(n, ManagerStatus=status))
+        assert self.terms is not None and self.node_id is not None
+        try:
+            live = await self.terms.reachable()
+        except StoreUnavailable:
+            live = set()
+        ManagerReachability(self.store, self.terms, self.node_id).mark(live)
         await self._start_components()
 
     # ------------------------------------------------------------------ internals
@@ -554,7 +556,7 @@ class Manager:
         self.scheduler = Scheduler(self.store)
         allocator = NetworkAllocator(self.store)
         self.scheduler.allocator = allocator  # addresses are chosen in the scheduler's commit
-        components = [
+        components: list[Any] = [
             self.ca,
             self.dispatcher,
             ReplicatedOrchestrator(self.store),
@@ -566,6 +568,8 @@ class Manager:
             StackDeployer(self.store),
             CronScheduler(self.store, clock=clock_from_env()),  # scheduled jobs (shoal.schedule)
         ]
+        if self.terms is not None:  # `node ls`: Leader / Reachable / Unreachable, from etcd
+            components.append(ManagerReachability(self.store, self.terms, node_id))
         for c in components:
             self._tasks.append(asyncio.create_task(self._supervise(c), name=type(c).__name__))
 

@@ -139,3 +139,29 @@ def test_init_on_an_unreachable_etcd_fails_cleanly(manager: ShoalProcess) -> Non
     # Nothing half-made: a normal init works right after.
     shoal_cli(manager, "swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{listen}")
     assert len(manager.client().nodes.list()) == 1
+
+
+def test_a_single_managers_store_moves_to_etcd(manager: ShoalProcess) -> None:
+    client_port, _peer, listen = free_ports(3)
+    shoal_cli(manager, "swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{listen}")
+    client = manager.client()
+    client.services.create("busybox:latest", COMMAND, name="etcdweb", stop_grace_period=10**9)
+    wait_for(lambda: len(running(client, "etcdweb")) == 1)
+    before = {t["ID"] for t in running(client, "etcdweb")}
+
+    # The daemon is stopped, its state moves, and a second move is refused.
+    manager.stop()
+    res = shoal_cli(manager, "store", "migrate", "--data-root", str(manager.data), "--etcd-port", str(client_port))
+    assert "Moved" in res.stdout and "state.db.migrated" in res.stdout, res.stdout
+    again = shoal_cli(manager, "store", "migrate", "--data-root", str(manager.data), check=False)
+    assert again.returncode != 0 and "on etcd already" in again.stderr, again.stderr
+
+    manager.start()
+    client = manager.client()
+    wait_for(lambda: client.info()["Swarm"]["LocalNodeState"] == "active")
+    wait_for(lambda: {t["ID"] for t in running(client, "etcdweb")} == before, timeout=30)
+    assert (manager.data / "etcd").is_dir() and (manager.data / "state.db.migrated").exists()
+    assert client.nodes.list()[0].attrs["ManagerStatus"]["Leader"] is True
+    svc = client.services.get("etcdweb")
+    svc.scale(2)
+    wait_for(lambda: len(running(client, "etcdweb")) == 2, timeout=30)

@@ -131,3 +131,54 @@ def _try(fn) -> bool:
         return bool(fn())
     except docker.errors.APIError:
         return False
+
+
+def member_pid(m: Mgr) -> int:
+    return int((m.proc.data / "etcd.pid").read_text())
+
+
+def test_losing_quorum_stops_writes_and_removes_nothing(managers: list[Mgr]) -> None:
+    m1, m2, m3 = managers
+    m1.cli("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{m1.listen}",
+           "--store", "etcd", "--etcd-port", str(m1.etcd))
+    token = m1.cli("swarm", "join-token", "-q", "manager").stdout.strip()
+    for m in (m2, m3):
+        m.cli("swarm", "join", f"127.0.0.1:{m1.listen}", "--token", token, "--advertise-addr", "127.0.0.1",
+              "--listen-addr", f"127.0.0.1:{m.listen}", "--etcd-port", str(m.etcd))
+    client = m1.client()
+    wait_for(lambda: all(n.attrs["Status"]["State"] == "ready" for n in client.nodes.list()), timeout=40)
+    client.services.create("busybox:latest", ["sleep", "600"], name="hasvc", mode={"Replicated": {"Replicas": 3}},
+                           stop_grace_period=10**9)
+    wait_for(lambda: len(running(client, "hasvc")) == 3, timeout=40)
+    tasks = {t["ID"] for t in running(client, "hasvc")}
+    engine = docker.from_env()
+    containers = {c.id for c in engine.containers.list(filters={"label": "com.docker.swarm.service.name=hasvc"})}
+    assert len(containers) == 3
+
+    # Two of the three etcd members stop answering: no quorum. The leader steps down; a write gets
+    # Docker's 503, on any manager; the containers keep running.
+    stopped = [member_pid(m) for m in (m2, m3)]
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        def refused() -> str:
+            try:
+                client.services.get("hasvc").scale(4)
+            except docker.errors.APIError as e:
+                return e.explanation if e.status_code == 503 else ""
+            return ""
+
+        why = wait_for(refused, timeout=30)
+        assert "does not have a leader" in str(why) or "not accepting writes" in str(why), why
+        time.sleep(2)
+        assert {c.id for c in engine.containers.list(
+            filters={"label": "com.docker.swarm.service.name=hasvc"})} == containers
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+
+    # The quorum is back: a leader again, writes work, the same tasks still run (nothing removed).
+    wait_for(lambda: _try(lambda: client.services.get("hasvc").scale(4) or True), timeout=60)
+    wait_for(lambda: len(running(client, "hasvc")) == 4, timeout=60)
+    assert tasks <= {t["ID"] for t in running(client, "hasvc")}
+    engine.close()

@@ -1,6 +1,7 @@
 """The ``lab`` fixture: a multi-host lab (``shoal.lab.Lab``, the code behind ``shoal lab``).
 
-    @pytest.mark.lab(hosts=2, join=False)        # defaults: hosts=4, join=True, preload=busybox:latest
+    @pytest.mark.lab(hosts=2, join=False)        # defaults: hosts=4, join=True, preload=busybox:latest,
+                                                 # managers=1 (more: the store is etcd)
     def test_something(lab: Lab) -> None:
         client = docker.DockerClient(base_url=lab.docker_host)
         lab.cut("host-2") ...
@@ -54,10 +55,11 @@ class LabPool:
     def __init__(self, state_dir: Path = STATE_DIR) -> None:
         self.state_dir = state_dir
         self.lab: Lab | None = None
-        self.shape: tuple[int, bool, tuple[str, ...]] | None = None
+        self.shape: tuple[int, bool, tuple[str, ...], int] | None = None
 
-    def get(self, hosts: int = 4, join: bool = True, preload: Sequence[str] = DEFAULT_PRELOAD) -> Lab:
-        shape = (hosts, join, tuple(preload))
+    def get(self, hosts: int = 4, join: bool = True, preload: Sequence[str] = DEFAULT_PRELOAD,
+            managers: int = 1) -> Lab:
+        shape = (hosts, join, tuple(preload), managers)
         if self.lab is not None and self.shape == shape:
             try:
                 self.lab.heal()
@@ -68,7 +70,7 @@ class LabPool:
         # A lab left at *our* state dir by an interrupted session is ours to remove.
         if (self.state_dir / "lab.json").exists():
             Lab(self.state_dir).down()
-        lab = Lab(self.state_dir, hosts, preload, join=join)
+        lab = Lab(self.state_dir, hosts, preload, join=join, managers=managers)
         try:
             lab.up()
         except LabError as e:
@@ -95,7 +97,8 @@ def lab_pool() -> Iterator[LabPool]:
 def lab(request: pytest.FixtureRequest, lab_pool: LabPool) -> Lab:
     marker = request.node.get_closest_marker("lab")
     kw = dict(marker.kwargs) if marker is not None else {}
-    return lab_pool.get(kw.get("hosts", 4), kw.get("join", True), kw.get("preload", DEFAULT_PRELOAD))
+    return lab_pool.get(kw.get("hosts", 4), kw.get("join", True), kw.get("preload", DEFAULT_PRELOAD),
+                        kw.get("managers", 1))
 
 
 def wait_for(predicate: Callable[[], Any], within: float = 60.0, interval: float = 0.25) -> Any:

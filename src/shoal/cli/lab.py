@@ -49,12 +49,15 @@ def up(
         typer.Option("--preload", metavar="IMAGE", help="Image every host gets (repeatable; default busybox:latest)"),
     ] = None,
     no_join: Annotated[bool, typer.Option("--no-join", help="Start the daemons but form no swarm")] = False,
+    managers: Annotated[int, typer.Option(
+        "--managers", help="Hosts 1..N are managers; more than one puts the swarm's store on etcd (failover)")] = 1,
     state_dir: StateDir = DEFAULT_STATE_DIR,
 ) -> None:
     """Build the lab; the last line printed is DOCKER_HOST=<the manager's API>."""
     started = time.monotonic()
     with _errors():
-        lab = Lab(state_dir, hosts, preload or DEFAULT_PRELOAD, join=not no_join, progress=_say)
+        lab = Lab(state_dir, hosts, preload or DEFAULT_PRELOAD, join=not no_join, managers=managers,
+                  progress=_say)
         lab.up()
     _say(f"lab up: {hosts} host(s) in {time.monotonic() - started:.1f}s")
     _say(f"DOCKER_HOST={lab.docker_host}")

@@ -111,12 +111,16 @@ class Lab:
         preload: Sequence[str] = DEFAULT_PRELOAD,
         *,
         join: bool = True,
+        managers: int = 1,
         main_engine: str = engine.MAIN_ENGINE,
         daemon_args: Sequence[str] = (),
         progress: Callable[[str], None] | None = None,
     ) -> None:
         if not 1 <= hosts <= MAX_HOSTS:
             raise LabError(f"--hosts {hosts}: a lab has 1 to {MAX_HOSTS} hosts")
+        if not 1 <= managers <= hosts:
+            raise LabError(f"--managers {managers}: between 1 and the number of hosts ({hosts})")
+        self.managers = managers
         self.state_dir = Path(state_dir).absolute()
         self.n_hosts = hosts
         self.preload = list(preload)
@@ -132,7 +136,7 @@ class Lab:
         st = state.load(Path(state_dir).absolute())
         if st is None:
             raise LabError(f"no lab at {state_dir} (`shoal lab up --hosts N` builds one)")
-        return cls(state_dir, len(st.hosts) or 1, st.preload, join=st.join, **kw)
+        return cls(state_dir, len(st.hosts) or 1, st.preload, join=st.join, managers=st.managers, **kw)
 
     # ------------------------------------------------------------------------------ looking at it
 
@@ -249,7 +253,7 @@ class Lab:
     async def _build(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / MARKER).touch()
-        st = LabState(state_dir=str(self.state_dir), preload=self.preload, join=self.join,
+        st = LabState(state_dir=str(self.state_dir), preload=self.preload, join=self.join, managers=self.managers,
                       hosts=[state.new_host(self.state_dir, i) for i in range(1, self.n_hosts + 1)])
         self._state = st
         for h in st.hosts:
@@ -319,10 +323,15 @@ class Lab:
         st = self.state
         mgr = st.manager
 
-        def init() -> tuple[str, str]:
+        def init() -> tuple[str, str, str]:
             api = docker.APIClient(base_url=mgr.api, version="1.41", timeout=60)
-            node_id = api.init_swarm(advertise_addr=mgr.addr, listen_addr=f"0.0.0.0:{SWARM_PORT}")
-            return str(node_id), api.inspect_swarm()["JoinTokens"]["Worker"]
+            body: dict[str, Any] = {"AdvertiseAddr": mgr.addr, "ListenAddr": f"0.0.0.0:{SWARM_PORT}"}
+            if st.managers > 1:
+                body["Store"] = "etcd"  # managers that fail over: each runs an etcd member
+            resp = api._post_json(api._url("/swarm/init"), data=body)
+            api._raise_for_status(resp)
+            tokens = api.inspect_swarm()["JoinTokens"]
+            return str(resp.json()), tokens["Worker"], tokens["Manager"]
 
         def join(h: HostState, token: str) -> str:
             api = docker.APIClient(base_url=h.api, version="1.41", timeout=60)
@@ -331,21 +340,24 @@ class Lab:
             return str(api.info()["Swarm"]["NodeID"])
 
         try:
-            mgr.node_id, token = await asyncio.to_thread(init)
+            mgr.node_id, token, manager_token = await asyncio.to_thread(init)
         except docker.errors.APIError as e:
             raise LabError(f"{mgr.name}: swarm init failed: Error response from daemon: {e.explanation}") from None
         state.save(st)
-        self.progress(f"{mgr.name}: swarm init, node {mgr.node_id} (manager)")
+        store = " on etcd" if st.managers > 1 else ""
+        self.progress(f"{mgr.name}: swarm init{store}, node {mgr.node_id} (manager)")
 
-        async def join_one(h: HostState) -> None:
+        async def join_one(h: HostState, token: str, role: str) -> None:
             try:
                 h.node_id = await asyncio.to_thread(join, h, token)
             except docker.errors.APIError as e:
                 raise LabError(f"{h.name}: swarm join failed: Error response from daemon: {e.explanation}") from None
             state.save(st)
-            self.progress(f"{h.name}: joined, node {h.node_id} (worker)")
+            self.progress(f"{h.name}: joined, node {h.node_id} ({role})")
 
-        await _all(join_one(h) for h in st.hosts[1:])
+        for h in st.hosts[1:st.managers]:  # one at a time: etcd takes one new member at a time
+            await join_one(h, manager_token, "manager")
+        await _all(join_one(h, token, "worker") for h in st.hosts[st.managers:])
 
     async def _restore(self, h: HostState) -> None:
         st = self.state

@@ -59,6 +59,7 @@ class LabState(msgspec.Struct):
     hosts: list[HostState]
     preload: list[str]
     join: bool
+    managers: int = 1  # hosts 1..managers are managers (more than one: the store is etcd)
     bridge: str = BRIDGE
     gateway: str = GATEWAY
     registry: str = REGISTRY

@@ -271,6 +271,14 @@ class LeaderElection:
                              sort_order=rpc.RangeRequest.ASCEND, sort_target=rpc.RangeRequest.CREATE, limit=1),
             timeout=left), self.timeout_s)
 
+    async def candidates(self) -> set[str]:
+        """The member IDs holding a live election key: the managers connected to etcd right now."""
+        await self.client.connect()
+        resp = await retrying("election candidates", lambda left: self.client.kvstub.Range(
+            rpc.RangeRequest(key=self.election_prefix, range_end=prefix_end(self.election_prefix), keys_only=True),
+            timeout=left), self.timeout_s)
+        return {kv.key[len(self.election_prefix):].split(b"/", 1)[0].decode() for kv in resp.kvs}
+
     async def observe(self) -> AsyncIterator[bytes | None]:
         """The leader's info now and after every change (None while there is none). Keeps trying
         through etcd outages; the last value stays current until etcd answers again."""

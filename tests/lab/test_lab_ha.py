@@ -1,0 +1,105 @@
+"""Three managers on etcd, two workers: a 5-host lab (``shoal lab up --hosts 5 --managers 3``).
+
+The leader is lost twice, two ways: its daemon is killed, then its link is cut. Each time another
+manager leads within the lease's TTL, `docker service scale` works through a surviving manager,
+the service keeps exactly its replicas (no slot lost, none run twice: checked on the engines), and
+the old leader, restored, comes back as a follower."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+
+import docker
+import pytest
+
+from shoal.lab import Lab
+from tests.lab.conftest import wait_for
+
+pytestmark = pytest.mark.lab(hosts=5, managers=3)
+
+SERVICE = "hasvc"
+MANAGERS = (1, 2, 3)
+
+
+@pytest.fixture
+def clients(lab: Lab) -> Iterator[dict[int, docker.DockerClient]]:
+    cs = {n: docker.DockerClient(base_url=lab.host(n).api, version="1.41", timeout=30) for n in range(1, 6)}
+    yield cs
+    for c in cs.values():
+        c.close()
+
+
+def ask(fn, default=None):
+    try:
+        return fn()
+    except (docker.errors.APIError, docker.errors.DockerException, OSError):
+        return default
+
+
+def leader(lab: Lab, clients: dict[int, docker.DockerClient], among=MANAGERS) -> int | None:
+    """The host whose manager leads, as the managers in ``among`` see it (None: no agreement yet)."""
+    by_node = {lab.host(n).node_id: n for n in MANAGERS}
+    seen = set()
+    for n in among:
+        nodes = ask(lambda n=n: clients[n].nodes.list(), [])
+        leaders = [by_node.get(x.id) for x in nodes if (x.attrs.get("ManagerStatus") or {}).get("Leader")]
+        if len(leaders) != 1 or leaders[0] is None:
+            return None
+        seen.add(leaders[0])
+    return seen.pop() if len(seen) == 1 else None
+
+
+def slots_on_engines(lab: Lab, hosts) -> collections.Counter[str]:
+    """Running containers of the service per slot, over the given hosts' engines."""
+    out: collections.Counter[str] = collections.Counter()
+    for n in hosts:
+        eng = docker.DockerClient(base_url=lab.host(n).engine, version="1.41", timeout=30)
+        try:
+            for c in eng.containers.list(filters={"label": f"com.docker.swarm.service.name={SERVICE}"}):
+                out[c.labels.get("shoal.task.slot", "?")] += 1
+        finally:
+            eng.close()
+    return out
+
+
+def exactly(lab: Lab, n: int, hosts=range(1, 6)) -> bool:
+    slots = slots_on_engines(lab, hosts)
+    return sorted(slots) == sorted(str(i) for i in range(1, n + 1)) and set(slots.values()) == {1}
+
+
+@pytest.mark.parametrize("fault", ["kill", "cut"])
+def test_the_leader_is_lost(lab: Lab, clients: dict[int, docker.DockerClient], fault: str) -> None:
+    wait_for(lambda: leader(lab, clients) is not None, 60)
+    old = leader(lab, clients)
+    assert old is not None
+    survivors = [n for n in MANAGERS if n != old]
+    via = clients[survivors[0]]
+    with_ = ask(lambda: via.services.get(SERVICE))
+    if with_ is not None:
+        with_.remove()
+        wait_for(lambda: not slots_on_engines(lab, range(1, 6)), 60)
+    via.services.create("busybox:latest", ["sleep", "3600"], name=SERVICE, mode={"Replicated": {"Replicas": 6}},
+                        stop_grace_period=10**9)
+    wait_for(lambda: exactly(lab, 6), 90)
+
+    if fault == "kill":
+        lab.kill(old)
+    else:
+        lab.cut(old)
+    new = wait_for(lambda: leader(lab, clients, survivors), 30)
+    assert new in survivors
+
+    # Writes through any surviving manager; the lost host's tasks are replaced once it is Down.
+    svc = wait_for(lambda: ask(lambda: clients[survivors[-1]].services.get(SERVICE)), 30)
+    wait_for(lambda: ask(lambda: svc.scale(8) or True, False), 30)
+    live = [n for n in range(1, 6) if n != old]
+    wait_for(lambda: exactly(lab, 8, live), 120)
+
+    # The old leader comes back as a follower, and no slot runs twice anywhere.
+    lab.restore(old)
+    wait_for(lambda: ask(lambda: len(clients[old].nodes.list()) == 5, False), 60)
+    wait_for(lambda: exactly(lab, 8), 120)
+    assert leader(lab, clients) == new
+    clients[new].services.get(SERVICE).remove()
+    wait_for(lambda: not slots_on_engines(lab, range(1, 6)), 60)
