@@ -17,10 +17,6 @@ class InvalidArgument(ShoalError):
     status = 400
 
 
-class Forbidden(ShoalError):
-    status = 403
-
-
 class NotFound(ShoalError):
     status = 404
 

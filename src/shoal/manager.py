@@ -13,7 +13,6 @@ import json
 import logging
 import shutil
 import socket
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from aiohttp import web
 
 from shoal.agent.executor.docker import node_description
 from shoal.allocator import NetworkAllocator
-from shoal.api.forward import API_PORT_OFFSET, NO_LEADER, Forwarder, Leader, ManagerSite, client_ssl
+from shoal.api.forward import NO_LEADER, Forwarder, ReplaySite
 from shoal.ca.authority import ClusterCA
 from shoal.ca.certs import generate_key_and_csr, write_private
 from shoal.ca.rootca import check_supplied_root, create_root_ca
@@ -140,8 +139,7 @@ class Manager:
         self.local_agent: Any = None  # this host's agent: every new dispatcher asks it for logs
         self.api_runner: web.AppRunner | None = None  # the daemon's API: the leader serves it to managers too
         self.forwarder = Forwarder()  # a follower's way to the leader's API (writes)
-        self._manager_site: ManagerSite | None = None
-        self._leader_ssl: tuple[str, ssl.SSLContext] | None = None
+        self._replay: ReplaySite | None = None
         self.engine_info: dict[str, Any] = engine_info or {}
         self.addr = advertise_addr or default_addr()
         self.heartbeat_s = heartbeat_s
@@ -376,9 +374,9 @@ class Manager:
 
     async def stop_components(self) -> None:
         """Cancel every leader component; running containers are left alone."""
-        if self._manager_site is not None:
-            await self._manager_site.stop()
-            self._manager_site = None
+        if self._replay is not None:
+            await self._replay.stop()
+            self._replay = None
         if self.server is not None:
             await self.server.stop()
             self.server = None
@@ -491,17 +489,18 @@ class Manager:
         await terms.wait_ready(timeout_s=None)
         self.loading = ""
 
-    async def _start_manager_site(self, host: str, port: int, node_id: str) -> None:
-        """The leader's API for the other managers' forwarded writes (api/forward.py)."""
-        if self.api_runner is None or self.ca is None:
+    async def _start_replay_site(self) -> None:
+        """Where the other managers' forwarded writes are replayed (api/forward.py)."""
+        if self.api_runner is None or self.server is None:
             return
-        self._manager_site = ManagerSite(self.api_runner, host, port + API_PORT_OFFSET)
-        cert_pem, key_pem = self.ca.issue_manager_server_cert(node_id, self.addr)
-        await self._manager_site.start(cert_pem, key_pem, self.ca.trust_bundle_pem())
+        self._replay = ReplaySite(self.api_runner, self.data_root / "forward.sock")
+        await self._replay.start()
+        self.server.forward = self._replay.replay
 
-    async def leader_api(self) -> Leader | None:
-        """Where to send a write: None when this manager handles it itself (it leads, or it holds the
-        only copy of the store); Unavailable (Docker's wording) when there is no leader."""
+    async def leader_api(self) -> tuple[str, NodeCredentials] | None:
+        """Where to send a write — the leader's cluster address and this manager's credentials — or
+        None when this manager handles it itself (it leads, or holds the only copy of the store);
+        Unavailable (Docker's wording) when there is no leader."""
         if self.terms is None or self.terms.is_leader:
             return None
         try:
@@ -513,11 +512,7 @@ class Manager:
         creds = self.node_credentials()
         if creds is None:
             raise Unavailable("this manager has no node certificate to reach the leader with")
-        if self._leader_ssl is None or self._leader_ssl[0] != creds.cert_pem:
-            d = self.data_root / CERT_DIR
-            self._leader_ssl = (creds.cert_pem, client_ssl(creds.root_pem, d / "node.crt", d / "node.key"))
-        host, port = split_listen(str(info["addr"]))
-        return Leader(host, port + API_PORT_OFFSET, self._leader_ssl[1])
+        return str(info["addr"]), creds
 
     async def _admit_manager(self, node_id: str, addr: str, etcd_port: int) -> ManagerJoin | None:
         """A manager joins (manager token): its store settings (a new etcd member when Shoal runs
@@ -551,7 +546,7 @@ class Manager:
                                     advertise_addr=self.addr)
         if self.terms is not None:
             self.server.admit_manager = self._admit_manager
-            await self._start_manager_site(host, port, node_id)
+            await self._start_replay_site()
         await self.server.start()
         self.scheduler = Scheduler(self.store)
         allocator = NetworkAllocator(self.store)

@@ -10,9 +10,8 @@ from aiohttp import web
 import shoal
 from shoal.api import containers, extensions, logs, networks, nodes, secrets, services, stacks, swarm, system, tasks
 from shoal.api.common import MANAGER, ManagerAPI, json_response
-from shoal.api.forward import FORWARDED, NO_LEADER, REVISION, is_local, peer_role, wait_for_revision
-from shoal.errors import Forbidden, InvalidArgument, NotFound, ShoalError, Unavailable
-from shoal.models import NodeRole
+from shoal.api.forward import FORWARDED, NO_LEADER, REVISION, is_local, wait_for_revision
+from shoal.errors import InvalidArgument, NotFound, ShoalError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +71,7 @@ DURABLE_TIMEOUT_S = 30.0  # how long a write's answer waits for the store before
 
 @web.middleware
 async def forward_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A write to a manager that does not lead goes to the leader (see api/forward.py); the
-    leader's manager port (TLS) lets managers in only."""
-    role = peer_role(request)
-    if role is not False and role != NodeRole.MANAGER:
-        raise Forbidden("only the swarm's managers may use this port")
+    """A write to a manager that does not lead goes to the leader (see api/forward.py)."""
     if request.method in _READS or is_local(request.path):
         return await handler(request)
     manager = request.app[MANAGER]
@@ -86,7 +81,7 @@ async def forward_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     if request.headers.get(FORWARDED):
         raise Unavailable(NO_LEADER)  # forwarded to us, but we do not lead: never a second hop
-    response = await manager.forwarder.send(request, leader)
+    response = await manager.forwarder.send(request, *leader)
     revision = response.headers.get(REVISION, "")
     if revision.isdigit():
         await wait_for_revision(manager.store, int(revision))

@@ -1,11 +1,13 @@
 """Writes made to a manager that does not lead go to the leader, unchanged (Swarm's managers proxy
 their control API calls to the leader the same way).
 
-The leader serves the same API on one more port, its cluster port + 2, over mutual TLS: only a
-certificate of the cluster's CA with the manager role gets in. A follower sends the request as it
-came (method, path, query, body) with its own node certificate, and answers with what the leader
-said. It then waits (briefly) until its own view has the leader's revision, so that a client
-reading right after its write, from the same manager, sees it.
+A follower sends the request as it came (method, path, query, body) in one ``Forward`` call on
+the leader's cluster port (mutual TLS; the leader takes it from manager certificates only). The
+leader replays it on a private unix socket of its own API (``<data-root>/forward.sock``, 0600,
+served by the same app), so the request meets exactly the validation and errors it would have met
+there, and the answer goes back as it was. The follower then waits (briefly) until its own view
+has the leader's revision, so that a client reading right after its write, from the same manager,
+sees it.
 
 Reads are served from the follower's own view; ``swarm init/join/leave`` and the engine's
 ``/containers`` calls are about this host, so they never travel.
@@ -16,24 +18,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
-import tempfile
-from dataclasses import dataclass
+import os
 from pathlib import Path
-from typing import Any
 
 import aiohttp
+import grpc
 from aiohttp import web
 
-from shoal.ca.certs import MANAGER_SERVER_NAME, cert_identity
 from shoal.errors import Unavailable
-from shoal.models import NodeRole
 from shoal.store import MemoryStore
+from shoal.transport import messages as m
+from shoal.transport.bootstrap import NodeCredentials
+from shoal.transport.errors import from_rpc_error
+from shoal.transport.rpc import DISPATCHER_SERVICE, decoder, encode, path, secure_channel, split_addr
 
 log = logging.getLogger(__name__)
 
-API_PORT_OFFSET = 2  # the leader's API for managers: cluster port + 2 (bootstrap is + 1)
-FORWARDED = "X-Shoal-Forwarded"  # set on a forwarded request: never forwarded twice
+FORWARDED = "X-Shoal-Forwarded"  # set on a replayed request: never forwarded twice
 REVISION = "X-Shoal-Revision"  # the leader's store revision once the write was durable
 NO_LEADER = (
     "The swarm does not have a leader. It's possible that too few managers are online. Make sure more "
@@ -43,15 +44,7 @@ FORWARD_TIMEOUT_S = 60.0
 CATCH_UP_S = 5.0  # how long a follower waits for its view to show a forwarded write
 _LOCAL = ("/swarm/init", "/swarm/join", "/swarm/leave", "/containers/")
 _PASS_HEADERS = ("Content-Type", "X-Registry-Auth", "X-Registry-Config")
-
-
-@dataclass(frozen=True, slots=True)
-class Leader:
-    """Where the leader's manager API is, and the TLS context this manager reaches it with."""
-
-    host: str
-    port: int
-    ssl: ssl.SSLContext
+_BACK_HEADERS = ("Content-Type", REVISION)
 
 
 def is_local(path: str) -> bool:
@@ -65,43 +58,37 @@ def is_local(path: str) -> bool:
 
 
 class Forwarder:
-    """A follower's connection to the leader's manager API (one HTTP session, kept)."""
+    """A follower's channel to the leader's cluster port (kept while the leader stays the same)."""
 
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._key: tuple[str, str] = ("", "")  # (leader address, certificate) of the channel
 
-    async def send(self, request: web.Request, leader: Leader) -> web.Response:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S))
-        headers = {h: request.headers[h] for h in _PASS_HEADERS if h in request.headers}
-        headers[FORWARDED] = "1"
-        url = f"https://{leader.host}:{leader.port}{request.rel_url}"
-        body = await request.read()
+    async def send(self, request: web.Request, leader_addr: str, creds: NodeCredentials) -> web.Response:
+        if self._channel is None or self._key != (leader_addr, creds.cert_pem):
+            await self.close()
+            host, port = split_addr(leader_addr)
+            self._channel = secure_channel(host, port, creds.root_pem, creds.key_pem, creds.cert_pem)
+            self._key = (leader_addr, creds.cert_pem)
+        req = m.ForwardRequest(method=request.method, path=str(request.rel_url),
+                               headers={h: request.headers[h] for h in _PASS_HEADERS if h in request.headers},
+                               body=await request.read())
+        call = self._channel.unary_unary(path(DISPATCHER_SERVICE, "Forward"), request_serializer=encode,
+                                         response_deserializer=decoder(m.ForwardResponse))
         try:
-            async with self._session.request(request.method, url, data=body, headers=headers, ssl=leader.ssl,
-                                             server_hostname=MANAGER_SERVER_NAME) as resp:
-                payload = await resp.read()
-                out = web.Response(status=resp.status, body=payload)
-                if "Content-Type" in resp.headers:
-                    out.headers["Content-Type"] = resp.headers["Content-Type"]
-                if REVISION in resp.headers:
-                    out.headers[REVISION] = resp.headers[REVISION]
-                return out
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise Unavailable(f"{NO_LEADER} (the leader at {leader.host}:{leader.port} did not answer: "
-                              f"{str(e) or type(e).__name__})") from None
+            resp: m.ForwardResponse = await call(req, timeout=FORWARD_TIMEOUT_S)
+        except grpc.aio.AioRpcError as e:
+            err = from_rpc_error(e, leader_addr)
+            raise Unavailable(f"{NO_LEADER} ({err.message})") from None
+        out = web.Response(status=resp.status, body=resp.body)
+        for h, v in resp.headers.items():
+            out.headers[h] = v
+        return out
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-def client_ssl(root_pem: str, cert_path: Path, key_path: Path) -> ssl.SSLContext:
-    """TLS to a leader: its certificate must chain to the cluster's root and name a manager."""
-    ctx = ssl.create_default_context(cadata=root_pem)
-    ctx.load_cert_chain(str(cert_path), str(key_path))
-    return ctx
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
 
 
 async def wait_for_revision(store: MemoryStore, revision: int, within: float = CATCH_UP_S) -> None:
@@ -122,55 +109,38 @@ async def wait_for_revision(store: MemoryStore, revision: int, within: float = C
 # ---------------------------------------------------------------------------- leader side
 
 
-class ManagerSite:
-    """The leader's manager API: the daemon's app on one more TCP site, mutual TLS, managers only."""
+class ReplaySite:
+    """The leader's end: its own API on a private unix socket, where forwarded requests replay."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+    def __init__(self, runner: web.AppRunner, sock: Path) -> None:
         self.runner = runner
-        self.host = host
-        self.port = port
-        self._site: web.TCPSite | None = None
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self.sock = sock
+        self._site: web.UnixSite | None = None
+        self._session: aiohttp.ClientSession | None = None
 
-    async def start(self, cert_pem: str, key_pem: str, root_pem: str) -> None:
-        # ssl loads a certificate chain from files only: a private directory, gone with the site.
-        self._dir = tempfile.TemporaryDirectory(prefix="shoal-manager-api-")
-        d = Path(self._dir.name)
-        (d / "cert.pem").write_text(cert_pem)
-        key = d / "key.pem"
-        key.touch(mode=0o600)
-        key.write_text(key_pem)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(str(d / "cert.pem"), str(key))
-        ctx.load_verify_locations(cadata=root_pem)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        self._site = web.TCPSite(self.runner, self.host, self.port, ssl_context=ctx)
-        try:
-            await self._site.start()
-        except OSError as e:
-            raise Unavailable(f"cannot listen on {self.host}:{self.port} (is the port in use?): {e}") from None
-        log.info("manager API for forwarded writes on %s:%d (mutual TLS)", self.host, self.port)
+    async def start(self) -> None:
+        self.sock.unlink(missing_ok=True)
+        self._site = web.UnixSite(self.runner, str(self.sock))
+        await self._site.start()
+        os.chmod(self.sock, 0o600)
+
+    async def replay(self, req: m.ForwardRequest) -> m.ForwardResponse:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.sock)),
+                                                  timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S))
+        headers = {**req.headers, FORWARDED: "1"}
+        async with self._session.request(req.method, f"http://manager{req.path}", data=req.body,
+                                         headers=headers) as resp:
+            body = await resp.read()
+            back = {h: resp.headers[h] for h in _BACK_HEADERS if h in resp.headers}
+            return m.ForwardResponse(status=resp.status, headers=back, body=body)
 
     async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         if self._site is not None:
             with contextlib.suppress(Exception):
                 await self._site.stop()
             self._site = None
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
-
-
-def peer_role(request: web.Request) -> NodeRole | bool | None:
-    """The role in the client certificate of a TLS request; False when the request is not over TLS."""
-    ssl_obj: Any = request.transport.get_extra_info("ssl_object") if request.transport else None
-    if ssl_obj is None:
-        return False
-    der = ssl_obj.getpeercert(binary_form=True)
-    if not der:
-        return None
-    try:
-        return cert_identity(ssl.DER_cert_to_PEM_cert(der)).role
-    except ValueError:
-        return None
-
+        self.sock.unlink(missing_ok=True)

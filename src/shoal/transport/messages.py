@@ -56,6 +56,21 @@ class JoinResponse(msgspec.Struct):
 # ---------------------------------------------------------------------------- cluster listener
 
 
+class ForwardRequest(msgspec.Struct):
+    """A write made to a manager that does not lead, as it came (api/forward.py)."""
+
+    method: str
+    path: str  # path and query string, the API version prefix included
+    headers: dict[str, str]
+    body: bytes
+
+
+class ForwardResponse(msgspec.Struct):
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
 class CertState(msgspec.Struct):
     """What the node's certificate should say now. A node whose certificate differs (promoted,
     demoted, root rotated) renews at once."""

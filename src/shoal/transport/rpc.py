@@ -23,6 +23,7 @@ DISPATCHER_METHODS: dict[str, tuple[type[Any], type[Any]]] = {
     "RenewCertificate": (m.RenewRequest, m.RenewResponse),
     "LogSubscriptions": (m.SessionRequest, m.LogSubscription),
     "PublishLogs": (m.PublishLogsMessage, m.Empty),
+    "Forward": (m.ForwardRequest, m.ForwardResponse),
 }
 BOOTSTRAP_METHODS: dict[str, tuple[type[Any], type[Any]]] = {
     "GetRootCA": (m.Empty, m.RootCAResponse),

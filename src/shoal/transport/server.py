@@ -144,6 +144,8 @@ class ClusterServer:
         self._sessions: dict[str, str] = {}  # session ID → node ID (one per node: the latest)
         self._node_session: dict[str, str] = {}
         self._log_sources: dict[str, RemoteLogSource] = {}
+        # Another manager's write, to run here (the manager sets it while it leads on etcd).
+        self.forward: Callable[[m.ForwardRequest], Awaitable[m.ForwardResponse]] | None = None
         # A manager joining (manager token): the store's part of the join (shoal.manager sets it).
         self.admit_manager: Callable[[str, str, int], Awaitable[m.ManagerJoin | None]] | None = None
 
@@ -171,6 +173,7 @@ class ClusterServer:
             "RenewCertificate": _unary(self._renew, DISPATCHER_METHODS["RenewCertificate"][0]),
             "LogSubscriptions": _server_stream(self._log_subscriptions, DISPATCHER_METHODS["LogSubscriptions"][0]),
             "PublishLogs": _client_stream(self._publish_logs, DISPATCHER_METHODS["PublishLogs"][0]),
+            "Forward": _unary(self._forward, DISPATCHER_METHODS["Forward"][0]),
         })])
         creds = grpc.dynamic_ssl_server_credentials(cluster_cfg, self._cluster_cfg.fetch,
                                                     require_client_authentication=True)
@@ -346,6 +349,14 @@ class ClusterServer:
                 await src.end(msg.subscription_id)
                 break
         return m.Empty()
+
+    async def _forward(self, req: m.ForwardRequest, ctx: grpc.aio.ServicerContext) -> m.ForwardResponse:
+        ident = self._identity(ctx)
+        if ident.role != NodeRole.MANAGER:
+            raise PermissionDenied("only the swarm's managers forward writes")
+        if self.forward is None:
+            raise Unavailable("this manager does not lead the swarm")
+        return await self.forward(req)
 
     # ------------------------------------------------------------------ bootstrap calls
 
