@@ -72,6 +72,15 @@ class StoreSettings:
     def on_etcd(self) -> bool:
         return self.backend == "etcd"
 
+    @property
+    def client_endpoints(self) -> list[str]:
+        """The members this manager talks to. With a member of its own, that member only: it
+        relays to the raft leader, and when it is cut off from the quorum, so is this manager (its
+        lease must lapse). Spreading calls over every member instead sent half of them to a
+        partitioned member, where they hung until their deadline and cost healthy managers their
+        leases (seen in the lab with the leader's link cut)."""
+        return [self.client_url] if self.managed and self.client_url else list(self.endpoints)
+
 
 def init_settings(backend: str, endpoints: list[str], addr: str, member: str,
                   client_port: int = ETCD_CLIENT_PORT) -> StoreSettings:
@@ -150,8 +159,8 @@ class ManagerTerms:
                     await promote_learner(client, s.member or self.member_id)
                 finally:
                     await client.close()
-        self.replica = EtcdReplica(self.store, s.endpoints, s.prefix)
-        self._client = etcd_client(s.endpoints)
+        self.replica = EtcdReplica(self.store, s.client_endpoints, s.prefix)
+        self._client = etcd_client(s.client_endpoints)
         kw: dict[str, Any] = {} if self.ttl_s is None else {"ttl_s": self.ttl_s}
         self.election = LeaderElection(self._client, s.prefix, member_id=self.member_id,
                                        info=json.dumps(self.info).encode(), **kw)
