@@ -25,10 +25,11 @@ from shoal.api.server import create_app, serve
 from shoal.ca.certs import write_private
 from shoal.dispatcher.inprocess import InProcessClient
 from shoal.dispatcher.protocol import DispatcherClient
+from shoal.errors import ShoalError
 from shoal.looplag import trace_slow_callbacks
 from shoal.manager import SWARM_PORT, Manager, Membership, listen_of, split_listen
-from shoal.models import JoinRequest
-from shoal.transport.bootstrap import join_cluster, load_credentials
+from shoal.models import JoinRequest, NodeRole
+from shoal.transport.bootstrap import NodeCredentials, join_cluster, load_credentials
 from shoal.transport.client import GrpcDispatcherClient
 from shoal.transport.leader import LeaderClient
 from shoal.transport.messages import ManagerJoin
@@ -70,6 +71,7 @@ class Daemon:
         self._executor: DockerExecutor | None = None
         self._grpc: GrpcDispatcherClient | None = None
         self._leader_client: LeaderClient | None = None
+        self._promoting: asyncio.Task[None] | None = None
         self._engine_task: asyncio.Task[None] | None = None
         self.hostname = hostname or socket.gethostname()
         self._fixed_hostname = bool(hostname)
@@ -95,6 +97,7 @@ class Daemon:
             self._engine_task = asyncio.create_task(self._await_engine(), name="engine-info")
         self.manager.on_join = self._start_agent
         self.manager.on_leave = self._stop_agent_and_clean
+        self.manager.on_role_change = self._restart_agent
         self.manager.joiner = self._join
         self._runner = await serve(create_app(self.manager), self.hosts)
         self.manager.api_runner = self._runner
@@ -136,7 +139,8 @@ class Daemon:
             return Membership(node_id=creds.node_id, role="manager", manager=remote, listen=listen,
                               store=joined[0].store)
         log.info("joined the swarm of %s as node %s", remote, creds.node_id)
-        return Membership(node_id=creds.node_id, role="worker", manager=remote)
+        return Membership(node_id=creds.node_id, role="worker", manager=remote, listen=listen,
+                          etcd_port=req.EtcdPort)
 
     async def _start_agent(self, node_id: str) -> None:
         assert self.manager is not None
@@ -156,6 +160,7 @@ class Daemon:
                 log.error("this host is in a swarm but its certificates are gone; leave and join again")
                 return
             self._grpc = GrpcDispatcherClient(creds, self.cert_dir)
+            self._grpc.on_renewed = self._on_renewed
             client = self._grpc
         self.agent = Agent(client, self._executor, node_id, self.manager.addr)
         if self.manager.is_manager:
@@ -189,6 +194,34 @@ class Daemon:
             self.agent = None
             if self.manager is not None:
                 self.manager.local_agent = None
+
+    def _on_renewed(self, creds: NodeCredentials) -> None:
+        """A worker's certificate now says manager (`node promote`): take up the manager's part."""
+        assert self.manager is not None
+        if creds.role == NodeRole.MANAGER and not self.manager.is_manager and self._promoting is None:
+            self._promoting = asyncio.create_task(self._promote(), name="promote")
+
+    async def _promote(self) -> None:
+        assert self.manager is not None and self.manager.membership is not None
+        m = self.manager.membership
+        try:
+            while self._grpc is not None:
+                try:
+                    joined = await self._grpc.promote(split_listen(m.listen or listen_of(""))[1], m.etcd_port)
+                    break
+                except ShoalError as e:
+                    log.warning("promoted to manager, but cannot take up the role yet: %s", e.message)
+                    await asyncio.sleep(5)
+            else:
+                return
+            await self.manager.become_manager(joined)
+        finally:
+            self._promoting = None
+
+    async def _restart_agent(self, node_id: str) -> None:
+        """The node's role changed (a manager demoted): the same tasks go on, through a new client."""
+        await self._stop_agent()
+        await self._start_agent(node_id)
 
     async def _stop_agent_and_clean(self, node_id: str) -> None:
         """``swarm leave``: the node's tasks stop and their containers go, as in Swarm mode."""

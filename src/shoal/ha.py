@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 
 from shoal.errors import Conflict, InvalidArgument, StoreUnavailable, Unavailable
+from shoal.models import NodeRole
 from shoal.store import MemoryStore
 from shoal.store.election import LeaderElection, Leadership
 from shoal.store.etcd import DEFAULT_PREFIX, etcd_client
@@ -250,6 +251,11 @@ class ManagerTerms:
                 return True
         return False
 
+    async def step_down(self) -> None:
+        """End this term now (a demoted leader): another manager leads within moments."""
+        if self.term is not None:
+            self.term.lost.set()
+
     # ------------------------------------------------------------------ status
 
     @property
@@ -336,7 +342,11 @@ class ManagerTerms:
 class ManagerReachability:
     """A leader component: keeps every manager node's ``ManagerStatus`` true to etcd — Leader for
     this manager only, Reachable for managers holding an election key (alive, connected to the
-    store), Unreachable otherwise — as `docker node ls` shows them."""
+    store), Unreachable otherwise — as `docker node ls` shows them.
+
+    It also completes a demotion (`docker node demote`): the node's etcd member leaves the etcd
+    cluster and its ``ManagerStatus`` goes; the demoted manager itself notices its role in its
+    view and turns into a worker (Manager.watch_own_role). A leader demoted hands over first."""
 
     def __init__(self, store: MemoryStore, terms: ManagerTerms, node_id: str, interval_s: float = 2.0) -> None:
         self.store = store
@@ -353,7 +363,27 @@ class ManagerReachability:
                 live = None
             if live is not None:
                 self.mark(live)
+            await self.finish_demotions()
             await asyncio.sleep(self.interval_s)
+
+    async def finish_demotions(self) -> None:
+        for n in self.store.list("node"):
+            if n.Spec.Role != NodeRole.WORKER or n.ManagerStatus is None:
+                continue
+            if n.ID == self.node_id:
+                log.info("this manager was demoted: handing the leadership over")
+                await self.terms.step_down()
+                return
+            try:
+                if self.terms.settings.managed and await self.terms.remove_member(n.ID):
+                    log.info("demoted manager %s: its etcd member left the etcd cluster", n.ID)
+            except (StoreUnavailable, Conflict) as e:
+                log.warning("demoted manager %s: its etcd member could not be removed yet: %s", n.ID, e)
+                continue
+            cur = self.store.get("node", n.ID)
+            if cur is not None and cur.ManagerStatus is not None:
+                with self.store.tx() as tx:
+                    tx.update("node", msgspec.structs.replace(cur, ManagerStatus=None))
 
     def mark(self, live: set[str]) -> None:
         with self.store.tx() as tx:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -101,6 +102,7 @@ class Membership:
     manager: str = ""  # "ip:port" of the manager a worker talks to
     listen: str = ""  # "host:port" a manager's cluster listener binds (2377; the bootstrap one is +1)
     store: dict[str, Any] | None = None  # a manager's StoreSettings (shoal.ha); None: embedded sqlite
+    etcd_port: int = 0  # a worker: its etcd member's client port if it is promoted (0: 2379)
 
 
 Joiner = Callable[["JoinRequest"], Awaitable[Membership]]
@@ -149,6 +151,7 @@ class Manager:
         self.server: ClusterServer | None = None
         self.on_join: Hook | None = None  # the daemon starts its local agent here
         self.on_leave: Hook | None = None  # ... and stops it (removing its containers) here
+        self.on_role_change: Hook | None = None  # ... and restarts it as a worker's here (demoted)
         self.joiner: Joiner | None = None  # the daemon joins another manager's swarm here
         self._tasks: list[asyncio.Task[None]] = []
         self.loop_lag = LoopLagMonitor()
@@ -157,6 +160,7 @@ class Manager:
         self.broken = ""  # why this manager cannot serve its swarm (its state could not be read)
         self.loading = ""  # set while a manager on etcd loads its first view (the API says 503)
         self._loading_task: asyncio.Task[None] | None = None
+        self._role_task: asyncio.Task[None] | None = None  # a manager on etcd: notices a demotion
 
     # ------------------------------------------------------------------ membership
 
@@ -363,10 +367,11 @@ class Manager:
 
     async def stop(self) -> None:
         """Stop leading (daemon shutdown or leave); running containers are left alone."""
-        if self._loading_task is not None:
-            self._loading_task.cancel()
-            await asyncio.gather(self._loading_task, return_exceptions=True)
-            self._loading_task = None
+        for t in (self._loading_task, self._role_task):
+            if t is not None and t is not asyncio.current_task():
+                t.cancel()
+                await asyncio.gather(t, return_exceptions=True)
+        self._loading_task = self._role_task = None
         if self.terms is not None:
             await self.terms.close()
             self.terms = None
@@ -465,6 +470,7 @@ class Manager:
         await self.terms.lead_now(prepare=create)
         await self.store.wait_durable(within=DURABLE_INIT_S)
         self.terms.run()
+        self._role_task = asyncio.create_task(self._watch_own_role(), name="own-role")
 
     async def _start_on_etcd(self) -> None:
         assert self.membership is not None
@@ -478,6 +484,7 @@ class Manager:
             log.error("%s", self.broken)
             return
         self.terms.run()
+        self._role_task = asyncio.create_task(self._watch_own_role(), name="own-role")
         await self.terms.wait_ready()
         if self.terms.ready:
             self.loading = ""
@@ -513,6 +520,67 @@ class Manager:
         if creds is None:
             raise Unavailable("this manager has no node certificate to reach the leader with")
         return str(info["addr"]), creds
+
+    async def become_manager(self, joined: ManagerJoin) -> None:
+        """Promoted (`docker node promote`) in a swarm on etcd: hold the CA key and the store, and
+        follow the leader like a manager that joined with the manager token."""
+        assert self.membership is not None and not self.is_manager
+        write_private(self.data_root / "ca.key", joined.ca_key_pem)
+        node_id = self.membership.node_id
+        listen = self.membership.listen or listen_of("")
+        self._save_membership(Membership(node_id=node_id, role="manager", manager=self.membership.manager,
+                                         listen=listen, store=joined.store))
+        self.store_settings = StoreSettings.from_dict(joined.store)
+        old, self.store = self.store, MemoryStore(NullBackend())
+        await old.close()
+        log.info("this node was promoted: it holds the swarm's store and can lead")
+        await self._start_on_etcd()
+        if self.on_role_change is not None:
+            await self.on_role_change(node_id)
+
+    async def _watch_own_role(self) -> None:
+        """Demoted (`docker node demote`): stop being a manager (the member stops; the leader takes
+        it out of the etcd cluster) and run on as a worker. A demoted leader first hands over (its
+        ManagerReachability does that), then goes the same way as a follower."""
+        watcher = self.store.watch("node")
+        try:
+            while True:
+                me = self.store.get("node", self.node_id or "")
+                leading = self.terms is not None and self.terms.is_leader
+                if me is not None and me.Spec.Role == NodeRole.WORKER and not leading:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(watcher.get(), 1.0)
+        finally:
+            watcher.close()
+        await self._become_worker()
+
+    async def _become_worker(self) -> None:
+        assert self.membership is not None and self.terms is not None
+        node_id = self.membership.node_id
+        creds = self.node_credentials()  # this node's certificate: the dispatcher asks it to renew
+        managers = [n.ManagerStatus.Addr for n in self.store.list("node")
+                    if n.ManagerStatus is not None and n.ManagerStatus.Addr and n.ID != node_id]
+        leader = self.leader_addr() or (managers[0] if managers else "")
+        log.info("this manager was demoted: it runs on as a worker (manager %s)", leader or "unknown")
+        self._role_task = None  # this very task: stop() must not wait for it
+        listen = self.membership.listen
+        etcd_port = int(self.store_settings.client_url.rsplit(":", 1)[1]) if self.store_settings.client_url else 0
+        await self.stop()
+        if self.store_settings.managed:
+            shutil.rmtree(self.data_root / "etcd", ignore_errors=True)
+        (self.data_root / "ca.key").unlink(missing_ok=True)  # a worker holds no CA key
+        await self.store.close()
+        self.store = MemoryStore(SqliteBackend(self.data_root / "state.db"))
+        self.store_settings = StoreSettings()
+        if creds is not None:
+            save_credentials(self.data_root / CERT_DIR, dataclasses.replace(
+                creds, manager=leader or creds.manager, managers=tuple(managers)))
+        # Where it listened and ran its member: used again if it is promoted back.
+        self._save_membership(Membership(node_id=node_id, role="worker", manager=leader, listen=listen,
+                                         etcd_port=etcd_port))
+        if self.on_role_change is not None:
+            await self.on_role_change(node_id)
 
     async def _admit_manager(self, node_id: str, addr: str, etcd_port: int) -> ManagerJoin | None:
         """A manager joins (manager token): its store settings (a new etcd member when Shoal runs
@@ -591,7 +659,7 @@ class Manager:
             data = json.loads(self._state_file.read_text())
             return Membership(node_id=data["node_id"], role=data.get("role", "manager"),
                               manager=data.get("manager", ""), listen=data.get("listen", ""),
-                              store=data.get("store"))
+                              store=data.get("store"), etcd_port=int(data.get("etcd_port", 0)))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 

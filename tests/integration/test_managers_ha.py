@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,3 +183,75 @@ def test_losing_quorum_stops_writes_and_removes_nothing(managers: list[Mgr]) -> 
     wait_for(lambda: len(running(client, "hasvc")) == 4, timeout=60)
     assert tasks <= {t["ID"] for t in running(client, "hasvc")}
     engine.close()
+
+
+def test_demoted_managers_run_on_as_workers(managers: list[Mgr]) -> None:
+    m1, m2, m3 = managers
+    m1.cli("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{m1.listen}",
+           "--store", "etcd", "--etcd-port", str(m1.etcd))
+    token = m1.cli("swarm", "join-token", "-q", "manager").stdout.strip()
+    for m in (m2, m3):
+        m.cli("swarm", "join", f"127.0.0.1:{m1.listen}", "--token", token, "--advertise-addr", "127.0.0.1",
+              "--listen-addr", f"127.0.0.1:{m.listen}", "--etcd-port", str(m.etcd))
+    client = m1.client()
+    wait_for(lambda: all(n.attrs["Status"]["State"] == "ready" for n in client.nodes.list()), timeout=40)
+    client.services.create("busybox:latest", ["sleep", "600"], name="hasvc", mode={"Replicated": {"Replicas": 3}},
+                           stop_grace_period=10**9)
+    wait_for(lambda: len(running(client, "hasvc")) == 3, timeout=40)
+    tasks = {t["ID"] for t in running(client, "hasvc")}
+
+    def node_of(m: Mgr) -> str:
+        return m.client().info()["Swarm"]["NodeID"]
+
+    # A follower is demoted: its etcd member leaves, it runs on as a worker; its task too.
+    n3 = node_of(m3)
+    m2.cli("node", "demote", n3)
+    wait_for(lambda: _try(lambda: m3.client().info()["Swarm"]["ControlAvailable"] is False
+                          and m3.client().info()["Swarm"]["LocalNodeState"] == "active"), timeout=40)
+    wait_for(lambda: client.nodes.get(n3).attrs.get("ManagerStatus") is None, timeout=30)
+    members = subprocess_out(["etcdctl", f"--endpoints=http://127.0.0.1:{m1.etcd}", "member", "list"])
+    assert len(members.strip().splitlines()) == 2, members
+    wait_for(lambda: client.nodes.get(n3).attrs["Status"]["State"] == "ready", timeout=30)
+
+    # The leader is demoted: it hands over, then runs on as a worker too.
+    n1 = node_of(m1)
+    m1.cli("node", "demote", n1)
+    wait_for(lambda: m2.leader(), timeout=30)
+    wait_for(lambda: _try(lambda: m1.client().info()["Swarm"]["ControlAvailable"] is False), timeout=40)
+    wait_for(lambda: all(n.attrs["Status"]["State"] == "ready" for n in m2.client().nodes.list()), timeout=40)
+    assert [n.id for n in m2.client().nodes.list() if n.attrs.get("ManagerStatus")] == [node_of(m2)]
+    # Nothing was restarted on the way; writes work through the last manager.
+    assert {t["ID"] for t in running(m2.client(), "hasvc")} == tasks
+    m2.client().services.get("hasvc").scale(4)
+    wait_for(lambda: len(running(m2.client(), "hasvc")) == 4, timeout=40)
+
+
+def subprocess_out(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
+
+
+def test_a_promoted_worker_holds_the_store(managers: list[Mgr]) -> None:
+    m1, m2, _ = managers
+    m1.cli("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{m1.listen}",
+           "--store", "etcd", "--etcd-port", str(m1.etcd))
+    workers = m1.cli("swarm", "join-token", "-q", "worker").stdout.strip()
+    m2.cli("swarm", "join", f"127.0.0.1:{m1.listen}", "--token", workers, "--advertise-addr", "127.0.0.1",
+           "--listen-addr", f"127.0.0.1:{m2.listen}", "--etcd-port", str(m2.etcd))
+    client = m1.client()
+    wait_for(lambda: all(n.attrs["Status"]["State"] == "ready" for n in client.nodes.list()), timeout=40)
+    n2 = m2.client().info()["Swarm"]["NodeID"]
+    assert m2.client().info()["Swarm"]["ControlAvailable"] is False
+
+    m1.cli("node", "promote", n2)
+    # Its agent renews its certificate with the manager role and asks for its part of the store.
+    wait_for(lambda: _try(lambda: m2.client().info()["Swarm"]["ControlAvailable"] is True
+                          and len(m2.client().nodes.list()) == 2), timeout=60)
+    members = subprocess_out(["etcdctl", f"--endpoints=http://127.0.0.1:{m1.etcd}", "member", "list"])
+    assert len(members.strip().splitlines()) == 2 and "false" in members, members  # two voters
+    wait_for(lambda: (client.nodes.get(n2).attrs.get("ManagerStatus") or {}).get("Reachability") == "reachable",
+             timeout=30)
+    # It takes over when the leader goes.
+    m1.proc.stop(signal.SIGKILL)
+    wait_for(lambda: m2.leader(), timeout=30)
+    m2.client().services.create("busybox:latest", ["sleep", "600"], name="hasvc", stop_grace_period=10**9)
+    wait_for(lambda: len(running(m2.client(), "hasvc")) == 1, timeout=40)

@@ -131,6 +131,11 @@ class GrpcDispatcherClient:
     async def update_task_status(self, session_id: str, updates: list[TaskStatusUpdate]) -> None:
         await self._unary("UpdateTaskStatus", m.UpdateTaskStatusRequest(session_id, updates), m.Empty)
 
+    async def promote(self, listen_port: int = 0, etcd_port: int = 0) -> m.ManagerJoin:
+        """This node was promoted: its part of the store (a swarm on etcd), from the leader."""
+        return await self._unary("Promote", m.PromoteRequest(listen_port=listen_port, etcd_port=etcd_port),
+                                 m.ManagerJoin)
+
     async def _next_remote(self) -> None:
         """This manager does not answer (or does not lead): the next register goes to the next one."""
         if len(self.remotes) < 2:

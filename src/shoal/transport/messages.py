@@ -56,6 +56,13 @@ class JoinResponse(msgspec.Struct):
 # ---------------------------------------------------------------------------- cluster listener
 
 
+class PromoteRequest(msgspec.Struct):
+    """A worker promoted to manager asks for its part of the store (swarm on etcd)."""
+
+    listen_port: int = 0  # its cluster port (0: 2377)
+    etcd_port: int = 0  # its etcd member's client port (0: 2379)
+
+
 class ForwardRequest(msgspec.Struct):
     """A write made to a manager that does not lead, as it came (api/forward.py)."""
 

@@ -24,6 +24,7 @@ DISPATCHER_METHODS: dict[str, tuple[type[Any], type[Any]]] = {
     "LogSubscriptions": (m.SessionRequest, m.LogSubscription),
     "PublishLogs": (m.PublishLogsMessage, m.Empty),
     "Forward": (m.ForwardRequest, m.ForwardResponse),
+    "Promote": (m.PromoteRequest, m.ManagerJoin),
 }
 BOOTSTRAP_METHODS: dict[str, tuple[type[Any], type[Any]]] = {
     "GetRootCA": (m.Empty, m.RootCAResponse),

@@ -23,13 +23,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+import msgspec
 
 from shoal.ca.authority import SWARM_PORT, ClusterCA
 from shoal.ca.certs import CertIdentity, cert_identity
 from shoal.dispatcher.dispatcher import Dispatcher, SessionInvalid
 from shoal.dispatcher.protocol import Assignments
 from shoal.errors import NotFound, ShoalError, Unavailable
-from shoal.models import NodeRole
+from shoal.models import ManagerStatus, NodeRole
 from shoal.transport import messages as m
 from shoal.transport.errors import ERROR_KEY, PermissionDenied, Unauthenticated, status_of
 from shoal.transport.logs import RemoteLogSource
@@ -174,6 +175,7 @@ class ClusterServer:
             "LogSubscriptions": _server_stream(self._log_subscriptions, DISPATCHER_METHODS["LogSubscriptions"][0]),
             "PublishLogs": _client_stream(self._publish_logs, DISPATCHER_METHODS["PublishLogs"][0]),
             "Forward": _unary(self._forward, DISPATCHER_METHODS["Forward"][0]),
+            "Promote": _unary(self._promote, DISPATCHER_METHODS["Promote"][0]),
         })])
         creds = grpc.dynamic_ssl_server_credentials(cluster_cfg, self._cluster_cfg.fetch,
                                                     require_client_authentication=True)
@@ -349,6 +351,25 @@ class ClusterServer:
                 await src.end(msg.subscription_id)
                 break
         return m.Empty()
+
+    async def _promote(self, req: m.PromoteRequest, ctx: grpc.aio.ServicerContext) -> m.ManagerJoin:
+        """A promoted worker (its certificate renewed with the manager role) joins the store."""
+        ident = self._identity(ctx)
+        node = self.ca.store.get("node", ident.node_id)
+        if ident.role != NodeRole.MANAGER or node is None or node.Spec.Role != NodeRole.MANAGER:
+            raise PermissionDenied(f"node {ident.node_id} is not a manager")
+        if self.admit_manager is None:
+            raise Unavailable("this swarm's store is not replicated: its managers hold no copy of it")
+        joined = await self.admit_manager(ident.node_id, node.Status.Addr, req.etcd_port)
+        if joined is None:
+            raise Unavailable("this swarm's store is not replicated: its managers hold no copy of it")
+        port = req.listen_port or SWARM_PORT
+        cur = self.ca.store.get("node", ident.node_id)
+        if cur is not None:
+            status = ManagerStatus(Leader=False, Reachability="unknown", Addr=f"{cur.Status.Addr}:{port}")
+            with self.ca.store.tx() as tx:
+                tx.update("node", msgspec.structs.replace(cur, ManagerStatus=status))
+        return joined
 
     async def _forward(self, req: m.ForwardRequest, ctx: grpc.aio.ServicerContext) -> m.ForwardResponse:
         ident = self._identity(ctx)
