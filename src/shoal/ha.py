@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 ETCD_CLIENT_PORT = 2379  # etcd's own defaults; a managed member's peer port is the client port + 1
 ETCD_START_TIMEOUT_S = 30.0
+MEMBER_CHECK_S = 2.0  # how often a manager looks whether its etcd member still runs
 SYNC_TIMEOUT_S = 15.0  # how long start() waits for a first view (or leadership) before serving anyway
 
 Hook = Callable[[], Awaitable[None]]
@@ -138,6 +139,7 @@ class ManagerTerms:
         self.leading = asyncio.Event()  # set while the leader's components run here
         self._loop_task: asyncio.Task[None] | None = None
         self._follow_task: asyncio.Task[None] | None = None
+        self._member_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -192,6 +194,22 @@ class ManagerTerms:
     def run(self) -> None:
         """Start the follow/campaign/lead loop (after :meth:`open`, or :meth:`lead_now`)."""
         self._loop_task = asyncio.create_task(self._loop(), name="manager-terms")
+        if self.etcd is not None:
+            self._member_task = asyncio.create_task(self._keep_member(), name="etcd-member")
+
+    async def _keep_member(self) -> None:
+        """Start this manager's etcd member again if it dies (as a service manager would): until it
+        answers, this manager follows nothing and cannot lead, and its lease lapses."""
+        assert self.etcd is not None
+        while True:
+            await asyncio.sleep(MEMBER_CHECK_S)
+            if self.etcd.running:
+                continue
+            log.warning("this manager's etcd member is not running; starting it again:\n%s", self.etcd.log_tail(5))
+            try:
+                self.etcd.spawn()
+            except OSError as e:
+                log.error("could not start the etcd member: %s", e)
 
     @property
     def ready(self) -> bool:
@@ -211,6 +229,10 @@ class ManagerTerms:
     async def close(self, stop_member: bool = True) -> None:
         """Stop leading and following (daemon shutdown, leave); the lease is revoked so another
         manager takes over at once."""
+        if self._member_task is not None:
+            self._member_task.cancel()
+            await asyncio.gather(self._member_task, return_exceptions=True)
+            self._member_task = None
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)

@@ -95,6 +95,16 @@ async def _all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     return [t.result() for t in tasks]
 
 
+def _etcd_member(h: HostState) -> int | None:
+    """The PID of the etcd member the host's manager runs (None: none, or not ours)."""
+    try:
+        pid = int((h.path / "shoal" / "etcd.pid").read_text())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if f"--data-dir={h.path / 'shoal' / 'etcd'}".encode() in argv else None
+
+
 def _shoal_command() -> list[str]:
     """This installation's ``shoal`` (the venv's script next to the running interpreter)."""
     script = Path(sys.executable).with_name("shoal")
@@ -196,6 +206,16 @@ class Lab:
         assert h.daemon is not None
         if not _run(proc.wait_gone([h.daemon], 10)):
             raise LabError(f"{h.name}: the Shoal daemon (pid {h.daemon.pid}) survived SIGKILL")
+
+    def stop_etcd(self, host: str | int) -> None:
+        """SIGSTOP the etcd member of a manager of a swarm on etcd: it stops answering (its daemon
+        sees it still there, so does not start another); ``restore`` lets it go on (SIGCONT)."""
+        _need_root()
+        h = self.host(host)
+        pid = _etcd_member(h)
+        if pid is None:
+            raise LabError(f"{h.name}: no etcd member is running")
+        os.kill(pid, signal.SIGSTOP)
 
     def stop_engine(self, host: str | int, grace_s: float = 60.0) -> None:
         """SIGTERM the host's dockerd and wait for it to exit (it stops its containers first)."""
@@ -361,6 +381,9 @@ class Lab:
 
     async def _restore(self, h: HostState) -> None:
         st = self.state
+        member = _etcd_member(h)
+        if member is not None:
+            os.kill(member, signal.SIGCONT)  # stopped by stop_etcd, or running: harmless
         link = net.link_up(h.veth)
         if link is None:
             raise LabError(f"{h.name}: its link {h.veth} is gone; the lab needs rebuilding (down, then up)")
