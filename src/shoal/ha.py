@@ -166,6 +166,7 @@ class ManagerTerms:
         self._client = etcd_client(s.client_endpoints)
         kw: dict[str, Any] = {} if self.ttl_s is None else {"ttl_s": self.ttl_s}
         self.election = LeaderElection(self._client, s.prefix, member_id=self.member_id,
+                                       keepalive_endpoints=s.client_endpoints,
                                        info=json.dumps(self.info).encode(), **kw)
 
     async def check_unused(self) -> None:

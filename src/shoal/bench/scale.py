@@ -51,6 +51,8 @@ class ScaleConfig:
     fleet_processes: int = 2  # the hollow nodes' processes (one is one core at most)
     heartbeat_s: float | None = None  # the swarm's dispatcher heartbeat period; Swarm's default if None
     profile: Path | None = None  # py-spy output for the manager during the run (.svg, else raw stacks)
+    store: str = "sqlite"  # "etcd": the swarm's store on etcd, one member per manager
+    managers: int = 1  # with etcd: more managers (followers that hold the store), joined with the token
     progress: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
 
 
@@ -58,6 +60,8 @@ class ScaleConfig:
 class ScaleResult:
     nodes: int
     tasks: int
+    store: str = "sqlite"
+    managers: int = 1
     join_s: float = 0.0
     all_running_s: float = 0.0
     placements_per_s: float = 0.0
@@ -92,7 +96,8 @@ class ScaleResult:
         return (f"scale: nodes={self.nodes} tasks={self.tasks} all_running_s={self.all_running_s:.1f} "
                 f"placements_per_s={self.placements_per_s:.0f} place_p99_ms={pct(self.place_ms, 99):.1f} "
                 f"api_p99_ms={pct(self.api_ms, 99):.1f} rss_mb={self.rss_mb:.0f} false_down={self.false_down} "
-                f"loop_lag_p99_ms={self.loop_lag.get('p99_ms', 0):.1f}")
+                f"loop_lag_p99_ms={self.loop_lag.get('p99_ms', 0):.1f}"
+                + (f" store={self.store} managers={self.managers}" if self.store != "sqlite" else ""))
 
 
 def pct(values: list[float], p: float) -> float:
@@ -139,8 +144,9 @@ def peak_rss_mb(pid: int) -> float:
 class ManagerProcess:
     """A ``shoal daemon`` subprocess with its own socket and data root."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, args: tuple[str, ...] = ()) -> None:
         self.root = root
+        self.args = args
         self.sock = root / "shoal.sock"
         self.data = root / "data"
         self.log = root / "shoal.log"
@@ -155,7 +161,7 @@ class ManagerProcess:
     def start(self, timeout: float = 30.0) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-c", "from shoal.cli.main import main; main()", "daemon", "-H", self.host,
-               "--data-root", str(self.data), "--log-level", "warning"]
+               "--data-root", str(self.data), "--log-level", "warning", *self.args]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -183,16 +189,28 @@ class ManagerProcess:
             self.proc.wait()
 
 
-def init_swarm(client: docker.DockerClient, port: int, heartbeat_s: float | None = None) -> str:
+def init_swarm(client: docker.DockerClient, port: int, heartbeat_s: float | None = None, etcd_port: int = 0) -> str:
     """Swarm init on 127.0.0.1:port with the manager's own node drained; returns the worker token.
-    ``heartbeat_s`` is ``docker swarm init --dispatcher-heartbeat`` (Swarm's default 5 s if None)."""
+    ``heartbeat_s`` is ``docker swarm init --dispatcher-heartbeat`` (Swarm's default 5 s if None);
+    ``etcd_port``: the store on etcd, with a member on that client port."""
     api = client.api
     body: dict[str, object] = {"ListenAddr": f"127.0.0.1:{port}", "AdvertiseAddr": "127.0.0.1",
                                "Availability": "drain"}
+    if etcd_port:
+        body["Store"], body["EtcdPort"] = "etcd", etcd_port
     if heartbeat_s is not None:
         body["Spec"] = {"Dispatcher": {"HeartbeatPeriod": int(heartbeat_s * 1e9)}}
     api._result(api._post_json(api._url("/swarm/init"), data=body), json=True)
     return str(api.inspect_swarm()["JoinTokens"]["Worker"])
+
+
+def join_manager(client: docker.DockerClient, leader_port: int, token: str) -> None:
+    """Join a swarm on etcd as a drained manager (its own cluster port and etcd member)."""
+    api = client.api
+    body = {"ListenAddr": f"127.0.0.1:{free_port_pair()}", "AdvertiseAddr": "127.0.0.1",
+            "RemoteAddrs": [f"127.0.0.1:{leader_port}"], "JoinToken": token, "Availability": "drain",
+            "EtcdPort": free_port_pair()}
+    api._raise_for_status(api._post_json(api._url("/swarm/join"), data=body))
 
 
 def timed_get(client: docker.DockerClient, path: str) -> float:
@@ -305,14 +323,23 @@ def run_scale(cfg: ScaleConfig) -> ScaleResult:
     tmp = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
     root = cfg.manager_data or tmp / "manager"
     manager = ManagerProcess(root)
+    followers: list[ManagerProcess] = []
     fleet: ProcessFleet | None = None
-    result = ScaleResult(cfg.nodes, cfg.tasks)
+    result = ScaleResult(cfg.nodes, cfg.tasks, cfg.store, cfg.managers)
     try:
         manager.start()
         client = manager.client()
         port = free_port_pair()
-        token = init_swarm(client, port, cfg.heartbeat_s)
-        say(f"manager pid {manager.pid} on {manager.host}, cluster port 127.0.0.1:{port}")
+        on_etcd = cfg.store == "etcd"
+        token = init_swarm(client, port, cfg.heartbeat_s, etcd_port=free_port_pair() if on_etcd else 0)
+        say(f"manager pid {manager.pid} on {manager.host}, cluster port 127.0.0.1:{port}"
+            + (", store on etcd" if on_etcd else ""))
+        for i in range(2, cfg.managers + 1 if on_etcd else 0):
+            follower = ManagerProcess(tmp / f"manager{i}", ("--hostname", f"manager-{i}"))
+            followers.append(follower)
+            follower.start()
+            join_manager(follower.client(), port, client.api.inspect_swarm()["JoinTokens"]["Manager"])
+            say(f"manager {i} pid {follower.pid} joined (follower)")
         with profiler(manager.pid, cfg.profile):
             fleet = ProcessFleet(FleetConfig(manager=f"127.0.0.1:{port}", token=token, cert_root=tmp / "nodes",
                                              nodes=cfg.nodes, join_batch=cfg.join_batch,
@@ -347,6 +374,8 @@ def run_scale(cfg: ScaleConfig) -> ScaleResult:
         result.rss_mb = peak_rss_mb(manager.pid)
         return result
     finally:
+        for f in followers:
+            f.stop()
         manager.stop()  # first: a manager watching 1,000 sessions end would only reschedule
         if fleet is not None:
             with contextlib.suppress(Exception):
@@ -369,11 +398,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heartbeat", type=float, default=None, help="swarm heartbeat period (s); default 5")
     p.add_argument("--fleet-processes", type=int, default=2, help="processes the hollow nodes run in")
     p.add_argument("--profile", type=Path, default=None, help="py-spy the manager into this file")
+    p.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite", help="the swarm's store")
+    p.add_argument("--managers", type=int, default=1, help="managers (with --store etcd)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     cfg = ScaleConfig(nodes=args.nodes, tasks=args.tasks, services=args.services, manager_data=args.manager_data,
                       start_delay_s=args.start_delay, join_batch=args.join_batch, timeout_s=args.timeout,
-                      heartbeat_s=args.heartbeat, profile=args.profile, fleet_processes=args.fleet_processes)
+                      heartbeat_s=args.heartbeat, profile=args.profile, fleet_processes=args.fleet_processes,
+                      store=args.store, managers=args.managers)
     result = run_scale(cfg)
     print(result.report())
     print(result.line(), flush=True)

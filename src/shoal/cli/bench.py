@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from shoal.cli.parse import flag, parse_choice
+
 app = typer.Typer(help="Benchmark a Shoal manager.", no_args_is_help=True)
 
 
@@ -22,6 +24,9 @@ def scale(
     timeout: Annotated[float, typer.Option(help="Seconds allowed for all tasks to run")] = 900.0,
     heartbeat: Annotated[float | None, typer.Option(help="Swarm heartbeat period (s); default 5")] = None,
     profile: Annotated[Path | None, typer.Option(help="py-spy the manager into this file (.svg or raw)")] = None,
+    store: Annotated[str, typer.Option(parser=flag(parse_choice("sqlite", "etcd")),
+                                       help="The swarm's store: sqlite, or etcd (a member per manager)")] = "sqlite",
+    managers: Annotated[int, typer.Option(help="Managers, with --store etcd (the others follow)")] = 1,
 ) -> None:
     """Start a manager, join hollow nodes, run TASKS replicas, and print what it took."""
     from shoal.bench.scale import ScaleConfig, run_scale  # the agent and transport: load only here
@@ -29,6 +34,6 @@ def scale(
     logging.basicConfig(level=logging.ERROR)
     result = run_scale(ScaleConfig(nodes=nodes, tasks=tasks, services=services, manager_data=manager_data,
                                    start_delay_s=start_delay, join_batch=join_batch, timeout_s=timeout,
-                                   heartbeat_s=heartbeat, profile=profile))
+                                   heartbeat_s=heartbeat, profile=profile, store=store, managers=managers))
     print(result.report())
     print(result.line(), flush=True)

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import grpc
 from aetcd import rpc
 
 from shoal.errors import StoreUnavailable
-from shoal.store.etcd import DEFAULT_PREFIX, DEFAULT_TIMEOUT_S, Fence, prefix_end, retrying
+from shoal.store.etcd import DEFAULT_PREFIX, DEFAULT_TIMEOUT_S, Fence, etcd_client, prefix_end, retrying
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class LeaderElection:
         ttl_s: float = DEFAULT_TTL_S,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        keepalive_endpoints: list[str] | None = None,
     ) -> None:
         if not member_id or "/" in member_id:
             raise ValueError("member_id must be a non-empty name without '/'")
@@ -73,6 +75,10 @@ class LeaderElection:
         self._tasks: list[asyncio.Task[None]] = []
         self.leadership: Leadership | None = None
         self._lease_id = 0
+        # With endpoints, the lease is refreshed from a thread and event loop of its own (and its
+        # own client): on a manager whose loop is busy for seconds at a time (a 100,000-task
+        # deploy), refreshes queued behind that work and the leader lost its lease mid-deploy.
+        self.keepalive_endpoints = keepalive_endpoints
 
     # ------------------------------------------------------------------ campaign
 
@@ -89,7 +95,8 @@ class LeaderElection:
                 grant = await retrying("lease grant", lambda left: self.client.leasestub.LeaseGrant(
                     rpc.LeaseGrantRequest(TTL=self.ttl), timeout=left), self.timeout_s)
                 self._lease_id = grant.ID
-                self._spawn(self._keepalive(grant.ID, lost))
+                self._spawn(self._keepalive_apart(grant.ID, lost) if self.keepalive_endpoints
+                            else self._keepalive(self.client, grant.ID, lost))
                 key = self._mine + f"{grant.ID:016x}".encode()
                 create_rev = await self._create_key(key, grant.ID)
                 await self._clear_stale_keys(key)
@@ -177,7 +184,42 @@ class LeaderElection:
 
     # ------------------------------------------------------------------ holding the lease
 
-    async def _keepalive(self, lease_id: int, lost: asyncio.Event) -> None:
+    async def _keepalive_apart(self, lease_id: int, lost: asyncio.Event) -> None:
+        """:meth:`_keepalive` on a thread and loop of its own, until ``lost`` is set (here or there)."""
+        loop = asyncio.get_running_loop()
+        endpoints = list(self.keepalive_endpoints or ())
+        tloop = asyncio.new_event_loop()
+
+        async def run() -> None:
+            client = etcd_client(endpoints)
+            inner = asyncio.Event()
+            try:
+                await self._keepalive(client, lease_id, inner)
+            finally:
+                await client.close()
+            if inner.is_set():
+                loop.call_soon_threadsafe(lost.set)
+
+        task = tloop.create_task(run())
+
+        def main() -> None:
+            try:
+                tloop.run_until_complete(task)
+            except BaseException:  # cancelled (the term ended here), or the loop failed: stop
+                pass
+            finally:
+                tloop.close()
+
+        thread = threading.Thread(target=main, name=f"lease-{lease_id:x}", daemon=True)
+        thread.start()
+        try:
+            await lost.wait()
+        finally:
+            with contextlib.suppress(RuntimeError):  # its loop has ended already
+                tloop.call_soon_threadsafe(task.cancel)
+            await loop.run_in_executor(None, thread.join)
+
+    async def _keepalive(self, client: aetcd.Client, lease_id: int, lost: asyncio.Event) -> None:
         """Refresh the lease every ttl/5; declare the lease lost when etcd says so, or when no refresh
         has succeeded for 0.6 * ttl (measured from when the last good refresh was *sent*, so this
         side gives up before the server can expire the lease)."""
@@ -189,7 +231,7 @@ class LeaderElection:
                 # Capped per attempt, like retrying(): an attempt that went to a dying member must
                 # leave time for another one before the grace is over.
                 attempt = min(max(0.05, last_ok + grace - sent), self.ttl / 4)
-                ttl = await asyncio.wait_for(self._refresh(lease_id), timeout=attempt)
+                ttl = await asyncio.wait_for(_refresh(client, lease_id), timeout=attempt)
             except (grpc.aio.AioRpcError, TimeoutError) as e:
                 if time.monotonic() >= last_ok + grace:
                     log.warning("election: lease %x not refreshed for %.1fs (%s)", lease_id, grace,
@@ -204,15 +246,6 @@ class LeaderElection:
                 return
             last_ok = sent
             await asyncio.sleep(interval)
-
-    async def _refresh(self, lease_id: int) -> int:
-        call = self.client.leasestub.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]))
-        try:
-            async for resp in call:
-                return int(resp.TTL)
-            return 0
-        finally:
-            call.cancel()
 
     async def _guard_key(self, leadership: Leadership) -> None:
         """Set ``lost`` when the leader key is deleted (lease revoked or expired, or removed by hand)."""
@@ -299,6 +332,17 @@ class LeaderElection:
                             break
             except (grpc.aio.AioRpcError, _WatchEnded, _Compacted, StoreUnavailable):
                 await asyncio.sleep(0.3)
+
+
+async def _refresh(client: aetcd.Client, lease_id: int) -> int:
+    await client.connect()
+    call = client.leasestub.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]))
+    try:
+        async for resp in call:
+            return int(resp.TTL)
+        return 0
+    finally:
+        call.cancel()
 
 
 class _Lost(Exception):

@@ -193,6 +193,8 @@ class MemoryStore:
             return []
         if self.refuse_writes:
             raise Unavailable(self.refuse_writes)
+        if self.writer.fenced is not None:  # the term ended; the manager is stepping down
+            raise self.writer.fenced
         rev = self.revision + 1
         ts = now_ts()
         puts: list[tuple[Kind, Any]] = []

@@ -109,7 +109,8 @@ class WriteBehind:
         if self._thread is None:
             self._start()
         elif self._wloop is not None and self._more is not None:
-            self._wloop.call_soon_threadsafe(self._more.set)
+            with contextlib.suppress(RuntimeError):  # the writer's loop ended (fenced, closing)
+                self._wloop.call_soon_threadsafe(self._more.set)
 
     def _start(self) -> None:
         try:
