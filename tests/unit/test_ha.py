@@ -3,6 +3,8 @@ store settings of `swarm init`, which calls a follower keeps local, and `node ls
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
@@ -13,6 +15,8 @@ from shoal.models import ManagerStatus, NodeRole, NodeSpec
 from shoal.orchestrator.testutils import make_node, make_service, make_store
 from shoal.store import Snapshot
 from shoal.store.base import KINDS
+from shoal.store.etcd import ETCD_MAX_TXN_OPS
+from shoal.store.etcdproc import ManagedEtcd
 
 
 def test_a_follower_applies_the_leaders_batches_and_refuses_its_own() -> None:
@@ -63,6 +67,12 @@ def test_init_settings() -> None:
     with pytest.raises(InvalidArgument, match="store is sqlite"):
         init_settings("sqlite", ["http://e1:2379"], "10.0.0.1", "n1")
     assert StoreSettings.from_dict(managed.to_dict() | {"from_a_newer_shoal": 1}) == managed
+    # The leader's transactions: bigger on members Shoal runs (and starts with higher limits) than
+    # on an etcd the user runs, whose limits are etcd's defaults.
+    member = ManagedEtcd(name="n1", data_dir=Path("/nonexistent"), client_url="", peer_url="")
+    assert managed.txn_limits["max_ops"] <= member.max_txn_ops
+    assert managed.txn_limits["max_bytes"] <= member.max_request_bytes
+    assert managed.txn_limits["max_ops"] > ETCD_MAX_TXN_OPS and external.txn_limits == {}
 
 
 @pytest.mark.parametrize(("path", "local"), [

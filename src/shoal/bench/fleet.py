@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.process
+import signal
 import threading
 import time
 from collections.abc import Coroutine
@@ -43,6 +44,7 @@ class FleetConfig:
     node_cpus: int = 16
     node_memory_gib: int = 64
     join_timeout_s: float = 60.0
+    log_dir: Path | None = None  # each fleet process's warnings go to fleet-<first node>.log here
 
 
 @dataclass
@@ -89,6 +91,15 @@ class HollowFleet:
     def alive_node_ids(self) -> set[str]:
         """Nodes whose agent has been running all along (none is ever stopped before :meth:`stop`)."""
         return {n.node_id for n in self.nodes if n.runner is not None and not n.runner.done()}
+
+    def log_state(self) -> None:
+        """SIGUSR1: each node's session as its agent sees it (a post-mortem of a stalled run)."""
+        for n in self.nodes:
+            a = n.agent
+            log.warning("hollow-%d %s: connected=%s session=%s manager=%s controllers=%d running=%d reports=%d",
+                        n.index, n.node_id, a.connected.is_set(), a.session.session_id if a.session else None,
+                        n.client.creds.manager, len(a.worker.controllers) if a.worker else -1,
+                        n.executor.running, a.reporter.pending)
 
     def running_containers(self) -> int:
         return sum(n.executor.running for n in self.nodes)
@@ -143,8 +154,13 @@ class HollowFleet:
 
 def _fleet_process(cfg: FleetConfig, first: int, conn: Connection) -> None:
     """A child process's part of a :class:`ProcessFleet`: its own fleet, driven over ``conn``."""
-    logging.basicConfig(level=logging.ERROR)
+    if cfg.log_dir is not None:  # what the agents saw (sessions ended, reports failed) for a post-mortem
+        logging.basicConfig(level=logging.INFO, filename=cfg.log_dir / f"fleet-{first}.log",
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    else:
+        logging.basicConfig(level=logging.ERROR)
     fleet = HollowFleet(cfg, first_index=first)
+    signal.signal(signal.SIGUSR1, lambda *_: fleet._loop.call_soon_threadsafe(fleet.log_state))
     try:
         fleet.start()
         conn.send(("started", fleet.join_s, fleet.connect_s))

@@ -53,6 +53,7 @@ class ScaleConfig:
     profile: Path | None = None  # py-spy output for the manager during the run (.svg, else raw stacks)
     store: str = "sqlite"  # "etcd": the swarm's store on etcd, one member per manager
     managers: int = 1  # with etcd: more managers (followers that hold the store), joined with the token
+    log_level: str = "warning"  # the managers' (in shoal.log under their data roots)
     progress: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
 
 
@@ -144,8 +145,9 @@ def peak_rss_mb(pid: int) -> float:
 class ManagerProcess:
     """A ``shoal daemon`` subprocess with its own socket and data root."""
 
-    def __init__(self, root: Path, args: tuple[str, ...] = ()) -> None:
+    def __init__(self, root: Path, args: tuple[str, ...] = (), log_level: str = "warning") -> None:
         self.root = root
+        self.log_level = log_level
         self.args = args
         self.sock = root / "shoal.sock"
         self.data = root / "data"
@@ -161,7 +163,7 @@ class ManagerProcess:
     def start(self, timeout: float = 30.0) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-c", "from shoal.cli.main import main; main()", "daemon", "-H", self.host,
-               "--data-root", str(self.data), "--log-level", "warning", *self.args]
+               "--data-root", str(self.data), "--log-level", self.log_level, *self.args]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -322,7 +324,7 @@ def run_scale(cfg: ScaleConfig) -> ScaleResult:
     say = cfg.progress
     tmp = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
     root = cfg.manager_data or tmp / "manager"
-    manager = ManagerProcess(root)
+    manager = ManagerProcess(root, log_level=cfg.log_level)
     followers: list[ManagerProcess] = []
     fleet: ProcessFleet | None = None
     result = ScaleResult(cfg.nodes, cfg.tasks, cfg.store, cfg.managers)
@@ -335,7 +337,7 @@ def run_scale(cfg: ScaleConfig) -> ScaleResult:
         say(f"manager pid {manager.pid} on {manager.host}, cluster port 127.0.0.1:{port}"
             + (", store on etcd" if on_etcd else ""))
         for i in range(2, cfg.managers + 1 if on_etcd else 0):
-            follower = ManagerProcess(tmp / f"manager{i}", ("--hostname", f"manager-{i}"))
+            follower = ManagerProcess(root.parent / f"manager{i}", ("--hostname", f"manager-{i}"), cfg.log_level)
             followers.append(follower)
             follower.start()
             join_manager(follower.client(), port, client.api.inspect_swarm()["JoinTokens"]["Manager"])
@@ -343,7 +345,9 @@ def run_scale(cfg: ScaleConfig) -> ScaleResult:
         with profiler(manager.pid, cfg.profile):
             fleet = ProcessFleet(FleetConfig(manager=f"127.0.0.1:{port}", token=token, cert_root=tmp / "nodes",
                                              nodes=cfg.nodes, join_batch=cfg.join_batch,
-                                             start_delay_s=cfg.start_delay_s), processes=cfg.fleet_processes)
+                                             start_delay_s=cfg.start_delay_s,
+                                             log_dir=root if cfg.manager_data else None),
+                               processes=cfg.fleet_processes)
             say(f"joining {cfg.nodes} hollow nodes in {fleet.processes} processes, {cfg.join_batch} at a time each ...")
             fleet.start()
             result.join_s = fleet.connect_s
@@ -400,12 +404,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=Path, default=None, help="py-spy the manager into this file")
     p.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite", help="the swarm's store")
     p.add_argument("--managers", type=int, default=1, help="managers (with --store etcd)")
+    p.add_argument("--log-level", default="warning", help="the managers' log level (logs kept with --manager-data)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     cfg = ScaleConfig(nodes=args.nodes, tasks=args.tasks, services=args.services, manager_data=args.manager_data,
                       start_delay_s=args.start_delay, join_batch=args.join_batch, timeout_s=args.timeout,
                       heartbeat_s=args.heartbeat, profile=args.profile, fleet_processes=args.fleet_processes,
-                      store=args.store, managers=args.managers)
+                      store=args.store, managers=args.managers, log_level=args.log_level)
     result = run_scale(cfg)
     print(result.report())
     print(result.line(), flush=True)

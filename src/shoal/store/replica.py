@@ -37,16 +37,19 @@ class FencedWriter:
     carries the term's fence. It opens its own etcd client on first use, because a gRPC channel
     belongs to the event loop that made it and the writer runs on a loop of its own."""
 
-    def __init__(self, endpoints: Sequence[str], prefix: str, fence: Fence, timeout_s: float) -> None:
+    def __init__(self, endpoints: Sequence[str], prefix: str, fence: Fence, timeout_s: float,
+                 limits: dict[str, int] | None = None) -> None:
         self.endpoints = list(endpoints)
         self.prefix = prefix
         self.fence = fence
         self.timeout_s = timeout_s
+        self.limits = limits or {}  # max_ops/max_bytes of one transaction; etcd's defaults if empty
         self._backend: EtcdBackend | None = None
 
     def _etcd(self) -> EtcdBackend:
         if self._backend is None:
-            self._backend = EtcdBackend.from_endpoints(self.endpoints, self.prefix, timeout_s=self.timeout_s)
+            self._backend = EtcdBackend.from_endpoints(self.endpoints, self.prefix, timeout_s=self.timeout_s,
+                                                       **self.limits)
         return self._backend
 
     def load(self) -> Snapshot:  # the leader's store is loaded by EtcdReplica, never through here
@@ -70,9 +73,11 @@ class EtcdReplica:
     following the leader's writes; :meth:`lead` turns it into the leader's store for one term."""
 
     def __init__(
-        self, store: MemoryStore, endpoints: Sequence[str], prefix: str = DEFAULT_PREFIX, timeout_s: float = 5.0
+        self, store: MemoryStore, endpoints: Sequence[str], prefix: str = DEFAULT_PREFIX, timeout_s: float = 5.0,
+        txn_limits: dict[str, int] | None = None,
     ) -> None:
         self.store = store
+        self.txn_limits = txn_limits  # the leader's transactions (members Shoal runs accept bigger ones)
         self.endpoints = list(endpoints)
         self.prefix = prefix
         self.timeout_s = timeout_s
@@ -120,7 +125,7 @@ class EtcdReplica:
         repaired = await self.etcd.repair(snap, fence)
         if repaired:
             log.warning("store: repaired %d objects of a batch the previous leader left torn", repaired)
-        self.store.lead(FencedWriter(self.endpoints, self.prefix, fence, self.timeout_s), on_fenced)
+        self.store.lead(FencedWriter(self.endpoints, self.prefix, fence, self.timeout_s, self.txn_limits), on_fenced)
         self.error = ""
         return snap.revision
 

@@ -36,6 +36,18 @@ from shoal.transport.rpc import DISPATCHER_SERVICE, decoder, encode, path, secur
 
 log = logging.getLogger(__name__)
 
+
+def _closed_under(err: asyncio.CancelledError, manager: str) -> Unavailable:
+    """A grpc.aio call raises CancelledError when its *channel* is closed (this node moved to
+    another manager, or renewed its certificate twice) — not only when the caller is cancelled.
+    The first kind must not look like a cancellation: the status reporter took it for one and
+    stopped for good, so a node that changed manager mid-report never reported again. Re-raise
+    a real cancellation; turn the other into the failed call it is."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise err
+    return Unavailable(f"the connection to the manager at {manager} was closed under the call")
+
 RPC_TIMEOUT_S = 10.0
 RENEW_WINDOW = (0.5, 0.8)  # renew when this fraction of the certificate's remaining life has passed
 RENEW_RETRY_MAX_S = 30.0
@@ -90,6 +102,8 @@ class GrpcDispatcherClient:
             return await call(req, timeout=self.rpc_timeout_s)
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e, self.creds.manager) from None
+        except asyncio.CancelledError as e:
+            raise _closed_under(e, self.creds.manager) from None
 
     async def register(
         self, node_id: str | None, description: NodeDescription, addr: str, engine: EngineHealth | None = None
@@ -125,6 +139,8 @@ class GrpcDispatcherClient:
                 yield msg
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e, self.creds.manager) from None
+        except asyncio.CancelledError as e:
+            raise _closed_under(e, self.creds.manager) from None
         finally:
             call.cancel()
 
@@ -244,6 +260,8 @@ class GrpcDispatcherClient:
                 task.add_done_callback(lambda _t, sid=sub.id: running.pop(sid, None))
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e, self.creds.manager) from None
+        except asyncio.CancelledError as e:
+            raise _closed_under(e, self.creds.manager) from None
         finally:
             call.cancel()
             for task in list(running.values()):
@@ -263,5 +281,8 @@ class GrpcDispatcherClient:
                                           response_deserializer=decoder(m.Empty))
         try:
             await call(messages())
+        except asyncio.CancelledError as e:  # a closed channel ends this stream like a failed call
+            log.debug("node %s: publishing logs for %s failed: %s", self.creds.node_id, sub.id,
+                      _closed_under(e, self.creds.manager))
         except grpc.aio.AioRpcError as e:
             log.debug("node %s: publishing logs for %s failed: %s", self.creds.node_id, sub.id, e.details())

@@ -40,8 +40,18 @@ KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+# grpc.aio takes calls off gRPC's queue one per event-loop turn, so while the manager's loop is busy
+# (a 100,000-task deploy) calls wait in the core's queue. Past 1,000 queued, gRPC drops new ones at
+# random (its default "pending backlog" protection, surfacing as CANCELLED), and any call queued for
+# 30 s is dropped too: agents then lost their sessions to the manager's stall and were marked down
+# (the etcd scale run, where the loop is busiest). The queue is bounded still, far above 1,000
+# nodes' worth of heartbeats and reports; the callers' own deadlines (10 s for agents) bound the wait.
+PENDING_CALLS = 20_000
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     *KEEPALIVE_OPTIONS,
+    ("grpc.server.max_pending_requests", PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", 2 * PENDING_CALLS),
+    ("grpc.server_max_unrequested_time_in_server", 120),
     ("grpc.so_reuseport", 0),  # a second manager on the same port must fail, not share it
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.max_receive_message_length", MAX_MESSAGE),
