@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from shoal.agent.agent import Agent
+from shoal.agent.executor.hollow import HollowExecutor
 from shoal.agent.reporter import StatusReporter
 from shoal.dispatcher.dispatcher import SessionInvalid
 from shoal.dispatcher.protocol import TaskStatusUpdate
@@ -66,3 +68,21 @@ async def test_an_ended_session_is_dropped_until_the_agent_registers_again() -> 
         await asyncio.sleep(0.01)
     await stop(task)
     assert [u.task_id for u in client.sent] == ["t1"]
+
+
+async def test_the_agent_restarts_a_reporter_that_a_stray_cancellation_stopped() -> None:
+    """A grpc.aio call whose channel closes raises CancelledError in its caller; the reporter used
+    to end on it for good, and the node's tasks ran unreported ever after."""
+    client = FlakyClient(asyncio.CancelledError())  # type: ignore[arg-type]
+    agent = Agent(client, HollowExecutor(hostname="h1"), "n1", "127.0.0.1", report_interval_s=0.01)  # type: ignore[arg-type]
+    agent.reporter.set_session("s1")
+    keeper = asyncio.create_task(agent._keep_reporting())
+    agent.reporter.report("t1", TaskStatus(State=TaskState.RUNNING))
+    for _ in range(200):
+        if client.sent:
+            break
+        await asyncio.sleep(0.01)
+    assert [(u.task_id, u.status.State) for u in client.sent] == [("t1", TaskState.RUNNING)]
+    assert not keeper.done()
+    await stop(keeper)  # a real cancellation still ends it
+    assert keeper.cancelled()

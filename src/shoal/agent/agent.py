@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 WORKER_START_TIMEOUT_S = 10.0  # the engine answered its ping but not the calls the worker needs
+RESTART_REPORTER_S = 0.2  # after the status reporter ended on its own
 
 
 class Agent:
@@ -81,7 +82,7 @@ class Agent:
     async def run(self) -> None:
         """Until cancelled. Containers keep running when it ends; call :meth:`close` afterwards."""
         monitor = asyncio.create_task(self.engine.run(), name=f"engine-monitor-{self.node_id}")
-        reporter = asyncio.create_task(self.reporter.run())
+        reporter = asyncio.create_task(self._keep_reporting(), name=f"status-reporter-{self.node_id}")
         backoff = BACKOFF_MIN_S
         try:
             await self._start_worker()
@@ -115,6 +116,22 @@ class Agent:
             if self.worker is not None:
                 await self.worker.close()
             await self.ingress.close()
+
+    async def _keep_reporting(self) -> None:
+        """The status reporter, started again if it ever ends on its own: without it the node's
+        tasks run but the manager never hears of it (a CancelledError raised by a closed gRPC
+        channel once stopped it for good)."""
+        while True:
+            try:
+                await self.reporter.run()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                log.error("agent %s: status reporter stopped by a stray cancellation; restarting it", self.node_id)
+            except Exception:
+                log.exception("agent %s: status reporter failed; restarting it", self.node_id)
+            await asyncio.sleep(RESTART_REPORTER_S)
 
     def engine_health(self) -> EngineHealth:
         """What the manager is told: the probe's verdict, but an engine that answers pings and not

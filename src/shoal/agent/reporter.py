@@ -48,6 +48,8 @@ class StatusReporter:
         return len(self._pending)
 
     async def run(self) -> None:
+        if self._pending:
+            self._wake.set()  # started again (the agent restarts a reporter that ended): send what waits
         while True:
             await self._wake.wait()
             self._wake.clear()
