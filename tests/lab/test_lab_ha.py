@@ -4,7 +4,8 @@ The leader is lost three ways: its daemon is killed, its link is cut, its etcd m
 (SIGSTOP: the host itself stays up). Each time another
 manager leads within the lease's TTL, `docker service scale` works through a surviving manager,
 the service keeps exactly its replicas (no slot lost, none run twice: checked on the engines), and
-the old leader, restored, comes back as a follower."""
+the old leader, restored, comes back as a follower. And the leader is demoted while the service
+runs, then promoted again."""
 
 from __future__ import annotations
 
@@ -106,3 +107,60 @@ def test_the_leader_is_lost(lab: Lab, clients: dict[int, docker.DockerClient], f
     wait_for(lambda: leader(lab, clients) == new, 30)  # the old leader's view has caught up
     clients[new].services.get(SERVICE).remove()
     wait_for(lambda: not slots_on_engines(lab, range(1, 6)), 60)
+
+
+def set_role(client: docker.DockerClient, node_id: str, role: str) -> bool:
+    """`docker node promote/demote` through the SDK (the whole spec, with the new role)."""
+    node = client.nodes.get(node_id)
+    return bool(node.update({**node.attrs["Spec"], "Role": role}))
+
+
+def test_the_leader_is_demoted_and_promoted_again(lab: Lab, clients: dict[int, docker.DockerClient]) -> None:
+    """Demote/promote while the service runs: the demoted leader hands over and runs on as a worker
+    (its tasks too), writes go through the others; promoted again, it follows the new leader."""
+    wait_for(lambda: leader(lab, clients) is not None, 60)
+    old = leader(lab, clients)
+    assert old is not None
+    survivors = [n for n in MANAGERS if n != old]
+    via = clients[survivors[0]]
+    with_ = ask(lambda: via.services.get(SERVICE))
+    if with_ is not None:
+        with_.remove()
+        wait_for(lambda: not slots_on_engines(lab, range(1, 6)), 60)
+    via.services.create("busybox:latest", ["sleep", "3600"], name=SERVICE, mode={"Replicated": {"Replicas": 6}},
+                        stop_grace_period=10**9)
+    wait_for(lambda: exactly(lab, 6), 90)
+    before = {c for n in range(1, 6) for c in lab_containers(lab, n)}
+
+    old_id = lab.host(old).node_id
+    wait_for(lambda: ask(lambda: set_role(via, old_id, "worker"), False), 30)
+    new = wait_for(lambda: (x := leader(lab, clients, survivors)) in survivors and x, 30)
+    wait_for(lambda: ask(lambda: clients[old].info()["Swarm"]["ControlAvailable"] is False, False), 60)
+    wait_for(lambda: ask(lambda: clients[new].nodes.get(old_id).attrs.get("ManagerStatus") is None
+                         and clients[new].nodes.get(old_id).attrs["Status"]["State"] == "ready", False), 60)
+    # Nothing was restarted on the way (the demoted host's tasks included); writes work.
+    assert {c for n in range(1, 6) for c in lab_containers(lab, n)} == before
+    svc = wait_for(lambda: ask(lambda: clients[survivors[-1]].services.get(SERVICE)), 30)
+    wait_for(lambda: ask(lambda: svc.scale(8) or True, False), 30)
+    wait_for(lambda: exactly(lab, 8), 120)
+
+    # Promoted again: it holds the store and follows the new leader.
+    wait_for(lambda: ask(lambda: set_role(clients[new], old_id, "manager"), False), 30)
+    wait_for(lambda: ask(lambda: clients[old].info()["Swarm"]["ControlAvailable"] is True
+                         and len(clients[old].nodes.list()) == 5, False), 90)
+    wait_for(lambda: (ask(lambda: clients[new].nodes.get(old_id).attrs.get("ManagerStatus"), None) or {})
+             .get("Reachability") == "reachable", 60)
+    wait_for(lambda: leader(lab, clients) == new, 30)
+    assert exactly(lab, 8)
+    clients[old].services.get(SERVICE).scale(7)  # a write through the promoted manager
+    wait_for(lambda: exactly(lab, 7), 120)
+    clients[new].services.get(SERVICE).remove()
+    wait_for(lambda: not slots_on_engines(lab, range(1, 6)), 60)
+
+
+def lab_containers(lab: Lab, n: int) -> set[str]:
+    eng = docker.DockerClient(base_url=lab.host(n).engine, version="1.41", timeout=30)
+    try:
+        return {c["Id"] for c in eng.api.containers(filters={"label": f"com.docker.swarm.service.name={SERVICE}"})}
+    finally:
+        eng.close()

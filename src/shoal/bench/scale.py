@@ -407,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="warning", help="the managers' log level (logs kept with --manager-data)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
+    # SIGTERM (a timeout, a killed series) ends the run like Ctrl-C: run_scale's cleanup stops the
+    # managers and the hollow nodes instead of leaving them running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     cfg = ScaleConfig(nodes=args.nodes, tasks=args.tasks, services=args.services, manager_data=args.manager_data,
                       start_delay_s=args.start_delay, join_batch=args.join_batch, timeout_s=args.timeout,
                       heartbeat_s=args.heartbeat, profile=args.profile, fleet_processes=args.fleet_processes,

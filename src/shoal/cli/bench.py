@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -27,13 +28,16 @@ def scale(
     store: Annotated[str, typer.Option(parser=flag(parse_choice("sqlite", "etcd")),
                                        help="The swarm's store: sqlite, or etcd (a member per manager)")] = "sqlite",
     managers: Annotated[int, typer.Option(help="Managers, with --store etcd (the others follow)")] = 1,
+    log_level: Annotated[str, typer.Option(help="The managers' log level (logs kept with --manager-data)")] = "warning",
 ) -> None:
     """Start a manager, join hollow nodes, run TASKS replicas, and print what it took."""
     from shoal.bench.scale import ScaleConfig, run_scale  # the agent and transport: load only here
 
     logging.basicConfig(level=logging.ERROR)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # cleanup runs: no manager left behind
     result = run_scale(ScaleConfig(nodes=nodes, tasks=tasks, services=services, manager_data=manager_data,
                                    start_delay_s=start_delay, join_batch=join_batch, timeout_s=timeout,
-                                   heartbeat_s=heartbeat, profile=profile, store=store, managers=managers))
+                                   heartbeat_s=heartbeat, profile=profile, store=store, managers=managers,
+                                   log_level=log_level))
     print(result.report())
     print(result.line(), flush=True)
