@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -73,8 +74,16 @@ def wait_containers_gone(engine: docker.DockerClient, label: str, timeout: float
         time.sleep(0.5)
 
 
+def free_listen_addr() -> str:
+    """A loopback port nobody holds: port 2377 may be taken (the daemon ``scripts/setup.sh`` left
+    running is in a swarm of its own), and both sides only need one for their own manager."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
 def swarm_round(engine: docker.DockerClient, replicas: int, image: str) -> float:
-    engine.swarm.init(advertise_addr="127.0.0.1")
+    engine.swarm.init(advertise_addr="127.0.0.1", listen_addr=free_listen_addr())
     try:
         secs = converge(engine, replicas, image)
         wait_containers_gone(engine, LABELS[0])
@@ -89,7 +98,7 @@ def shoal_round(engine: docker.DockerClient, replicas: int, image: str) -> float
         proc.start()
         client = proc.client()
         try:
-            client.swarm.init(advertise_addr="127.0.0.1")
+            client.swarm.init(advertise_addr="127.0.0.1", listen_addr=free_listen_addr())
             secs = converge(client, replicas, image)
             wait_containers_gone(engine, LABELS[1])
             return secs

@@ -23,6 +23,8 @@ needs=(
   docker-compose:docker-compose
   # the HA store's tests and `ManagedEtcd` run etcd members (Debian's 3.4)
   etcd:etcd-server
+  # the HA tests check etcd's membership with the real etcdctl
+  etcdctl:etcd-client
 )
 
 missing=()

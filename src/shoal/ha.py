@@ -280,11 +280,37 @@ class ManagerTerms:
     async def remove_member(self, name: str) -> bool:
         """Take the etcd member ``name`` (a manager's node ID) out of the cluster; False if there is
         no such member (an etcd the user runs, or already gone)."""
-        for mem in await members(self._client):
-            if mem.name == name or (not mem.name and any(name in u for u in mem.peer_urls)):
-                await remove_member(self._client, mem.id)
-                return True
-        return False
+        return await _remove_named(self._client, name)
+
+    async def leave(self) -> None:
+        """Close, as a manager that leaves while others stay, and take this manager's own etcd member
+        out of the etcd cluster: a member left behind would count in etcd's quorum for good (of
+        three, one more loss would stop every write). The removal goes through the other members
+        while this one still runs, so a cluster of two keeps its quorum through the change; if it
+        cannot be done now, the log says how to finish it."""
+        name = self.settings.member or self.member_id
+        others: list[str] = []
+        if self.settings.managed and self._client is not None:
+            try:
+                others = [u for m in await members(self._client) if m.name != name and not m.is_learner
+                          for u in m.client_urls]
+            except (StoreUnavailable, Conflict) as e:
+                log.warning("leaving: the etcd cluster's members are unknown (%s)", e)
+        await self.close(stop_member=False)  # the lease is revoked first: another manager leads at once
+        try:
+            if others:
+                client = etcd_client(others)
+                try:
+                    if await _remove_named(client, name):
+                        log.info("this manager's etcd member %s left the etcd cluster", name)
+                except (StoreUnavailable, Conflict) as e:
+                    log.warning("this manager's etcd member %s is still in the etcd cluster (%s); on another "
+                                "manager's host: etcdctl member remove <its ID>", name, e)
+                finally:
+                    await client.close()
+        finally:
+            if self.etcd is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self.etcd.stop)
 
     async def step_down(self) -> None:
         """End this term now (a demoted leader): another manager leads within moments."""
@@ -484,3 +510,12 @@ async def migrate_to_etcd(data_root: Path, endpoints: list[str], etcd_port: int 
         if part.exists():
             part.replace(db.with_name(f"state.db.migrated{suffix}"))
     return settings, sum(len(v) for v in snap.objects.values())
+
+
+async def _remove_named(client: Any, name: str) -> bool:
+    """Remove the etcd member called ``name`` (a manager's node ID); False if there is none."""
+    for mem in await members(client):
+        if mem.name == name or (not mem.name and any(name in u for u in mem.peer_urls)):
+            await remove_member(client, mem.id)
+            return True
+    return False

@@ -352,12 +352,13 @@ class Manager:
         if not others and self.terms.is_leader:
             await self.stop_components()
             await self.store.wipe()  # through the leader's fenced writer, then etcd's range delete
-        await self._drop_etcd()
+        await self._drop_etcd(leave_cluster=bool(others))
 
-    async def _drop_etcd(self) -> None:
-        """Stop following etcd (and this manager's member, whose data goes): back to sqlite."""
+    async def _drop_etcd(self, leave_cluster: bool = False) -> None:
+        """Stop following etcd (and this manager's member, whose data goes): back to sqlite. With
+        ``leave_cluster`` (other managers stay) the member also leaves the etcd cluster."""
         assert self.terms is not None
-        await self.terms.close()
+        await (self.terms.leave() if leave_cluster else self.terms.close())
         self.terms = None
         if self.store_settings.managed:
             shutil.rmtree(self.data_root / "etcd", ignore_errors=True)

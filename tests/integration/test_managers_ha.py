@@ -255,3 +255,45 @@ def test_a_promoted_worker_holds_the_store(managers: list[Mgr]) -> None:
     wait_for(lambda: m2.leader(), timeout=30)
     m2.client().services.create("busybox:latest", ["sleep", "600"], name="hasvc", stop_grace_period=10**9)
     wait_for(lambda: len(running(m2.client(), "hasvc")) == 1, timeout=40)
+
+
+def etcd_members(m: Mgr) -> list[str]:
+    return subprocess_out(["etcdctl", f"--endpoints=http://127.0.0.1:{m.etcd}", "member", "list"]).strip().splitlines()
+
+
+def test_managers_that_leave_take_nothing_with_them(managers: list[Mgr]) -> None:
+    """Issue 10, item 7: `swarm leave --force` on a manager while others hold the state erases
+    nothing; its etcd member leaves the etcd cluster (no dead member left in the quorum)."""
+    m1, m2, m3 = managers
+    m1.cli("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{m1.listen}",
+           "--store", "etcd", "--etcd-port", str(m1.etcd))
+    token = m1.cli("swarm", "join-token", "-q", "manager").stdout.strip()
+    for m in (m2, m3):
+        m.cli("swarm", "join", f"127.0.0.1:{m1.listen}", "--token", token, "--advertise-addr", "127.0.0.1",
+              "--listen-addr", f"127.0.0.1:{m.listen}", "--etcd-port", str(m.etcd))
+    client = m1.client()
+    wait_for(lambda: len(client.nodes.list()) == 3
+             and all(n.attrs["Status"]["State"] == "ready" for n in client.nodes.list()), timeout=40)
+    client.services.create("busybox:latest", ["sleep", "600"], name="hasvc", mode={"Replicated": {"Replicas": 3}},
+                           stop_grace_period=10**9)
+    wait_for(lambda: len(running(client, "hasvc")) == 3, timeout=40)
+    assert len(etcd_members(m2)) == 3
+
+    # The leader leaves: another manager leads at once (the lease was revoked), the service is
+    # still there with its 3 replicas, and etcd has two members.
+    assert m1.leader()
+    m1.cli("swarm", "leave", "--force")
+    assert m1.client().info()["Swarm"]["LocalNodeState"] == "inactive"
+    wait_for(lambda: m2.leader() or m3.leader(), timeout=30)
+    survivor, other = (m2, m3) if m2.leader() else (m3, m2)
+    assert survivor.client().services.get("hasvc").attrs["Spec"]["Mode"]["Replicated"]["Replicas"] == 3
+    wait_for(lambda: len(etcd_members(survivor)) == 2, timeout=30)
+    wait_for(lambda: len(running(survivor.client(), "hasvc")) == 3, timeout=60)  # m1's slot runs elsewhere
+
+    # A follower leaves too: the last manager keeps the state and its etcd member alone has quorum.
+    other.cli("swarm", "leave", "--force")
+    wait_for(lambda: len(etcd_members(survivor)) == 1, timeout=30)
+    svc = survivor.client().services.get("hasvc")
+    svc.scale(2)
+    wait_for(lambda: len(running(survivor.client(), "hasvc")) == 2, timeout=60)
+    assert survivor.leader()
