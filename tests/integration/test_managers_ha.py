@@ -77,14 +77,19 @@ def running(client: docker.DockerClient, name: str) -> list[dict]:
             if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
 
 
+def swarm_on_etcd(first: Mgr, *joiners: Mgr, role: str = "manager") -> list[str]:
+    """``swarm init --store etcd`` on ``first``, the others join with the ``role`` token; returns
+    what each join printed."""
+    first.cli("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{first.listen}",
+              "--store", "etcd", "--etcd-port", str(first.etcd))
+    token = first.cli("swarm", "join-token", "-q", role).stdout.strip()
+    return [m.cli("swarm", "join", f"127.0.0.1:{first.listen}", "--token", token, "--advertise-addr", "127.0.0.1",
+                  "--listen-addr", f"127.0.0.1:{m.listen}", "--etcd-port", str(m.etcd)).stdout for m in joiners]
+
+
 def test_three_managers_fail_over(managers: list[Mgr]) -> None:
     m1, m2, m3 = managers
-    m1.cli("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{m1.listen}",
-           "--store", "etcd", "--etcd-port", str(m1.etcd))
-    token = m1.cli("swarm", "join-token", "-q", "manager").stdout.strip()
-    for m in (m2, m3):
-        out = m.cli("swarm", "join", f"127.0.0.1:{m1.listen}", "--token", token, "--advertise-addr", "127.0.0.1",
-                    "--listen-addr", f"127.0.0.1:{m.listen}", "--etcd-port", str(m.etcd)).stdout
+    for out in swarm_on_etcd(m1, m2, m3):
         assert "as a manager" in out, out
 
     # Every manager sees the three nodes, all ready, with one leader (m1).
@@ -140,12 +145,7 @@ def member_pid(m: Mgr) -> int:
 
 def test_losing_quorum_stops_writes_and_removes_nothing(managers: list[Mgr]) -> None:
     m1, m2, m3 = managers
-    m1.cli("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{m1.listen}",
-           "--store", "etcd", "--etcd-port", str(m1.etcd))
-    token = m1.cli("swarm", "join-token", "-q", "manager").stdout.strip()
-    for m in (m2, m3):
-        m.cli("swarm", "join", f"127.0.0.1:{m1.listen}", "--token", token, "--advertise-addr", "127.0.0.1",
-              "--listen-addr", f"127.0.0.1:{m.listen}", "--etcd-port", str(m.etcd))
+    swarm_on_etcd(m1, m2, m3)
     client = m1.client()
     wait_for(lambda: all(n.attrs["Status"]["State"] == "ready" for n in client.nodes.list()), timeout=40)
     client.services.create("busybox:latest", ["sleep", "600"], name="hasvc", mode={"Replicated": {"Replicas": 3}},
@@ -187,12 +187,7 @@ def test_losing_quorum_stops_writes_and_removes_nothing(managers: list[Mgr]) -> 
 
 def test_demoted_managers_run_on_as_workers(managers: list[Mgr]) -> None:
     m1, m2, m3 = managers
-    m1.cli("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{m1.listen}",
-           "--store", "etcd", "--etcd-port", str(m1.etcd))
-    token = m1.cli("swarm", "join-token", "-q", "manager").stdout.strip()
-    for m in (m2, m3):
-        m.cli("swarm", "join", f"127.0.0.1:{m1.listen}", "--token", token, "--advertise-addr", "127.0.0.1",
-              "--listen-addr", f"127.0.0.1:{m.listen}", "--etcd-port", str(m.etcd))
+    swarm_on_etcd(m1, m2, m3)
     client = m1.client()
     wait_for(lambda: all(n.attrs["Status"]["State"] == "ready" for n in client.nodes.list()), timeout=40)
     client.services.create("busybox:latest", ["sleep", "600"], name="hasvc", mode={"Replicated": {"Replicas": 3}},
@@ -232,11 +227,7 @@ def subprocess_out(argv: list[str]) -> str:
 
 def test_a_promoted_worker_holds_the_store(managers: list[Mgr]) -> None:
     m1, m2, _ = managers
-    m1.cli("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{m1.listen}",
-           "--store", "etcd", "--etcd-port", str(m1.etcd))
-    workers = m1.cli("swarm", "join-token", "-q", "worker").stdout.strip()
-    m2.cli("swarm", "join", f"127.0.0.1:{m1.listen}", "--token", workers, "--advertise-addr", "127.0.0.1",
-           "--listen-addr", f"127.0.0.1:{m2.listen}", "--etcd-port", str(m2.etcd))
+    swarm_on_etcd(m1, m2, role="worker")
     client = m1.client()
     wait_for(lambda: all(n.attrs["Status"]["State"] == "ready" for n in client.nodes.list()), timeout=40)
     n2 = m2.client().info()["Swarm"]["NodeID"]
@@ -265,12 +256,7 @@ def test_managers_that_leave_take_nothing_with_them(managers: list[Mgr]) -> None
     """Issue 10, item 7: `swarm leave --force` on a manager while others hold the state erases
     nothing; its etcd member leaves the etcd cluster (no dead member left in the quorum)."""
     m1, m2, m3 = managers
-    m1.cli("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{m1.listen}",
-           "--store", "etcd", "--etcd-port", str(m1.etcd))
-    token = m1.cli("swarm", "join-token", "-q", "manager").stdout.strip()
-    for m in (m2, m3):
-        m.cli("swarm", "join", f"127.0.0.1:{m1.listen}", "--token", token, "--advertise-addr", "127.0.0.1",
-              "--listen-addr", f"127.0.0.1:{m.listen}", "--etcd-port", str(m.etcd))
+    swarm_on_etcd(m1, m2, m3)
     client = m1.client()
     wait_for(lambda: len(client.nodes.list()) == 3
              and all(n.attrs["Status"]["State"] == "ready" for n in client.nodes.list()), timeout=40)

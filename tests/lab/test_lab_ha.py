@@ -71,8 +71,10 @@ def exactly(lab: Lab, n: int, hosts=range(1, 6)) -> bool:
     return sorted(slots) == sorted(str(i) for i in range(1, n + 1)) and set(slots.values()) == {1}
 
 
-@pytest.mark.parametrize("fault", ["kill", "cut", "etcd"])
-def test_the_leader_is_lost(lab: Lab, clients: dict[int, docker.DockerClient], fault: str) -> None:
+def six_replicas_under_a_leader(lab: Lab, clients: dict[int, docker.DockerClient]
+                                ) -> tuple[int, list[int], docker.DockerClient]:
+    """Once the managers agree on a leader: the service afresh with 6 replicas, created through a
+    follower; returns the leader's host, the other managers' and a client of the first of them."""
     wait_for(lambda: leader(lab, clients) is not None, 60)
     old = leader(lab, clients)
     assert old is not None
@@ -85,6 +87,12 @@ def test_the_leader_is_lost(lab: Lab, clients: dict[int, docker.DockerClient], f
     via.services.create("busybox:latest", ["sleep", "3600"], name=SERVICE, mode={"Replicated": {"Replicas": 6}},
                         stop_grace_period=10**9)
     wait_for(lambda: exactly(lab, 6), 90)
+    return old, survivors, via
+
+
+@pytest.mark.parametrize("fault", ["kill", "cut", "etcd"])
+def test_the_leader_is_lost(lab: Lab, clients: dict[int, docker.DockerClient], fault: str) -> None:
+    old, survivors, _ = six_replicas_under_a_leader(lab, clients)
 
     if fault == "kill":
         lab.kill(old)
@@ -118,18 +126,7 @@ def set_role(client: docker.DockerClient, node_id: str, role: str) -> bool:
 def test_the_leader_is_demoted_and_promoted_again(lab: Lab, clients: dict[int, docker.DockerClient]) -> None:
     """Demote/promote while the service runs: the demoted leader hands over and runs on as a worker
     (its tasks too), writes go through the others; promoted again, it follows the new leader."""
-    wait_for(lambda: leader(lab, clients) is not None, 60)
-    old = leader(lab, clients)
-    assert old is not None
-    survivors = [n for n in MANAGERS if n != old]
-    via = clients[survivors[0]]
-    with_ = ask(lambda: via.services.get(SERVICE))
-    if with_ is not None:
-        with_.remove()
-        wait_for(lambda: not slots_on_engines(lab, range(1, 6)), 60)
-    via.services.create("busybox:latest", ["sleep", "3600"], name=SERVICE, mode={"Replicated": {"Replicas": 6}},
-                        stop_grace_period=10**9)
-    wait_for(lambda: exactly(lab, 6), 90)
+    old, survivors, via = six_replicas_under_a_leader(lab, clients)
     before = {c for n in range(1, 6) for c in lab_containers(lab, n)}
 
     old_id = lab.host(old).node_id
