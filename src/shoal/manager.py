@@ -154,8 +154,8 @@ class Manager:
         self.on_role_change: Hook | None = None  # ... and restarts it as a worker's here (demoted)
         self.joiner: Joiner | None = None  # the daemon joins another manager's swarm here
         self._tasks: list[asyncio.Task[None]] = []
-        self.loop_lag = LoopLagMonitor()
-        self.gc_stats = GcStats()
+        self.gc_stats = GcStats(freeze=True)
+        self.loop_lag = LoopLagMonitor(gc_stats=self.gc_stats)
         self._lag_task: asyncio.Task[None] | None = None
         self.broken = ""  # why this manager cannot serve its swarm (its state could not be read)
         self.loading = ""  # set while a manager on etcd loads its first view (the API says 503)
