@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import docker
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.integration.shoal_process import ShoalProcess  # noqa: E402
+from tests.integration.transport_env import free_port_pair  # noqa: E402
 
 ENGINE = "unix:///var/run/docker.sock"
 SERVICE = "converge-bench"
@@ -75,11 +75,9 @@ def wait_containers_gone(engine: docker.DockerClient, label: str, timeout: float
 
 
 def free_listen_addr() -> str:
-    """A loopback port nobody holds: port 2377 may be taken (the daemon ``scripts/setup.sh`` left
-    running is in a swarm of its own), and both sides only need one for their own manager."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    """Loopback ports nobody holds (the manager's and, next to it, Shoal's bootstrap port): 2377
+    may be taken (the daemon ``scripts/setup.sh`` left running is in a swarm of its own)."""
+    return f"127.0.0.1:{free_port_pair()}"
 
 
 def swarm_round(engine: docker.DockerClient, replicas: int, image: str) -> float:

@@ -13,6 +13,7 @@ import docker
 import pytest
 
 from tests.integration.shoal_process import ShoalProcess
+from tests.integration.transport_env import free_port_pair
 
 
 @pytest.fixture(scope="session")
@@ -28,11 +29,17 @@ def shoal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShoalProcess]:
     proc.stop()
 
 
+def listen_addr() -> str:
+    """A swarm's listen address on free loopback ports, never 2377: a daemon left by
+    ``scripts/setup.sh`` (or any other swarm on the machine) may hold it."""
+    return f"127.0.0.1:{free_port_pair()}"
+
+
 @pytest.fixture
 def swarm(shoal: ShoalProcess) -> Iterator[docker.DockerClient]:
     """A fresh one-node swarm for each test; leaving it removes every task's container."""
     client = shoal.client()
-    client.swarm.init(advertise_addr="127.0.0.1")
+    client.swarm.init(advertise_addr="127.0.0.1", listen_addr=listen_addr())
     yield client
     client.swarm.leave(force=True)
 

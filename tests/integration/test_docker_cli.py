@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from tests.integration.conftest import shoal_cli, wait_for
+from tests.integration.conftest import listen_addr, shoal_cli, wait_for
 from tests.integration.shoal_process import ShoalProcess
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ def test_docker_cli_tour(shoal: ShoalProcess) -> None:
     res = shoal.docker_cli("service", "ls", check=False)
     assert res.returncode != 0 and "not a swarm manager" in res.stderr
 
-    out = shoal.docker_cli("swarm", "init", "--advertise-addr", "127.0.0.1").stdout
+    out = shoal.docker_cli("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", listen_addr()).stdout
     assert "Swarm initialized" in out and "docker swarm join --token SWMTKN-1-" in out
     try:
         version = shoal.docker_cli("version", "--format", "{{.Server.APIVersion}}").stdout.strip()
@@ -80,7 +80,7 @@ def test_docker_cli_tour(shoal: ShoalProcess) -> None:
 
 
 def test_shoal_cli_tour(shoal: ShoalProcess) -> None:
-    shoal_cli(shoal, "swarm", "init", "--advertise-addr", "127.0.0.1")
+    shoal_cli(shoal, "swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", listen_addr())
     try:
         plan = shoal_cli(shoal, "service", "create", "--dry-run", "--replicas", "3", "busybox:latest", "true").stdout
         assert plan.count("placed") == 3

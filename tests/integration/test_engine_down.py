@@ -18,7 +18,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import listen_addr, wait_for
 from tests.integration.shoal_process import ShoalProcess
 
 REAL_ENGINE = "/var/run/docker.sock"
@@ -92,7 +92,7 @@ def test_a_daemon_without_its_engine_serves_and_picks_the_engine_up_when_it_come
     client = shoal.client()
     assert client.ping()
     assert not any(c["Name"] == "Docker Engine (node runtime)" for c in client.version()["Components"])
-    client.swarm.init(advertise_addr="127.0.0.1")
+    client.swarm.init(advertise_addr="127.0.0.1", listen_addr=listen_addr())
 
     # The node is there, down, and says why; the docker CLI shows it.
     reason = f"engine unavailable: cannot connect to unix://{sock}: No such file or directory"

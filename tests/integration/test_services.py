@@ -10,7 +10,7 @@ import docker
 import pytest
 import requests
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import listen_addr, wait_for
 from tests.integration.shoal_process import ShoalProcess
 
 pytestmark = pytest.mark.integration
@@ -191,8 +191,8 @@ def test_daemon_restart_adopts_running_containers(tmp_path: Path, engine: docker
     proc = ShoalProcess(tmp_path)
     proc.start()
     client = proc.client()
-    client.swarm.init(advertise_addr="127.0.0.1")
-    try:
+    try:  # the daemon is stopped whatever fails, swarm init included
+        client.swarm.init(advertise_addr="127.0.0.1", listen_addr=listen_addr())
         svc = client.services.create(IMAGE, command=["sleep", "600"], name="adopt",
                                      mode=docker.types.ServiceMode("replicated", replicas=3))
         wait_for(lambda: len(running(client, svc.id)) == 3)
