@@ -113,7 +113,7 @@ class GcStats:
             if gen == 2:
                 self._full_done = True
 
-    def summary(self) -> dict[str, list[float] | list[int]]:
+    def summary(self) -> dict[str, list[float] | list[int] | int]:
         return {"seconds": [round(s, 3) for s in self.seconds], "collections": list(self.collections),
                 "longest": [round(s, 3) for s in self.longest], "frozen": gc.get_freeze_count()}
 
