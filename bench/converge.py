@@ -31,7 +31,7 @@ import docker
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.integration.shoal_process import ShoalProcess  # noqa: E402
-from tests.integration.transport_env import free_port_pair  # noqa: E402
+from tests.integration.transport_env import listen_addr  # noqa: E402
 
 ENGINE = "unix:///var/run/docker.sock"
 SERVICE = "converge-bench"
@@ -74,14 +74,8 @@ def wait_containers_gone(engine: docker.DockerClient, label: str, timeout: float
         time.sleep(0.5)
 
 
-def free_listen_addr() -> str:
-    """Loopback ports nobody holds (the manager's and, next to it, Shoal's bootstrap port): 2377
-    may be taken (the daemon ``scripts/setup.sh`` left running is in a swarm of its own)."""
-    return f"127.0.0.1:{free_port_pair()}"
-
-
 def swarm_round(engine: docker.DockerClient, replicas: int, image: str) -> float:
-    engine.swarm.init(advertise_addr="127.0.0.1", listen_addr=free_listen_addr())
+    engine.swarm.init(advertise_addr="127.0.0.1", listen_addr=listen_addr())
     try:
         secs = converge(engine, replicas, image)
         wait_containers_gone(engine, LABELS[0])
@@ -96,7 +90,7 @@ def shoal_round(engine: docker.DockerClient, replicas: int, image: str) -> float
         proc.start()
         client = proc.client()
         try:
-            client.swarm.init(advertise_addr="127.0.0.1", listen_addr=free_listen_addr())
+            client.swarm.init(advertise_addr="127.0.0.1", listen_addr=listen_addr())
             secs = converge(client, replicas, image)
             wait_containers_gone(engine, LABELS[1])
             return secs

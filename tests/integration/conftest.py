@@ -13,7 +13,7 @@ import docker
 import pytest
 
 from tests.integration.shoal_process import ShoalProcess
-from tests.integration.transport_env import free_port_pair
+from tests.integration.transport_env import listen_addr
 
 
 @pytest.fixture(scope="session")
@@ -27,12 +27,6 @@ def shoal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShoalProcess]:
     except docker.errors.APIError:
         pass
     proc.stop()
-
-
-def listen_addr() -> str:
-    """A swarm's listen address on free loopback ports, never 2377: a daemon left by
-    ``scripts/setup.sh`` (or any other swarm on the machine) may hold it."""
-    return f"127.0.0.1:{free_port_pair()}"
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ import urllib.request
 
 import pytest
 
-from tests.integration.conftest import listen_addr, shoal_cli, wait_for
+from tests.integration.conftest import shoal_cli, wait_for
 from tests.integration.shoal_process import ShoalProcess
+from tests.integration.transport_env import listen_addr
 
 pytestmark = pytest.mark.integration
 

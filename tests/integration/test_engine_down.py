@@ -18,8 +18,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.conftest import listen_addr, wait_for
+from tests.integration.conftest import wait_for
 from tests.integration.shoal_process import ShoalProcess
+from tests.integration.transport_env import listen_addr
 
 REAL_ENGINE = "/var/run/docker.sock"
 

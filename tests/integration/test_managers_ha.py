@@ -204,8 +204,8 @@ def test_demoted_managers_run_on_as_workers(managers: list[Mgr]) -> None:
     wait_for(lambda: _try(lambda: m3.client().info()["Swarm"]["ControlAvailable"] is False
                           and m3.client().info()["Swarm"]["LocalNodeState"] == "active"), timeout=40)
     wait_for(lambda: client.nodes.get(n3).attrs.get("ManagerStatus") is None, timeout=30)
-    members = subprocess_out(["etcdctl", f"--endpoints=http://127.0.0.1:{m1.etcd}", "member", "list"])
-    assert len(members.strip().splitlines()) == 2, members
+    members = etcd_members(m1)
+    assert len(members) == 2, members
     wait_for(lambda: client.nodes.get(n3).attrs["Status"]["State"] == "ready", timeout=30)
 
     # The leader is demoted: it hands over, then runs on as a worker too.
@@ -237,8 +237,8 @@ def test_a_promoted_worker_holds_the_store(managers: list[Mgr]) -> None:
     # Its agent renews its certificate with the manager role and asks for its part of the store.
     wait_for(lambda: _try(lambda: m2.client().info()["Swarm"]["ControlAvailable"] is True
                           and len(m2.client().nodes.list()) == 2), timeout=60)
-    members = subprocess_out(["etcdctl", f"--endpoints=http://127.0.0.1:{m1.etcd}", "member", "list"])
-    assert len(members.strip().splitlines()) == 2 and "false" in members, members  # two voters
+    members = etcd_members(m1)
+    assert len(members) == 2 and all("false" in line for line in members), members  # two voters
     wait_for(lambda: (client.nodes.get(n2).attrs.get("ManagerStatus") or {}).get("Reachability") == "reachable",
              timeout=30)
     # It takes over when the leader goes.

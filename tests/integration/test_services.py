@@ -10,8 +10,9 @@ import docker
 import pytest
 import requests
 
-from tests.integration.conftest import listen_addr, wait_for
+from tests.integration.conftest import wait_for
 from tests.integration.shoal_process import ShoalProcess
+from tests.integration.transport_env import listen_addr
 
 pytestmark = pytest.mark.integration
 

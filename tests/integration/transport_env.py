@@ -57,6 +57,12 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
+def listen_addr() -> str:
+    """A swarm's listen address on free loopback ports, never 2377: a daemon left by
+    ``scripts/setup.sh`` (or any other swarm on the machine) may hold it."""
+    return f"127.0.0.1:{free_port_pair()}"
+
+
 def make_cluster(store: MemoryStore, data_root: Path, cert_expiry_s: float = 90 * 24 * 3600) -> str:
     """What Manager.init_swarm writes: root key file, cluster object, the manager's node. Returns its ID."""
     cluster_id, node_id = new_id(), new_id()
