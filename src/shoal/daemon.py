@@ -21,7 +21,9 @@ import aiodocker
 
 from shoal.agent.agent import Agent
 from shoal.agent.executor.docker import DockerExecutor
+from shoal.api.auth import ANONYMOUS_ADMIN, AuditLog, Security
 from shoal.api.server import create_app, serve
+from shoal.api.tls import ServerTLS, TLSOptions, tcp_hosts_need_tls
 from shoal.ca.certs import write_private
 from shoal.dispatcher.inprocess import InProcessClient
 from shoal.dispatcher.protocol import DispatcherClient
@@ -59,8 +61,12 @@ class Daemon:
     """Wires the pieces together and owns their lifetimes."""
 
     def __init__(self, hosts: list[str], data_root: str, engine: str, advertise_addr: str | None,
-                 hostname: str | None = None) -> None:
+                 hostname: str | None = None, tls: TLSOptions | None = None, insecure_tcp: bool = False) -> None:
         self.hosts = hosts
+        self.tls_options = tls or TLSOptions()
+        self.insecure_tcp = insecure_tcp
+        self.tls: ServerTLS | None = None
+        self._trust_task: asyncio.Task[None] | None = None
         self.data_root = Path(data_root)
         self.engine = engine
         self.advertise_addr = advertise_addr
@@ -80,7 +86,26 @@ class Daemon:
     def cert_dir(self) -> Path:
         return self.data_root / "certificates"
 
+    def _security(self) -> Security:
+        """Checked before anything starts: TCP without TLS is refused unless --insecure-tcp."""
+        tcp_hosts_need_tls(self.hosts, self.tls_options, self.insecure_tcp)
+        if self.tls_options.enabled:
+            self.tls = ServerTLS(self.tls_options, self.data_root, self.hosts, self.advertise_addr)
+        return Security(tls=self.tls, anonymous=ANONYMOUS_ADMIN if self.insecure_tcp else None,
+                        audit=AuditLog(self.data_root / "audit.log"), forward_sock=self.data_root / "forward.sock")
+
+    async def _trust_cluster_root(self) -> None:
+        """Let the API's TLS accept user certificates of the cluster's root (made at swarm init, and
+        anew at each rotation). Polled: it changes a few times in a swarm's life, and a watch would
+        have to follow the manager across joins and leaves."""
+        while True:
+            cluster = self.manager.store.cluster() if self.manager is not None else None
+            if cluster is not None and cluster.TLSInfo is not None and self.tls is not None:
+                self.tls.trust(cluster.TLSInfo.TrustRoot)
+            await asyncio.sleep(0.5)
+
     async def start(self) -> None:
+        security = self._security()
         # A host whose engine is down still serves the API and, on a manager, the cluster: only
         # this node runs nothing (its agent reports the engine down) until the engine answers.
         try:
@@ -99,7 +124,10 @@ class Daemon:
         self.manager.on_leave = self._stop_agent_and_clean
         self.manager.on_role_change = self._restart_agent
         self.manager.joiner = self._join
-        self._runner = await serve(create_app(self.manager), self.hosts)
+        tcp_ssl = self.tls.context if self.tls is not None else None
+        self._runner = await serve(create_app(self.manager, security), self.hosts, ssl_context=tcp_ssl)
+        if self.tls is not None:
+            self._trust_task = asyncio.create_task(self._trust_cluster_root(), name="api-tls-trust")
         self.manager.api_runner = self._runner
         await self.manager.start()
         log.info("shoal daemon listening on %s", ", ".join(self.hosts))
@@ -236,6 +264,9 @@ class Daemon:
         shutil.rmtree(self.cert_dir, ignore_errors=True)
 
     async def stop(self) -> None:
+        if self._trust_task is not None:
+            self._trust_task.cancel()
+            await asyncio.gather(self._trust_task, return_exceptions=True)
         if self._engine_task is not None:
             self._engine_task.cancel()
             await asyncio.gather(self._engine_task, return_exceptions=True)
@@ -249,8 +280,8 @@ class Daemon:
 
 
 async def _amain(hosts: list[str], data_root: str, engine: str, advertise_addr: str | None,
-                 hostname: str | None = None) -> None:
-    daemon = Daemon(hosts, data_root, engine, advertise_addr, hostname)
+                 hostname: str | None = None, tls: TLSOptions | None = None, insecure_tcp: bool = False) -> None:
+    daemon = Daemon(hosts, data_root, engine, advertise_addr, hostname, tls, insecure_tcp)
     await daemon.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -262,8 +293,9 @@ async def _amain(hosts: list[str], data_root: str, engine: str, advertise_addr: 
 
 
 def run_daemon(hosts: list[str], data_root: str, engine: str, advertise_addr: str | None = None,
-               hostname: str | None = None, log_level: str = "info") -> None:
+               hostname: str | None = None, log_level: str = "info", tls: TLSOptions | None = None,
+               insecure_tcp: bool = False) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.environ.get("SHOAL_TRACE_SLOW_MS"):
         trace_slow_callbacks(float(os.environ["SHOAL_TRACE_SLOW_MS"]) / 1000, log)
-    asyncio.run(_amain(hosts, data_root, engine, advertise_addr, hostname))
+    asyncio.run(_amain(hosts, data_root, engine, advertise_addr, hostname, tls, insecure_tcp))

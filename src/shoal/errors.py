@@ -17,6 +17,18 @@ class InvalidArgument(ShoalError):
     status = 400
 
 
+class Unauthorized(ShoalError):
+    """No usable identity: no client certificate or token where one is required, or a bad one."""
+
+    status = 401
+
+
+class Forbidden(ShoalError):
+    """A known caller whose role or teams do not allow the call."""
+
+    status = 403
+
+
 class NotFound(ShoalError):
     status = 404
 

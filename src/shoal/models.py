@@ -485,6 +485,37 @@ class Secret(Obj):
     Spec: SecretSpec
 
 
+class ApiToken(Obj, omit_defaults=True):
+    """An API token of a user: only its SHA-256 is kept (the token is shown once, when made).
+    ``Teams``/``Role`` narrow what the token may do below what its user may (None: as the user)."""
+
+    ID: str
+    Hash: str
+    CreatedAt: str = ""
+    Description: str = ""
+    Teams: list[str] | None = None
+    Role: str = ""
+
+
+class UserSpec(Spec):
+    """Who may use the API and how: ``Role`` is admin, operator or viewer; ``Teams`` are the
+    namespaces an operator may deploy in (a service, stack, network, secret or config belongs to
+    the team its ``shoal.team`` label names) and whose logs a viewer may read."""
+
+    Name: str = ""
+    Role: str = "viewer"
+    Teams: list[str] | None = None
+
+
+class User(Obj):
+    ID: str
+    Version: Version
+    CreatedAt: str
+    UpdatedAt: str
+    Spec: UserSpec
+    Tokens: list[ApiToken] | None = None
+
+
 class ConfigSpec(Spec):
     Name: str = ""
     Labels: dict[str, str] | None = None

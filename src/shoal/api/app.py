@@ -8,7 +8,21 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 import shoal
-from shoal.api import containers, extensions, logs, networks, nodes, secrets, services, stacks, swarm, system, tasks
+from shoal.api import (
+    containers,
+    extensions,
+    logs,
+    networks,
+    nodes,
+    secrets,
+    services,
+    stacks,
+    swarm,
+    system,
+    tasks,
+    users,
+)
+from shoal.api.auth import SECURITY, USER_KEY, Security, auth_middleware
 from shoal.api.common import MANAGER, ManagerAPI, json_response
 from shoal.api.forward import FORWARDED, NO_LEADER, REVISION, is_local, wait_for_revision
 from shoal.errors import InvalidArgument, NotFound, ShoalError, Unavailable
@@ -81,7 +95,7 @@ async def forward_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     if request.headers.get(FORWARDED):
         raise Unavailable(NO_LEADER)  # forwarded to us, but we do not lead: never a second hop
-    response = await manager.forwarder.send(request, *leader)
+    response = await manager.forwarder.send(request, *leader, user=str(request.get(USER_KEY, "")))
     revision = response.headers.get(REVISION, "")
     if revision.isdigit():
         await wait_for_revision(manager.store, int(revision))
@@ -152,14 +166,19 @@ _ROUTES: list[tuple[str, str, Handler]] = [
     *networks.ROUTES,
     *secrets.ROUTES,
     *stacks.ROUTES,
+    *users.ROUTES,
 ]
 
 
-def create_app(manager: ManagerAPI) -> web.Application:
-    """The Docker Engine API (swarm part) over ``manager``; serve it with :func:`shoal.api.serve`."""
-    middlewares = [errors_middleware, version_middleware, forward_middleware, durable_middleware]
+def create_app(manager: ManagerAPI, security: Security | None = None) -> web.Application:
+    """The Docker Engine API (swarm part) over ``manager``; serve it with :func:`shoal.api.serve`.
+
+    Without ``security`` every caller is an admin (in-process test clients); the daemon always
+    passes one (see api/auth.py). Authorization runs before a write is forwarded to the leader."""
+    middlewares = [errors_middleware, version_middleware, auth_middleware, forward_middleware, durable_middleware]
     app = web.Application(middlewares=middlewares, client_max_size=16 * 1024**2)
     app[MANAGER] = manager
+    app[SECURITY] = security or Security()
     for method, path, handler in _ROUTES:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, r"/v{api_version:[0-9][0-9.]*}" + path, handler)

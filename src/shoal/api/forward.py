@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 FORWARDED = "X-Shoal-Forwarded"  # set on a replayed request: never forwarded twice
 REVISION = "X-Shoal-Revision"  # the leader's store revision once the write was durable
+FORWARDED_USER = "X-Shoal-Forwarded-User"  # set by the follower only: a client's own copy is not passed
 NO_LEADER = (
     "The swarm does not have a leader. It's possible that too few managers are online. Make sure more "
     "than half of the managers are online."
@@ -64,14 +65,17 @@ class Forwarder:
         self._channel: grpc.aio.Channel | None = None
         self._key: tuple[str, str] = ("", "")  # (leader address, certificate) of the channel
 
-    async def send(self, request: web.Request, leader_addr: str, creds: NodeCredentials) -> web.Response:
+    async def send(self, request: web.Request, leader_addr: str, creds: NodeCredentials,
+                   user: str = "") -> web.Response:
         if self._channel is None or self._key != (leader_addr, creds.cert_pem):
             await self.close()
             host, port = split_addr(leader_addr)
             self._channel = secure_channel(host, port, creds.root_pem, creds.key_pem, creds.cert_pem)
             self._key = (leader_addr, creds.cert_pem)
-        req = m.ForwardRequest(method=request.method, path=str(request.rel_url),
-                               headers={h: request.headers[h] for h in _PASS_HEADERS if h in request.headers},
+        headers = {h: request.headers[h] for h in _PASS_HEADERS if h in request.headers}
+        if user:  # authorized here already; the leader's audit log names who it was for
+            headers[FORWARDED_USER] = user
+        req = m.ForwardRequest(method=request.method, path=str(request.rel_url), headers=headers,
                                body=await request.read())
         call = self._channel.unary_unary(path(DISPATCHER_SERVICE, "Forward"), request_serializer=encode,
                                          response_deserializer=decoder(m.ForwardResponse))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import stat
 from pathlib import Path
 
@@ -44,8 +45,10 @@ def _split_tcp(addr: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
-async def serve(app: web.Application, hosts: list[str], shutdown_timeout: float = 2.0) -> web.AppRunner:
-    """Start serving ``app`` on every host; returns the runner (``await runner.cleanup()`` to stop)."""
+async def serve(app: web.Application, hosts: list[str], shutdown_timeout: float = 2.0,
+                ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
+    """Start serving ``app`` on every host; returns the runner (``await runner.cleanup()`` to stop).
+    ``ssl_context`` applies to the TCP hosts (a unix socket is guarded by its file mode)."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
@@ -57,7 +60,7 @@ async def serve(app: web.Application, hosts: list[str], shutdown_timeout: float 
                 os.chmod(path, 0o660)
             elif host.startswith("tcp://"):
                 h, port = _split_tcp(host.removeprefix("tcp://"))
-                await web.TCPSite(runner, h, port).start()
+                await web.TCPSite(runner, h, port, ssl_context=ssl_context).start()
             else:
                 raise ValueError(f"unsupported host address {host!r}: use unix:///path or tcp://host:port")
     except BaseException:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import msgspec
 from aiohttp import web
 
 from shoal import controlapi
+from shoal.api.auth import identity
 from shoal.api.common import (
     decode_body,
     empty_response,
@@ -15,12 +17,15 @@ from shoal.api.common import (
     swarm_manager,
 )
 from shoal.errors import InvalidArgument
-from shoal.models import InitRequest, JoinRequest, SwarmSpec
+from shoal.models import InitRequest, JoinRequest, JoinTokens, SwarmSpec
 
 
 async def inspect(request: web.Request) -> web.Response:
     manager = swarm_manager(request)
-    return json_response(controlapi.inspect_cluster(manager.store))
+    cluster = controlapi.inspect_cluster(manager.store)
+    if not identity(request).is_admin:  # a join token lets its holder add a node: admins' business
+        cluster = msgspec.structs.replace(cluster, JoinTokens=JoinTokens())
+    return json_response(cluster)
 
 
 async def init(request: web.Request) -> web.Response:

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from shoal.ca.certs import (
     generate_key_and_csr,
     issue_node_cert,
+    issue_user_cert,
     load_csr,
     public_key_matches,
     write_private,
@@ -56,6 +57,7 @@ from shoal.store import MemoryStore
 log = logging.getLogger(__name__)
 
 DEFAULT_NODE_CERT_EXPIRY = dt.timedelta(days=90)
+DEFAULT_USER_CERT_EXPIRY = dt.timedelta(days=365)  # a person's certificate; revoked by removing the user
 SWARM_PORT = 2377
 INVALID_TOKEN = "invalid join token"
 KEY_FILE = "ca.key"
@@ -198,6 +200,14 @@ class ClusterCA:
         if self._rotation is not None:
             cert_pem += self._rotation.cross_signed
         return cert_pem, key_pem
+
+    def sign_user_csr(self, csr_pem: str, user: str, validity: dt.timedelta = DEFAULT_USER_CERT_EXPIRY) -> str:
+        """An API client certificate for ``user`` (see ca/certs.py ``issue_user_cert``)."""
+        csr = load_csr(csr_pem)
+        cluster = self._cluster()
+        assert self._root is not None and self._key is not None
+        return issue_user_cert(csr.public_key(), self._root, self._key, user, cluster.ID,  # type: ignore[arg-type]
+                               validity)
 
     # ------------------------------------------------------------------ joining
 

@@ -27,6 +27,7 @@ from shoal.models import NodeRole
 
 MANAGER_OU = "swarm-manager"
 WORKER_OU = "swarm-worker"
+USER_OU = "shoal-user"  # an API user's client certificate: never a node's (OU_ROLE has no entry for it)
 MANAGER_SERVER_NAME = MANAGER_OU  # the TLS server name every client checks on a manager's certificate
 ROLE_OU = {NodeRole.MANAGER: MANAGER_OU, NodeRole.WORKER: WORKER_OU}
 OU_ROLE = {v: k for k, v in ROLE_OU.items()}
@@ -128,6 +129,47 @@ def issue_node_cert(
         .sign(issuer_key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def issue_user_cert(
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    issuer: x509.Certificate,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    user: str,
+    cluster_id: str,
+    validity: dt.timedelta,
+) -> str:
+    """An API user's client certificate (PEM): CN = user name, OU = ``shoal-user``, O = cluster ID,
+    client authentication only and no SANs, so it can never serve as a node or a manager."""
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.COMMON_NAME, user),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, USER_OU),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id),
+        ]))
+        .issuer_name(issuer.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - min(CLOCK_SKEW, validity / 10))
+        .not_valid_after(min(now + validity, issuer.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_LEAF_USAGE, critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+        .sign(issuer_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def subject_fields(cert: x509.Certificate) -> tuple[str, str, str]:
+    """(CN, OU, O) of a certificate's subject ("" for a missing one)."""
+    def attr(oid: x509.ObjectIdentifier) -> str:
+        values = cert.subject.get_attributes_for_oid(oid)
+        return str(values[0].value) if values else ""
+
+    return attr(NameOID.COMMON_NAME), attr(NameOID.ORGANIZATIONAL_UNIT_NAME), attr(NameOID.ORGANIZATION_NAME)
 
 
 # ---------------------------------------------------------------------------- reading

@@ -7,10 +7,13 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
+import docker.tls
 import requests.exceptions
 import typer
 
@@ -26,6 +29,46 @@ class CLIError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """The docker CLI's client TLS flags and their environment ($DOCKER_TLS_VERIFY, $DOCKER_CERT_PATH)."""
+
+    tls: bool = False
+    verify: bool = False
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.tls or self.verify
+
+    @classmethod
+    def resolve(cls, tls: bool, verify: bool, cacert: str | None, cert: str | None, key: str | None) -> TLSSettings:
+        verify = verify or bool(os.environ.get("DOCKER_TLS_VERIFY"))
+        cert_path = Path(os.environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
+        if tls or verify:  # the docker CLI's defaults: ~/.docker/{ca,cert,key}.pem
+            cacert = cacert or _existing(cert_path / "ca.pem")
+            cert = cert or _existing(cert_path / "cert.pem")
+            key = key or _existing(cert_path / "key.pem")
+        return cls(tls=tls, verify=verify, cacert=cacert, cert=cert, key=key)
+
+    def config(self) -> docker.tls.TLSConfig:
+        for flag, path in (("--tlscacert", self.cacert), ("--tlscert", self.cert), ("--tlskey", self.key)):
+            if path and not Path(path).is_file():
+                raise CLIError(f"{flag} {path}: no such file", 2)
+        client_cert = (self.cert, self.key) if self.cert and self.key else None
+        try:
+            return docker.tls.TLSConfig(client_cert=client_cert, ca_cert=self.cacert if self.verify else None,
+                                        verify=self.verify and (self.cacert or True))
+        except docker.errors.TLSParameterError as e:
+            raise CLIError(f"invalid TLS settings: {e}", 2) from None
+
+
+def _existing(path: Path) -> str | None:
+    return str(path) if path.is_file() else None
 
 
 def resolve_host(flag: str | None) -> str:
@@ -55,19 +98,28 @@ class Client:
     The SDK's typed helpers (create_service ...) rebuild specs through their own classes and drop what
     they don't know; posting the spec as JSON keeps it exactly as the CLI built it."""
 
-    def __init__(self, host: str, timeout: int = 60) -> None:
+    def __init__(self, host: str, timeout: int = 60, tls: TLSSettings | None = None, token: str = "") -> None:
         self.host = host
         self._api: docker.APIClient | None = None
         self._timeout = timeout
+        self._tls = tls
+        self._token = token
 
     @property
     def api(self) -> docker.APIClient:
         # Built on first use: `shoal daemon` and `--help` never need a client.
         if self._api is None:
             try:
-                self._api = docker.APIClient(base_url=self.host, version=API_VERSION, timeout=self._timeout)
+                tls = self._tls.config() if self._tls is not None and self._tls.enabled else False
+                self._api = docker.APIClient(base_url=self.host, version=API_VERSION, timeout=self._timeout, tls=tls)
             except docker.errors.DockerException as e:
                 raise CLIError(f"invalid host {self.host!r}: {e}", 2) from None
+            if self._tls is not None and self._tls.verify and self._tls.cacert:
+                # requests lets $REQUESTS_CA_BUNDLE (set system-wide on Debian images) override the
+                # session's CA, and the daemon's CA is never in that bundle: the CA given here wins.
+                self._api.trust_env = False
+            if self._token:
+                self._api.headers["Authorization"] = f"Bearer {self._token}"
         return self._api
 
     def url(self, path: str, *args: str) -> str:

@@ -24,8 +24,8 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_exc  # type: ignore[no-redef]
 
 from shoal import API_VERSION, __version__
-from shoal.cli import bench, job, lab, node, service, stack, store, swarm
-from shoal.cli.client import DEFAULT_HOST, Client, CLIError, describe_error, resolve_host
+from shoal.cli import bench, job, lab, node, service, stack, store, swarm, user
+from shoal.cli.client import DEFAULT_HOST, Client, CLIError, TLSSettings, describe_error, resolve_host
 from shoal.cli.parse import flag, parse_choice
 from shoal.cli.secret import config_app, secret_app
 
@@ -112,6 +112,8 @@ app.add_typer(secret_app, name="secret")
 app.add_typer(config_app, name="config")
 app.add_typer(job.app, name="job")
 app.add_typer(store.app, name="store")
+app.add_typer(user.app, name="user")
+app.command("audit")(user.audit)
 
 
 @app.callback()
@@ -122,8 +124,18 @@ def root(
         typer.Option("--host", "-H", metavar="ADDR",
                      help=f"Daemon socket to connect to (default: $SHOAL_HOST, $DOCKER_HOST, {DEFAULT_HOST})"),
     ] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="Use TLS; implied by --tlsverify")] = False,
+    tlsverify: Annotated[bool, typer.Option("--tlsverify", help="Use TLS and verify the daemon "
+                                            "(default: $DOCKER_TLS_VERIFY)")] = False,
+    tlscacert: Annotated[str | None, typer.Option("--tlscacert", help="Trust certs signed only by this CA "
+                                                   "(default: $DOCKER_CERT_PATH/ca.pem)")] = None,
+    tlscert: Annotated[str | None, typer.Option("--tlscert", help="TLS certificate file "
+                                                 "(default: $DOCKER_CERT_PATH/cert.pem)")] = None,
+    tlskey: Annotated[str | None, typer.Option("--tlskey", help="TLS key file "
+                                                "(default: $DOCKER_CERT_PATH/key.pem)")] = None,
 ) -> None:
-    ctx.obj = Client(resolve_host(host))
+    settings = TLSSettings.resolve(tls, tlsverify, tlscacert, tlscert, tlskey)
+    ctx.obj = Client(resolve_host(host), tls=settings, token=os.environ.get("SHOAL_TOKEN", ""))
 
 
 LogLevel = parse_choice("debug", "info", "warning", "error")
@@ -139,23 +151,40 @@ def daemon(
     advertise_addr: Annotated[str | None, typer.Option(help="Address other nodes reach this one at")] = None,
     hostname: Annotated[str | None, typer.Option(help="This node's name in the swarm (default: the engine's)")] = None,
     log_level: Annotated[str, typer.Option("--log-level", "-l", parser=flag(LogLevel))] = "info",
+    tls: Annotated[bool, typer.Option("--tls", help="Use TLS on TCP listeners; implied by --tlsverify")] = False,
+    tlsverify: Annotated[bool, typer.Option("--tlsverify", help="Use TLS and require a client certificate")] = False,
+    tlscacert: Annotated[str | None, typer.Option(
+        "--tlscacert", help="CA whose client certificates are trusted as admins (dockerd's meaning)")] = None,
+    tlscert: Annotated[str | None, typer.Option(
+        "--tlscert", help="Server certificate (default: one the daemon makes under <data-root>/tls)")] = None,
+    tlskey: Annotated[str | None, typer.Option("--tlskey", help="Server certificate's key")] = None,
+    insecure_tcp: Annotated[bool, typer.Option(
+        "--insecure-tcp", help="Allow -H tcp://... without TLS: anyone who reaches it controls the swarm")] = False,
 ) -> None:
     """Run the Shoal daemon (manager and agent) in the foreground."""
+    from shoal.api.tls import TLSConfigError, TLSOptions
     from shoal.daemon import run_daemon  # the daemon pulls in the whole manager: load it only here
 
-    result = run_daemon(
-        hosts=hosts or [DEFAULT_HOST],
-        data_root=data_root,
-        engine=engine,
-        advertise_addr=advertise_addr,
-        hostname=hostname,
-        log_level=log_level,
-    )
-    if inspect.iscoroutine(result):
-        try:
-            asyncio.run(result)
-        except KeyboardInterrupt:
-            pass
+    options = TLSOptions(tls=tls or tlsverify, verify=tlsverify, cacert=tlscacert, cert=tlscert, key=tlskey)
+    try:
+        options.check()
+        result = run_daemon(
+            hosts=hosts or [DEFAULT_HOST],
+            data_root=data_root,
+            engine=engine,
+            advertise_addr=advertise_addr,
+            hostname=hostname,
+            log_level=log_level,
+            tls=options,
+            insecure_tcp=insecure_tcp,
+        )
+        if inspect.iscoroutine(result):
+            try:
+                asyncio.run(result)
+            except KeyboardInterrupt:
+                pass
+    except TLSConfigError as e:
+        raise CLIError(f"shoal daemon: {e}") from None
 
 
 def _client(ctx: typer.Context) -> Client:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from shoal.models import Cluster, Config, Network, Node, Secret, Service, Stack, Task
+from shoal.models import Cluster, Config, Network, Node, Secret, Service, Stack, Task, User
 
 Kind = str
 KINDS: dict[Kind, type] = {
@@ -29,6 +29,7 @@ KINDS: dict[Kind, type] = {
     "secret": Secret,
     "config": Config,
     "stack": Stack,
+    "user": User,
 }
 
 

@@ -1,0 +1,419 @@
+"""Who is calling (authentication), may they (authorization), and what they did (the audit log).
+
+Identity, in order (docs/security.md has the threat model):
+
+1. ``Authorization: Bearer shoal_<id>_<secret>``: the token's user, narrowed to the token's scope.
+   A token that does not match is refused (401) rather than ignored, so a revoked token never
+   silently falls back to a stronger identity.
+2. A TLS client certificate: from the operator's ``--tlscacert`` → an admin named by its CN (what
+   dockerd grants such a certificate); from the cluster's root with OU ``shoal-user`` and this
+   cluster's ID → that user, with the role the store gives it now (removing the user revokes the
+   certificate). A node's certificate is refused: nodes have no business on the API.
+3. The unix socket: the local admin (opening it needs root or the socket's group, as Docker's).
+4. Anything else (plain TCP with ``--insecure-tcp``, or TLS without a client certificate):
+   ``Security.anonymous``, which is admin only under ``--insecure-tcp`` and for an app built
+   without a Security (the tests' in-process clients).
+
+Authorization is a table from route to rule (:data:`RULES`); a route it does not name is for
+admins only, so a new route is safe until someone decides otherwise. Every write, and every
+refused call, is written to the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from shoal.api.common import MANAGER, ManagerAPI
+from shoal.api.forward import FORWARDED_USER
+from shoal.api.tls import ServerTLS
+from shoal.ca.certs import USER_OU, split_pem, subject_fields
+from shoal.controlapi import networks as network_ops
+from shoal.controlapi import secrets as secret_ops
+from shoal.controlapi import stacks as stack_ops
+from shoal.controlapi import users
+from shoal.controlapi.resolve import get_service, get_task
+from shoal.controlapi.users import ADMIN, OPERATOR, Identity
+from shoal.errors import Forbidden, NotFound, ShoalError, Unauthorized
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+USER_KEY: web.RequestKey[str] = web.RequestKey("shoal.user", str)  # the caller's name (stream caps read it)
+IDENTITY_KEY: web.RequestKey[Identity] = web.RequestKey("shoal.identity", Identity)
+
+LOCAL_ADMIN = Identity(name="local", role=ADMIN, via="unix")
+ANONYMOUS_ADMIN = Identity(name="anonymous", role=ADMIN, via="anonymous")
+
+
+class AuditLog:
+    """JSON lines, one per write or refused call, in a 0600 file rotated at 10 MiB (5 kept)."""
+
+    MAX_BYTES = 10 * 1024 * 1024
+    BACKUPS = 5
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.close(fd)
+        os.chmod(path, 0o600)
+        self._logger = logging.getLogger(f"shoal.audit.{id(self)}")
+        self._logger.propagate = False
+        self._logger.setLevel(logging.INFO)
+        self._handler = logging.handlers.RotatingFileHandler(path, maxBytes=self.MAX_BYTES, backupCount=self.BACKUPS)
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._logger.addHandler(self._handler)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        self._logger.info(json.dumps(entry, separators=(",", ":"), sort_keys=True))
+        # A rotated file is created by the handler with the process umask: keep it private.
+        if os.stat(self.path).st_mode & 0o077:
+            os.chmod(self.path, 0o600)
+
+    def tail(self, limit: int = 100, user: str = "") -> list[dict[str, Any]]:
+        """The last ``limit`` entries (of ``user`` if given), oldest first, from the current file."""
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out: list[dict[str, Any]] = []
+        for line in reversed(lines):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if user and entry.get("user") != user:
+                continue
+            out.append(entry)
+            if len(out) >= limit:
+                break
+        return list(reversed(out))
+
+    def close(self) -> None:
+        self._logger.removeHandler(self._handler)
+        self._handler.close()
+
+
+@dataclass
+class Security:
+    """What the API's authentication needs to know about how the daemon listens."""
+
+    tls: ServerTLS | None = None
+    anonymous: Identity | None = ANONYMOUS_ADMIN
+    audit: AuditLog | None = None
+    forward_sock: Path | None = None  # the leader's replay socket: its requests were authorized already
+
+
+SECURITY: web.AppKey[Security] = web.AppKey("security")
+
+
+# ---------------------------------------------------------------------------- authentication
+
+
+def _load_certs(pem: str) -> list[x509.Certificate]:
+    return [x509.load_pem_x509_certificate(p.encode()) for p in split_pem(pem)]
+
+
+def _issued_by(cert: x509.Certificate, roots: list[x509.Certificate]) -> bool:
+    for root in roots:
+        try:
+            cert.verify_directly_issued_by(root)
+            return True
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+    return False
+
+
+def _cert_identity(der: bytes, sec: Security, manager: ManagerAPI) -> Identity:
+    cert = x509.load_der_x509_certificate(der)
+    cn, ou, org = subject_fields(cert)
+    if sec.tls is not None and sec.tls.operator_ca_pem and _issued_by(cert, _load_certs(sec.tls.operator_ca_pem)):
+        return Identity(name=cn or "operator", role=ADMIN, via="operator-cert")
+    cluster = manager.store.cluster() if manager.in_swarm else None
+    root_pem = cluster.TLSInfo.TrustRoot if cluster is not None and cluster.TLSInfo else ""
+    if not root_pem or not _issued_by(cert, _load_certs(root_pem)):
+        raise Unauthorized("the client certificate is not one this swarm issued to a user (its CA is not trusted)")
+    if ou != USER_OU or cluster is None or org != cluster.ID:
+        raise Forbidden(f"certificate {cn!r} ({ou or 'no role'}) is not a user certificate of this swarm: node "
+                        "certificates cannot use the API; get one with 'shoal user cert'")
+    user = users.find(manager.store, cn)
+    if user is None:
+        raise Forbidden(f"user {cn!r} is not known to this swarm (removed?); ask an admin for access")
+    return users.identity_of_user(user, "cert")
+
+
+def authenticate(request: web.Request) -> Identity:
+    manager = request.app[MANAGER]
+    sec = request.app.get(SECURITY) or Security()
+    auth = request.headers.get("Authorization", "")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("unsupported Authorization header: send 'Authorization: Bearer <token>'")
+        ident = users.authenticate_token(manager.store, token.strip()) if manager.in_swarm else None
+        if ident is None:
+            raise Unauthorized("invalid or revoked API token")
+        return ident
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is not None:
+        der = ssl_object.getpeercert(binary_form=True)
+        if der:
+            return _cert_identity(der, sec, manager)
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if isinstance(sockname, str | bytes) and ssl_object is None:
+        forwarded = request.headers.get(FORWARDED_USER)
+        if forwarded and sec.forward_sock is not None and str(sockname) == str(sec.forward_sock):
+            return Identity(name=forwarded, role=ADMIN, via="forwarded")
+        return LOCAL_ADMIN
+    if sec.anonymous is None:
+        raise Unauthorized("authentication required: use a client certificate ('shoal user cert') or an API token")
+    return sec.anonymous
+
+
+# ---------------------------------------------------------------------------- authorization
+
+
+Rule = Callable[[web.Request, Identity, ManagerAPI], Awaitable[str | None]]  # → the object's team, for the log
+
+
+async def _read(request: web.Request, ident: Identity, manager: ManagerAPI) -> str | None:
+    return None
+
+
+async def _admin(request: web.Request, ident: Identity, manager: ManagerAPI) -> str | None:
+    if not ident.is_admin:
+        raise Forbidden(f"{_who(ident)} may not {_what(request)}: only admins may")
+    return None
+
+
+async def _secret_read(request: web.Request, ident: Identity, manager: ManagerAPI) -> str | None:
+    if ident.role not in (ADMIN, OPERATOR):
+        raise Forbidden(f"{_who(ident)} may not read secrets: viewers see no secrets")
+    return None
+
+
+async def _body_labels(request: web.Request) -> dict[str, str] | None:
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except ValueError:
+        return None  # the handler answers 400 for a malformed body
+    labels = body.get("Labels") if isinstance(body, dict) else None
+    return labels if isinstance(labels, dict) else None
+
+
+async def _body_name(request: web.Request) -> str:
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except ValueError:
+        return ""
+    name = body.get("Name") if isinstance(body, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def _who(ident: Identity) -> str:
+    return f"{ident.role} {ident.name!r}"
+
+
+def _what(request: web.Request) -> str:
+    return f"{request.method} {_route_path(request) or request.path}"
+
+
+def _check_team(ident: Identity, team: str | None, request: web.Request) -> str | None:
+    if ident.can_write(team):
+        return team
+    if ident.role != OPERATOR:
+        raise Forbidden(f"{_who(ident)} may not {_what(request)}: read-only access")
+    granted = ", ".join(sorted(ident.teams)) or "none"
+    if team is None:
+        raise Forbidden(f"{_who(ident)} may only change what belongs to its teams ({granted}): label it "
+                        f"{users.TEAM_LABEL}=<team>")
+    raise Forbidden(f"{_who(ident)} may not change what belongs to team {team!r} (its teams: {granted})")
+
+
+def _existing_team(kind: str, manager: ManagerAPI, ref: str) -> tuple[bool, str | None]:
+    """(found, team) of the object a route names; not found lets the handler answer 404."""
+    store = manager.store
+    try:
+        if kind == "service":
+            return True, users.team_of(get_service(store, ref).Spec.Labels)
+        if kind in ("secret", "config"):
+            return True, users.team_of(secret_ops.get(store, secret_ops.KINDS[kind], ref).Spec.Labels)
+        if kind == "network":
+            return True, users.team_of(network_ops.get_network(store, ref).Spec.Labels)
+        if kind == "stack":
+            return True, users.team_of(stack_ops.get_stack(store, ref).Spec.Labels)
+        if kind == "task":
+            task = get_task(store, ref)
+            svc = store.get("service", task.ServiceID)
+            return True, users.team_of(svc.Spec.Labels) if svc is not None else None
+    except (NotFound, ShoalError):
+        return False, None
+    raise ValueError(kind)
+
+
+def _ref(request: web.Request) -> str:
+    return request.match_info.get("id") or request.match_info.get("name") or ""
+
+
+def _create(kind: str) -> Rule:
+    async def rule(request: web.Request, ident: Identity, manager: ManagerAPI) -> str | None:
+        labels = await _body_labels(request)
+        if ident.is_admin:
+            return users.team_of(labels)
+        if ident.role != OPERATOR:
+            raise Forbidden(f"{_who(ident)} may not {_what(request)}: read-only access")
+        if kind == "stack":  # a deploy of an existing stack is an update of it: it must be ours too
+            found, team = _existing_team("stack", manager, await _body_name(request))
+            if found:
+                _check_team(ident, team, request)
+        return _check_team(ident, users.team_of(labels), request)
+    return rule
+
+
+def _change(kind: str, new_labels: bool) -> Rule:
+    """Update or remove: the object must be the caller's team's, and an update may not move it to
+    a team the caller has not. An object that does not exist is left to the handler's 404."""
+    async def rule(request: web.Request, ident: Identity, manager: ManagerAPI) -> str | None:
+        found, team = _existing_team(kind, manager, _ref(request))
+        if ident.is_admin:
+            return team
+        if ident.role != OPERATOR:
+            raise Forbidden(f"{_who(ident)} may not {_what(request)}: read-only access")
+        if found:
+            _check_team(ident, team, request)
+        if new_labels:
+            _check_team(ident, users.team_of(await _body_labels(request)), request)
+        return team
+    return rule
+
+
+def _logs(kind: str) -> Rule:
+    async def rule(request: web.Request, ident: Identity, manager: ManagerAPI) -> str | None:
+        found, team = _existing_team(kind, manager, _ref(request))
+        if found and not ident.can_read_logs(team):
+            raise Forbidden(f"{_who(ident)} may not read the logs of a {kind} of "
+                            f"{'team ' + repr(team) if team else 'no team'}: only of its teams' services")
+        return team
+    return rule
+
+
+RULES: dict[tuple[str, str], Rule] = {
+    ("GET", "/_ping"): _read, ("HEAD", "/_ping"): _read, ("GET", "/version"): _read, ("GET", "/info"): _read,
+    ("GET", "/swarm"): _read,  # join tokens are shown to admins only (api/swarm.py)
+    ("GET", "/nodes"): _read, ("GET", "/nodes/{id}"): _read,
+    ("GET", "/services"): _read, ("GET", "/services/{id}"): _read,
+    ("POST", "/services/create"): _create("service"),
+    ("POST", "/services/{id}/update"): _change("service", new_labels=True),
+    ("DELETE", "/services/{id}"): _change("service", new_labels=False),
+    ("GET", "/services/{id}/logs"): _logs("service"),
+    ("GET", "/tasks"): _read, ("GET", "/tasks/{id}"): _read, ("GET", "/tasks/{id}/logs"): _logs("task"),
+    ("GET", "/distribution/{name}/json"): _read,
+    ("POST", "/shoal/plan"): _read,  # a placement plan writes nothing
+    ("GET", "/shoal/debug/manager"): _read,
+    ("GET", "/containers/json"): _read,
+    ("GET", "/networks"): _read, ("GET", "/networks/{id}"): _read,
+    ("POST", "/networks/create"): _create("network"),
+    ("DELETE", "/networks/{id}"): _change("network", new_labels=False),
+    ("GET", "/secrets"): _secret_read, ("GET", "/secrets/{id}"): _secret_read,
+    ("POST", "/secrets/create"): _create("secret"),
+    ("POST", "/secrets/{id}/update"): _change("secret", new_labels=True),
+    ("DELETE", "/secrets/{id}"): _change("secret", new_labels=False),
+    ("GET", "/configs"): _read, ("GET", "/configs/{id}"): _read,
+    ("POST", "/configs/create"): _create("config"),
+    ("POST", "/configs/{id}/update"): _change("config", new_labels=True),
+    ("DELETE", "/configs/{id}"): _change("config", new_labels=False),
+    ("GET", "/shoal/stacks"): _read, ("GET", "/shoal/stacks/{name}"): _read,
+    ("POST", "/shoal/stacks"): _create("stack"),
+    ("POST", "/shoal/stacks/{name}/update"): _change("stack", new_labels=True),
+    ("POST", "/shoal/stacks/{name}/scale"): _change("stack", new_labels=False),
+    ("DELETE", "/shoal/stacks/{name}"): _change("stack", new_labels=False),
+    ("GET", "/shoal/whoami"): _read,
+}
+# Everything else — swarm init/join/leave/update and the unlock key, node changes, users and the
+# audit log, the engine's /containers calls (a container can mount the host's /) — is admin's.
+
+
+def _route_path(request: web.Request) -> str:
+    """The route's pattern without the ``/v1.xx`` prefix (``/services/{id}/update``)."""
+    route = request.match_info.route
+    resource = route.resource if route is not None else None
+    canonical = resource.canonical if resource is not None else ""
+    prefix = "/v{api_version}"
+    return canonical.removeprefix(prefix) if canonical.startswith(prefix + "/") else canonical
+
+
+_WRITES_EXEMPT = frozenset({"/shoal/plan"})
+# Answered to anyone who completed the TLS handshake: the docker CLI pings to negotiate the API
+# version first, and without the answer it reports a version mismatch instead of the real refusal.
+_OPEN = frozenset({"/_ping"})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate, authorize by :data:`RULES`, then run; every write and refusal is audited."""
+    sec = request.app.get(SECURITY) or Security()
+    route = _route_path(request)
+    write = request.method not in ("GET", "HEAD", "OPTIONS") and route not in _WRITES_EXEMPT
+    started = time.time()
+    ident: Identity | None = None
+    team: str | None = None
+    status = 500
+    try:
+        try:
+            ident = authenticate(request)
+        except (Unauthorized, Forbidden):
+            if route not in _OPEN:
+                raise
+            response = await handler(request)  # clients negotiate the API version before anything
+            status = response.status
+            return response
+        request[IDENTITY_KEY] = ident
+        request[USER_KEY] = ident.name
+        if not route:  # no such route: the router's 404/405, for anyone authenticated
+            response = await handler(request)
+            status = response.status
+            return response
+        rule = RULES.get((request.method, route), _admin)
+        team = await rule(request, ident, request.app[MANAGER])
+        response = await handler(request)
+        status = response.status
+        return response
+    except ShoalError as e:
+        status = e.status
+        raise
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    finally:
+        if sec.audit is not None and (write or status in (401, 403)):
+            entry: dict[str, Any] = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)) + f".{int(started % 1 * 1000):03d}Z",
+                "user": ident.name if ident else "", "role": ident.role if ident else "",
+                "via": ident.via if ident else "", "method": request.method, "path": request.path,
+                "status": status, "remote": request.remote or "unix",
+            }
+            if team:
+                entry["team"] = team
+            if _ref(request):
+                entry["object"] = _ref(request)
+            sec.audit.record(entry)
+
+
+def identity(request: web.Request) -> Identity:
+    """The caller, as :func:`auth_middleware` found it (admin when it did not run)."""
+    ident = request.get(IDENTITY_KEY)
+    return ident if isinstance(ident, Identity) else ANONYMOUS_ADMIN
