@@ -21,6 +21,7 @@ from shoal.controlapi import networks as netapi
 from shoal.controlapi import secrets as secretapi
 from shoal.controlapi.errors import invalid
 from shoal.controlapi.services import create_service, remove_service, service_status, update_service
+from shoal.controlapi.users import TEAM_LABEL
 from shoal.controlapi.validate import check_reservation_fits, validate_service_spec
 from shoal.errors import InvalidArgument, NotFound
 from shoal.ids import new_id
@@ -111,8 +112,14 @@ def check_stack_name(name: str) -> None:
 # --------------------------------------------------------------------------- validation
 
 
-def _labelled(labels: dict[str, str] | None, stack: str) -> dict[str, str]:
-    return {**(labels or {}), NAMESPACE: stack}
+def _labelled(labels: dict[str, str] | None, stack: str, team: str | None = None) -> dict[str, str]:
+    """The stack's label on one of its objects, and the stack's team (``shoal.team``) when it has
+    one: everything a stack makes belongs to its team, whatever the file says (authorization
+    checks the stack's team only, so a file must not place an object in another)."""
+    out = {**(labels or {}), NAMESPACE: stack}
+    if team:
+        out[TEAM_LABEL] = team
+    return out
 
 
 def _prepare(spec: StackSpec) -> StackResources:
@@ -121,12 +128,13 @@ def _prepare(spec: StackSpec) -> StackResources:
     check_stack_name(spec.Name)
     res = spec.Resources or StackResources()
     stack = spec.Name
+    team = (spec.Labels or {}).get(TEAM_LABEL)
     services = res.Services or {}
     if not services:
         raise InvalidArgument(f"stack {stack}: the Compose file defines no service")
     checked: dict[str, ServiceSpec] = {}
     for key, svc in services.items():
-        svc = msgspec.structs.replace(svc, Labels=_labelled(svc.Labels, stack))
+        svc = msgspec.structs.replace(svc, Labels=_labelled(svc.Labels, stack, team))
         if not svc.Name:
             svc = msgspec.structs.replace(svc, Name=f"{stack}_{key}")
         try:
@@ -151,11 +159,11 @@ def _prepare(spec: StackSpec) -> StackResources:
     return msgspec.structs.replace(
         res,
         Services=checked,
-        Networks={n: msgspec.structs.replace(s, Name=n, Labels=_labelled(s.Labels, stack))
+        Networks={n: msgspec.structs.replace(s, Name=n, Labels=_labelled(s.Labels, stack, team))
                   for n, s in (res.Networks or {}).items()},
-        Secrets={n: msgspec.structs.replace(s, Name=n, Labels=_labelled(s.Labels, stack))
+        Secrets={n: msgspec.structs.replace(s, Name=n, Labels=_labelled(s.Labels, stack, team))
                  for n, s in (res.Secrets or {}).items()},
-        Configs={n: msgspec.structs.replace(s, Name=n, Labels=_labelled(s.Labels, stack))
+        Configs={n: msgspec.structs.replace(s, Name=n, Labels=_labelled(s.Labels, stack, team))
                  for n, s in (res.Configs or {}).items()},
         Order=order,
     )
