@@ -354,3 +354,16 @@ def test_every_write_and_refusal_is_audited(secured: Secured) -> None:
     # only admins read it
     err = _one_line_error(secured.shoal("audit", token=token))
     assert "only admins may" in err
+
+
+def test_the_docker_cli_sends_a_token_from_its_config(secured: Secured, tmp_path: Path) -> None:
+    """The docker CLI's config.json HttpHeaders carry a token; a token outranks the socket's local admin."""
+    assert secured.shoal("user", "create", "tina", "--role", "viewer").returncode == 0
+    token = secured.token("tina")
+    (tmp_path / "config.json").write_text(json.dumps({"HttpHeaders": {"Authorization": f"Bearer {token}"}}))
+    res = subprocess.run(["docker", "--config", str(tmp_path), "-H", secured.proc.host, "secret", "ls"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "viewer 'tina' may not read secrets" in res.stderr, res.stderr
+    res = subprocess.run(["docker", "--config", str(tmp_path), "-H", secured.proc.host, "service", "ls"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
