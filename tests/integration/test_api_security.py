@@ -367,3 +367,12 @@ def test_the_docker_cli_sends_a_token_from_its_config(secured: Secured, tmp_path
     res = subprocess.run(["docker", "--config", str(tmp_path), "-H", secured.proc.host, "service", "ls"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_a_user_made_again_under_the_same_name_does_not_revive_old_certificates(secured: Secured) -> None:
+    old = secured.user_cert("reborn", "--role", "admin")
+    assert secured.shoal("user", "rm", "reborn").returncode == 0
+    assert secured.shoal("user", "create", "reborn", "--role", "admin").returncode == 0
+    err = _one_line_error(secured.docker(old, "service", "ls"))
+    assert "user 'reborn' is not known to this swarm" in err
+    assert secured.docker(secured.user_cert("reborn"), "service", "ls").returncode == 0

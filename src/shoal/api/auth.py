@@ -139,7 +139,7 @@ def _issued_by(cert: x509.Certificate, roots: list[x509.Certificate]) -> bool:
 
 def _cert_identity(der: bytes, sec: Security, manager: ManagerAPI) -> Identity:
     cert = x509.load_der_x509_certificate(der)
-    cn, ou, org = subject_fields(cert)
+    cn, ou, org, uid = subject_fields(cert)
     if sec.tls is not None and sec.tls.operator_ca_pem and _issued_by(cert, _load_certs(sec.tls.operator_ca_pem)):
         return Identity(name=cn or "operator", role=ADMIN, via="operator-cert")
     cluster = manager.store.cluster() if manager.in_swarm else None
@@ -150,7 +150,7 @@ def _cert_identity(der: bytes, sec: Security, manager: ManagerAPI) -> Identity:
         raise Forbidden(f"certificate {cn!r} ({ou or 'no role'}) is not a user certificate of this swarm: node "
                         "certificates cannot use the API; get one with 'shoal user cert'")
     user = users.find(manager.store, cn)
-    if user is None:
+    if user is None or user.ID != uid:
         raise Forbidden(f"user {cn!r} is not known to this swarm (removed?); ask an admin for access")
     return users.identity_of_user(user, "cert")
 

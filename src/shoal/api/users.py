@@ -79,7 +79,7 @@ async def issue_cert(request: web.Request) -> web.Response:
     ca = getattr(manager, "ca", None)
     if ca is None:
         raise Unavailable("this manager cannot sign certificates now (it does not lead the swarm)")
-    cert = ca.sign_user_csr(req.CSR, user.Spec.Name)
+    cert = ca.sign_user_csr(req.CSR, user.Spec.Name, user.ID)
     sec = request.app[SECURITY]
     server_ca = sec.tls.server_ca_pem if sec.tls is not None else ""
     return json_response({"Cert": cert, "CA": server_ca, "ClusterCA": ca.root_pem}, status=201)

@@ -201,13 +201,14 @@ class ClusterCA:
             cert_pem += self._rotation.cross_signed
         return cert_pem, key_pem
 
-    def sign_user_csr(self, csr_pem: str, user: str, validity: dt.timedelta = DEFAULT_USER_CERT_EXPIRY) -> str:
+    def sign_user_csr(self, csr_pem: str, user: str, user_id: str,
+                      validity: dt.timedelta = DEFAULT_USER_CERT_EXPIRY) -> str:
         """An API client certificate for ``user`` (see ca/certs.py ``issue_user_cert``)."""
         csr = load_csr(csr_pem)
         cluster = self._cluster()
         assert self._root is not None and self._key is not None
-        return issue_user_cert(csr.public_key(), self._root, self._key, user, cluster.ID,  # type: ignore[arg-type]
-                               validity)
+        return issue_user_cert(csr.public_key(), self._root, self._key, user, user_id,  # type: ignore[arg-type]
+                               cluster.ID, validity)
 
     # ------------------------------------------------------------------ joining
 

@@ -136,16 +136,20 @@ def issue_user_cert(
     issuer: x509.Certificate,
     issuer_key: ec.EllipticCurvePrivateKey,
     user: str,
+    user_id: str,
     cluster_id: str,
     validity: dt.timedelta,
 ) -> str:
-    """An API user's client certificate (PEM): CN = user name, OU = ``shoal-user``, O = cluster ID,
-    client authentication only and no SANs, so it can never serve as a node or a manager."""
+    """An API user's client certificate (PEM): CN = user name, UID = the user object's ID (so a
+    user removed and made again under the same name does not bring old certificates back),
+    OU = ``shoal-user``, O = cluster ID; client authentication only and no SANs, so it can never
+    serve as a node or a manager."""
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([
             x509.NameAttribute(NameOID.COMMON_NAME, user),
+            x509.NameAttribute(NameOID.USER_ID, user_id),
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, USER_OU),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id),
         ]))
@@ -163,13 +167,14 @@ def issue_user_cert(
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def subject_fields(cert: x509.Certificate) -> tuple[str, str, str]:
-    """(CN, OU, O) of a certificate's subject ("" for a missing one)."""
+def subject_fields(cert: x509.Certificate) -> tuple[str, str, str, str]:
+    """(CN, OU, O, UID) of a certificate's subject ("" for a missing one)."""
     def attr(oid: x509.ObjectIdentifier) -> str:
         values = cert.subject.get_attributes_for_oid(oid)
         return str(values[0].value) if values else ""
 
-    return attr(NameOID.COMMON_NAME), attr(NameOID.ORGANIZATIONAL_UNIT_NAME), attr(NameOID.ORGANIZATION_NAME)
+    return (attr(NameOID.COMMON_NAME), attr(NameOID.ORGANIZATIONAL_UNIT_NAME), attr(NameOID.ORGANIZATION_NAME),
+            attr(NameOID.USER_ID))
 
 
 # ---------------------------------------------------------------------------- reading
