@@ -45,7 +45,7 @@ from shoal.controlapi import stacks as stack_ops
 from shoal.controlapi import users
 from shoal.controlapi.resolve import get_service, get_task
 from shoal.controlapi.users import ADMIN, OPERATOR, Identity
-from shoal.errors import Forbidden, NotFound, ShoalError, Unauthorized
+from shoal.errors import Forbidden, ShoalError, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def _existing_team(kind: str, manager: ManagerAPI, ref: str) -> tuple[bool, str 
             task = get_task(store, ref)
             svc = store.get("service", task.ServiceID)
             return True, users.team_of(svc.Spec.Labels) if svc is not None else None
-    except (NotFound, ShoalError):
+    except ShoalError:  # 404, or an ambiguous prefix: the handler answers it
         return False, None
     raise ValueError(kind)
 
