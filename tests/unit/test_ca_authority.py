@@ -71,7 +71,7 @@ def test_bad_tokens_are_refused(env: tuple[MemoryStore, ClusterCA, str], kind: s
 
 def test_join_creates_the_node_and_a_certificate_naming_it(env: tuple[MemoryStore, ClusterCA, str]) -> None:
     store, ca, _ = env
-    node_id, cert_pem = ca.join(tokens(store).Manager, csr(), "host-2", "10.77.0.2", "pause")
+    node_id, cert_pem = ca.join(tokens(store).Manager, csr(), "host-2", "10.77.0.2", "pause", peer_ip="10.77.0.2")
     node = store.get("node", node_id)
     assert node.Spec.Role == NodeRole.MANAGER and node.Spec.Availability == NodeAvailability.PAUSE
     assert node.Description.Hostname == "host-2"
@@ -90,8 +90,35 @@ def test_join_creates_the_node_and_a_certificate_naming_it(env: tuple[MemoryStor
 
     worker_id, worker_cert = ca.join(tokens(store).Worker, csr(), "host-3", "10.77.0.3", "")
     assert store.get("node", worker_id).Spec.Role == NodeRole.WORKER
+    assert "swarm-worker" in x509.load_pem_x509_certificate(worker_cert.encode()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     assert store.get("node", worker_id).ManagerStatus is None
     assert cert_identity(worker_cert).role == NodeRole.WORKER
+
+
+def test_a_certificate_names_only_the_role_and_the_address_the_ca_saw(env: tuple[MemoryStore, ClusterCA, str]) -> None:
+    """The impersonation: a worker joining with the address "swarm-manager" got a certificate with
+    that DNS name, which every agent accepts as the manager's. Names chosen by a node are refused;
+    the only IP in the certificate is the one the join came from."""
+    store, ca, _ = env
+    with pytest.raises(InvalidArgument, match="invalid advertise address 'swarm-manager'"):
+        ca.join(tokens(store).Worker, csr(), "evil", "swarm-manager", "", peer_ip="10.77.0.66")
+    assert [n for n in store.list("node") if n.Description.Hostname == "evil"] == []
+    _, cert_pem = ca.join(tokens(store).Worker, csr(), "liar", "10.77.0.1", "", peer_ip="10.77.0.66")
+    sans = x509.load_pem_x509_certificate(cert_pem.encode()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["swarm-worker"]
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.77.0.66"]
+
+
+@pytest.mark.parametrize("token", ["SWMTKN-1-\u00e9", "SWMTKN-1-" + "\u00e9" * 50 + "-x", "\uff53\uff57\uff4d",
+                                   "SWMTKN-1-" + "a" * 50 + "-\u00fc"])
+def test_a_non_ascii_token_is_an_invalid_token(env: tuple[MemoryStore, ClusterCA, str], token: str) -> None:
+    store, ca, _ = env
+    with pytest.raises(InvalidArgument, match="invalid join token"):
+        ca.join(token, csr(), "host-9", "10.77.0.9", "")
+    with pytest.raises(InvalidArgument, match="invalid join token"):  # also once shaped like one
+        ca.validate_join_token(tokens(store).Worker[:-1] + "\u00e9")
 
 
 def test_join_with_bad_input_writes_nothing(env: tuple[MemoryStore, ClusterCA, str]) -> None:

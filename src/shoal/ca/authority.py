@@ -32,10 +32,12 @@ from shoal.ca.certs import (
     issue_user_cert,
     load_csr,
     public_key_matches,
+    verified_ip,
     write_private,
 )
 from shoal.ca.rootca import create_root, cross_sign, key_to_pem, tls_info
 from shoal.ca.tokens import ca_digest, generate_join_token, parse_join_token
+from shoal.dispatcher.sanity import check_hostname
 from shoal.errors import Conflict, InvalidArgument, NotFound, NotInSwarm
 from shoal.ids import new_id
 from shoal.models import (
@@ -223,26 +225,29 @@ class ClusterCA:
             raise InvalidArgument(f"{INVALID_TOKEN}: remote CA does not match fingerprint (the token is for another "
                                   "cluster, or for a root CA that was rotated)")
         token = token.strip()
-        if tokens.Manager and hmac.compare_digest(token, tokens.Manager):
+        if tokens.Manager and hmac.compare_digest(token.encode(), tokens.Manager.encode()):
             return NodeRole.MANAGER
-        if tokens.Worker and hmac.compare_digest(token, tokens.Worker):
+        if tokens.Worker and hmac.compare_digest(token.encode(), tokens.Worker.encode()):
             return NodeRole.WORKER
         raise InvalidArgument(f"{INVALID_TOKEN}: A valid join token is necessary to join this cluster")
 
     def join(self, token: str, csr_pem: str, hostname: str, addr: str, availability: str,
-             listen_port: int = SWARM_PORT) -> tuple[str, str]:
+             listen_port: int = SWARM_PORT, peer_ip: str = "") -> tuple[str, str]:
         """Admit a new node: (node ID, certificate PEM). Everything is checked before anything is
-        written; the node object is created in one transaction."""
+        written; the node object is created in one transaction. ``addr`` is the address the node
+        advertises (an IP: it is where others reach it); ``peer_ip``, the one the join came from,
+        is the only one its certificate names."""
         role = self.validate_join_token(token)
         cluster = self._cluster()
         try:
             avail = NodeAvailability(availability or NodeAvailability.ACTIVE)
         except ValueError:
             raise InvalidArgument(f"invalid availability {availability!r}: must be active, pause or drain") from None
-        if not hostname:
-            raise InvalidArgument("a joining node must give its hostname")
+        check_hostname(hostname)
+        if addr and not verified_ip(addr):
+            raise InvalidArgument(f"invalid advertise address {addr[:64]!r}: must be an IP address")
         node_id = new_id()
-        cert_pem = self.sign_node_csr(csr_pem, node_id, role, cluster.ID, addr)
+        cert_pem = self.sign_node_csr(csr_pem, node_id, role, cluster.ID, peer_ip)
         node = Node(
             ID=node_id, Version=Version(), CreatedAt="", UpdatedAt="",
             Spec=NodeSpec(Role=role, Availability=avail),
@@ -260,12 +265,13 @@ class ClusterCA:
         log.info("node %s (%s) joined as %s from %s", node_id, hostname, role, addr)
         return node_id, cert_pem
 
-    def renew(self, node_id: str, csr_pem: str) -> str:
-        """A new certificate for an existing node, with its current role (promote/demote apply here)."""
+    def renew(self, node_id: str, csr_pem: str, peer_ip: str = "") -> str:
+        """A new certificate for an existing node, with its current role (promote/demote apply here)
+        and the address the renewal came from."""
         node: Node | None = self.store.get("node", node_id)
         if node is None:
             raise NotFound(f"node {node_id} not found")
-        cert_pem = self.sign_node_csr(csr_pem, node_id, node.Spec.Role, self._cluster().ID, node.Status.Addr)
+        cert_pem = self.sign_node_csr(csr_pem, node_id, node.Spec.Role, self._cluster().ID, peer_ip)
         if self._rotation is not None and node_id in self._rotation.pending:
             self._rotation.pending.remove(node_id)
             self._save_rotation()

@@ -1,9 +1,10 @@
 """Node certificates: keys and CSRs on the node's side, signing and reading them on the CA's side.
 
 A node certificate says who a node is and what it may do, in swarmkit's layout: CN = node ID,
-OU = ``swarm-manager`` | ``swarm-worker``, O = cluster ID, SANs = the role name and the node's
-advertise address. Clients dial the manager with the server name ``swarm-manager``, so a manager
-certificate is valid whatever address a node used to reach it.
+OU = ``swarm-manager`` | ``swarm-worker``, O = cluster ID, SANs = the role name and the IP address
+the CA saw the request come from. Clients dial the manager with the server name ``swarm-manager``,
+so a manager certificate is valid whatever address a node used to reach it — and, since only the CA
+chooses SANs and only manager certificates carry that name, checking it checks the server's role.
 """
 
 from __future__ import annotations
@@ -83,15 +84,28 @@ def load_csr(csr_pem: str) -> x509.CertificateSigningRequest:
     return csr
 
 
+def verified_ip(addr: str) -> str:
+    """``addr`` as an IP literal ("10.0.0.5", "10.0.0.5:2377", "[::1]:2377" → the IP), or "" when it
+    is not one. Only IPs go into certificates: a name would be the node's own choice."""
+    if addr.startswith("["):  # [v6]:port
+        host = addr[1:].split("]", 1)[0]
+    else:
+        host = addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr  # ip:port → ip; bare IPv6 as is
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return ""
+
+
 def _san(role: NodeRole, addr: str) -> x509.SubjectAlternativeName:
+    """The role's name (``swarm-manager`` / ``swarm-worker``: the name every client checks, so only
+    a manager's certificate can serve as one) and the address the CA verified, if it is an IP.
+    Never a DNS name from the node: a worker that joined as "swarm-manager" got exactly that SAN,
+    and with it a certificate other agents accepted as the manager's."""
     names: list[x509.GeneralName] = [x509.DNSName(ROLE_OU[role])]
-    host = addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr  # "ip:port" → ip; IPv6 as is
-    host = host.strip("[]")
-    if host:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
+    ip = verified_ip(addr)
+    if ip:
+        names.append(x509.IPAddress(ipaddress.ip_address(ip)))
     return x509.SubjectAlternativeName(names)
 
 
@@ -105,7 +119,8 @@ def issue_node_cert(
     addr: str,
     validity: dt.timedelta,
 ) -> str:
-    """A node certificate (PEM) for ``public_key``, usable for both TLS client and server."""
+    """A node certificate (PEM) for ``public_key``, usable for both TLS client and server.
+    ``addr`` must be one the CA verified (the peer address of the call), never one a node chose."""
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()

@@ -7,6 +7,7 @@ says; the secret decides the role it joins with. Both are base-36, as swarmkit w
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -30,9 +31,13 @@ def generate_join_token(ca_cert_pem: str) -> str:
     return f"SWMTKN-1-{ca_digest(ca_cert_pem)}-{_base36(secrets.randbits(128), 25)}"
 
 
+_TOKEN = re.compile(r"^SWMTKN-1-([0-9a-z]{50})-([0-9a-z]{1,64})$")
+
+
 def parse_join_token(token: str) -> tuple[str, str]:
-    """Return (CA digest, secret); raises ValueError on anything not shaped like a token."""
-    parts = token.split("-")
-    if len(parts) != 4 or parts[0] != "SWMTKN" or parts[1] != "1" or len(parts[2]) != 50 or not parts[3]:
+    """Return (CA digest, secret); raises ValueError on anything not shaped like a token (only
+    ASCII base-36 passes, so what is compared afterwards is always ASCII)."""
+    match = _TOKEN.match(token)
+    if match is None:
         raise ValueError("invalid join token")
-    return parts[2], parts[3]
+    return match.group(1), match.group(2)

@@ -32,7 +32,8 @@ from shoal.dispatcher.protocol import (
     SessionInfo,
     TaskStatusUpdate,
 )
-from shoal.errors import NotFound, Unavailable
+from shoal.dispatcher.sanity import MAX_REASON, check_description
+from shoal.errors import Conflict, NotFound, Unavailable
 from shoal.ids import new_id
 from shoal.models import (
     ENGINE_UNAVAILABLE,
@@ -134,7 +135,9 @@ class Dispatcher:
         # restart): they get one grace period to come back before they are marked down.
         self._unknown: dict[str, float] = {}
         self._log_sources: dict[str, LogSource] = {}
-        self._pending: dict[str, tuple[str, TaskStatus]] = {}
+        # Reports waiting for the next batch, by (reporting node, task): one node's report never
+        # replaces another's (a worker could otherwise cancel the real owner's report).
+        self._pending: dict[tuple[str, str], TaskStatus] = {}
         self._flush_task: asyncio.Task[None] | None = None
         self._flushed: asyncio.Future[None] | None = None
         # Created here, not in run(), so a session opened before run() starts misses nothing.
@@ -285,12 +288,22 @@ class Dispatcher:
         if self._stopped:
             raise Unavailable("dispatcher is stopped")
         period = self.heartbeat_period()
+        if engine is not None and len(engine.reason) > MAX_REASON:
+            engine = msgspec.structs.replace(engine, reason=engine.reason[:MAX_REASON])
         with self.store.tx() as tx:
             node = self._node_for_register(tx, node_id)
             status = NodeStatus(State=NodeState.READY, Message="", Addr=addr or node.Status.Addr)
             if engine is not None and not engine.up:
                 status = _engine_down_status(status, engine)
                 description = node.Description  # a down engine described nothing: keep what we know
+            else:
+                if not description.Hostname:  # nothing said: the name it joined with stays
+                    description = msgspec.structs.replace(description, Hostname=node.Description.Hostname)
+                if description.Hostname:
+                    check_description(description)
+                self._check_name_free(node, description.Hostname)
+                # The CA wrote TLSInfo; what the node says of it is not evidence of anything.
+                description = msgspec.structs.replace(description, TLSInfo=node.Description.TLSInfo)
             tx.update("node", msgspec.structs.replace(node, Description=description, Status=status))
         old = self._node_sessions.get(node.ID)
         if old is not None:
@@ -307,6 +320,15 @@ class Dispatcher:
         """Every manager's cluster address, the leader's first."""
         ms = [n.ManagerStatus for n in self.store.list("node") if n.ManagerStatus is not None and n.ManagerStatus.Addr]
         return [st.Addr for st in sorted(ms, key=lambda st: not st.Leader)]
+
+    def _check_name_free(self, node: Node, hostname: str) -> None:
+        """A node may not take the name of another live node (`node ls`, constraints and logs go
+        by hostname), as joining with a taken name is refused."""
+        if hostname == node.Description.Hostname:
+            return
+        for other in self.store.list("node"):
+            if other.ID != node.ID and other.Description.Hostname == hostname and other.Status.State != NodeState.DOWN:
+                raise Conflict(f"node {node.ID} cannot take the name {hostname!r}: node {other.ID} has it")
 
     def _node_for_register(self, tx: Tx, node_id: str | None) -> Node:
         """The node a registering agent is. Joining a new host (``create_node`` with a join token
@@ -330,6 +352,8 @@ class Dispatcher:
         sess.last_seen = now
         sess.deadline = now + period * GRACE_MULTIPLIER
         if engine is not None:
+            if len(engine.reason) > MAX_REASON:
+                engine = msgspec.structs.replace(engine, reason=engine.reason[:MAX_REASON])
             self._record_engine(node, engine)
         return period
 
@@ -493,11 +517,19 @@ class Dispatcher:
         """Queue the updates and return once the transaction holding them committed. Calls that
         arrive within one short interval share that transaction."""
         sess = self._session(session_id)
+        foreign = 0
         for u in updates:
-            prev = self._pending.get(u.task_id)
-            if prev is not None and prev[1].State.order > u.status.State.order:
+            task: Task | None = self.store.get("task", u.task_id)
+            if task is not None and task.NodeID != sess.node_id:
+                foreign += 1  # not this node's task: its report must not touch (or displace) the owner's
                 continue
-            self._pending[u.task_id] = (sess.node_id, u.status)
+            key = (sess.node_id, u.task_id)
+            prev = self._pending.get(key)
+            if prev is not None and prev.State.order > u.status.State.order:
+                continue
+            self._pending[key] = u.status
+        if foreign:
+            log.warning("node %s reported on %d task(s) assigned to other nodes; ignored", sess.node_id, foreign)
         if self._flushed is None:
             self._flushed = asyncio.get_running_loop().create_future()
             self._flush_task = asyncio.create_task(self._flush_soon(), name="status-flush")
@@ -523,9 +555,9 @@ class Dispatcher:
         else:
             done.set_result(None)
 
-    def _apply_statuses(self, items: list[tuple[str, tuple[str, TaskStatus]]]) -> None:
+    def _apply_statuses(self, items: list[tuple[tuple[str, str], TaskStatus]]) -> None:
         with self.store.tx() as tx:
-            for task_id, (node_id, status) in items:
+            for (node_id, task_id), status in items:
                 task: Task | None = tx.get("task", task_id)
                 if task is None or task.NodeID != node_id:
                     continue  # deleted, or not this node's to report on
