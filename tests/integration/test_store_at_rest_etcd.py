@@ -1,0 +1,188 @@
+"""State at rest on etcd: secrets, configs and join tokens are sealed in every etcd value (and so in
+every etcd snapshot), the managed member's files are private, and a manager's store without the
+swarm's data key neither loads nor writes. Real etcd-server processes, loopback, tmp dirs."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import stat
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from shoal.store import MemoryStore, NullBackend
+from shoal.store.election import LeaderElection
+from shoal.store.etcd import EtcdBackend, etcd_client, prefix_end
+from shoal.store.etcdproc import ManagedEtcd
+from shoal.store.replica import EtcdReplica
+from shoal.store.sealing import MAGIC, FileKeySource, Keyring, Sealer, StoreKeyError
+from tests.integration.test_store_etcd import one_of_each_kind, running
+
+pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server is not installed")
+
+SECRET_B64 = "aHVudGVyMg=="  # the secret in one_of_each_kind()
+CONFIG_B64 = "eD0x"
+TOKENS = (b"SWMTKN-1-w", b"SWMTKN-1-m")
+
+
+@pytest.fixture
+async def etcd1(tmp_path: Path) -> AsyncIterator[ManagedEtcd]:
+    async with running(tmp_path / "members", 1) as ms:
+        yield ms[0]
+
+
+def sealer(tmp_path: Path, name: str = "store.key", ring: Keyring | None = None) -> Sealer:
+    source = FileKeySource(tmp_path / name)
+    if ring is not None:
+        source.save(ring)
+    else:
+        source.create()
+    return Sealer(source)
+
+
+async def raw_values(url: str) -> dict[bytes, bytes]:
+    client = etcd_client([url])
+    try:
+        await client.connect()
+        from aetcd import rpc
+        resp = await client.kvstub.Range(rpc.RangeRequest(key=b"/shoal/", range_end=prefix_end(b"/shoal/")))
+        return {kv.key: kv.value for kv in resp.kvs}
+    finally:
+        await client.close()
+
+
+def snapshot_bytes(url: str, tmp_path: Path) -> bytes:
+    """What an operator's ``etcdctl snapshot save`` backup holds."""
+    out = tmp_path / "backup.db"
+    subprocess.run(["etcdctl", f"--endpoints={url}", "snapshot", "save", str(out)], check=True,
+                   capture_output=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}, timeout=30)
+    return out.read_bytes()
+
+
+async def test_sealed_kinds_are_not_plain_in_etcd_nor_in_its_snapshot(etcd1: ManagedEtcd, tmp_path: Path) -> None:
+    key = sealer(tmp_path)
+    b = EtcdBackend.from_endpoints([etcd1.client_url], timeout_s=3, sealer=key)
+    try:
+        objs = one_of_each_kind()
+        await b.persist(5, [(k, o) for k, os_ in objs.items() for o in os_], [])
+        raw = await raw_values(etcd1.client_url)
+        backup = snapshot_bytes(etcd1.client_url, tmp_path)
+        for blob in (b"".join(raw.values()), backup):
+            for plain in (SECRET_B64.encode(), CONFIG_B64.encode(), *TOKENS):
+                assert plain not in blob, plain
+        for k, v in raw.items():
+            kind = k.split(b"/")[2].decode()
+            if kind in ("secret", "config", "cluster"):
+                assert v.startswith(MAGIC), k
+            elif kind != "meta":
+                assert not v.startswith(MAGIC), k  # tasks and services: as before
+        assert b"nginx:1.27" in backup  # (the snapshot does hold the store: the check above means something)
+
+        # Read back with the key, by a fresh backend (a restarted manager).
+        again = EtcdBackend.from_endpoints([etcd1.client_url], timeout_s=3,
+                                           sealer=Sealer(FileKeySource(tmp_path / "store.key")))
+        try:
+            snap = await again.load()
+            assert snap.objects["secret"] == objs["secret"] and snap.objects["cluster"] == objs["cluster"]
+            assert snap.objects["config"] == objs["config"] and not snap.bad and not snap.stale
+        finally:
+            await again.close()
+    finally:
+        await b.close()
+
+
+@pytest.mark.parametrize("which", ["no key file", "another swarm's key"])
+async def test_a_wrong_or_missing_key_neither_loads_nor_campaigns(etcd1: ManagedEtcd, tmp_path: Path,
+                                                                  which: str) -> None:
+    b = EtcdBackend.from_endpoints([etcd1.client_url], timeout_s=3, sealer=sealer(tmp_path))
+    objs = one_of_each_kind()
+    await b.persist(5, [(k, o) for k, os_ in objs.items() for o in os_], [])
+    await b.close()
+    before = await raw_values(etcd1.client_url)
+    other = Sealer(FileKeySource(tmp_path / "absent.key")) if which == "no key file" else \
+        sealer(tmp_path, "other.key", Keyring.new())
+    wrong = EtcdBackend.from_endpoints([etcd1.client_url], timeout_s=3, sealer=other)
+    try:
+        with pytest.raises(StoreKeyError, match="does not hold") as err:
+            await wrong.load()
+        assert "\n" not in err.value.message
+        with pytest.raises(StoreKeyError):
+            await wrong.check_key()
+        # A follower with that key does not apply the leader's sealed writes: it says why.
+        store = MemoryStore(NullBackend())
+        replica = EtcdReplica(store, [etcd1.client_url], timeout_s=3, sealer=other)
+        task = asyncio.create_task(replica.follow())
+        try:
+            for _ in range(100):
+                if replica.error:
+                    break
+                await asyncio.sleep(0.05)
+            assert "does not hold" in replica.error and store.cluster() is None
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await replica.close()
+    finally:
+        await wrong.close()
+    assert await raw_values(etcd1.client_url) == before  # nothing written over the sealed values
+
+
+async def test_a_follower_with_the_key_opens_the_leaders_writes_and_plain_values_get_sealed(
+        etcd1: ManagedEtcd, tmp_path: Path) -> None:
+    url = [etcd1.client_url]
+    # What an older Shoal left in etcd: every value plain.
+    plain = EtcdBackend.from_endpoints(url, timeout_s=3)
+    objs = one_of_each_kind()
+    await plain.persist(5, [(k, o) for k, os_ in objs.items() for o in os_], [])
+    await plain.close()
+    assert SECRET_B64.encode() in b"".join((await raw_values(etcd1.client_url)).values())
+
+    key = sealer(tmp_path)
+    leader_store, follower_store = MemoryStore(NullBackend()), MemoryStore(NullBackend())
+    leader = EtcdReplica(leader_store, url, timeout_s=3, sealer=key)
+    follower = EtcdReplica(follower_store, url, timeout_s=3, sealer=Sealer(FileKeySource(tmp_path / "store.key")))
+    client = etcd_client(url)
+    election = LeaderElection(client, member_id="a", ttl_s=2)
+    follow = asyncio.create_task(follower.follow())
+    try:
+        term = await election.campaign()
+        await leader.lead(term.fence, lambda _e: None)  # seals what was plain, once
+        raw = await raw_values(etcd1.client_url)
+        assert SECRET_B64.encode() not in b"".join(raw.values())
+        assert all(v.startswith(MAGIC) for k, v in raw.items() if k.split(b"/")[2] in (b"secret", b"cluster"))
+
+        secret = leader_store.get("secret", "sec1")
+        with leader_store.tx() as tx:
+            tx.update("secret", msgspec.structs.replace(
+                secret, Spec=msgspec.structs.replace(secret.Spec, Data="bmV3LXNlY3JldA==")))
+        await leader_store.wait_durable(within=5)
+        for _ in range(200):
+            s = follower_store.get("secret", "sec1")
+            if s is not None and s.Spec.Data == "bmV3LXNlY3JldA==":
+                break
+            await asyncio.sleep(0.02)
+        assert follower_store.get("secret", "sec1").Spec.Data == "bmV3LXNlY3JldA=="
+        assert b"bmV3LXNlY3JldA==" not in b"".join((await raw_values(etcd1.client_url)).values())
+    finally:
+        follow.cancel()
+        await asyncio.gather(follow, return_exceptions=True)
+        await election.close()
+        await leader.close()
+        await follower.close()
+        await client.close()
+
+
+async def test_the_managed_members_files_are_private(tmp_path: Path) -> None:
+    async with running(tmp_path, 1) as (member,):
+        b = EtcdBackend.from_endpoints([member.client_url], timeout_s=3)
+        await b.persist(1, [("stack", one_of_each_kind()["stack"][0])], [])
+        await b.close()
+        paths = [member.data_dir, *member.data_dir.rglob("*"), member.pid_path, member.log_path]
+        for p in paths:
+            assert p is not None
+            mode = stat.S_IMODE(p.stat().st_mode)
+            assert mode & 0o077 == 0, f"{p} is {mode:o}"
