@@ -69,6 +69,7 @@ from shoal.orchestrator.replicated import ReplicatedOrchestrator
 from shoal.orchestrator.stacks import StackDeployer
 from shoal.scheduler.scheduler import Scheduler
 from shoal.store import Backend, MemoryStore, NullBackend, SqliteBackend
+from shoal.store.dataroot import DataRootLock
 from shoal.store.sealing import KEY_FILE, FileKeySource, Sealer
 from shoal.transport.bootstrap import NodeCredentials, load_credentials, save_credentials
 from shoal.transport.messages import ManagerJoin
@@ -132,14 +133,20 @@ class Manager:
     ) -> None:
         self.data_root = Path(data_root)
         private_dir(self.data_root)  # the store, ca.key and store.key: nobody else's business
+        # Only with a store of its own: ``shoal store rotate-key`` refuses while it runs.
+        self._lock = DataRootLock(self.data_root) if backend is None else None
         self._state_file = self.data_root / "node.json"
         # The data key sealing secrets, configs and the cluster in the store (store/sealing.py).
         self.keys = FileKeySource(self.data_root / KEY_FILE)
         self.membership: Membership | None = self._load_membership()
         self.store_settings = StoreSettings.from_dict(self.membership.store if self.membership else None)
         # On etcd the view starts empty and is filled from etcd by start() (see shoal.ha).
-        self.store = MemoryStore(NullBackend() if self.store_settings.on_etcd
-                                 else backend or self._sqlite())
+        try:
+            self.store = MemoryStore(NullBackend() if self.store_settings.on_etcd
+                                     else backend or self._sqlite())
+        except BaseException:  # e.g. StoreKeyError: the daemon does not start, nor holds the root
+            self._release_lock()
+            raise
         self.terms: ManagerTerms | None = None  # managers on etcd: the leader loop
         self.local_agent: Any = None  # this host's agent: every new dispatcher asks it for logs
         self.api_runner: web.AppRunner | None = None  # the daemon's API: the leader serves it to managers too
@@ -375,6 +382,11 @@ class Manager:
         self.store = MemoryStore(self._sqlite())
         self.store_settings = StoreSettings()
 
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     def _sqlite(self) -> SqliteBackend:
         return SqliteBackend(self.data_root / "state.db", Sealer(self.keys, create=True))
 
@@ -426,6 +438,7 @@ class Manager:
         self.gc_stats.close()
         await self.forwarder.close()
         await self.store.close()
+        self._release_lock()
 
     # ------------------------------------------------------------------ used by the API
 

@@ -5,6 +5,7 @@ swarm's data key neither loads nor writes. Real etcd-server processes, loopback,
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import stat
 import subprocess
@@ -186,3 +187,54 @@ async def test_the_managed_members_files_are_private(tmp_path: Path) -> None:
             assert p is not None
             mode = stat.S_IMODE(p.stat().st_mode)
             assert mode & 0o077 == 0, f"{p} is {mode:o}"
+
+
+async def test_rotate_key_on_a_single_manager_swarm_on_etcd(etcd1: ManagedEtcd, tmp_path: Path) -> None:
+    from shoal.errors import Conflict
+    from shoal.models import Node, NodeRole
+    from shoal.store.rotate import rotate_store_key
+    from shoal.store.sealing import KEY_FILE, key_id
+
+    root = tmp_path / "data"
+    root.mkdir(mode=0o700)
+    (root / "node.json").write_text(json.dumps({"node_id": "node1", "role": "manager", "store": {
+        "backend": "etcd", "endpoints": [etcd1.client_url]}}))
+    key = sealer(root, KEY_FILE)
+    old = key.ring.current
+    b = EtcdBackend.from_endpoints([etcd1.client_url], timeout_s=3, sealer=key)
+    objs = one_of_each_kind()
+    await b.persist(5, [(k, o) for k, os_ in objs.items() for o in os_], [])
+
+    # A manager still campaigning on the store: refused, nothing changes.
+    client = etcd_client([etcd1.client_url])
+    election = LeaderElection(client, member_id="node1", ttl_s=2)
+    await election.campaign()
+    with pytest.raises(Conflict, match="running"):
+        await rotate_store_key(root)
+    await election.close()
+    await client.close()
+    assert Keyring.from_json((root / KEY_FILE).read_text()).current == old
+
+    new, n = await rotate_store_key(root)
+    assert n == 3 and new != old
+    assert Keyring.from_json((root / KEY_FILE).read_text()).keys.keys() == {new}
+    raw = await raw_values(etcd1.client_url)
+    assert {key_id(v) for k, v in raw.items() if k.split(b"/")[2] in (b"secret", b"config", b"cluster")} == {new}
+    fresh = EtcdBackend.from_endpoints([etcd1.client_url], timeout_s=3,
+                                       sealer=Sealer(FileKeySource(root / KEY_FILE)))
+    try:
+        snap = await fresh.load()
+        assert snap.objects["secret"] == objs["secret"] and not snap.stale
+    finally:
+        await fresh.close()
+
+    # A second manager: each would need the new key; refused with the procedure, nothing changes.
+    second = msgspec.structs.replace(objs["node"][0], ID="node2")
+    assert isinstance(second, Node) and second.Spec.Role == NodeRole.MANAGER
+    await b.persist(6, [("node", second)], [])
+    await b.close()
+    before = await raw_values(etcd1.client_url)
+    with pytest.raises(Conflict, match="demote the others"):
+        await rotate_store_key(root)
+    assert Keyring.from_json((root / KEY_FILE).read_text()).current == new
+    assert await raw_values(etcd1.client_url) == before

@@ -212,3 +212,80 @@ def test_task_and_service_rows_are_not_sealed() -> None:
     data = msgspec.msgpack.encode({"ID": "t1"})
     for kind in ("task", "service", "node", "network", "stack"):
         assert sealer.seal(kind, "t1", data) is data
+
+
+# ---------------------------------------------------------------------------- finding 3: rotation
+
+
+async def test_rotate_key_seals_everything_with_a_new_key_and_forgets_the_old(tmp_path: Path) -> None:
+    manager, plain = await swarm_with_secrets(tmp_path)
+    await manager.close()
+    stolen = (tmp_path / KEY_FILE).read_text()  # a copy of the old key leaked somewhere
+    old = Keyring.from_json(stolen).current
+
+    from shoal.store.rotate import rotate_store_key
+    kid, n = await rotate_store_key(tmp_path)
+    assert kid != old and n == 3  # the secret, the config, the cluster
+    ring = Keyring.from_json((tmp_path / KEY_FILE).read_text())
+    assert ring.current == kid and list(ring.keys) == [kid]
+    assert stat.S_IMODE((tmp_path / KEY_FILE).stat().st_mode) == 0o600
+    ids = {key_id(d) for (k, _), d in raw_rows(tmp_path / "state.db").items() if k in ("secret", "config", "cluster")}
+    assert ids == {kid}
+
+    again = Manager(tmp_path, engine_info={"Name": "m1"}, advertise_addr="127.0.0.1")
+    try:
+        assert again.store.list("secret")[0].Spec.Data == plain["secret"]
+    finally:
+        await again.close()
+    (tmp_path / KEY_FILE).write_text(stolen)  # the old key opens nothing any more
+    with pytest.raises(StoreKeyError, match="does not hold"):
+        Manager(tmp_path, engine_info={"Name": "m1"}, advertise_addr="127.0.0.1")
+
+
+async def test_a_rotation_that_stopped_after_saving_the_new_key_is_finished_at_start(tmp_path: Path) -> None:
+    manager, plain = await swarm_with_secrets(tmp_path)
+    await manager.close()
+    source = FileKeySource(tmp_path / KEY_FILE)
+    ring = source.load()
+    assert ring is not None
+    rotated = ring.rotated()
+    source.save(rotated)  # step 1 done, then the machine went down: rows still under the old key
+    again = Manager(tmp_path, engine_info={"Name": "m1"}, advertise_addr="127.0.0.1")
+    try:
+        assert again.store.list("secret")[0].Spec.Data == plain["secret"]
+        assert Keyring.from_json((tmp_path / KEY_FILE).read_text()).keys.keys() == {rotated.current}
+        ids = {key_id(d) for (k, _), d in raw_rows(tmp_path / "state.db").items() if k == "secret"}
+        assert ids == {rotated.current}
+        # New writes after the finished rotation are sealed with the new key too.
+        ops.create_secret(again.store, SecretSpec(Name="later", Data=base64.b64encode(b"x").decode()))
+        await again.store.wait_durable(within=10)
+        assert {key_id(d) for (k, _), d in raw_rows(tmp_path / "state.db").items()
+                if k == "secret"} == {rotated.current}
+    finally:
+        await again.close()
+
+
+async def test_rotate_key_refuses_while_the_daemon_runs_and_changes_nothing(tmp_path: Path) -> None:
+    from shoal.errors import Conflict
+    from shoal.store.rotate import rotate_store_key
+
+    manager, _ = await swarm_with_secrets(tmp_path)
+    try:
+        key = (tmp_path / KEY_FILE).read_text()
+        with pytest.raises(Conflict, match="in use"):
+            await rotate_store_key(tmp_path)
+        assert (tmp_path / KEY_FILE).read_text() == key
+    finally:
+        await manager.close()
+
+
+def test_rotate_key_cli_says_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    shoal = Path(sys.executable).with_name("shoal")
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([str(shoal), "store", "rotate-key", "--data-root", str(tmp_path)], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert res.returncode == 1 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert "holds no swarm" in res.stderr and "Traceback" not in res.stderr

@@ -61,6 +61,7 @@ class SqliteBackend:
         # The keyring beside the file by default, made on the first seal if there is none.
         self.sealer = sealer or Sealer(FileKeySource(self.path.parent / KEY_FILE), create=True)
         private_file(self.path)
+        self.resealed = 0  # rows the last load sealed again (plain, or under an older key)
         self._encoder = msgspec.msgpack.Encoder()
         self._decoders = {k: msgspec.msgpack.Decoder(t) for k, t in KINDS.items()}
         self._proc: asyncio.subprocess.Process | None = None
@@ -92,6 +93,7 @@ class SqliteBackend:
                         continue
                     if sealer.stale(kind, data):
                         stale.append((kind, oid, plain))
+            self.resealed = len(stale)
             if stale:
                 self._reseal(db, stale)
             return Snapshot(row[0] if row else 0, out, bad)
