@@ -179,7 +179,7 @@ class ManagerTerms:
         # The data key every manager of the swarm holds (made at init, handed over at join): never
         # made here, or a manager would seal with a key the others do not have.
         self.replica = EtcdReplica(self.store, s.client_endpoints, s.prefix, txn_limits=s.txn_limits,
-                                   sealer=Sealer(FileKeySource(self.data_root / KEY_FILE)))
+                                   sealer=Sealer(FileKeySource(self.data_root / KEY_FILE), plain_without_key=True))
         self._client = etcd_client(s.client_endpoints)
         kw: dict[str, Any] = {} if self.ttl_s is None else {"ttl_s": self.ttl_s}
         self.election = LeaderElection(self._client, s.prefix, member_id=self.member_id,

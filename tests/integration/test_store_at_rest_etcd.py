@@ -238,3 +238,43 @@ async def test_rotate_key_on_a_single_manager_swarm_on_etcd(etcd1: ManagedEtcd, 
         await rotate_store_key(root)
     assert Keyring.from_json((root / KEY_FILE).read_text()).current == new
     assert await raw_values(etcd1.client_url) == before
+
+
+async def test_a_swarm_on_etcd_from_before_sealing_runs_on_plain_until_rotate_key_seals_it(
+        etcd1: ManagedEtcd, tmp_path: Path) -> None:
+    from shoal.store.rotate import rotate_store_key
+    from shoal.store.sealing import KEY_FILE, key_id
+
+    root = tmp_path / "data"
+    root.mkdir(mode=0o700)
+    (root / "node.json").write_text(json.dumps({"node_id": "node1", "role": "manager", "store": {
+        "backend": "etcd", "endpoints": [etcd1.client_url]}}))
+    plain = EtcdBackend.from_endpoints([etcd1.client_url], timeout_s=3)  # an older Shoal wrote these
+    objs = one_of_each_kind()
+    await plain.persist(5, [(k, o) for k, os_ in objs.items() for o in os_], [])
+    await plain.close()
+
+    # Its managers have no key: the leader neither makes one (the others would lack it) nor stalls.
+    store = MemoryStore(NullBackend())
+    leader = EtcdReplica(store, [etcd1.client_url], timeout_s=3,
+                         sealer=Sealer(FileKeySource(root / KEY_FILE), plain_without_key=True))
+    client = etcd_client([etcd1.client_url])
+    election = LeaderElection(client, member_id="node1", ttl_s=2)
+    try:
+        await leader.etcd.check_key()
+        await leader.lead((await election.campaign()).fence, lambda _e: None)
+        secret = store.get("secret", "sec1")
+        with store.tx() as tx:
+            tx.update("secret", msgspec.structs.replace(secret, Spec=msgspec.structs.replace(secret.Spec, Name="b")))
+        await store.wait_durable(within=5)
+        assert not (root / KEY_FILE).exists()
+    finally:
+        await election.close()
+        await leader.close()
+        await client.close()
+
+    kid, n = await rotate_store_key(root)
+    assert n == 3 and Keyring.from_json((root / KEY_FILE).read_text()).current == kid
+    raw = await raw_values(etcd1.client_url)
+    assert {key_id(v) for k, v in raw.items() if k.split(b"/")[2] in (b"secret", b"config", b"cluster")} == {kid}
+    assert SECRET_B64.encode() not in b"".join(raw.values())

@@ -6,6 +6,10 @@ new key is added as current *beside* the old one and saved first; the values are
 A run that stops anywhere leaves every value openable, and the next start (or run) finishes it:
 a load seals again whatever is not under the current key, then prunes the ring.
 
+It is also how a store written before sealing existed gets its first key (on sqlite the first
+start does that by itself; on etcd no manager may make a key the others lack, so such a swarm is
+stored plain, with a warning, until this is run).
+
 On etcd every manager must hold the same key, and a stopped swarm has no way to hand a new one to
 the others, so this is refused while the swarm has more than one manager: demote the others,
 rotate, promote them again (a promotion hands them the new key). See docs/security.md.
@@ -21,7 +25,7 @@ from typing import Any
 from shoal.errors import Conflict, InvalidArgument, Unavailable
 from shoal.models import NodeRole
 from shoal.store.dataroot import DataRootLock
-from shoal.store.sealing import KEY_FILE, SEALED_KINDS, FileKeySource, Sealer
+from shoal.store.sealing import KEY_FILE, SEALED_KINDS, FileKeySource, Keyring, Sealer
 
 MULTI_MANAGER = (
     "this swarm has {n} managers on etcd, and each must hold the same data key: demote the others "
@@ -40,10 +44,9 @@ async def rotate_store_key(data_root: Path) -> tuple[str, int]:
         raise InvalidArgument("only a manager holds a store (this host is a worker)")
     lock = DataRootLock(data_root, who="its daemon")
     try:
+        # No key file: a store written before sealing gets its first key here (a sealed store
+        # without its key fails at load, saying so).
         source = FileKeySource(data_root / KEY_FILE)
-        if source.load() is None:
-            raise InvalidArgument(f"{source.where} does not exist: nothing is sealed yet, or the key is lost "
-                                  "(restore it; starting the daemon once seals a store written before sealing)")
         from shoal.ha import StoreSettings  # the etcd side pulls in the election and the member
 
         settings = StoreSettings.from_dict(membership.get("store"))
@@ -57,7 +60,7 @@ async def rotate_store_key(data_root: Path) -> tuple[str, int]:
 async def _rotate_sqlite(db: Path, source: FileKeySource) -> tuple[str, int]:
     from shoal.store.sqlite import SqliteBackend
 
-    backend = SqliteBackend(db, Sealer(source))
+    backend = SqliteBackend(db, Sealer(source, create=True))
     try:
         backend.load()  # finishes an earlier rotation that stopped half-way
         ring = backend.sealer.ring
@@ -101,8 +104,7 @@ async def _rotate_etcd(data_root: Path, settings: Any, source: FileKeySource) ->
                            "ago): stop its daemon first")
         await etcd.repair(snap)  # a batch a dead leader left torn: undone before writing anything
         ring = sealer.ring
-        assert ring is not None
-        new = ring.rotated()
+        new = ring.rotated() if ring is not None else Keyring.new()
         source.save(new)  # step 1: both keys, the new one current
         sealer.use(new)
         puts = [(kind, obj) for kind in SEALED_KINDS for obj in snap.objects.get(kind, [])]

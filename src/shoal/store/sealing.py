@@ -141,11 +141,16 @@ class Sealer:
     Without a source it seals nothing (NullBackend, tests of other parts) but still refuses to
     open a sealed value. The keyring is read once and cached (:meth:`reload` after a change)."""
 
-    def __init__(self, source: KeySource | None = None, *, create: bool = False) -> None:
+    def __init__(self, source: KeySource | None = None, *, create: bool = False,
+                 plain_without_key: bool = False) -> None:
         self.source = source
         # Make the keyring on the first seal if there is none: a single manager's store written
-        # before sealing existed. Never on a follower, whose key must be the leader's.
+        # before sealing existed. Never on etcd, where every manager must hold the same key.
         self.create = create
+        # On etcd, a swarm made before sealing (no manager has a key) goes on writing plain, and
+        # says so, until `shoal store rotate-key` gives it one; a sealed store still needs its key.
+        self.plain_without_key = plain_without_key
+        self._warned = False
         self._ring: Keyring | None = None
         self._aead: dict[str, AESGCM] = {}
 
@@ -187,6 +192,12 @@ class Sealer:
         if ring is None and self.create:
             ring = self._ring = self.source.create()
             log.info("store: made the data key %s", self.where)
+        if ring is None and self.plain_without_key:
+            if not self._warned:
+                log.warning("store: %s is missing: secrets, configs and join tokens are stored in plain text "
+                            "(a swarm made before sealing); run `shoal store rotate-key` to seal them", self.where)
+                self._warned = True
+            return data
         if ring is None:
             raise StoreKeyError(f"no data key to seal {kind} {oid} with: {self.where} is missing")
         nonce = os.urandom(NONCE_BYTES)
