@@ -394,7 +394,8 @@ class EtcdBackend:
             except (TypeError, ValueError, OverflowError) as e:
                 rejected.append(Problem(kind, obj.ID, f"cannot be encoded: {e}"))
                 continue
-            v = seal(kind, obj.ID, v)
+            if kind in SEALED_KINDS:
+                v = seal(kind, obj.ID, v)
             size = len(k) + len(v) + _OP_OVERHEAD
             if size > room:
                 rejected.append(Problem(kind, obj.ID, f"is {len(v)} bytes encoded, more than one etcd request "

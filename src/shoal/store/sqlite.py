@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from shoal.store.base import KINDS, Kind, Problem, Snapshot, gc_paused
-from shoal.store.sealing import KEY_FILE, FileKeySource, Sealer
+from shoal.store.sealing import KEY_FILE, SEALED_KINDS, FileKeySource, Sealer
 from shoal.store.sqlite_writer import HEADER, connect
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class SqliteBackend:
             else:
                 # No key to seal with (StoreKeyError) fails the whole batch: it is retried, and
                 # nothing is written plain meanwhile.
-                rows.append((kind, obj.ID, seal(kind, obj.ID, data)))
+                rows.append((kind, obj.ID, seal(kind, obj.ID, data) if kind in SEALED_KINDS else data))
             if i % _ENCODE_SLICE == _ENCODE_SLICE - 1:
                 await asyncio.sleep(0)
         await self._request(["commit", revision, rows, deletes])
