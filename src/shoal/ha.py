@@ -31,6 +31,7 @@ from shoal.ca.certs import write_private
 from shoal.errors import Conflict, InvalidArgument, StoreUnavailable, Unavailable
 from shoal.models import NodeRole
 from shoal.store import MemoryStore
+from shoal.store.dataroot import DataRootLock
 from shoal.store.election import LeaderElection, Leadership
 from shoal.store.etcd import DEFAULT_PREFIX, etcd_client
 from shoal.store.etcdproc import EtcdStartError, ManagedEtcd, add_member, members, promote_learner, remove_member
@@ -484,6 +485,16 @@ class ManagerReachability:
 
 
 async def migrate_to_etcd(data_root: Path, endpoints: list[str], etcd_port: int = 0) -> tuple[StoreSettings, int]:
+    """See :func:`_migrate_to_etcd`; refused while a daemon runs on ``data_root`` (it would go on
+    writing the sqlite file that is being moved)."""
+    lock = DataRootLock(data_root, who="its daemon")
+    try:
+        return await _migrate_to_etcd(data_root, endpoints, etcd_port)
+    finally:
+        lock.release()
+
+
+async def _migrate_to_etcd(data_root: Path, endpoints: list[str], etcd_port: int = 0) -> tuple[StoreSettings, int]:
     """``shoal store migrate``: move a single manager's store (its sqlite file) to etcd, with its
     daemon stopped. Shoal runs the etcd member unless ``endpoints`` name one the user runs. The
     sqlite file is kept as ``state.db.migrated``. Returns the new settings and how many objects moved."""

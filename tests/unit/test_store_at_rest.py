@@ -289,3 +289,21 @@ def test_rotate_key_cli_says_one_line(tmp_path: Path) -> None:
                          text=True, env=env, timeout=60)
     assert res.returncode == 1 and res.stderr.strip().count("\n") == 0, res.stderr
     assert "holds no swarm" in res.stderr and "Traceback" not in res.stderr
+
+
+async def test_store_commands_refuse_a_data_root_in_use_or_missing(tmp_path: Path) -> None:
+    from shoal.errors import Conflict, InvalidArgument
+    from shoal.ha import migrate_to_etcd
+    from shoal.store.rotate import rotate_store_key
+
+    manager, _ = await swarm_with_secrets(tmp_path)
+    try:
+        with pytest.raises(Conflict, match="in use"):
+            await migrate_to_etcd(tmp_path, ["http://127.0.0.1:1"])
+        assert (tmp_path / "state.db").exists() and not (tmp_path / "state.db.migrated").exists()
+    finally:
+        await manager.close()
+    with pytest.raises(InvalidArgument, match="no such directory"):
+        await migrate_to_etcd(tmp_path / "nope", [])
+    with pytest.raises(InvalidArgument, match="no swarm"):
+        await rotate_store_key(tmp_path / "nope")

@@ -11,7 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from shoal.errors import Conflict
+from shoal.errors import Conflict, InvalidArgument
 
 LOCK_FILE = "lock"
 
@@ -19,7 +19,10 @@ LOCK_FILE = "lock"
 class DataRootLock:
     def __init__(self, data_root: Path, who: str = "a Shoal daemon") -> None:
         self.path = Path(data_root) / LOCK_FILE
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            raise InvalidArgument(f"{data_root}: no such directory") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
