@@ -107,6 +107,9 @@ class SqliteBackend:
         as they were (every key they need still in the ring); after it, only the pruning is left."""
         seal = self.sealer.seal
         rows = [(seal(kind, oid, plain), kind, oid) for kind, oid, plain in stale]
+        # The plain values must not linger in freed pages (secure_delete zeroes them) nor in the
+        # WAL's older frames (the checkpoint truncates it).
+        db.execute("PRAGMA secure_delete=ON")
         db.execute("BEGIN")
         try:
             db.executemany("UPDATE objects SET data=? WHERE kind=? AND id=?", rows)
@@ -115,6 +118,7 @@ class SqliteBackend:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         log.info("store: sealed %d rows with the current data key", len(rows))
         self.prune_keys()
 
