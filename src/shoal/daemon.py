@@ -163,6 +163,8 @@ class Daemon:
                                    on_manager=joined.append)
         if joined:  # a manager of a swarm on etcd: it holds the store and can lead
             write_private(self.data_root / "ca.key", joined[0].ca_key_pem)
+            if joined[0].store_key:  # the swarm's data key (store/sealing.py)
+                write_private(self.data_root / "store.key", joined[0].store_key)
             log.info("joined the swarm of %s as node %s (manager)", remote, creds.node_id)
             return Membership(node_id=creds.node_id, role="manager", manager=remote, listen=listen,
                               store=joined[0].store)

@@ -27,13 +27,16 @@ from typing import Any
 
 import msgspec
 
+from shoal.ca.certs import write_private
 from shoal.errors import Conflict, InvalidArgument, StoreUnavailable, Unavailable
 from shoal.models import NodeRole
 from shoal.store import MemoryStore
+from shoal.store.dataroot import DataRootLock
 from shoal.store.election import LeaderElection, Leadership
 from shoal.store.etcd import DEFAULT_PREFIX, etcd_client
 from shoal.store.etcdproc import EtcdStartError, ManagedEtcd, add_member, members, promote_learner, remove_member
 from shoal.store.replica import EtcdReplica
+from shoal.store.sealing import KEY_FILE, FileKeySource, Sealer, StoreKeyError
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +177,10 @@ class ManagerTerms:
                     await promote_learner(client, s.member or self.member_id)
                 finally:
                     await client.close()
-        self.replica = EtcdReplica(self.store, s.client_endpoints, s.prefix, txn_limits=s.txn_limits)
+        # The data key every manager of the swarm holds (made at init, handed over at join): never
+        # made here, or a manager would seal with a key the others do not have.
+        self.replica = EtcdReplica(self.store, s.client_endpoints, s.prefix, txn_limits=s.txn_limits,
+                                   sealer=Sealer(FileKeySource(self.data_root / KEY_FILE), plain_without_key=True))
         self._client = etcd_client(s.client_endpoints)
         kw: dict[str, Any] = {} if self.ttl_s is None else {"ttl_s": self.ttl_s}
         self.election = LeaderElection(self._client, s.prefix, member_id=self.member_id,
@@ -346,6 +352,7 @@ class ManagerTerms:
             try:
                 if self.term is None:
                     self._start_following()
+                    await self._wait_key_opens_store()
                     term = await self.election.campaign()
                     await self._begin(term)
                 assert self.term is not None
@@ -357,6 +364,24 @@ class ManagerTerms:
                 log.exception("manager %s: leader term failed; campaigning again", self.member_id)
                 await asyncio.sleep(1)
             await self._end_term()
+
+    async def _wait_key_opens_store(self) -> None:
+        """Campaign only with a data key that opens the stored cluster: a manager without the
+        swarm's store.key would win a term, fail to load, and cost the swarm its leader again
+        and again (and must never write)."""
+        assert self.replica is not None
+        said = ""
+        while True:
+            try:
+                await self.replica.etcd.check_key()
+                return
+            except StoreKeyError as e:
+                if e.message != said:
+                    log.error("manager %s does not campaign: %s", self.member_id, e.message)
+                    said = e.message
+            except StoreUnavailable:
+                pass  # etcd away: the follower says so; look again
+            await asyncio.sleep(1.0)
 
     async def _begin(self, term: Leadership, prepare: Hook | None = None) -> None:
         assert self.replica is not None
@@ -460,6 +485,16 @@ class ManagerReachability:
 
 
 async def migrate_to_etcd(data_root: Path, endpoints: list[str], etcd_port: int = 0) -> tuple[StoreSettings, int]:
+    """See :func:`_migrate_to_etcd`; refused while a daemon runs on ``data_root`` (it would go on
+    writing the sqlite file that is being moved)."""
+    lock = DataRootLock(data_root, who="its daemon")
+    try:
+        return await _migrate_to_etcd(data_root, endpoints, etcd_port)
+    finally:
+        lock.release()
+
+
+async def _migrate_to_etcd(data_root: Path, endpoints: list[str], etcd_port: int = 0) -> tuple[StoreSettings, int]:
     """``shoal store migrate``: move a single manager's store (its sqlite file) to etcd, with its
     daemon stopped. Shoal runs the etcd member unless ``endpoints`` name one the user runs. The
     sqlite file is kept as ``state.db.migrated``. Returns the new settings and how many objects moved."""
@@ -476,7 +511,8 @@ async def migrate_to_etcd(data_root: Path, endpoints: list[str], etcd_port: int 
     if StoreSettings.from_dict(membership.get("store")).on_etcd:
         raise Conflict("this manager's store is on etcd already")
     db = data_root / "state.db"
-    backend = SqliteBackend(db)
+    sealer = Sealer(FileKeySource(data_root / KEY_FILE), create=True)  # the same key seals it in etcd
+    backend = SqliteBackend(db, sealer)
     try:
         snap = backend.load()
     finally:
@@ -496,7 +532,7 @@ async def migrate_to_etcd(data_root: Path, endpoints: list[str], etcd_port: int 
             await member.start(ETCD_START_TIMEOUT_S)
         except EtcdStartError as e:
             raise Unavailable(f"the etcd member did not start: {e}") from None
-    etcd = EtcdBackend.from_endpoints(settings.endpoints, settings.prefix)
+    etcd = EtcdBackend.from_endpoints(settings.endpoints, settings.prefix, sealer=sealer)
     try:
         await etcd.import_snapshot(snap.revision, snap.objects)
     finally:
@@ -504,7 +540,7 @@ async def migrate_to_etcd(data_root: Path, endpoints: list[str], etcd_port: int 
         if member is not None:
             await asyncio.get_running_loop().run_in_executor(None, member.stop)
     membership["store"] = settings.to_dict()
-    state_file.write_text(json.dumps(membership))
+    write_private(state_file, json.dumps(membership))
     for suffix in ("", "-wal", "-shm"):  # sqlite's write-ahead log goes with the file
         part = db.with_name(db.name + suffix)
         if part.exists():

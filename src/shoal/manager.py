@@ -26,7 +26,7 @@ from shoal.agent.executor.docker import node_description
 from shoal.allocator import NetworkAllocator
 from shoal.api.forward import NO_LEADER, Forwarder, ReplaySite
 from shoal.ca.authority import ClusterCA
-from shoal.ca.certs import generate_key_and_csr, write_private
+from shoal.ca.certs import generate_key_and_csr, private_dir, write_private
 from shoal.ca.rootca import check_supplied_root, create_root_ca
 from shoal.ca.tokens import generate_join_token
 from shoal.controlapi.cluster import check_swarm_spec
@@ -69,6 +69,8 @@ from shoal.orchestrator.replicated import ReplicatedOrchestrator
 from shoal.orchestrator.stacks import StackDeployer
 from shoal.scheduler.scheduler import Scheduler
 from shoal.store import Backend, MemoryStore, NullBackend, SqliteBackend
+from shoal.store.dataroot import DataRootLock
+from shoal.store.sealing import KEY_FILE, FileKeySource, Sealer
 from shoal.transport.bootstrap import NodeCredentials, load_credentials, save_credentials
 from shoal.transport.messages import ManagerJoin
 from shoal.transport.server import ClusterServer
@@ -130,13 +132,21 @@ class Manager:
         heartbeat_s: float = DEFAULT_HEARTBEAT / SECOND,
     ) -> None:
         self.data_root = Path(data_root)
-        self.data_root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_root)  # the store, ca.key and store.key: nobody else's business
+        # Only with a store of its own: ``shoal store rotate-key`` refuses while it runs.
+        self._lock = DataRootLock(self.data_root) if backend is None else None
         self._state_file = self.data_root / "node.json"
+        # The data key sealing secrets, configs and the cluster in the store (store/sealing.py).
+        self.keys = FileKeySource(self.data_root / KEY_FILE)
         self.membership: Membership | None = self._load_membership()
         self.store_settings = StoreSettings.from_dict(self.membership.store if self.membership else None)
         # On etcd the view starts empty and is filled from etcd by start() (see shoal.ha).
-        self.store = MemoryStore(NullBackend() if self.store_settings.on_etcd
-                                 else backend or SqliteBackend(self.data_root / "state.db"))
+        try:
+            self.store = MemoryStore(NullBackend() if self.store_settings.on_etcd
+                                     else backend or self._sqlite())
+        except BaseException:  # e.g. StoreKeyError: the daemon does not start, nor holds the root
+            self._release_lock()
+            raise
         self.terms: ManagerTerms | None = None  # managers on etcd: the leader loop
         self.local_agent: Any = None  # this host's agent: every new dispatcher asks it for logs
         self.api_runner: web.AppRunner | None = None  # the daemon's API: the leader serves it to managers too
@@ -265,6 +275,8 @@ class Manager:
         else:
             ca_cert, ca_key = create_root_ca(cluster_id)
         write_private(self.data_root / "ca.key", ca_key)
+        self.keys.create()
+        self._reload_key()
         spec = req.Spec or SwarmSpec()
         spec.Name = "default"
         spec.Orchestration = spec.Orchestration or OrchestrationConfig()
@@ -342,6 +354,10 @@ class Manager:
         if self.store.cluster() is not None and not self.store.refuse_writes:
             await self.store.wipe()
         self._save_membership(None)
+        # Nothing here is sealed with it any more; a copy of the old store (an etcd backup) is
+        # not to be opened from this host. The next init makes a new one.
+        self.keys.remove()
+        self._reload_key()
         log.info("left the swarm")
 
     async def _leave_etcd(self) -> None:
@@ -363,8 +379,22 @@ class Manager:
         if self.store_settings.managed:
             shutil.rmtree(self.data_root / "etcd", ignore_errors=True)
         await self.store.close()
-        self.store = MemoryStore(SqliteBackend(self.data_root / "state.db"))
+        self.store = MemoryStore(self._sqlite())
         self.store_settings = StoreSettings()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _sqlite(self) -> SqliteBackend:
+        return SqliteBackend(self.data_root / "state.db", Sealer(self.keys, create=True))
+
+    def _reload_key(self) -> None:
+        """The key file changed (init, leave): the store's backend reads it again."""
+        sealer = getattr(self.store.backend, "sealer", None)
+        if isinstance(sealer, Sealer):
+            sealer.reload()
 
     async def stop(self) -> None:
         """Stop leading (daemon shutdown or leave); running containers are left alone."""
@@ -408,6 +438,7 @@ class Manager:
         self.gc_stats.close()
         await self.forwarder.close()
         await self.store.close()
+        self._release_lock()
 
     # ------------------------------------------------------------------ used by the API
 
@@ -527,6 +558,8 @@ class Manager:
         follow the leader like a manager that joined with the manager token."""
         assert self.membership is not None and not self.is_manager
         write_private(self.data_root / "ca.key", joined.ca_key_pem)
+        if joined.store_key:
+            write_private(self.data_root / KEY_FILE, joined.store_key)
         node_id = self.membership.node_id
         listen = self.membership.listen or listen_of("")
         self._save_membership(Membership(node_id=node_id, role="manager", manager=self.membership.manager,
@@ -571,8 +604,9 @@ class Manager:
         if self.store_settings.managed:
             shutil.rmtree(self.data_root / "etcd", ignore_errors=True)
         (self.data_root / "ca.key").unlink(missing_ok=True)  # a worker holds no CA key
+        self.keys.remove()  # ... and no data key
         await self.store.close()
-        self.store = MemoryStore(SqliteBackend(self.data_root / "state.db"))
+        self.store = MemoryStore(self._sqlite())
         self.store_settings = StoreSettings()
         if creds is not None:
             save_credentials(self.data_root / CERT_DIR, dataclasses.replace(
@@ -589,7 +623,8 @@ class Manager:
         if self.terms is None:
             return None
         settings = await self.terms.admit(node_id, addr, etcd_port)
-        return ManagerJoin(store=settings.to_dict(), ca_key_pem=(self.data_root / "ca.key").read_text())
+        return ManagerJoin(store=settings.to_dict(), ca_key_pem=(self.data_root / "ca.key").read_text(),
+                           store_key=self.keys.path.read_text())
 
     async def _elected(self) -> None:
         """A new term: mark this manager the leader in the node list, then start the components."""
@@ -668,7 +703,7 @@ class Manager:
         if membership is None:
             self._state_file.unlink(missing_ok=True)
         else:
-            self._state_file.write_text(json.dumps(asdict(membership)))
+            write_private(self._state_file, json.dumps(asdict(membership)))
         self.membership = membership
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import ipaddress
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from shoal.ca.rootca import CLOCK_SKEW, key_to_pem
 from shoal.errors import InvalidArgument
 from shoal.models import NodeRole
+
+log = logging.getLogger(__name__)
 
 MANAGER_OU = "swarm-manager"
 WORKER_OU = "swarm-worker"
@@ -247,3 +250,15 @@ def write_private(path: Path, text: str) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def private_dir(path: Path) -> None:
+    """Make ``path`` (and its parents) a directory only its owner can enter (0700): it holds the
+    store, the CA key and the data key. One an older Shoal made looser is tightened, and said so."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)  # the mode is masked by the umask: chmod too
+    mode = path.stat().st_mode & 0o777
+    if mode != 0o700:
+        os.chmod(path, 0o700)
+        if mode & 0o077:
+            log.warning("%s was open to other users (mode %o); now 0700", path, mode)
+

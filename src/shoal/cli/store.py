@@ -1,4 +1,5 @@
-"""`shoal store`: where a manager's swarm state lives (`migrate`: from its sqlite file to etcd)."""
+"""`shoal store`: where a manager's swarm state lives (`migrate`: from its sqlite file to etcd) and
+the data key that seals its secrets, configs and join tokens (`rotate-key`)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,19 @@ def migrate(
     where = settings.client_url + " (run by Shoal)" if settings.managed else ",".join(settings.endpoints)
     print(f"Moved {n} objects to etcd at {where}; the sqlite file is kept as state.db.migrated.")
     print("Start the daemon again: it now holds the swarm in etcd.")
+
+
+@app.command("rotate-key")
+def rotate_key(
+    data_root: Annotated[Path, typer.Option(help="The stopped daemon's data root")] = Path("/var/lib/shoal"),
+) -> None:
+    """Make a new data key (<data-root>/store.key) and seal every secret, config and the cluster's
+    join tokens with it (stop the daemon first). On etcd, only a swarm with one manager."""
+    from shoal.store.rotate import rotate_store_key  # pulls in the store: load it only here
+
+    try:
+        kid, n = asyncio.run(rotate_store_key(data_root))
+    except ShoalError as e:
+        raise CLIError(f"Error: {e.message}") from None
+    print(f"Sealed {n} stored values with the new data key {kid}; the old key is gone from "
+          f"{data_root / 'store.key'}. Start the daemon again.")

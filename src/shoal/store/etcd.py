@@ -2,7 +2,8 @@
 
 Layout under a prefix (``/shoal`` by default)::
 
-    <prefix>/<kind>/<id>        msgspec msgpack of the object (same KINDS, same decoders as sqlite)
+    <prefix>/<kind>/<id>        msgspec msgpack of the object (same KINDS, same decoders as sqlite);
+                                secrets, configs and the cluster sealed (store/sealing.py)
     <prefix>/meta/revision      the store revision (decimal ASCII) of the last batch persisted whole
     <prefix>/election/...       leader election keys (shoal.store.election), never objects
 
@@ -43,6 +44,7 @@ from aetcd import rpc
 
 from shoal.errors import Conflict, FencedOut, StoreUnavailable
 from shoal.store.base import KINDS, Kind, Problem, Snapshot, gc_paused
+from shoal.store.sealing import SEALED_KINDS, Sealer
 
 DEFAULT_PREFIX = "/shoal"
 DEFAULT_TIMEOUT_S = 5.0
@@ -185,6 +187,7 @@ class EtcdSnapshot(Snapshot):
     etcd_revision: int = 0
     head_revision: int = 0  # etcd's revision when the load began
     max_index: int = 0  # highest Version.Index read
+    stale: list[tuple[Kind, Any]] = field(default_factory=list)  # plain, or sealed with an older key
 
 
 @dataclass(slots=True)
@@ -211,6 +214,7 @@ class EtcdBackend:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         page_size: int = 5000,  # etcd 3.4 scans the index past each page: few big pages
         owns_client: bool = False,
+        sealer: Sealer | None = None,  # None: nothing is sealed (a sealed value still refuses to load)
     ) -> None:
         if max_ops < 2 or max_bytes <= _TXN_SLACK + 1024:
             raise ValueError("etcd limits too small for a transaction")
@@ -228,6 +232,7 @@ class EtcdBackend:
         self._encoder = msgspec.msgpack.Encoder()
         self._decoders = {k: msgspec.msgpack.Decoder(t) for k, t in KINDS.items()}
         self._write_lock = asyncio.Lock()
+        self.sealer = sealer or Sealer()
 
     @classmethod
     def from_endpoints(cls, endpoints: Sequence[str], prefix: str = DEFAULT_PREFIX, **kw: Any) -> EtcdBackend:
@@ -277,15 +282,21 @@ class EtcdBackend:
             out: list[Any] = []
             snap.objects[kind] = out
             decode = self._decoders[kind].decode
+            sealed = kind in SEALED_KINDS
             async for resp in self._pages(c, kp, snap.etcd_revision, f"load {kind}"):
                 for kv in resp.kvs:
+                    value = kv.value
+                    if sealed:  # a key that cannot open it raises StoreKeyError: no load at all
+                        value = self.sealer.open(kind, kv.key[len(kp):].decode(errors="replace"), value)
                     try:
-                        obj = decode(kv.value)
+                        obj = decode(value)
                     except msgspec.DecodeError as err:  # ValidationError is a DecodeError too
                         snap.bad.append(Problem(kind, kv.key[len(kp):].decode(errors="replace"),
                                                 f"cannot be decoded: {err}"))
                         continue
                     out.append(obj)
+                    if sealed and self.sealer.stale(kind, kv.value):
+                        snap.stale.append((kind, obj))
                     idx = obj.Version.Index
                     if idx > snap.max_index:
                         snap.max_index = idx
@@ -337,6 +348,16 @@ class EtcdBackend:
             await self.persist(snap.revision, puts, deletes, fence)
         return len(puts) + len(deletes)
 
+    async def check_key(self) -> None:
+        """Raise :class:`~shoal.store.sealing.StoreKeyError` if this backend's data key cannot open
+        the stored cluster object (a manager whose store.key is missing or another swarm's): it
+        must not campaign, lead, and write."""
+        c = await self._stubs()
+        kp = self._kind_prefix["cluster"]
+        resp = await self._range(c, rpc.RangeRequest(key=kp, range_end=prefix_end(kp), limit=1), "check key")
+        for kv in resp.kvs:
+            self.sealer.open("cluster", kv.key[len(kp):].decode(errors="replace"), kv.value)
+
     async def _range(self, c: aetcd.Client, req: rpc.RangeRequest, what: str) -> rpc.RangeResponse:
         async def call(left: float) -> rpc.RangeResponse:
             try:
@@ -359,6 +380,7 @@ class EtcdBackend:
         one key twice), with its size; the meta revision last, so it lands in the last chunk. Objects
         that cannot be encoded, or are too big for one etcd request, are left out and returned."""
         enc = self._encoder.encode
+        seal = self.sealer.seal  # StoreKeyError (no key) fails the whole batch: nothing goes plain
         room = self.max_bytes - _TXN_SLACK
         by_key: dict[bytes, tuple[rpc.RequestOp, int]] = {}
         rejected: list[Problem] = []
@@ -372,6 +394,8 @@ class EtcdBackend:
             except (TypeError, ValueError, OverflowError) as e:
                 rejected.append(Problem(kind, obj.ID, f"cannot be encoded: {e}"))
                 continue
+            if kind in SEALED_KINDS:
+                v = seal(kind, obj.ID, v)
             size = len(k) + len(v) + _OP_OVERHEAD
             if size > room:
                 rejected.append(Problem(kind, obj.ID, f"is {len(v)} bytes encoded, more than one etcd request "
@@ -595,8 +619,11 @@ class EtcdBackend:
         if ev.type == rpc.Event.DELETE:
             batch.deletes.append((kind, oid))
             return
+        value = ev.kv.value
+        if kind in SEALED_KINDS:  # StoreKeyError ends the watch: the follower reloads, and says why
+            value = self.sealer.open(kind, oid, value)
         try:
-            batch.puts.append((kind, self._decoders[kind].decode(ev.kv.value)))
+            batch.puts.append((kind, self._decoders[kind].decode(value)))
         except msgspec.DecodeError as err:
             batch.bad.append(Problem(kind, oid, f"cannot be decoded: {err}"))
 

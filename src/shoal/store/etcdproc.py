@@ -29,6 +29,7 @@ import aiohttp
 import grpc
 from aetcd import rpc
 
+from shoal.ca.certs import write_private
 from shoal.errors import Conflict, StoreUnavailable
 from shoal.store.etcd import DEFAULT_TIMEOUT_S, etcd_client, retrying
 
@@ -139,11 +140,14 @@ class ManagedEtcd:
             return
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         assert self.log_path is not None
-        with open(self.log_path, "ab") as log:
+        # The member's data is the whole store (sealed secrets, but tasks, nodes and specs plain):
+        # its files, its log and its PID file are this user's only. etcd makes its data dir 0700.
+        with open(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
+            os.fchmod(log.fileno(), 0o600)  # a log an older Shoal made 0644
             self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+                                          stderr=subprocess.STDOUT, start_new_session=True, umask=0o077)
         self._pid = self._proc.pid
-        self.pid_path.write_text(f"{self._pid}\n")
+        write_private(self.pid_path, f"{self._pid}\n")
 
     async def start(self, timeout_s: float = 30.0) -> None:
         self.spawn()

@@ -24,6 +24,7 @@ from shoal.errors import FencedOut
 from shoal.store.base import Kind, Problem, Snapshot
 from shoal.store.etcd import DEFAULT_PREFIX, EtcdBackend, EtcdSnapshot, Fence, RevisionCompacted
 from shoal.store.memory import MemoryStore
+from shoal.store.sealing import Sealer
 from shoal.store.sqlite import NullBackend
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,9 @@ class FencedWriter:
     belongs to the event loop that made it and the writer runs on a loop of its own."""
 
     def __init__(self, endpoints: Sequence[str], prefix: str, fence: Fence, timeout_s: float,
-                 limits: dict[str, int] | None = None) -> None:
+                 limits: dict[str, int] | None = None, sealer: Sealer | None = None) -> None:
         self.endpoints = list(endpoints)
+        self.sealer = sealer
         self.prefix = prefix
         self.fence = fence
         self.timeout_s = timeout_s
@@ -49,7 +51,7 @@ class FencedWriter:
     def _etcd(self) -> EtcdBackend:
         if self._backend is None:
             self._backend = EtcdBackend.from_endpoints(self.endpoints, self.prefix, timeout_s=self.timeout_s,
-                                                       **self.limits)
+                                                       sealer=self.sealer, **self.limits)
         return self._backend
 
     def load(self) -> Snapshot:  # the leader's store is loaded by EtcdReplica, never through here
@@ -74,14 +76,15 @@ class EtcdReplica:
 
     def __init__(
         self, store: MemoryStore, endpoints: Sequence[str], prefix: str = DEFAULT_PREFIX, timeout_s: float = 5.0,
-        txn_limits: dict[str, int] | None = None,
+        txn_limits: dict[str, int] | None = None, sealer: Sealer | None = None,
     ) -> None:
         self.store = store
+        self.sealer = sealer  # the swarm's data key: opens what followers load, seals what the leader writes
         self.txn_limits = txn_limits  # the leader's transactions (members Shoal runs accept bigger ones)
         self.endpoints = list(endpoints)
         self.prefix = prefix
         self.timeout_s = timeout_s
-        self.etcd = EtcdBackend.from_endpoints(self.endpoints, prefix, timeout_s=timeout_s)
+        self.etcd = EtcdBackend.from_endpoints(self.endpoints, prefix, timeout_s=timeout_s, sealer=sealer)
         self.error = ""  # why the view may be stale (etcd unreachable), "" while it follows
         self.synced = asyncio.Event()  # set once the view has caught up with etcd at least once
         store.refuse_writes = NOT_LEADER
@@ -125,7 +128,11 @@ class EtcdReplica:
         repaired = await self.etcd.repair(snap, fence)
         if repaired:
             log.warning("store: repaired %d objects of a batch the previous leader left torn", repaired)
-        self.store.lead(FencedWriter(self.endpoints, self.prefix, fence, self.timeout_s, self.txn_limits), on_fenced)
+        if snap.stale:  # written plain by an older Shoal, or sealed with a key since rotated
+            await self.etcd.persist(snap.revision, snap.stale, [], fence)
+            log.info("store: sealed %d objects with the current data key", len(snap.stale))
+        self.store.lead(FencedWriter(self.endpoints, self.prefix, fence, self.timeout_s, self.txn_limits,
+                                     self.sealer), on_fenced)
         self.error = ""
         return snap.revision
 

@@ -43,6 +43,9 @@ class ManagerJoin(msgspec.Struct):
 
     store: dict[str, Any]
     ca_key_pem: str
+    # The store's data keyring (store.key, store/sealing.py): every manager of a swarm on etcd
+    # opens and seals the same values. Empty from a leader that predates sealing.
+    store_key: str = ""
 
 
 class JoinResponse(msgspec.Struct):
