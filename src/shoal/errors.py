@@ -37,6 +37,12 @@ class Conflict(ShoalError):
     status = 409
 
 
+class TooManyRequests(ShoalError):
+    """A caller over a bound (joins per second, concurrent streams): it may try again later."""
+
+    status = 429
+
+
 class Unavailable(ShoalError):
     status = 503
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import grpc
 
 from shoal.dispatcher.dispatcher import SessionInvalid
-from shoal.errors import Conflict, InvalidArgument, NotFound, NotInSwarm, ShoalError, Unavailable
+from shoal.errors import Conflict, InvalidArgument, NotFound, NotInSwarm, ShoalError, TooManyRequests, Unavailable
 
 ERROR_KEY = "shoal-error"
 
@@ -29,7 +29,7 @@ class PermissionDenied(ShoalError):
 _CLASSES: dict[str, type[ShoalError]] = {
     c.__name__: c
     for c in (InvalidArgument, NotFound, Conflict, Unavailable, NotInSwarm, SessionInvalid,
-              Unauthenticated, PermissionDenied)
+              Unauthenticated, PermissionDenied, TooManyRequests)
 }
 
 _CODES: list[tuple[type[ShoalError], grpc.StatusCode]] = [
@@ -39,6 +39,7 @@ _CODES: list[tuple[type[ShoalError], grpc.StatusCode]] = [
     (Unavailable, grpc.StatusCode.UNAVAILABLE),  # SessionInvalid, NotInSwarm too
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (TooManyRequests, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 _BY_CODE: dict[grpc.StatusCode, type[ShoalError]] = {code: cls for cls, code in _CODES}
 

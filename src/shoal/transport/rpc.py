@@ -10,6 +10,7 @@ import msgspec
 from shoal.ca.certs import MANAGER_SERVER_NAME
 from shoal.dispatcher.protocol import Assignments
 from shoal.transport import messages as m
+from shoal.transport.limits import BOOTSTRAP_MAX_MESSAGE, CLUSTER_MAX_MESSAGE, Oversized
 
 DISPATCHER_SERVICE = "shoal.Dispatcher"  # cluster port, mutual TLS
 BOOTSTRAP_SERVICE = "shoal.Bootstrap"  # bootstrap port (cluster port + 1), server-only TLS
@@ -47,6 +48,7 @@ KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
 # (the etcd scale run, where the loop is busiest). The queue is bounded still, far above 1,000
 # nodes' worth of heartbeats and reports; the callers' own deadlines (10 s for agents) bound the wait.
 PENDING_CALLS = 20_000
+HANDSHAKE_TIMEOUT_MS = 10_000  # a connection that has not finished TLS by then is dropped (gRPC: 120 s)
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     *KEEPALIVE_OPTIONS,
     ("grpc.server.max_pending_requests", PENDING_CALLS),
@@ -54,8 +56,18 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.server_max_unrequested_time_in_server", 120),
     ("grpc.so_reuseport", 0),  # a second manager on the same port must fail, not share it
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+    # Requests are bounded per method (transport/limits.py); this is the largest of those bounds.
+    ("grpc.max_receive_message_length", CLUSTER_MAX_MESSAGE + 1024),
     ("grpc.max_send_message_length", MAX_MESSAGE),
+]
+# The bootstrap port answers anyone: small messages, few calls at once, short-lived connections.
+BOOTSTRAP_OPTIONS: list[tuple[str, Any]] = [
+    *[o for o in SERVER_OPTIONS if o[0] != "grpc.max_receive_message_length"],
+    ("grpc.max_receive_message_length", BOOTSTRAP_MAX_MESSAGE + 1024),
+    ("grpc.max_connection_idle_ms", 30_000),
+    ("grpc.max_connection_age_ms", 120_000),
+    ("grpc.max_connection_age_grace_ms", 60_000),  # a manager's join waits for etcd to add its member
 ]
 CLIENT_OPTIONS: list[tuple[str, Any]] = [
     *KEEPALIVE_OPTIONS,
@@ -72,6 +84,18 @@ encode = msgspec.msgpack.encode
 
 def decoder(t: type[Any]) -> Any:
     return msgspec.msgpack.Decoder(t).decode
+
+
+def bounded_decoder(t: type[Any], method: str, limit: int) -> Any:
+    """A request decoder that answers :class:`Oversized` for a message over ``limit`` bytes."""
+    decode = msgspec.msgpack.Decoder(t).decode
+
+    def run(data: bytes) -> Any:
+        if len(data) > limit:
+            return Oversized(method, len(data), limit)
+        return decode(data)
+
+    return run
 
 
 def path(service: str, method: str) -> str:

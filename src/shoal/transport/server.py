@@ -29,18 +29,27 @@ from shoal.ca.authority import SWARM_PORT, ClusterCA
 from shoal.ca.certs import CertIdentity, cert_identity
 from shoal.dispatcher.dispatcher import Dispatcher, SessionInvalid
 from shoal.dispatcher.protocol import Assignments
-from shoal.errors import NotFound, ShoalError, Unavailable
+from shoal.errors import NotFound, ShoalError, TooManyRequests, Unavailable
 from shoal.models import ManagerStatus, NodeRole
 from shoal.transport import messages as m
 from shoal.transport.errors import ERROR_KEY, PermissionDenied, Unauthenticated, status_of
+from shoal.transport.limits import (
+    BOOTSTRAP_LIMITS,
+    BOOTSTRAP_MAX_CONCURRENT,
+    CLUSTER_LIMITS,
+    CallCounter,
+    JoinLimiter,
+    Oversized,
+)
 from shoal.transport.logs import RemoteLogSource
 from shoal.transport.rpc import (
     BOOTSTRAP_METHODS,
+    BOOTSTRAP_OPTIONS,
     BOOTSTRAP_SERVICE,
     DISPATCHER_METHODS,
     DISPATCHER_SERVICE,
     SERVER_OPTIONS,
-    decoder,
+    bounded_decoder,
     encode,
 )
 
@@ -70,36 +79,62 @@ async def _abort(ctx: grpc.aio.ServicerContext, err: ShoalError) -> None:
     await ctx.abort(status_of(err), err.message, trailing_metadata=((ERROR_KEY, type(err).__name__),))
 
 
-def _unary(fn: Handler, req_t: type[Any]) -> grpc.RpcMethodHandler:
+Guard = Callable[[grpc.aio.ServicerContext], contextlib.AbstractContextManager[None]]
+
+
+def _no_guard(ctx: grpc.aio.ServicerContext) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+def _check(req: Any) -> None:
+    if isinstance(req, Oversized):
+        raise TooManyRequests(req.message)
+
+
+def _unary(fn: Handler, req_t: type[Any], method: str, limit: int, guard: Guard = _no_guard) -> grpc.RpcMethodHandler:
     async def call(req: Any, ctx: grpc.aio.ServicerContext) -> Any:
         try:
-            return await fn(req, ctx)
+            _check(req)
+            with guard(ctx):
+                return await fn(req, ctx)
         except ShoalError as e:
             await _abort(ctx, e)
 
-    return grpc.unary_unary_rpc_method_handler(call, request_deserializer=decoder(req_t), response_serializer=encode)
+    return grpc.unary_unary_rpc_method_handler(call, request_deserializer=bounded_decoder(req_t, method, limit),
+                                               response_serializer=encode)
 
 
-def _server_stream(fn: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
-                   req_t: type[Any]) -> grpc.RpcMethodHandler:
+def _server_stream(fn: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]], req_t: type[Any],
+                   method: str, limit: int, guard: Guard = _no_guard) -> grpc.RpcMethodHandler:
     async def call(req: Any, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for item in fn(req, ctx):
-                yield item
+            _check(req)
+            with guard(ctx):
+                async for item in fn(req, ctx):
+                    yield item
         except ShoalError as e:
             await _abort(ctx, e)
 
-    return grpc.unary_stream_rpc_method_handler(call, request_deserializer=decoder(req_t), response_serializer=encode)
+    return grpc.unary_stream_rpc_method_handler(call, request_deserializer=bounded_decoder(req_t, method, limit),
+                                                response_serializer=encode)
 
 
-def _client_stream(fn: Handler, req_t: type[Any]) -> grpc.RpcMethodHandler:
+def _client_stream(fn: Handler, req_t: type[Any], method: str, limit: int,
+                   guard: Guard = _no_guard) -> grpc.RpcMethodHandler:
+    async def checked(reqs: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for req in reqs:
+            _check(req)
+            yield req
+
     async def call(reqs: AsyncIterator[Any], ctx: grpc.aio.ServicerContext) -> Any:
         try:
-            return await fn(reqs, ctx)
+            with guard(ctx):
+                return await fn(checked(reqs), ctx)
         except ShoalError as e:
             await _abort(ctx, e)
 
-    return grpc.stream_unary_rpc_method_handler(call, request_deserializer=decoder(req_t), response_serializer=encode)
+    return grpc.stream_unary_rpc_method_handler(call, request_deserializer=bounded_decoder(req_t, method, limit),
+                                                response_serializer=encode)
 
 
 def _peer_ip(ctx: grpc.aio.ServicerContext) -> str:
@@ -145,6 +180,8 @@ class ClusterServer:
         self._sessions: dict[str, str] = {}  # session ID → node ID (one per node: the latest)
         self._node_session: dict[str, str] = {}
         self._log_sources: dict[str, RemoteLogSource] = {}
+        self._join_limit = JoinLimiter()
+        self._calls = CallCounter()
         # Another manager's write, to run here (the manager sets it while it leads on etcd).
         self.forward: Callable[[m.ForwardRequest], Awaitable[m.ForwardResponse]] | None = None
         # A manager joining (manager token): the store's part of the join (shoal.manager sets it).
@@ -166,25 +203,30 @@ class ClusterServer:
         self.ca.on_change(self._ca_changed)
 
         self._cluster = grpc.aio.server(options=SERVER_OPTIONS)
+
+        def handler(kind: Any, fn: Any, name: str) -> grpc.RpcMethodHandler:
+            return kind(fn, DISPATCHER_METHODS[name][0], name, CLUSTER_LIMITS[name], self._per_node)
+
         self._cluster.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(DISPATCHER_SERVICE, {
-            "Register": _unary(self._register, DISPATCHER_METHODS["Register"][0]),
-            "Heartbeat": _unary(self._heartbeat, DISPATCHER_METHODS["Heartbeat"][0]),
-            "Assignments": _server_stream(self._assignments, DISPATCHER_METHODS["Assignments"][0]),
-            "UpdateTaskStatus": _unary(self._update_task_status, DISPATCHER_METHODS["UpdateTaskStatus"][0]),
-            "RenewCertificate": _unary(self._renew, DISPATCHER_METHODS["RenewCertificate"][0]),
-            "LogSubscriptions": _server_stream(self._log_subscriptions, DISPATCHER_METHODS["LogSubscriptions"][0]),
-            "PublishLogs": _client_stream(self._publish_logs, DISPATCHER_METHODS["PublishLogs"][0]),
-            "Forward": _unary(self._forward, DISPATCHER_METHODS["Forward"][0]),
-            "Promote": _unary(self._promote, DISPATCHER_METHODS["Promote"][0]),
+            "Register": handler(_unary, self._register, "Register"),
+            "Heartbeat": handler(_unary, self._heartbeat, "Heartbeat"),
+            "Assignments": handler(_server_stream, self._assignments, "Assignments"),
+            "UpdateTaskStatus": handler(_unary, self._update_task_status, "UpdateTaskStatus"),
+            "RenewCertificate": handler(_unary, self._renew, "RenewCertificate"),
+            "LogSubscriptions": handler(_server_stream, self._log_subscriptions, "LogSubscriptions"),
+            "PublishLogs": handler(_client_stream, self._publish_logs, "PublishLogs"),
+            "Forward": handler(_unary, self._forward, "Forward"),
+            "Promote": handler(_unary, self._promote, "Promote"),
         })])
         creds = grpc.dynamic_ssl_server_credentials(cluster_cfg, self._cluster_cfg.fetch,
                                                     require_client_authentication=True)
         self.port = self._bind(self._cluster, self.port, creds)
 
-        self._bootstrap = grpc.aio.server(options=SERVER_OPTIONS)
+        self._bootstrap = grpc.aio.server(options=BOOTSTRAP_OPTIONS, maximum_concurrent_rpcs=BOOTSTRAP_MAX_CONCURRENT)
         self._bootstrap.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(BOOTSTRAP_SERVICE, {
-            "GetRootCA": _unary(self._get_root_ca, BOOTSTRAP_METHODS["GetRootCA"][0]),
-            "Join": _unary(self._join, BOOTSTRAP_METHODS["Join"][0]),
+            "GetRootCA": _unary(self._get_root_ca, BOOTSTRAP_METHODS["GetRootCA"][0], "GetRootCA",
+                                BOOTSTRAP_LIMITS["GetRootCA"]),
+            "Join": _unary(self._join, BOOTSTRAP_METHODS["Join"][0], "Join", BOOTSTRAP_LIMITS["Join"]),
         })])
         bcreds = grpc.dynamic_ssl_server_credentials(bootstrap_cfg, self._bootstrap_cfg.fetch,
                                                      require_client_authentication=False)
@@ -250,6 +292,12 @@ class ClusterServer:
 
     # ------------------------------------------------------------------ identity
 
+    def _per_node(self, ctx: grpc.aio.ServicerContext) -> contextlib.AbstractContextManager[None]:
+        """Count the call against its node's cap (by certificate; an unauthenticated call fails
+        in its handler anyway)."""
+        pems = ctx.auth_context().get("x509_pem_cert")
+        return self._calls.hold(cert_identity(pems[0].decode()).node_id if pems else "")
+
     def _identity(self, ctx: grpc.aio.ServicerContext) -> CertIdentity:
         pems = ctx.auth_context().get("x509_pem_cert")
         if not pems:
@@ -310,7 +358,7 @@ class ClusterServer:
 
     async def _renew(self, req: m.RenewRequest, ctx: grpc.aio.ServicerContext) -> m.RenewResponse:
         ident = self._identity(ctx)
-        cert = self.ca.renew(ident.node_id, req.csr_pem)
+        cert = self.ca.renew(ident.node_id, req.csr_pem, _peer_ip(ctx))
         role = cert_identity(cert).role
         log.info("renewed the certificate of node %s (%s)", ident.node_id, role)
         return m.RenewResponse(cert_pem=cert, role=str(role), bundle_pem=self.ca.trust_bundle_pem())
@@ -382,12 +430,15 @@ class ClusterServer:
     # ------------------------------------------------------------------ bootstrap calls
 
     async def _get_root_ca(self, req: m.Empty, ctx: grpc.aio.ServicerContext) -> m.RootCAResponse:
+        self._join_limit.take(_peer_ip(ctx))
         return m.RootCAResponse(root_pem=self.ca.root_pem)
 
     async def _join(self, req: m.JoinRequest, ctx: grpc.aio.ServicerContext) -> m.JoinResponse:
-        addr = req.addr or _peer_ip(ctx)
+        peer = _peer_ip(ctx)
+        self._join_limit.take(peer)
+        addr = req.addr or peer
         node_id, cert = self.ca.join(req.token, req.csr_pem, req.hostname, addr, req.availability,
-                                     listen_port=req.listen_port or SWARM_PORT)
+                                     listen_port=req.listen_port or SWARM_PORT, peer_ip=peer)
         role = cert_identity(cert).role
         manager: m.ManagerJoin | None = None
         if role == NodeRole.MANAGER and self.admit_manager is not None:
