@@ -24,7 +24,6 @@ from shoal.agent.executor.docker import DockerExecutor
 from shoal.api.auth import ANONYMOUS_ADMIN, AuditLog, Security
 from shoal.api.server import create_app, serve
 from shoal.api.tls import ServerTLS, TLSOptions, tcp_hosts_need_tls
-from shoal.ca.certs import write_private
 from shoal.dispatcher.inprocess import InProcessClient
 from shoal.dispatcher.protocol import DispatcherClient
 from shoal.errors import ShoalError
@@ -162,9 +161,7 @@ class Daemon:
                                    listen_port=split_listen(listen)[1], etcd_port=req.EtcdPort,
                                    on_manager=joined.append)
         if joined:  # a manager of a swarm on etcd: it holds the store and can lead
-            write_private(self.data_root / "ca.key", joined[0].ca_key_pem)
-            if joined[0].store_key:  # the swarm's data key (store/sealing.py)
-                write_private(self.data_root / "store.key", joined[0].store_key)
+            self.manager.keep_keys(joined[0])
             log.info("joined the swarm of %s as node %s (manager)", remote, creds.node_id)
             return Membership(node_id=creds.node_id, role="manager", manager=remote, listen=listen,
                               store=joined[0].store)

@@ -30,10 +30,10 @@ import msgspec
 from shoal.ca.certs import write_private
 from shoal.errors import Conflict, InvalidArgument, StoreUnavailable, Unavailable
 from shoal.models import NodeRole
-from shoal.store import MemoryStore
+from shoal.store import MemoryStore, etcdtls
 from shoal.store.dataroot import DataRootLock
 from shoal.store.election import LeaderElection, Leadership
-from shoal.store.etcd import DEFAULT_PREFIX, etcd_client
+from shoal.store.etcd import DEFAULT_PREFIX, etcd_client, use_client_tls
 from shoal.store.etcdproc import EtcdStartError, ManagedEtcd, add_member, members, promote_learner, remove_member
 from shoal.store.replica import EtcdReplica
 from shoal.store.sealing import KEY_FILE, FileKeySource, Sealer, StoreKeyError
@@ -117,9 +117,10 @@ def init_settings(backend: str, endpoints: list[str], addr: str, member: str,
             raise InvalidArgument(str(e)) from None
     if endpoints:
         return StoreSettings(backend="etcd", endpoints=list(endpoints))
-    client_url = f"http://{addr}:{client_port}"
+    # Mutual TLS on both of the member's ports (store/etcdtls.py): https.
+    client_url = f"https://{addr}:{client_port}"
     return StoreSettings(backend="etcd", endpoints=[client_url], managed=True, member=member,
-                         client_url=client_url, peer_url=f"http://{addr}:{client_port + 1}")
+                         client_url=client_url, peer_url=f"https://{addr}:{client_port + 1}")
 
 
 class ManagerTerms:
@@ -164,7 +165,8 @@ class ManagerTerms:
         if s.managed:
             self.etcd = ManagedEtcd(s.member or self.member_id, self.data_root / "etcd", s.client_url, s.peer_url,
                                     initial_cluster=dict(s.initial_cluster),
-                                    cluster_state="existing" if s.initial_cluster else "new")
+                                    cluster_state="existing" if s.initial_cluster else "new",
+                                    tls=self._member_tls())
             try:
                 await self.etcd.start(ETCD_START_TIMEOUT_S)
             except EtcdStartError as e:
@@ -186,6 +188,22 @@ class ManagerTerms:
         self.election = LeaderElection(self._client, s.prefix, member_id=self.member_id,
                                        keepalive_endpoints=s.client_endpoints,
                                        info=json.dumps(self.info).encode(), **kw)
+
+    def _member_tls(self) -> etcdtls.MemberFiles | None:
+        """This manager's etcd member certificate, and the process's client credentials for it. The
+        first member of a swarm makes the etcd CA; the others got it when they joined."""
+        s = self.settings
+        try:
+            files = etcdtls.prepare(self.data_root, s.member or self.member_id, s.client_url,
+                                    may_create=not s.initial_cluster)
+        except ValueError as e:
+            raise Unavailable(str(e)) from None
+        if files is None:
+            log.warning("this swarm's etcd members talk plain http (made before Shoal ran them with TLS): "
+                        "anyone who reaches %s can read and write the store", s.client_url)
+            return None
+        use_client_tls(etcdtls.client_tls(self.data_root))
+        return files
 
     async def check_unused(self) -> None:
         """``swarm init`` on an etcd that already holds a swarm is refused (Conflict), not merged."""
@@ -276,8 +294,9 @@ class ManagerTerms:
         s = self.settings
         if not s.managed:
             return StoreSettings(backend="etcd", endpoints=list(s.endpoints), prefix=s.prefix)
-        client_url = f"http://{addr}:{etcd_port or ETCD_CLIENT_PORT}"
-        peer_url = f"http://{addr}:{(etcd_port or ETCD_CLIENT_PORT) + 1}"
+        scheme = "https" if s.client_url.startswith("https://") else "http"  # as this swarm's members
+        client_url = f"{scheme}://{addr}:{etcd_port or ETCD_CLIENT_PORT}"
+        peer_url = f"{scheme}://{addr}:{(etcd_port or ETCD_CLIENT_PORT) + 1}"
         initial = await add_member(self._client, node_id, peer_url, learner=True)
         others = [ep for ep in s.endpoints if ep != client_url]
         return StoreSettings(backend="etcd", endpoints=[client_url, *others], managed=True, prefix=s.prefix,
@@ -527,7 +546,10 @@ async def _migrate_to_etcd(data_root: Path, endpoints: list[str], etcd_port: int
                              client_port=etcd_port or ETCD_CLIENT_PORT)
     member: ManagedEtcd | None = None
     if settings.managed:
-        member = ManagedEtcd(node_id, data_root / "etcd", settings.client_url, settings.peer_url)
+        tls = etcdtls.prepare(data_root, node_id, settings.client_url, may_create=True)  # the swarm's first member
+        member = ManagedEtcd(node_id, data_root / "etcd", settings.client_url, settings.peer_url, tls=tls)
+        if tls is not None:
+            use_client_tls(etcdtls.client_tls(data_root))
         try:
             await member.start(ETCD_START_TIMEOUT_S)
         except EtcdStartError as e:

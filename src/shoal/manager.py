@@ -68,7 +68,7 @@ from shoal.orchestrator.reaper import TaskReaper
 from shoal.orchestrator.replicated import ReplicatedOrchestrator
 from shoal.orchestrator.stacks import StackDeployer
 from shoal.scheduler.scheduler import Scheduler
-from shoal.store import Backend, MemoryStore, NullBackend, SqliteBackend
+from shoal.store import Backend, MemoryStore, NullBackend, SqliteBackend, etcdtls
 from shoal.store.dataroot import DataRootLock
 from shoal.store.sealing import KEY_FILE, FileKeySource, Sealer
 from shoal.transport.bootstrap import NodeCredentials, load_credentials, save_credentials
@@ -357,6 +357,7 @@ class Manager:
         # Nothing here is sealed with it any more; a copy of the old store (an etcd backup) is
         # not to be opened from this host. The next init makes a new one.
         self.keys.remove()
+        etcdtls.remove(self.data_root)
         self._reload_key()
         log.info("left the swarm")
 
@@ -553,13 +554,20 @@ class Manager:
             raise Unavailable("this manager has no node certificate to reach the leader with")
         return str(info["addr"]), creds
 
+    def keep_keys(self, joined: ManagerJoin) -> None:
+        """A manager's keys, as the leader handed them over (a join or a promotion): the CA's, the
+        store's data key, and the managed etcd members' CA."""
+        write_private(self.data_root / "ca.key", joined.ca_key_pem)
+        if joined.store_key:  # the swarm's data key (store/sealing.py)
+            write_private(self.data_root / KEY_FILE, joined.store_key)
+        if joined.etcd_ca_pem:
+            etcdtls.install_ca(self.data_root, joined.etcd_ca_pem, joined.etcd_ca_key_pem)
+
     async def become_manager(self, joined: ManagerJoin) -> None:
         """Promoted (`docker node promote`) in a swarm on etcd: hold the CA key and the store, and
         follow the leader like a manager that joined with the manager token."""
         assert self.membership is not None and not self.is_manager
-        write_private(self.data_root / "ca.key", joined.ca_key_pem)
-        if joined.store_key:
-            write_private(self.data_root / KEY_FILE, joined.store_key)
+        self.keep_keys(joined)
         node_id = self.membership.node_id
         listen = self.membership.listen or listen_of("")
         self._save_membership(Membership(node_id=node_id, role="manager", manager=self.membership.manager,
@@ -605,6 +613,7 @@ class Manager:
             shutil.rmtree(self.data_root / "etcd", ignore_errors=True)
         (self.data_root / "ca.key").unlink(missing_ok=True)  # a worker holds no CA key
         self.keys.remove()  # ... and no data key
+        etcdtls.remove(self.data_root)  # ... and no way into etcd
         await self.store.close()
         self.store = MemoryStore(self._sqlite())
         self.store_settings = StoreSettings()
@@ -623,8 +632,9 @@ class Manager:
         if self.terms is None:
             return None
         settings = await self.terms.admit(node_id, addr, etcd_port)
+        etcd_ca, etcd_ca_key = etcdtls.ca_pems(self.data_root) if etcdtls.has_ca(self.data_root) else ("", "")
         return ManagerJoin(store=settings.to_dict(), ca_key_pem=(self.data_root / "ca.key").read_text(),
-                           store_key=self.keys.path.read_text())
+                           store_key=self.keys.path.read_text(), etcd_ca_pem=etcd_ca, etcd_ca_key_pem=etcd_ca_key)
 
     async def _elected(self) -> None:
         """A new term: mark this manager the leader in the node list, then start the components."""

@@ -14,7 +14,7 @@ import pytest
 
 from shoal.store.sealing import KEY_FILE, Keyring
 from tests.integration.conftest import wait_for
-from tests.integration.test_managers_ha import Mgr, _try, managers, swarm_on_etcd  # noqa: F401 (fixture)
+from tests.integration.test_managers_ha import Mgr, _try, etcdctl, managers, swarm_on_etcd  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration]
 
@@ -24,11 +24,10 @@ PAYLOADS = (b"first-secret-payload-1", b"second-secret-payload-2")
 def etcd_dump(m: Mgr, tmp: Path) -> bytes:
     """Every value under /shoal, and an etcdctl snapshot (what a backup holds)."""
     env = {"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}
-    url = f"--endpoints=http://127.0.0.1:{m.etcd}"
-    values = subprocess.run(["etcdctl", url, "get", "--prefix", "/shoal"], capture_output=True, env=env,
+    values = subprocess.run(etcdctl(m, "get", "--prefix", "/shoal"), capture_output=True, env=env,
                             check=True, timeout=30).stdout
     snap = tmp / f"backup-{m.n}.db"
-    subprocess.run(["etcdctl", url, "snapshot", "save", str(snap)], capture_output=True, env=env, check=True,
+    subprocess.run(etcdctl(m, "snapshot", "save", str(snap)), capture_output=True, env=env, check=True,
                    timeout=30)
     return values + snap.read_bytes()
 

@@ -248,8 +248,16 @@ def test_a_promoted_worker_holds_the_store(managers: list[Mgr]) -> None:
     wait_for(lambda: len(running(m2.client(), "hasvc")) == 1, timeout=40)
 
 
+def etcdctl(m: Mgr, *args: str) -> list[str]:
+    """etcdctl against ``m``'s member, with the manager's own etcd client certificate (the members
+    Shoal runs accept no one else)."""
+    tls = m.proc.data / "etcd-tls"
+    return ["etcdctl", f"--endpoints=https://127.0.0.1:{m.etcd}", f"--cacert={tls / 'ca.crt'}",
+            f"--cert={tls / 'member.crt'}", f"--key={tls / 'member.key'}", *args]
+
+
 def etcd_members(m: Mgr) -> list[str]:
-    return subprocess_out(["etcdctl", f"--endpoints=http://127.0.0.1:{m.etcd}", "member", "list"]).strip().splitlines()
+    return subprocess_out(etcdctl(m, "member", "list")).strip().splitlines()
 
 
 def test_managers_that_leave_take_nothing_with_them(managers: list[Mgr]) -> None:

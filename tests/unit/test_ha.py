@@ -57,7 +57,7 @@ def test_reset_publishes_only_the_differences() -> None:
 def test_init_settings() -> None:
     assert init_settings("", [], "10.0.0.1", "n1") == StoreSettings()
     managed = init_settings("etcd", [], "10.0.0.1", "n1", client_port=3379)
-    assert managed.managed and managed.endpoints == ["http://10.0.0.1:3379"] and managed.peer_url.endswith(":3380")
+    assert managed.managed and managed.endpoints == ["https://10.0.0.1:3379"] and managed.peer_url == "https://10.0.0.1:3380"
     external = init_settings("", ["http://e1:2379", "http://e2:2379"], "10.0.0.1", "n1")
     assert external.on_etcd and not external.managed and external.endpoints == ["http://e1:2379", "http://e2:2379"]
     with pytest.raises(InvalidArgument, match="sqlite or etcd"):

@@ -41,9 +41,12 @@ import aetcd
 import grpc
 import msgspec
 from aetcd import rpc
+from aetcd import watcher as aetcd_watcher
 
 from shoal.errors import Conflict, FencedOut, StoreUnavailable
 from shoal.store.base import KINDS, Kind, Problem, Snapshot, gc_paused
+from shoal.store.etcdtls import SERVER_NAME as ETCD_SERVER_NAME
+from shoal.store.etcdtls import EtcdTLS
 from shoal.store.sealing import SEALED_KINDS, Sealer
 
 DEFAULT_PREFIX = "/shoal"
@@ -89,8 +92,50 @@ class RevisionCompacted(Exception):
         self.compact_revision = compact_revision
 
 
+_client_tls: EtcdTLS | None = None
+
+
+def use_client_tls(tls: EtcdTLS | None) -> None:
+    """The certificate this process presents to ``https://`` etcd endpoints, and the CA it trusts
+    for them: the managed members' (store/etcdtls.py), set by the manager when it opens its store.
+    One per process, as a daemon is one manager of one swarm."""
+    global _client_tls
+    _client_tls = tls
+
+
+class _TLSClient(aetcd.Client):  # type: ignore[misc]
+    """aetcd's client over a TLS channel (aetcd itself only dials insecure channels): the same
+    connect, with channel credentials and the server name every member certificate carries."""
+
+    def __init__(self, *args: Any, tls: EtcdTLS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._credentials = grpc.ssl_channel_credentials(tls.ca_pem, tls.key_pem, tls.cert_pem)
+        self._options = {**self._options, "grpc.ssl_target_name_override": ETCD_SERVER_NAME}
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        if self._is_connecting:
+            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            return
+        try:
+            self._is_connecting = True
+            self.channel = grpc.aio.secure_channel(f"{self._host}:{self._port}", self._credentials,
+                                                   options=list(self._options.items()))
+            self.kvstub = rpc.KVStub(self.channel)
+            self.clusterstub = rpc.ClusterStub(self.channel)
+            self.leasestub = rpc.LeaseStub(self.channel)
+            self.maintenancestub = rpc.MaintenanceStub(self.channel)
+            self._watcher = aetcd_watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout,
+                                                  metadata=self.metadata)
+            self._connected.set()
+        finally:
+            self._is_connecting = False
+
+
 def etcd_client(endpoints: Sequence[str]) -> aetcd.Client:
-    """An aetcd client over every member in ``endpoints`` ("http://127.0.0.1:2379" or "host:port").
+    """An aetcd client over every member in ``endpoints`` ("http://127.0.0.1:2379", "host:port", or
+    "https://..." for the members Shoal runs, with the process's :func:`use_client_tls`).
 
     aetcd builds its gRPC target as ``f"{host}:{port}"``; several members become gRPC's ``ipv4:``
     address-list target by handing it all but the last port inside ``host``.
@@ -98,24 +143,37 @@ def etcd_client(endpoints: Sequence[str]) -> aetcd.Client:
     if not endpoints:
         raise ValueError("no etcd endpoints")
     hostports = []
+    schemes = set()
     for ep in endpoints:
         parts = urlsplit(ep if "//" in ep else f"//{ep}")
-        if parts.scheme not in ("", "http"):
-            raise ValueError(f"etcd endpoint {ep!r}: only plain http is supported")
+        if parts.scheme not in ("", "http", "https"):
+            raise ValueError(f"etcd endpoint {ep!r}: use http:// or https://")
         if not parts.hostname or not parts.port:
             raise ValueError(f"etcd endpoint {ep!r}: want host:port")
+        schemes.add(parts.scheme == "https")
         hostports.append((parts.hostname, parts.port))
+    if len(schemes) > 1:
+        raise ValueError("etcd endpoints mix http and https")
+    tls = schemes == {True}
+    if tls and _client_tls is None:
+        raise ValueError("https etcd endpoints, but this process has no etcd client certificate")
     options = dict(CHANNEL_OPTIONS)
-    if len(hostports) == 1:
-        host, port = hostports[0]
+
+    def client(host: str, port: int) -> aetcd.Client:
+        if tls:
+            assert _client_tls is not None
+            return _TLSClient(host=host, port=port, options=options, tls=_client_tls)
         return aetcd.Client(host=host, port=port, options=options)
+
+    if len(hostports) == 1:
+        return client(*hostports[0])
     for host, _ in hostports:
         try:
             ipaddress.IPv4Address(host)
         except ValueError:
             raise ValueError(f"etcd endpoint {host!r}: several endpoints must be IPv4 addresses") from None
     head = ",".join(f"{h}:{p}" for h, p in hostports[:-1])
-    return aetcd.Client(host=f"ipv4:{head},{hostports[-1][0]}", port=hostports[-1][1], options=options)
+    return client(f"ipv4:{head},{hostports[-1][0]}", hostports[-1][1])
 
 
 async def retrying(what: str, call: Callable[[float], Awaitable[T]], timeout_s: float) -> T:

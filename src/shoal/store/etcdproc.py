@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from aetcd import rpc
 from shoal.ca.certs import write_private
 from shoal.errors import Conflict, StoreUnavailable
 from shoal.store.etcd import DEFAULT_TIMEOUT_S, etcd_client, retrying
+from shoal.store.etcdtls import MemberFiles
 
 T = TypeVar("T")
 RECONFIG_TIMEOUT_S = 15.0  # etcd wants 5 s of full connectivity before a membership change
@@ -63,6 +65,7 @@ class ManagedEtcd:
     election_ms: int = 1000
     log_path: Path | None = None
     etcd_bin: str = "etcd"
+    tls: MemberFiles | None = None  # mutual TLS on both ports (https:// URLs); None: plain http
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _pid: int | None = field(default=None, init=False, repr=False)
 
@@ -121,7 +124,17 @@ class ManagedEtcd:
             "--pre-vote=true",
             "--logger=zap",
             "--log-outputs=stderr",
+            *self._tls_flags(),
         ]
+
+    def _tls_flags(self) -> list[str]:
+        """Only holders of a certificate from the swarm's etcd CA get in, on either port."""
+        if self.tls is None:
+            return []
+        t = self.tls
+        return [f"--cert-file={t.cert}", f"--key-file={t.key}", f"--trusted-ca-file={t.ca}", "--client-cert-auth",
+                f"--peer-cert-file={t.cert}", f"--peer-key-file={t.key}", f"--peer-trusted-ca-file={t.ca}",
+                "--peer-client-cert-auth"]
 
     def spawn(self) -> None:
         """Start the process without waiting for it to be healthy (a member of a cluster that has
@@ -163,7 +176,7 @@ class ManagedEtcd:
                     status = self._proc.returncode if self._proc is not None else "unknown"
                     raise EtcdStartError(f"etcd member {self.name} exited with status {status}:\n{self.log_tail()}")
                 try:
-                    async with http.get(f"{self.client_url}/health") as resp:
+                    async with http.get(f"{self.client_url}/health", ssl=self._health_ssl()) as resp:
                         body = await resp.json(content_type=None)
                         if body.get("health") == "true":
                             return
@@ -175,6 +188,13 @@ class ManagedEtcd:
             f"etcd member {self.name} not healthy at {self.client_url} within {timeout_s:g}s ({last}):\n"
             f"{self.log_tail()}"
         )
+
+    def _health_ssl(self) -> ssl.SSLContext | bool:
+        if self.tls is None:
+            return True
+        ctx = ssl.create_default_context(cafile=str(self.tls.ca))
+        ctx.load_cert_chain(str(self.tls.cert), str(self.tls.key))
+        return ctx
 
     def log_tail(self, lines: int = 15) -> str:
         try:

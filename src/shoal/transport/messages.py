@@ -46,6 +46,10 @@ class ManagerJoin(msgspec.Struct):
     # The store's data keyring (store.key, store/sealing.py): every manager of a swarm on etcd
     # opens and seals the same values. Empty from a leader that predates sealing.
     store_key: str = ""
+    # The etcd CA (store/etcdtls.py) the managed members trust: a joining manager issues its own
+    # member certificate from it. Empty for an etcd the user runs, or a swarm made before it.
+    etcd_ca_pem: str = ""
+    etcd_ca_key_pem: str = ""
 
 
 class JoinResponse(msgspec.Struct):
