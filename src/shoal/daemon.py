@@ -189,7 +189,8 @@ class Daemon:
             self._grpc = GrpcDispatcherClient(creds, self.cert_dir)
             self._grpc.on_renewed = self._on_renewed
             client = self._grpc
-        self.agent = Agent(client, self._executor, node_id, self.manager.addr)
+        self.agent = Agent(client, self._executor, node_id, self.manager.addr,
+                           hostname=self.hostname if self._fixed_hostname else None)
         if self.manager.is_manager:
             self.manager.local_agent = self.agent
             if self.manager.dispatcher is not None:

@@ -20,6 +20,8 @@ import random
 import socket
 from collections.abc import AsyncIterator
 
+import msgspec
+
 from shoal.agent.engine import EngineMonitor
 from shoal.agent.executor.base import Executor
 from shoal.agent.executor.docker import DockerExecutor
@@ -51,8 +53,12 @@ class Agent:
         report_interval_s: float = 0.05,
         report_max_batch: int = 100,
         engine: EngineMonitor | None = None,
+        hostname: str | None = None,
     ) -> None:
         self.client = client
+        # The node's name in the swarm when the daemon was given one (--hostname): it replaces the
+        # engine's in the description, so the node keeps the name it joined with.
+        self.hostname = hostname
         self.executor = executor
         self.node_id = node_id
         self.addr = addr
@@ -89,7 +95,8 @@ class Agent:
             while True:
                 again = False
                 try:
-                    description = self._description or NodeDescription(Hostname=socket.gethostname())
+                    description = self._description or NodeDescription(Hostname=self.hostname or
+                                                                        socket.gethostname())
                     self.session = await self.client.register(
                         self.node_id, description, self.addr, self.engine_health()
                     )
@@ -152,7 +159,10 @@ class Agent:
                 return False
         try:
             await asyncio.wait_for(self.executor.start_events(), timeout=WORKER_START_TIMEOUT_S)
-            self._description = await self.executor.describe()
+            described = await self.executor.describe()
+            if self.hostname:
+                described = msgspec.structs.replace(described, Hostname=self.hostname)
+            self._description = described
             existing = await self.executor.list_task_containers(self.node_id)
         except Exception as exc:
             self._worker_error = f"engine not usable: {exc or type(exc).__name__}"
