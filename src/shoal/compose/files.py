@@ -26,7 +26,7 @@ MAX_SECRET_BYTES = 500 * 1024
 MAX_CONFIG_BYTES = 1000 * 1024
 
 ALLOW_OUTSIDE_FLAG = "--allow-outside-files"
-OUTSIDE_HINT = (f"Shoal refuses files outside the project folder (stricter than docker compose, so that a "
+OUTSIDE_HINT = (f"Shoal refuses such files (stricter than docker compose, so that a "
                 f"Compose file cannot send the client's other files into the cluster); pass {ALLOW_OUTSIDE_FLAG} "
                 "to allow it")
 
@@ -64,12 +64,12 @@ def read_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
     return read_bounded(path, limit).decode("utf-8")
 
 
-def outside(path: Path, root: Path) -> Path | None:
-    """Where ``path`` really is (symlinks followed) if that is outside ``root``, else None."""
-    real = path.resolve()
-    return None if real.is_relative_to(root.resolve()) else real
-
-
-def outside_message(path: Path | str, real: Path, root: Path) -> str:
+def refusal(path: Path, root: Path, allowed: bool = False) -> str | None:
+    """Why ``path`` may not be read (it resolves, symlinks followed, outside ``root``), or None if it may."""
+    if allowed:
+        return None
+    real, top = path.resolve(), root.resolve()
+    if real.is_relative_to(top):
+        return None
     shown = str(path) if str(path) == str(real) else f"{path} (really {real})"
-    return f"{shown} is outside the project folder {root.resolve()}: {OUTSIDE_HINT}"
+    return f"{shown} is outside the project folder {top}: {OUTSIDE_HINT}"

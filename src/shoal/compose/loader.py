@@ -20,7 +20,7 @@ from dotenv import dotenv_values
 from . import health as rancher_health
 from . import schema
 from .errors import ComposeError
-from .files import FileTooLarge, outside, outside_message, read_text
+from .files import FileTooLarge, read_text, refusal
 from .interpolate import interpolate
 from .merge import deep_merge, merge_section, merge_service
 from .source import KeyPath, Source, key_name, parse
@@ -71,9 +71,9 @@ class Project:
 
     def confine(self, file: Path, path: KeyPath) -> None:
         """Refuse ``file``, named at ``path``, if it lies outside the project folder and that is not allowed."""
-        real = None if self.allow_outside_files else outside(file, self.working_dir)
-        if real is not None:
-            raise self.error(outside_message(file, real, self.working_dir), path)
+        why = refusal(file, self.working_dir, self.allow_outside_files)
+        if why:
+            raise self.error(why, path)
 
     def where(self, path: KeyPath) -> str:
         file, line = self.locate(path)
@@ -116,9 +116,9 @@ class _Loader:
 
     def confine(self, file: Path, src: Source, path: KeyPath) -> None:
         """Refuse ``file``, named at ``path`` of ``src``, outside the project folder unless allowed."""
-        real = None if self.allow_outside_files else outside(file, self.root)
-        if real is not None:
-            raise src.error(outside_message(file, real, self.root), path)
+        why = refusal(file, self.root, self.allow_outside_files)
+        if why:
+            raise src.error(why, path)
 
     def file(self, path: Path) -> tuple[Source, dict[str, Any], str]:
         """Parse, interpolate and validate one file (cached: ``extends`` may read a file twice)."""
@@ -283,9 +283,9 @@ def _dotenv(path: Path, root: Path, allow_outside_files: bool) -> dict[str, str]
     """The project's ``.env``, if there is one: inside the project folder (a symlink may point out) and bounded."""
     if not path.is_file():
         return {}
-    real = None if allow_outside_files else outside(path, root)
-    if real is not None:
-        raise ComposeError(outside_message(path, real, root), path)
+    why = refusal(path, root, allow_outside_files)
+    if why:
+        raise ComposeError(why, path)
     return {k: v for k, v in dotenv_values(stream=io.StringIO(read_env_file(path))).items() if v is not None}
 
 
