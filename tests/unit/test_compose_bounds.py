@@ -92,6 +92,18 @@ def test_expansion_count_is_exact() -> None:
     assert compose_source._expansion(yaml.compose("{a: [b, {c: d}]}", Loader=yaml.SafeLoader)) == (0, 4)
 
 
+@pytest.mark.parametrize(("aliases", "refused"), [(100, False), (101, True)])
+def test_alias_bound_is_exact(tmp_path: Path, aliases: int, refused: bool) -> None:
+    # An anchored list of 999 strings is 1,000 nodes: 100 aliases to it add exactly the bound.
+    text = SERVICE + "x-a: &a [" + ",".join(["s"] * 999) + "]\nx-b: [" + ",".join(["*a"] * aliases) + "]\n"
+    f = write(tmp_path / "compose.yml", text)
+    if refused:
+        with pytest.raises(ComposeError, match="too many YAML alias expansions"):
+            compose_source.parse(f)
+    else:
+        assert len(compose_source.parse(f).data["x-b"]) == aliases
+
+
 def test_ordinary_aliases_still_load(tmp_path: Path) -> None:
     # ``<<: *defaults`` in 300 services, as real files do: far under the bound.
     lines = ["x-defaults: &defaults", "  restart: always", "  environment: {A: '1', B: '2'}",
