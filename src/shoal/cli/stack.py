@@ -30,15 +30,23 @@ NAMESPACE = "com.docker.stack.namespace"
 POLL_SECONDS = 0.5
 
 ComposeFiles = Annotated[list[Path], typer.Option("--compose-file", "-c", help="Path to a Compose file")]
+# Off by default, stricter than docker compose: a Compose file handed to a CI job must not be able to
+# send the runner's other files (env_file: /etc/shadow, a secret file: ../../root/.ssh/id_rsa) to the cluster.
+AllowOutsideFiles = Annotated[bool, typer.Option(
+    "--allow-outside-files",
+    help="Let the Compose files name files outside the project folder (the first file's folder): env_file, "
+         "secrets' and configs' file, extends' file, a .env symlink. Refused by default, unlike docker compose, "
+         "so that a Compose file cannot send this machine's other files into the cluster.")]
 
 
-def load_stack(files: list[Path], name: str | None, profiles: list[str] | None = None) -> tuple[str, StackSpec]:
+def load_stack(files: list[Path], name: str | None, profiles: list[str] | None = None,
+               allow_outside_files: bool = False) -> tuple[str, StackSpec]:
     """Load, validate and convert Compose files; warnings go to stderr. Errors name file and line."""
     for f in files:
         if str(f) != "-" and not f.is_file():
             raise CLIError(f"open {f}: no such file or directory")
     try:
-        project = compose.load(files, profiles=profiles, project_name=name)
+        project = compose.load(files, profiles=profiles, project_name=name, allow_outside_files=allow_outside_files)
         res = compose.to_stack(project, name or project.name)
     except compose.ComposeError as e:
         raise CLIError(str(e)) from None
@@ -142,11 +150,11 @@ def wait_stack(c: Client, stack: str, old_tasks: dict[str, set[str]] | None = No
 
 
 def _deploy(ctx: typer.Context, files: list[Path], name: str | None, prune: bool, dry_run: bool, detach: bool,
-            must_exist: bool = False, profiles: list[str] | None = None) -> None:
+            must_exist: bool = False, profiles: list[str] | None = None, allow_outside_files: bool = False) -> None:
     if not files:
         raise CLIError("Please specify a Compose file (with --compose-file).")
     c = client_of(ctx)
-    stack, spec = load_stack(files, name, profiles)
+    stack, spec = load_stack(files, name, profiles, allow_outside_files)
     body = msgspec.to_builtins(spec)
     params = {"prune": prune or None, "dryRun": dry_run or None}
     watch = not dry_run and not detach
@@ -176,9 +184,10 @@ def deploy(
     prune: Annotated[bool, typer.Option("--prune", help="Remove services no longer in the file")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change and where tasks would go")] = False,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return without waiting for convergence")] = False,
+    allow_outside_files: AllowOutsideFiles = False,
 ) -> None:
     """Deploy a new stack or update an existing one (only what changed)."""
-    _deploy(ctx, compose_file, stack, prune, dry_run, detach)
+    _deploy(ctx, compose_file, stack, prune, dry_run, detach, allow_outside_files=allow_outside_files)
 
 
 @app.command()
@@ -189,9 +198,10 @@ def upgrade(
     prune: Annotated[bool, typer.Option("--prune", help="Remove services no longer in the file")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change and where tasks would go")] = False,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return without waiting for convergence")] = False,
+    allow_outside_files: AllowOutsideFiles = False,
 ) -> None:
     """Roll an existing stack to a new Compose file: changed services update per their update_config."""
-    _deploy(ctx, compose_file, stack, prune, dry_run, detach, must_exist=True)
+    _deploy(ctx, compose_file, stack, prune, dry_run, detach, must_exist=True, allow_outside_files=allow_outside_files)
 
 
 @app.command("ls")
@@ -280,13 +290,15 @@ def up(
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return without waiting for convergence")] = False,
     remove_orphans: Annotated[bool, typer.Option("--remove-orphans", help="Remove services not in the file")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change and where tasks would go")] = False,
+    allow_outside_files: AllowOutsideFiles = False,
 ) -> None:
     """Deploy a Compose project across the cluster (the same as `shoal stack deploy`)."""
     files = file or [p for p in (Path("compose.yaml"), Path("compose.yml"), Path("docker-compose.yml"),
                                  Path("docker-compose.yaml")) if p.is_file()][:1]
     if not files:
         raise CLIError("no configuration file provided: not found (compose.yaml or docker-compose.yml)")
-    _deploy(ctx, files, project_name, remove_orphans, dry_run, detach, profiles=profile)
+    _deploy(ctx, files, project_name, remove_orphans, dry_run, detach, profiles=profile,
+            allow_outside_files=allow_outside_files)
 
 
 @compose_app.command()
@@ -294,10 +306,11 @@ def down(
     ctx: typer.Context,
     file: Annotated[list[Path] | None, typer.Option("--file", "-f", help="Compose file(s)")] = None,
     project_name: Annotated[str | None, typer.Option("--project-name", "-p", help="Project (stack) name")] = None,
+    allow_outside_files: AllowOutsideFiles = False,
 ) -> None:
     """Remove a Compose project's services, networks, secrets and configs (`shoal stack rm`)."""
     name = project_name
     if name is None:
         files = file or [Path("docker-compose.yml")]
-        name, _ = load_stack(files, None)
+        name, _ = load_stack(files, None, allow_outside_files=allow_outside_files)
     rm(ctx, [name])

@@ -7,6 +7,7 @@ order (later ones override), profiles pick the active services, and ``depends_on
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from dotenv import dotenv_values
 from . import health as rancher_health
 from . import schema
 from .errors import ComposeError
+from .files import FileTooLarge, read_text, refusal
 from .interpolate import interpolate
 from .merge import deep_merge, merge_section, merge_service
 from .source import KeyPath, Source, key_name, parse
@@ -48,6 +50,8 @@ class Project:
     origin: dict[str, Path] = field(default_factory=dict)
     # Top-level ``x-`` keys (``x-shoal-*`` is Shoal's own), merged across files, kept for later use.
     extensions: dict[str, Any] = field(default_factory=dict)
+    # Whether files the project names may lie outside ``working_dir`` (see files.py: refused by default).
+    allow_outside_files: bool = False
 
     def locate(self, path: KeyPath) -> tuple[Path | None, int | None]:
         """The file and line that spell out ``path`` (the last file that does, as it wins the merge)."""
@@ -64,6 +68,12 @@ class Project:
     def error(self, message: str, path: KeyPath) -> ComposeError:
         file, line = self.locate(path)
         return ComposeError(message, file, line, key_name(path))
+
+    def confine(self, file: Path, path: KeyPath) -> None:
+        """Refuse ``file``, named at ``path``, if it lies outside the project folder and that is not allowed."""
+        why = refusal(file, self.working_dir, self.allow_outside_files)
+        if why:
+            raise self.error(why, path)
 
     def where(self, path: KeyPath) -> str:
         file, line = self.locate(path)
@@ -97,10 +107,18 @@ def detect_format(data: dict[str, Any]) -> tuple[str, str | None]:
 
 
 class _Loader:
-    def __init__(self, env: dict[str, str], warnings: list[str]) -> None:
+    def __init__(self, env: dict[str, str], warnings: list[str], root: Path, allow_outside_files: bool) -> None:
         self.env = env
         self.warnings = warnings
+        self.root = root
+        self.allow_outside_files = allow_outside_files
         self.files: dict[Path, tuple[Source, dict[str, Any], str]] = {}
+
+    def confine(self, file: Path, src: Source, path: KeyPath) -> None:
+        """Refuse ``file``, named at ``path`` of ``src``, outside the project folder unless allowed."""
+        why = refusal(file, self.root, self.allow_outside_files)
+        if why:
+            raise src.error(why, path)
 
     def file(self, path: Path) -> tuple[Source, dict[str, Any], str]:
         """Parse, interpolate and validate one file (cached: ``extends`` may read a file twice)."""
@@ -129,6 +147,9 @@ class _Loader:
             _absolute_paths(svc, path.parent)
             if svc is None:
                 raise src.error("service must be a mapping", ("services", name))
+            for item in svc.get("env_file") or []:
+                ef = Path(item["path"] if isinstance(item, dict) else item)
+                self.confine(ef, src, ("services", name, "env_file"))
         self.files[path] = (src, data, fmt)
         return self.files[path]
 
@@ -150,6 +171,8 @@ class _Loader:
         here = (path.resolve(), name)
         if isinstance(ext, str):
             ext = {"service": ext}
+        if ext.get("file"):
+            self.confine(path.parent / ext["file"], src, ("services", name, "extends", "file"))
         target_file = (path.parent / ext["file"]).resolve() if ext.get("file") else path.resolve()
         target = (target_file, ext["service"])
         chain = [*stack, here]
@@ -212,20 +235,22 @@ def load(
     env: Mapping[str, str] | None = None,
     profiles: list[str] | None = None,
     project_name: str | None = None,
+    allow_outside_files: bool = False,
 ) -> Project:
-    """Load and merge ``files`` into a :class:`Project`; any bad input raises one ComposeError."""
+    """Load and merge ``files`` into a :class:`Project`; any bad input raises one ComposeError.
+
+    Files the Compose files name (``.env``, ``env_file``, ``extends``, secrets' and configs' ``file``)
+    must resolve inside ``project_dir`` (the first file's folder by default) unless
+    ``allow_outside_files``; the files given here are the user's own choice and are not checked."""
     if not files:
         raise ComposeError("no Compose file given")
     files = [Path(f) for f in files]
     project_dir = Path(project_dir) if project_dir else files[0].resolve().parent
     base_env = dict(os.environ if env is None else env)
-    dotenv = project_dir / ".env"
-    merged_env: dict[str, str] = {}
-    if dotenv.is_file():
-        merged_env.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    merged_env = _dotenv(project_dir / ".env", project_dir, allow_outside_files)
     merged_env.update(base_env)  # the shell wins over .env, as in Compose
     warnings: list[str] = []
-    loader = _Loader(merged_env, warnings)
+    loader = _Loader(merged_env, warnings, project_dir, allow_outside_files)
 
     sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     origin: dict[str, Path] = {}
@@ -247,11 +272,33 @@ def load(
     name = re.sub(r"[^a-z0-9_-]", "", name.lower())
     project = Project(name=name, working_dir=project_dir, files=files, format=fmt, env=merged_env,
                       warnings=warnings, sources=[loader.files[f.resolve()][0] for f in files], origin=origin,
-                      extensions=extensions,
+                      extensions=extensions, allow_outside_files=allow_outside_files,
                       **{s: sections[s] for s in SECTIONS[1:]})
     _apply_profiles(project, sections["services"], profiles or [])
     _check_dependencies(project)
     return project
+
+
+def _dotenv(path: Path, root: Path, allow_outside_files: bool) -> dict[str, str]:
+    """The project's ``.env``, if there is one: inside the project folder (a symlink may point out) and bounded."""
+    if not path.is_file():
+        return {}
+    why = refusal(path, root, allow_outside_files)
+    if why:
+        raise ComposeError(why, path)
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(read_env_file(path))).items() if v is not None}
+
+
+def read_env_file(path: Path, key: str = "") -> str:
+    """The text of a ``.env`` or ``env_file``, refused past the size bound or if not UTF-8 (as python-dotenv reads)."""
+    try:
+        return read_text(path)
+    except FileTooLarge as e:
+        raise ComposeError(str(e), path, key=key) from None
+    except UnicodeDecodeError:
+        raise ComposeError("not UTF-8 text", path, key=key) from None
+    except OSError as e:
+        raise ComposeError(f"cannot read file: {e.strerror}", path, key=key) from None
 
 
 def _apply_profiles(project: Project, services: dict[str, dict[str, Any]], profiles: list[str]) -> None:

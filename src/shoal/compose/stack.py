@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import models as m
+from .files import MAX_CONFIG_BYTES, MAX_SECRET_BYTES, FileTooLarge, human_size, read_bounded
 from .loader import Project
 from .merge import to_mapping
 from .units import size
@@ -155,8 +156,13 @@ def _data(project: Project, section: str, key: str, cfg: dict[str, Any]) -> str:
     if "file" in cfg:
         path = Path(os.path.expanduser(str(cfg["file"])))
         path = path if path.is_absolute() else project.working_dir / path
+        project.confine(path, (section, key, "file"))
+        limit = MAX_SECRET_BYTES if section == "secrets" else MAX_CONFIG_BYTES
         try:
-            raw = path.read_bytes()
+            raw = read_bounded(path, limit)
+        except FileTooLarge:
+            raise project.error(f"{section[:-1]} {key!r}: {path} is larger than {human_size(limit)}, Swarm's limit "
+                                f"for a {section[:-1]}", (section, key, "file")) from None
         except OSError as e:
             raise project.error(f"{section[:-1]} {key!r}: cannot read {path}: {e.strerror}",
                                 (section, key, "file")) from None
