@@ -376,3 +376,24 @@ def test_a_user_made_again_under_the_same_name_does_not_revive_old_certificates(
     err = _one_line_error(secured.docker(old, "service", "ls"))
     assert "user 'reborn' is not known to this swarm" in err
     assert secured.docker(secured.user_cert("reborn"), "service", "ls").returncode == 0
+
+
+def test_an_operator_deploys_a_stack_of_its_team(secured: Secured, tmp_path: Path) -> None:
+    assert secured.shoal("user", "create", "stella", "--role", "operator", "--team", "shop").returncode == 0
+    token = secured.token("stella")
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n  front:\n    image: busybox:latest\n    command: sleep 1000\n    deploy: {replicas: 0}\n")
+    f = str(tmp_path / "compose.yaml")
+    res = secured.shoal("stack", "deploy", "shop", "-c", f, "--team", "shop", "-d", token=token)
+    assert res.returncode == 0, res.stderr
+    admin = secured.proc.client()
+    assert admin.services.get("shop_front").attrs["Spec"]["Labels"]["shoal.team"] == "shop"
+    # A redeploy that names no team keeps the stack's; one naming another team is refused.
+    res = secured.shoal("stack", "deploy", "shop", "-c", f, "-d", token=token)
+    assert res.returncode == 0, res.stderr
+    assert admin.services.get("shop_front").attrs["Spec"]["Labels"]["shoal.team"] == "shop"
+    err = _one_line_error(secured.shoal("stack", "deploy", "shop", "-c", f, "--team", "db", "-d", token=token))
+    assert "team 'db'" in err
+    err = _one_line_error(secured.shoal("stack", "deploy", "other", "-c", f, "-d", token=token))
+    assert "label it shoal.team=<team>" in err
+    assert secured.shoal("stack", "rm", "shop", token=token).returncode == 0

@@ -280,6 +280,8 @@ def _create(kind: str) -> Rule:
             found, team = _existing_team("stack", manager, await _body_name(request))
             if found:
                 _check_team(ident, team, request)
+                if users.team_of(labels) is None:
+                    return team  # naming no team keeps the stack's (controlapi/stacks.py)
         return _check_team(ident, users.team_of(labels), request)
     return rule
 
@@ -296,7 +298,9 @@ def _change(kind: str, new_labels: bool) -> Rule:
         if found:
             _check_team(ident, team, request)
         if new_labels:
-            _check_team(ident, users.team_of(await _body_labels(request)), request)
+            new_team = users.team_of(await _body_labels(request))
+            if not (kind == "stack" and new_team is None):  # a redeploy naming no team keeps the stack's
+                _check_team(ident, new_team, request)
         return team
     return rule
 

@@ -32,6 +32,9 @@ POLL_SECONDS = 0.5
 ComposeFiles = Annotated[list[Path], typer.Option("--compose-file", "-c", help="Path to a Compose file")]
 # Off by default, stricter than docker compose: a Compose file handed to a CI job must not be able to
 # send the runner's other files (env_file: /etc/shadow, a secret file: ../../root/.ssh/id_rsa) to the cluster.
+Team = Annotated[str | None, typer.Option(
+    "--team", help="The team the stack belongs to (label shoal.team on it and on everything it makes); "
+                   "a redeploy without it keeps the stack's team")]
 AllowOutsideFiles = Annotated[bool, typer.Option(
     "--allow-outside-files",
     help="Let the Compose files name files outside the project folder (the first file's folder): env_file, "
@@ -150,11 +153,14 @@ def wait_stack(c: Client, stack: str, old_tasks: dict[str, set[str]] | None = No
 
 
 def _deploy(ctx: typer.Context, files: list[Path], name: str | None, prune: bool, dry_run: bool, detach: bool,
-            must_exist: bool = False, profiles: list[str] | None = None, allow_outside_files: bool = False) -> None:
+            must_exist: bool = False, profiles: list[str] | None = None, allow_outside_files: bool = False,
+            team: str | None = None) -> None:
     if not files:
         raise CLIError("Please specify a Compose file (with --compose-file).")
     c = client_of(ctx)
     stack, spec = load_stack(files, name, profiles, allow_outside_files)
+    if team:  # the stack, and everything it makes, belongs to the team (api/auth.py, docs/security.md)
+        spec = msgspec.structs.replace(spec, Labels={**(spec.Labels or {}), "shoal.team": team})
     body = msgspec.to_builtins(spec)
     params = {"prune": prune or None, "dryRun": dry_run or None}
     watch = not dry_run and not detach
@@ -185,9 +191,10 @@ def deploy(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change and where tasks would go")] = False,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return without waiting for convergence")] = False,
     allow_outside_files: AllowOutsideFiles = False,
+    team: Team = None,
 ) -> None:
     """Deploy a new stack or update an existing one (only what changed)."""
-    _deploy(ctx, compose_file, stack, prune, dry_run, detach, allow_outside_files=allow_outside_files)
+    _deploy(ctx, compose_file, stack, prune, dry_run, detach, allow_outside_files=allow_outside_files, team=team)
 
 
 @app.command()
@@ -199,9 +206,11 @@ def upgrade(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change and where tasks would go")] = False,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return without waiting for convergence")] = False,
     allow_outside_files: AllowOutsideFiles = False,
+    team: Team = None,
 ) -> None:
     """Roll an existing stack to a new Compose file: changed services update per their update_config."""
-    _deploy(ctx, compose_file, stack, prune, dry_run, detach, must_exist=True, allow_outside_files=allow_outside_files)
+    _deploy(ctx, compose_file, stack, prune, dry_run, detach, must_exist=True, allow_outside_files=allow_outside_files,
+            team=team)
 
 
 @app.command("ls")

@@ -262,7 +262,14 @@ def deploy_stack(
     live_scheduler: Any = None,
 ) -> DeployResult:
     """Create or update a stack. Everything is checked before the first write; a dry run stops there
-    and reports what would change and where new or changed services' tasks would go."""
+    and reports what would change and where new or changed services' tasks would go.
+
+    A redeploy that names no team keeps the stack's (``shoal.team``): a team changes only when a
+    deploy names another one."""
+    existing = find_stack(store, spec.Name) if spec.Name else None
+    kept_team = (existing.Spec.Labels or {}).get(TEAM_LABEL) if existing is not None else None
+    if kept_team and not (spec.Labels or {}).get(TEAM_LABEL):
+        spec = msgspec.structs.replace(spec, Labels={**(spec.Labels or {}), TEAM_LABEL: kept_team})
     res = _prepare(spec)
     _check_references(store, res)
     stack = spec.Name
