@@ -62,7 +62,7 @@ def test_init_settings() -> None:
     assert external.on_etcd and not external.managed and external.endpoints == ["http://e1:2379", "http://e2:2379"]
     with pytest.raises(InvalidArgument, match="sqlite or etcd"):
         init_settings("zk", [], "10.0.0.1", "n1")
-    with pytest.raises(InvalidArgument, match="only plain http"):
+    with pytest.raises(InvalidArgument, match="only for the etcd members it runs itself"):
         init_settings("etcd", ["https://e1:2379"], "10.0.0.1", "n1")
     with pytest.raises(InvalidArgument, match="store is sqlite"):
         init_settings("sqlite", ["http://e1:2379"], "10.0.0.1", "n1")

@@ -156,7 +156,8 @@ def etcd_client(endpoints: Sequence[str]) -> aetcd.Client:
         raise ValueError("etcd endpoints mix http and https")
     tls = schemes == {True}
     if tls and _client_tls is None:
-        raise ValueError("https etcd endpoints, but this process has no etcd client certificate")
+        raise ValueError("https etcd endpoints need a client certificate, which Shoal has only for the etcd "
+                         "members it runs itself; for an etcd you run, give http:// endpoints")
     options = dict(CHANNEL_OPTIONS)
 
     def client(host: str, port: int) -> aetcd.Client:
