@@ -21,6 +21,7 @@ from shoal import compose
 from shoal.cli import format as fmt
 from shoal.cli.client import Client, CLIError, client_of, delete_each
 from shoal.cli.service import _image, _mode_name, _replicas, task_rows
+from shoal.controlapi.users import TEAM_LABEL
 from shoal.models import StackResources, StackSpec
 
 app = typer.Typer(help="Manage stacks (Compose files deployed across the cluster).", no_args_is_help=True)
@@ -160,7 +161,7 @@ def _deploy(ctx: typer.Context, files: list[Path], name: str | None, prune: bool
     c = client_of(ctx)
     stack, spec = load_stack(files, name, profiles, allow_outside_files)
     if team:  # the stack, and everything it makes, belongs to the team (api/auth.py, docs/security.md)
-        spec = msgspec.structs.replace(spec, Labels={**(spec.Labels or {}), "shoal.team": team})
+        spec = msgspec.structs.replace(spec, Labels={**(spec.Labels or {}), TEAM_LABEL: team})
     body = msgspec.to_builtins(spec)
     params = {"prune": prune or None, "dryRun": dry_run or None}
     watch = not dry_run and not detach
