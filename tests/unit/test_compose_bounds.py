@@ -295,3 +295,22 @@ def test_cli_refuses_a_bomb_in_one_line(tmp_path: Path) -> None:
 def test_cli_help_documents_the_flag() -> None:
     result = CliRunner().invoke(app, ["stack", "deploy", "--help"], env={"COLUMNS": "200"})
     assert "--allow-outside-files" in result.output and "unlike docker compose" in result.output
+
+
+def test_substitution_amplification_is_refused(tmp_path: Path) -> None:
+    # A 1 MiB .env value named 20 times is 20 MiB; a 2 MiB file could name it 500,000 times.
+    (tmp_path / ".env").write_text("BIG=" + "x" * (1 << 20) + "\n")
+    labels = "".join(f"      l{i}: ${{BIG}}\n" for i in range(20))
+    f = write(tmp_path / "compose.yml", SERVICE + "    labels:\n" + labels)
+    with pytest.raises(ComposeError, match=r"compose.yml:21: services.web.labels.l16: variables substituted into "
+                                           r"the Compose files add up to more than 16 MiB"):
+        load([f], env={})
+
+
+def test_substitution_budget_spans_files(tmp_path: Path) -> None:
+    env = {"BIG": "x" * (6 << 20)}
+    one = write(tmp_path / "a.yml", SERVICE + "    labels: {a: '${BIG}', b: '$BIG'}\n")
+    two = write(tmp_path / "b.yml", SERVICE + "    labels: {c: '${BIG:-small}'}\n")
+    assert len(load([one], env=env).services["web"]["labels"]["b"]) == 6 << 20
+    with pytest.raises(ComposeError, match="add up to more than 16 MiB"):
+        load([one, two], env=env)

@@ -21,7 +21,30 @@ class InterpolationError(Exception):
     pass
 
 
-def interpolate_str(s: str, env: Mapping[str, str], unset: Callable[[str], None] = lambda _n: None) -> str:
+# What substitutions may add, over all the files of one load: the values come from the environment
+# and .env (up to 2 MiB each), and a 2 MiB Compose file can name one 500,000 times, which would make
+# terabytes. A real file substitutes short values (tags, hosts, a certificate or two): a few KB.
+MAX_SUBSTITUTED = 16 * 1024 * 1024
+
+
+class Budget:
+    """Characters substituted so far; past MAX_SUBSTITUTED an InterpolationError."""
+
+    def __init__(self, limit: int = MAX_SUBSTITUTED) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def spend(self, value: str) -> str:
+        self.used += len(value)
+        if self.used > self.limit:
+            raise InterpolationError(f"variables substituted into the Compose files add up to more than "
+                                     f"{self.limit // (1024 * 1024)} MiB")
+        return value
+
+
+def interpolate_str(s: str, env: Mapping[str, str], unset: Callable[[str], None] = lambda _n: None,
+                    budget: Budget | None = None) -> str:
+    budget = budget or Budget()
     out: list[str] = []
     i = 0
     while i < len(s):
@@ -41,46 +64,46 @@ def interpolate_str(s: str, env: Mapping[str, str], unset: Callable[[str], None]
                 j += 1
             if depth:
                 raise InterpolationError(f"invalid interpolation format {s!r}: unclosed '${{'")
-            out.append(_braced(s[i + 2 : j - 1], s, env, unset))
+            out.append(_braced(s[i + 2 : j - 1], s, env, unset, budget))
             i = j
         else:
             m = _NAME.match(s, i + 1)
             if not m:
                 raise InterpolationError(f"invalid interpolation format {s!r}: use '$$' for a literal '$'")
-            out.append(_lookup(m.group(), env, unset))
+            out.append(_lookup(m.group(), env, unset, budget))
             i = m.end()
     return "".join(out)
 
 
-def _lookup(name: str, env: Mapping[str, str], unset: Callable[[str], None]) -> str:
+def _lookup(name: str, env: Mapping[str, str], unset: Callable[[str], None], budget: Budget) -> str:
     if name not in env:
         unset(name)
         return ""
-    return env[name]
+    return budget.spend(env[name])
 
 
-def _braced(expr: str, whole: str, env: Mapping[str, str], unset: Callable[[str], None]) -> str:
+def _braced(expr: str, whole: str, env: Mapping[str, str], unset: Callable[[str], None], budget: Budget) -> str:
     m = _BRACED.fullmatch(expr)
     if not m:
         raise InterpolationError(f"invalid interpolation format {whole!r}")
     name, op, arg = m.group(1), m.group(2), m.group(3) or ""
     if op is None:
-        return _lookup(name, env, unset)
+        return _lookup(name, env, unset, budget)
     present = name in env
     nonempty = bool(env.get(name))
     ok = nonempty if op.startswith(":") else present
     kind = op[-1]
     if kind == "-":
-        return env[name] if ok else interpolate_str(arg, env, unset)
+        return budget.spend(env[name]) if ok else interpolate_str(arg, env, unset, budget)
     if kind == "+":
-        return interpolate_str(arg, env, unset) if ok else ""
+        return interpolate_str(arg, env, unset, budget) if ok else ""
     # "?": required
     if not ok:
-        detail = interpolate_str(arg, env, unset) if arg else ""
+        detail = interpolate_str(arg, env, unset, budget) if arg else ""
         raise InterpolationError(
             f"required variable {name} is missing a value" + (f": {detail}" if detail else "")
         )
-    return env[name]
+    return budget.spend(env[name])
 
 
 # Keys whose interpolated string must become a number or a boolean again before validation, as
@@ -105,9 +128,11 @@ def _convert(key: str | int, value: str) -> Any:
     return value
 
 
-def interpolate(src: Source, env: Mapping[str, str], warnings: list[str]) -> dict[str, Any]:
+def interpolate(src: Source, env: Mapping[str, str], warnings: list[str],
+                budget: Budget | None = None) -> dict[str, Any]:
     """A copy of ``src.data`` with every string value interpolated. Raises a located ComposeError."""
     warned: set[str] = set()
+    budget = budget or Budget()
 
     def unset(name: str) -> None:
         if name not in warned:
@@ -121,7 +146,7 @@ def interpolate(src: Source, env: Mapping[str, str], warnings: list[str]) -> dic
             return [walk(v, (*path, i)) for i, v in enumerate(value)]
         if isinstance(value, str) and "$" in value:
             try:
-                out = interpolate_str(value, env, unset)
+                out = interpolate_str(value, env, unset, budget)
             except InterpolationError as e:
                 raise src.error(str(e), path) from None
             return _convert(path[-1], out) if path else out

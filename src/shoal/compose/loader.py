@@ -21,7 +21,7 @@ from . import health as rancher_health
 from . import schema
 from .errors import ComposeError
 from .files import FileTooLarge, read_text, refusal
-from .interpolate import interpolate
+from .interpolate import Budget, interpolate
 from .merge import deep_merge, merge_section, merge_service
 from .source import KeyPath, Source, key_name, parse
 
@@ -112,6 +112,7 @@ class _Loader:
         self.warnings = warnings
         self.root = root
         self.allow_outside_files = allow_outside_files
+        self.budget = Budget()  # one for all the files: substitutions add up across them
         self.files: dict[Path, tuple[Source, dict[str, Any], str]] = {}
 
     def confine(self, file: Path, src: Source, path: KeyPath) -> None:
@@ -127,7 +128,7 @@ class _Loader:
             return self.files[path]
         src = parse(path)
         fmt, version = detect_format(src.data)
-        data = interpolate(src, self.env, self.warnings)
+        data = interpolate(src, self.env, self.warnings, self.budget)
         if fmt == "v1":
             schema.validate(rancher_health.lift(data, src, ()), schema.V1, src)
             # v1: services at the top level; shift the line map under "services" too.
