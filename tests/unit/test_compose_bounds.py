@@ -314,3 +314,21 @@ def test_substitution_budget_spans_files(tmp_path: Path) -> None:
     assert len(load([one], env=env).services["web"]["labels"]["b"]) == 6 << 20
     with pytest.raises(ComposeError, match="add up to more than 16 MiB"):
         load([one, two], env=env)
+
+
+@pytest.mark.parametrize("where", [".env", "env_file"])
+def test_env_file_doubling_is_refused(tmp_path: Path, where: str) -> None:
+    """``B=${A}${A}`` doubles A: twenty such lines of a 1 KB file made 500 MB (python-dotenv has no bound)."""
+    lines = ["A0=" + "x" * 1000] + [f"A{i}=${{A{i - 1}}}${{A{i - 1}}}" for i in range(1, 40)]
+    write(tmp_path / ("vars.env" if where == "env_file" else ".env"), "\n".join(lines) + "\n")
+    text = SERVICE + ("    env_file: vars.env\n" if where == "env_file" else "")
+    f = write(tmp_path / "compose.yml", text)
+    with pytest.raises(ComposeError, match="its variables expand to more than 4 MiB"):
+        to_stack(load([f], env={}), "s")
+
+
+def test_env_files_still_read_as_dotenv_does(tmp_path: Path) -> None:
+    write(tmp_path / "vars.env", "A=1\nB=${A}-x\n# comment\nexport C='q u o'\nD\nA=2\nE=${A}\n")
+    f = write(tmp_path / "compose.yml", SERVICE + "    env_file: vars.env\n")
+    env = to_stack(load([f], env={}), "s").services["web"].TaskTemplate.ContainerSpec.Env
+    assert env == ["A=2", "B=1-x", "C=q u o", "D=", "E=2"]

@@ -11,18 +11,15 @@ nothing to run. :func:`to_stack` adds the stack's networks, secrets, configs and
 
 from __future__ import annotations
 
-import io
 import shlex
 from pathlib import Path
 from typing import Any
-
-from dotenv import dotenv_values
 
 from .. import models as m
 from . import health as compose_health
 from . import schedule as compose_schedule
 from .errors import ComposeError
-from .loader import Project, read_env_file
+from .loader import Project, env_values
 from .merge import to_mapping
 from .stack import (
     AUTOSCALE_PREFIX,
@@ -184,8 +181,7 @@ def environment(project: Project, svc: dict[str, Any]) -> dict[str, str]:
             if isinstance(ef, dict) and ef.get("required") is False:
                 continue
             raise ComposeError(f"env_file {path} not found")
-        text = read_env_file(path, "env_file")
-        values.update({k: v or "" for k, v in dotenv_values(stream=io.StringIO(text)).items()})
+        values.update({k: v or "" for k, v in env_values(path, "env_file").items()})
     for k, v in to_mapping(svc.get("environment")).items():
         if v is None:
             if k in project.env:

@@ -10,17 +10,19 @@ from __future__ import annotations
 import io
 import os
 import re
+from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dotenv import dotenv_values
+from dotenv.parser import parse_stream
+from dotenv.variables import parse_variables
 
 from . import health as rancher_health
 from . import schema
 from .errors import ComposeError
-from .files import FileTooLarge, read_text, refusal
+from .files import MAX_FILE_BYTES, FileTooLarge, human_size, read_text, refusal
 from .interpolate import Budget, interpolate
 from .merge import deep_merge, merge_section, merge_service
 from .source import KeyPath, Source, key_name, parse
@@ -287,7 +289,29 @@ def _dotenv(path: Path, root: Path, allow_outside_files: bool) -> dict[str, str]
     why = refusal(path, root, allow_outside_files)
     if why:
         raise ComposeError(why, path)
-    return {k: v for k, v in dotenv_values(stream=io.StringIO(read_env_file(path))).items() if v is not None}
+    return {k: v for k, v in env_values(path).items() if v is not None}
+
+
+def env_values(path: Path, key: str = "") -> dict[str, str | None]:
+    """An env file's variables as python-dotenv reads them (``${VAR}`` from earlier lines, then the
+    environment), with what they expand to bounded: a line ``B=${A}${A}`` doubles ``A``, so thirty
+    such lines of a tiny file made gigabytes (python-dotenv has no bound). Counted before built."""
+    text = read_env_file(path, key)
+    out: dict[str, str | None] = {}
+    env = ChainMap(out, os.environ)  # earlier lines win over the environment, as dotenv_values does
+    total = 0
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.key is None:
+            continue
+        if binding.value is None:
+            out[binding.key] = None
+            continue
+        parts = [atom.resolve(env) for atom in parse_variables(binding.value)]
+        total += sum(map(len, parts))
+        if total > MAX_FILE_BYTES:
+            raise ComposeError(f"its variables expand to more than {human_size(MAX_FILE_BYTES)}", path, key=key)
+        out[binding.key] = "".join(parts)
+    return out
 
 
 def read_env_file(path: Path, key: str = "") -> str:
