@@ -182,3 +182,13 @@ async def test_an_oversized_heartbeat_is_refused(mgr: ManagerSide, tmp_path: Pat
             await call(m.HeartbeatRequest(session_id="s" * (64 * 1024)), timeout=5)
         assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "Heartbeat: request of" in (exc.value.details() or "")
+
+
+async def test_a_malformed_join_is_a_clear_invalid_argument(mgr: ManagerSide) -> None:
+    async with secure_channel("127.0.0.1", mgr.server.bootstrap_port, mgr.ca.root_pem) as ch:
+        call = ch.unary_unary(path(BOOTSTRAP_SERVICE, "Join"), request_serializer=lambda b: b,
+                              response_deserializer=decoder(m.JoinResponse))
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await call(b"\xc1 not msgpack", timeout=5)
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "Join: malformed request" in (exc.value.details() or "")

@@ -45,6 +45,13 @@ class Oversized:
         self.message = f"{method}: request of {size} bytes is over the limit of {limit} bytes"
 
 
+class Malformed:
+    """What a method's decoder returns for a message that is not the method's request."""
+
+    def __init__(self, method: str, error: str) -> None:
+        self.message = f"{method}: malformed request: {error}"
+
+
 class JoinLimiter:
     """A token bucket per source IP. Loopback is not limited: a process on the manager's own host
     is inside its trust boundary already, and the scale benchmark joins 1,000 nodes from it."""

@@ -10,7 +10,7 @@ import msgspec
 from shoal.ca.certs import MANAGER_SERVER_NAME
 from shoal.dispatcher.protocol import Assignments
 from shoal.transport import messages as m
-from shoal.transport.limits import BOOTSTRAP_MAX_MESSAGE, CLUSTER_MAX_MESSAGE, Oversized
+from shoal.transport.limits import BOOTSTRAP_MAX_MESSAGE, CLUSTER_MAX_MESSAGE, Malformed, Oversized
 
 DISPATCHER_SERVICE = "shoal.Dispatcher"  # cluster port, mutual TLS
 BOOTSTRAP_SERVICE = "shoal.Bootstrap"  # bootstrap port (cluster port + 1), server-only TLS
@@ -87,13 +87,18 @@ def decoder(t: type[Any]) -> Any:
 
 
 def bounded_decoder(t: type[Any], method: str, limit: int) -> Any:
-    """A request decoder that answers :class:`Oversized` for a message over ``limit`` bytes."""
+    """A request decoder that answers :class:`Oversized` for a message over ``limit`` bytes and
+    :class:`Malformed` for one that does not decode (the handler then answers with a clear status;
+    a decoder that raised would make gRPC answer INTERNAL, "Exception deserializing request!")."""
     decode = msgspec.msgpack.Decoder(t).decode
 
     def run(data: bytes) -> Any:
         if len(data) > limit:
             return Oversized(method, len(data), limit)
-        return decode(data)
+        try:
+            return decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            return Malformed(method, str(e))
 
     return run
 

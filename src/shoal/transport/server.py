@@ -29,7 +29,7 @@ from shoal.ca.authority import SWARM_PORT, ClusterCA
 from shoal.ca.certs import CertIdentity, cert_identity
 from shoal.dispatcher.dispatcher import Dispatcher, SessionInvalid
 from shoal.dispatcher.protocol import Assignments
-from shoal.errors import NotFound, ShoalError, TooManyRequests, Unavailable
+from shoal.errors import InvalidArgument, NotFound, ShoalError, TooManyRequests, Unavailable
 from shoal.models import ManagerStatus, NodeRole
 from shoal.transport import messages as m
 from shoal.transport.errors import ERROR_KEY, PermissionDenied, Unauthenticated, status_of
@@ -39,6 +39,7 @@ from shoal.transport.limits import (
     CLUSTER_LIMITS,
     CallCounter,
     JoinLimiter,
+    Malformed,
     Oversized,
 )
 from shoal.transport.logs import RemoteLogSource
@@ -89,6 +90,8 @@ def _no_guard(ctx: grpc.aio.ServicerContext) -> contextlib.AbstractContextManage
 def _check(req: Any) -> None:
     if isinstance(req, Oversized):
         raise TooManyRequests(req.message)
+    if isinstance(req, Malformed):
+        raise InvalidArgument(req.message)
 
 
 def _unary(fn: Handler, req_t: type[Any], method: str, limit: int, guard: Guard = _no_guard) -> grpc.RpcMethodHandler:
