@@ -42,3 +42,12 @@ def test_calls_in_flight_per_node_are_capped() -> None:
     with calls.hold("n1"):
         pass
     assert calls._inflight == {}
+
+
+def test_an_ipv6_64_is_one_source() -> None:
+    lim = JoinLimiter(burst=2, rate=0.0)
+    lim.take("2001:db8::1", now=0.0)
+    lim.take("2001:db8::2", now=0.0)
+    with pytest.raises(TooManyRequests):
+        lim.take("2001:db8::ffff", now=0.0)
+    lim.take("2001:db8:0:1::1", now=0.0)  # another /64

@@ -33,13 +33,14 @@ from shoal.ca.certs import (
     write_private,
 )
 from shoal.ca.tokens import ca_digest, parse_join_token
-from shoal.errors import InvalidArgument, Unavailable
+from shoal.errors import InvalidArgument, TooManyRequests, Unavailable
 from shoal.models import NodeRole
 from shoal.transport import messages as m
 from shoal.transport.errors import from_rpc_error
 from shoal.transport.rpc import BOOTSTRAP_SERVICE, decoder, encode, path, secure_channel, split_addr
 
 JOIN_TIMEOUT_S = 10.0
+JOIN_RETRY_S = 0.5  # after "too many joins from this address"
 KEY_FILE, CERT_FILE, ROOTS_FILE, STATE_FILE = "node.key", "node.crt", "ca.crt", "node.json"
 
 
@@ -122,13 +123,21 @@ def _fetch_server_cert(host: str, port: int, timeout: float) -> str:
 
 async def _bootstrap_call(host: str, port: int, trusted_pem: str, method: str, req: Any, resp_t: type[Any],
                           deadline_s: float, manager: str) -> Any:
+    """One bootstrap call; refused for too many joins from this address (the manager's per-source
+    limit), it is tried again within the deadline, as a crowd of hosts behind one NAT would need."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
     async with secure_channel(host, port, trusted_pem) as ch:
         call = ch.unary_unary(path(BOOTSTRAP_SERVICE, method), request_serializer=encode,
                               response_deserializer=decoder(resp_t))
-        try:
-            return await call(req, timeout=max(deadline_s, 0.1))
-        except grpc.aio.AioRpcError as e:
-            raise from_rpc_error(e, manager) from None
+        while True:
+            try:
+                return await call(req, timeout=max(deadline - loop.time(), 0.1))
+            except grpc.aio.AioRpcError as e:
+                err = from_rpc_error(e, manager)
+                if not isinstance(err, TooManyRequests) or loop.time() + JOIN_RETRY_S >= deadline:
+                    raise err from None
+            await asyncio.sleep(JOIN_RETRY_S)
 
 
 async def join_cluster(

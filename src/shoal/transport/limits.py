@@ -63,6 +63,7 @@ class JoinLimiter:
     def take(self, ip: str, now: float | None = None) -> None:
         if not ip or _loopback(ip):
             return
+        ip = _source(ip)
         now = time.monotonic() if now is None else now
         tokens, at = self._buckets.pop(ip, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - at) * self.rate)
@@ -73,6 +74,17 @@ class JoinLimiter:
         self._buckets[ip] = (tokens - 1.0, now)
         while len(self._buckets) > self.max_sources:
             self._buckets.popitem(last=False)
+
+
+def _source(ip: str) -> str:
+    """The bucket of an address: an IPv6 host usually holds a whole /64, so that is one source."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if addr.version == 6:
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    return ip
 
 
 def _loopback(ip: str) -> bool:

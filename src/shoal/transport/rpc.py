@@ -66,6 +66,7 @@ BOOTSTRAP_OPTIONS: list[tuple[str, Any]] = [
     *[o for o in SERVER_OPTIONS if o[0] != "grpc.max_receive_message_length"],
     ("grpc.max_receive_message_length", BOOTSTRAP_MAX_MESSAGE + 1024),
     ("grpc.max_connection_idle_ms", 30_000),
+    ("grpc.max_concurrent_streams", 8),  # per connection: a joiner makes two calls
     ("grpc.max_connection_age_ms", 120_000),
     ("grpc.max_connection_age_grace_ms", 60_000),  # a manager's join waits for etcd to add its member
 ]

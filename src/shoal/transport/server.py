@@ -26,7 +26,7 @@ import grpc
 import msgspec
 
 from shoal.ca.authority import SWARM_PORT, ClusterCA
-from shoal.ca.certs import CertIdentity, cert_identity
+from shoal.ca.certs import CertIdentity, cert_identity, verified_ip
 from shoal.dispatcher.dispatcher import Dispatcher, SessionInvalid
 from shoal.dispatcher.protocol import Assignments
 from shoal.errors import InvalidArgument, NotFound, ShoalError, TooManyRequests, Unavailable
@@ -332,7 +332,9 @@ class ClusterServer:
             raise PermissionDenied(f"the certificate of node {ident.node_id} cannot register as node {req.node_id}")
         if self.ca.store.get("node", ident.node_id) is None:
             raise NotFound(f"node {ident.node_id} not found: it was removed from the swarm; join it again")
-        info = await self.dispatcher.register(ident.node_id, req.description, req.addr or _peer_ip(ctx), req.engine)
+        # Where peers reach the node (its advertise address): an IP, else the address the call came from.
+        addr = verified_ip(req.addr) or _peer_ip(ctx)
+        info = await self.dispatcher.register(ident.node_id, req.description, addr, req.engine)
         old = self._node_session.get(ident.node_id)
         if old is not None:
             self._sessions.pop(old, None)
