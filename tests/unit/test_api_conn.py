@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from shoal import controlapi
 from shoal.api import create_app, serve
@@ -243,3 +244,23 @@ async def test_oversized_heads_are_refused(head: bytes) -> None:
         assert status_line.split()[1] == b"400", answer[:100]  # aiohttp answers in HTTP/1.0 here
         writer.close()
         await ping(port)
+
+
+async def test_body_the_server_has_not_read_yet_is_not_the_clients_stall() -> None:
+    """A handler that reads its (large) body only after a while makes the server stop reading (flow
+    control); that pause is not the client stalling, so the body idle timeout must not fire."""
+    async def slow_reader(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.0)  # e.g. asking etcd who leads before forwarding
+        return web.Response(text=str(len(await request.read())))
+
+    app = web.Application(client_max_size=16 * 1024**2)
+    app.router.add_post("/slow", slow_reader)
+    port = free_port()
+    runner = await serve(app, [f"tcp://127.0.0.1:{port}"], limits=FAST)
+    try:
+        body = b"x" * (4 * 1024**2)
+        async with aiohttp.ClientSession() as session, \
+                session.post(f"http://127.0.0.1:{port}/slow", data=body) as resp:
+            assert resp.status == 200 and await resp.text() == str(len(body))
+    finally:
+        await runner.cleanup()
