@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from shoal import controlapi
 from shoal.api import create_app, serve
+from shoal.api.auth import ANONYMOUS_ADMIN, IDENTITY_KEY, LOCAL_ADMIN, USER_KEY
 from shoal.api.containers import CONTAINER_LABEL
-from shoal.api.limits import STREAMS_PER_CLIENT, address_bucket
+from shoal.api.limits import STREAMS_PER_CLIENT, address_bucket, client_key
 from shoal.api.testing import FakeManager, add_task
+from shoal.controlapi.users import ADMIN, Identity
 from shoal.models import ContainerSpec, InitRequest, ServiceSpec, TaskSpec
 
 
@@ -100,3 +105,36 @@ def test_address_buckets() -> None:
     assert address_bucket("::ffff:10.0.0.7") == "10.0.0.7"
     assert address_bucket("2001:db8:1:2:aaaa::1") == address_bucket("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert address_bucket("fe80::1%eth0") == "fe80::/64"
+
+
+class _Transport:
+    """Just what client_key asks of a transport."""
+
+    def __init__(self, peer: tuple[str, int] | None, sock: socket.socket | None = None) -> None:
+        self.extra = {"peername": peer, "socket": sock}
+
+    def get_extra_info(self, name: str) -> object:
+        return self.extra.get(name)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _request(transport: _Transport, ident: Identity | None) -> web.Request:
+    req = make_mocked_request("GET", "/services/x/logs", transport=transport)
+    if ident is not None:
+        req[IDENTITY_KEY] = ident
+        req[USER_KEY] = ident.name
+    return req
+
+
+def test_client_keys() -> None:
+    tcp = _Transport(("10.1.2.3", 5555))
+    alice_token = Identity(name="alice", role=ADMIN, via="token")
+    # A named user is one client from wherever it calls; the shared names are told apart by peer.
+    assert client_key(_request(tcp, alice_token)) == "user alice"
+    assert client_key(_request(_Transport(("10.9.9.9", 1)), alice_token)) == "user alice"
+    assert client_key(_request(tcp, ANONYMOUS_ADMIN)) == "address 10.1.2.3"
+    a, b = socket.socketpair()
+    with a, b:
+        assert client_key(_request(_Transport(None, a), LOCAL_ADMIN)) == f"uid {os.getuid()}"
