@@ -25,6 +25,7 @@ from shoal.api import (
 from shoal.api.auth import SECURITY, USER_KEY, Security, auth_middleware
 from shoal.api.common import MANAGER, ManagerAPI, json_response
 from shoal.api.forward import FORWARDED, NO_LEADER, REVISION, is_local, wait_for_revision
+from shoal.api.limits import STREAM_SLOTS, StreamSlots
 from shoal.errors import InvalidArgument, NotFound, ShoalError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ def create_app(manager: ManagerAPI, security: Security | None = None) -> web.App
     app = web.Application(middlewares=middlewares, client_max_size=16 * 1024**2)
     app[MANAGER] = manager
     app[SECURITY] = security or Security()
+    app[STREAM_SLOTS] = StreamSlots()
     for method, path, handler in _ROUTES:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, r"/v{api_version:[0-9][0-9.]*}" + path, handler)

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from shoal import controlapi
 from shoal.api.common import ManagerAPI, query_bool, swarm_manager
+from shoal.api.limits import stream_slot
 from shoal.dispatcher.protocol import LogMessage, LogOptions
 from shoal.errors import InvalidArgument
 from shoal.models import Task, TaskState, now_ts, parse_ts
@@ -170,8 +171,16 @@ def _gone(request: web.Request) -> bool:
 
 
 async def stream_logs(request: web.Request, manager: ManagerAPI, tasks: list[Task], tty: bool,
-                  follow_service: str | None) -> web.StreamResponse:
+                      follow_service: str | None) -> web.StreamResponse:
+    """Stream ``tasks``' logs; the caller holds one of its stream slots (api/limits.py) meanwhile, so
+    a client cannot tie up the manager and the agents with thousands of ``--follow`` streams."""
     opts, details = parse_options(request)
+    with stream_slot(request):
+        return await _stream(request, manager, tasks, tty, follow_service, opts, details)
+
+
+async def _stream(request: web.Request, manager: ManagerAPI, tasks: list[Task], tty: bool,
+                  follow_service: str | None, opts: LogOptions, details: bool) -> web.StreamResponse:
     merger = _Merger(manager)
     watcher = manager.store.watch("task") if opts.follow and follow_service else None
     follower: asyncio.Task[None] | None = None

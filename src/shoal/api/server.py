@@ -12,8 +12,9 @@ from pathlib import Path
 from aiohttp import web
 
 from shoal.api.app import create_app  # re-exported: the daemon imports both from here
+from shoal.api.conn import Admission, ConnLimits, GuardedSite, tcp_listen_sockets, unix_listen_socket
 
-__all__ = ["create_app", "serve"]
+__all__ = ["ConnLimits", "create_app", "serve"]
 
 DEFAULT_TCP_PORT = 2375
 
@@ -46,9 +47,12 @@ def _split_tcp(addr: str) -> tuple[str, int]:
 
 
 async def serve(app: web.Application, hosts: list[str], shutdown_timeout: float = 2.0,
-                ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
+                ssl_context: ssl.SSLContext | None = None, limits: ConnLimits | None = None) -> web.AppRunner:
     """Start serving ``app`` on every host; returns the runner (``await runner.cleanup()`` to stop).
-    ``ssl_context`` applies to the TCP hosts (a unix socket is guarded by its file mode)."""
+    ``ssl_context`` applies to the TCP hosts (a unix socket is guarded by its file mode). Each host
+    is one listener with its own connection caps; ``limits`` (timeouts, caps: api/conn.py) applies
+    to all of them."""
+    limits = limits or ConnLimits()
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
@@ -56,11 +60,15 @@ async def serve(app: web.Application, hosts: list[str], shutdown_timeout: float 
             if host.startswith("unix://"):
                 path = Path(host.removeprefix("unix://"))
                 _prepare_unix_path(path)
-                await web.UnixSite(runner, str(path)).start()
+                sock = unix_listen_socket(str(path), Admission(host, limits, tls=False))
+                await GuardedSite(runner, sock, limits, f"http://unix:{path}:").start()
                 os.chmod(path, 0o660)
             elif host.startswith("tcp://"):
                 h, port = _split_tcp(host.removeprefix("tcp://"))
-                await web.TCPSite(runner, h, port, ssl_context=ssl_context).start()
+                admission = Admission(host, limits, tls=ssl_context is not None)
+                for sock in tcp_listen_sockets(h, port, admission):
+                    name = f"{'https' if ssl_context else 'http'}://{h}:{sock.getsockname()[1]}"
+                    await GuardedSite(runner, sock, limits, name, ssl_context=ssl_context).start()
             else:
                 raise ValueError(f"unsupported host address {host!r}: use unix:///path or tcp://host:port")
     except BaseException:
