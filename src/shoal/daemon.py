@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -292,10 +293,20 @@ async def _amain(hosts: list[str], data_root: str, engine: str, advertise_addr: 
     await daemon.stop()
 
 
+def _raise_open_files_limit() -> None:
+    """Up to the hard limit: the API's connection caps (api/conn.py: 1,024 per listener) and a
+    thousand agents' gRPC streams need more descriptors than a shell's usual soft limit of 1,024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+
+
 def run_daemon(hosts: list[str], data_root: str, engine: str, advertise_addr: str | None = None,
                hostname: str | None = None, log_level: str = "info", tls: TLSOptions | None = None,
                insecure_tcp: bool = False) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _raise_open_files_limit()
     if os.environ.get("SHOAL_TRACE_SLOW_MS"):
         trace_slow_callbacks(float(os.environ["SHOAL_TRACE_SLOW_MS"]) / 1000, log)
     asyncio.run(_amain(hosts, data_root, engine, advertise_addr, hostname, tls, insecure_tcp))
