@@ -19,7 +19,19 @@ import pytest
 from aetcd import rpc
 
 from shoal.errors import Conflict, FencedOut, StoreUnavailable
-from shoal.models import Cluster, Config, ContainerStatus, Network, Node, Secret, Service, Stack, TaskState, Version
+from shoal.models import (
+    Cluster,
+    Config,
+    ContainerStatus,
+    Network,
+    Node,
+    Secret,
+    Service,
+    Stack,
+    TaskState,
+    User,
+    Version,
+)
 from shoal.orchestrator.task import new_task
 from shoal.store import MemoryStore, SqliteBackend
 from shoal.store.base import KINDS
@@ -116,6 +128,8 @@ def one_of_each_kind() -> dict[str, list[Any]]:
         "config": [msgspec.convert({"ID": "cfg1", **stamp, "Spec": {"Name": "conf", "Data": "eD0x"}}, Config)],
         "stack": [msgspec.convert({"ID": "stk1", **stamp, "Spec": {"Name": "app", "Compose": "services: {}"},
                                    "Status": {"State": "deployed"}}, Stack)],
+        "user": [msgspec.convert({"ID": "usr1", **stamp, "Spec": {"Name": "olga", "Role": "operator", "Teams": ["web"]},
+                                  "Tokens": [{"ID": "tok1", "Hash": "ab" * 32}]}, User)],
     }
 
 
@@ -271,10 +285,10 @@ async def test_import_a_sqlite_store_into_an_empty_prefix_only(backend: EtcdBack
     await store.close()  # waits until the write-behind writer has persisted everything
     single = SqliteBackend(tmp_path / "state.db").load()
     revision, objs = single.revision, single.objects
-    assert revision == 9 and len(objs["task"]) == 1000 and single.bad == []
+    assert revision == 10 and len(objs["task"]) == 1000 and single.bad == []
     assert await backend.import_snapshot(revision, objs) == []
     snap = await backend.load()
-    assert snap.revision == 9 and snap.max_index == 8
+    assert snap.revision == 10 and snap.max_index == 9
     assert {k: sorted(v, key=lambda o: o.ID) for k, v in snap.objects.items()} == {
         k: sorted(v, key=lambda o: o.ID) for k, v in objs.items()}
     with pytest.raises(Conflict, match="wipe it first"):
@@ -284,7 +298,7 @@ async def test_import_a_sqlite_store_into_an_empty_prefix_only(backend: EtcdBack
     assert after.revision == 0 and all(v == [] for v in after.objects.values())
     # A watcher sees the wipe as one whole batch of deletes at store revision 0.
     (wiped,) = await collect(backend.watch(snap.etcd_revision + 1, whole_batches=True), lambda bs: True)
-    assert wiped.revision == 0 and wiped.puts == [] and len(wiped.deletes) == 1006
+    assert wiped.revision == 0 and wiped.puts == [] and len(wiped.deletes) == 1007
     # A wiped prefix takes an import again.
     assert await backend.import_snapshot(43, {"service": objs["service"]}) == []
     assert (await backend.load()).revision == 43
