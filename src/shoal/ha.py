@@ -30,11 +30,19 @@ import msgspec
 from shoal.ca.certs import write_private
 from shoal.errors import Conflict, InvalidArgument, StoreUnavailable, Unavailable
 from shoal.models import NodeRole
-from shoal.store import MemoryStore, etcdtls
+from shoal.store import MemoryStore
 from shoal.store.dataroot import DataRootLock
 from shoal.store.election import LeaderElection, Leadership
-from shoal.store.etcd import DEFAULT_PREFIX, etcd_client, use_client_tls
-from shoal.store.etcdproc import EtcdStartError, ManagedEtcd, add_member, members, promote_learner, remove_member
+from shoal.store.etcd import DEFAULT_PREFIX, etcd_client
+from shoal.store.etcdproc import (
+    EtcdStartError,
+    ManagedEtcd,
+    add_member,
+    members,
+    promote_learner,
+    remove_member,
+    tls_member,
+)
 from shoal.store.replica import EtcdReplica
 from shoal.store.sealing import KEY_FILE, FileKeySource, Sealer, StoreKeyError
 
@@ -163,10 +171,11 @@ class ManagerTerms:
         """Start the managed member (if any) and connect; the view is empty until :meth:`run`."""
         s = self.settings
         if s.managed:
-            self.etcd = ManagedEtcd(s.member or self.member_id, self.data_root / "etcd", s.client_url, s.peer_url,
-                                    initial_cluster=dict(s.initial_cluster),
-                                    cluster_state="existing" if s.initial_cluster else "new",
-                                    tls=self._member_tls())
+            try:
+                self.etcd = tls_member(self.data_root, s.member or self.member_id, s.client_url, s.peer_url,
+                                       s.initial_cluster, may_create=not s.initial_cluster)
+            except ValueError as e:
+                raise Unavailable(str(e)) from None
             try:
                 await self.etcd.start(ETCD_START_TIMEOUT_S)
             except EtcdStartError as e:
@@ -188,22 +197,6 @@ class ManagerTerms:
         self.election = LeaderElection(self._client, s.prefix, member_id=self.member_id,
                                        keepalive_endpoints=s.client_endpoints,
                                        info=json.dumps(self.info).encode(), **kw)
-
-    def _member_tls(self) -> etcdtls.MemberFiles | None:
-        """This manager's etcd member certificate, and the process's client credentials for it. The
-        first member of a swarm makes the etcd CA; the others got it when they joined."""
-        s = self.settings
-        try:
-            files = etcdtls.prepare(self.data_root, s.member or self.member_id, s.client_url,
-                                    may_create=not s.initial_cluster)
-        except ValueError as e:
-            raise Unavailable(str(e)) from None
-        if files is None:
-            log.warning("this swarm's etcd members talk plain http (made before Shoal ran them with TLS): "
-                        "anyone who reaches %s can read and write the store", s.client_url)
-            return None
-        use_client_tls(etcdtls.client_tls(self.data_root))
-        return files
 
     async def check_unused(self) -> None:
         """``swarm init`` on an etcd that already holds a swarm is refused (Conflict), not merged."""
@@ -546,10 +539,7 @@ async def _migrate_to_etcd(data_root: Path, endpoints: list[str], etcd_port: int
                              client_port=etcd_port or ETCD_CLIENT_PORT)
     member: ManagedEtcd | None = None
     if settings.managed:
-        tls = etcdtls.prepare(data_root, node_id, settings.client_url, may_create=True)  # the swarm's first member
-        member = ManagedEtcd(node_id, data_root / "etcd", settings.client_url, settings.peer_url, tls=tls)
-        if tls is not None:
-            use_client_tls(etcdtls.client_tls(data_root))
+        member = tls_member(data_root, node_id, settings.client_url, settings.peer_url, may_create=True)
         try:
             await member.start(ETCD_START_TIMEOUT_S)
         except EtcdStartError as e:

@@ -4,9 +4,7 @@ the leader's audit log still names who asked."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,32 +14,19 @@ import pytest
 
 from tests.integration.conftest import wait_for
 from tests.integration.security_cli import shoal_as
-from tests.integration.test_managers_ha import Mgr, swarm_on_etcd
+from tests.integration.test_managers_ha import Mgr, running_managers, swarm_on_etcd
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server is not installed")]
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[Mgr, Mgr]]:
-    ms = (Mgr(tmp_path, 1), Mgr(tmp_path, 2))
-    for m in ms:
-        m.proc.start()
-    try:
+def pair(tmp_path: Path) -> Iterator[list[Mgr]]:
+    with running_managers(tmp_path, 2) as ms:
         yield ms
-    finally:
-        for m in ms:
-            m.proc.stop(signal.SIGKILL)
-        for m in ms:
-            pidfile = m.proc.data / "etcd.pid"
-            if pidfile.exists():
-                pid = int(pidfile.read_text())
-                cmdline = Path(f"/proc/{pid}/cmdline")
-                if cmdline.exists() and f"--data-dir={m.proc.data / 'etcd'}".encode() in cmdline.read_bytes():
-                    os.kill(pid, signal.SIGKILL)
 
 
-def test_a_follower_authorizes_before_it_forwards(pair: tuple[Mgr, Mgr]) -> None:
+def test_a_follower_authorizes_before_it_forwards(pair: list[Mgr]) -> None:
     leader, follower = pair
     swarm_on_etcd(leader, follower)
     wait_for(lambda: len(follower.client().nodes.list()) == 2, timeout=40)

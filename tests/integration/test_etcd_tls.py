@@ -4,9 +4,7 @@ service that mounts / on every node, past all of the API's authorization."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,28 +12,16 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import wait_for
-from tests.integration.test_managers_ha import Mgr, etcdctl, swarm_on_etcd
+from tests.integration.test_managers_ha import Mgr, etcdctl, running_managers, swarm_on_etcd
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server is not installed")]
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[Mgr, Mgr]]:
-    ms = (Mgr(tmp_path, 1), Mgr(tmp_path, 2))
-    for m in ms:
-        m.proc.start()
-    try:
+def pair(tmp_path: Path) -> Iterator[list[Mgr]]:
+    with running_managers(tmp_path, 2) as ms:
         yield ms
-    finally:
-        for m in ms:
-            m.proc.stop(signal.SIGKILL)
-        pidfile = ms[0].proc.data / "etcd.pid"
-        if pidfile.exists():
-            pid = int(pidfile.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline")
-            if cmdline.exists() and f"--data-dir={ms[0].proc.data / 'etcd'}".encode() in cmdline.read_bytes():
-                os.kill(pid, signal.SIGKILL)
 
 
 def _etcdctl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -43,7 +29,7 @@ def _etcdctl(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=30, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
 
 
-def test_only_managers_reach_the_managed_etcd(pair: tuple[Mgr, Mgr]) -> None:
+def test_only_managers_reach_the_managed_etcd(pair: list[Mgr]) -> None:
     manager, worker = pair
     swarm_on_etcd(manager, worker, role="worker")
     wait_for(lambda: len(manager.client().nodes.list()) == 2, timeout=40)

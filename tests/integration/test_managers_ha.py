@@ -9,6 +9,7 @@ comes back as a follower."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -49,9 +50,10 @@ class Mgr:
             return False
 
 
-@pytest.fixture
-def managers(tmp_path: Path) -> Iterator[list[Mgr]]:
-    ms = [Mgr(tmp_path, n) for n in (1, 2, 3)]
+@contextlib.contextmanager
+def running_managers(tmp_path: Path, count: int) -> Iterator[list[Mgr]]:
+    """``count`` daemons started; afterwards killed with their etcd members and the test's containers."""
+    ms = [Mgr(tmp_path, n) for n in range(1, count + 1)]
     for m in ms:
         m.proc.start()
     try:
@@ -70,6 +72,12 @@ def managers(tmp_path: Path) -> Iterator[list[Mgr]]:
                 if cmdline.exists() and f"--data-dir={m.proc.data / 'etcd'}".encode() in cmdline.read_bytes():
                     os.kill(pid, signal.SIGKILL)
         engine.close()
+
+
+@pytest.fixture
+def managers(tmp_path: Path) -> Iterator[list[Mgr]]:
+    with running_managers(tmp_path, 3) as ms:
+        yield ms
 
 
 def running(client: docker.DockerClient, name: str) -> list[dict]:

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shoal.ca.certs import write_private
-from shoal.ca.rootca import key_to_pem
+from shoal.ca.rootca import key_to_pem, self_signed_ca
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +133,7 @@ def ensure_generated(tls_dir: Path, hosts: list[str], advertise_addr: str | None
         ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
         assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     else:
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca = (x509.CertificateBuilder().subject_name(_subject("Shoal API CA")).issuer_name(_subject("Shoal API CA"))
-              .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=3650))
-              .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-              .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                           content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                           key_agreement=False, encipher_only=False, decipher_only=False),
-                             critical=True)
-              .sign(ca_key, hashes.SHA256()))
+        ca, ca_key = self_signed_ca(_subject("Shoal API CA"), dt.timedelta(days=3650), path_length=0)
         write_private(ca_key_path, key_to_pem(ca_key))
         write_private(ca_path, ca.public_bytes(serialization.Encoding.PEM).decode())
         cert_path.unlink(missing_ok=True)

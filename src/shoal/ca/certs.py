@@ -112,6 +112,36 @@ def _san(role: NodeRole, addr: str) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(names)
 
 
+def _issue_leaf(
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    issuer: x509.Certificate,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    subject: list[x509.NameAttribute],
+    usages: list[x509.ObjectIdentifier],
+    validity: dt.timedelta,
+    san: x509.SubjectAlternativeName | None = None,
+) -> str:
+    """A leaf certificate (PEM) the cluster's CA signs: never a CA, never outliving its issuer."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(issuer.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - min(CLOCK_SKEW, validity / 10))
+        .not_valid_after(min(now + validity, issuer.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_LEAF_USAGE, critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+    )
+    if san is not None:
+        builder = builder.add_extension(san, critical=False)
+    return builder.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
 def issue_node_cert(
     public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
     issuer: x509.Certificate,
@@ -124,29 +154,11 @@ def issue_node_cert(
 ) -> str:
     """A node certificate (PEM) for ``public_key``, usable for both TLS client and server.
     ``addr`` must be one the CA verified (the peer address of the call), never one a node chose."""
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([
-            x509.NameAttribute(NameOID.COMMON_NAME, node_id),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ROLE_OU[role]),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id),
-        ]))
-        .issuer_name(issuer.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - min(CLOCK_SKEW, validity / 10))
-        .not_valid_after(min(now + validity, issuer.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_LEAF_USAGE, critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
-        .add_extension(_san(role, addr), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
-        .sign(issuer_key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, node_id),
+               x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ROLE_OU[role]),
+               x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id)]
+    return _issue_leaf(public_key, issuer, issuer_key, subject,
+                       [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], validity, _san(role, addr))
 
 
 def issue_user_cert(
@@ -162,27 +174,10 @@ def issue_user_cert(
     user removed and made again under the same name does not bring old certificates back),
     OU = ``shoal-user``, O = cluster ID; client authentication only and no SANs, so it can never
     serve as a node or a manager."""
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([
-            x509.NameAttribute(NameOID.COMMON_NAME, user),
-            x509.NameAttribute(NameOID.USER_ID, user_id),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, USER_OU),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id),
-        ]))
-        .issuer_name(issuer.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - min(CLOCK_SKEW, validity / 10))
-        .not_valid_after(min(now + validity, issuer.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_LEAF_USAGE, critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
-        .sign(issuer_key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, user), x509.NameAttribute(NameOID.USER_ID, user_id),
+               x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, USER_OU),
+               x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id)]
+    return _issue_leaf(public_key, issuer, issuer_key, subject, [ExtendedKeyUsageOID.CLIENT_AUTH], validity)
 
 
 def subject_fields(cert: x509.Certificate) -> tuple[str, str, str, str]:

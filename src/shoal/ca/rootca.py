@@ -47,10 +47,10 @@ def _root_name(cluster_id: str, unique: bool) -> x509.Name:
     return x509.Name(attrs)
 
 
-def create_root(cluster_id: str, unique: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A new self-signed P-256 root. ``unique``: give it a subject no earlier root had."""
+def self_signed_ca(name: x509.Name, validity: dt.timedelta = ROOT_VALIDITY,
+                   path_length: int = 1) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new self-signed P-256 CA: the cluster's root, and the API's and etcd's own CAs."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = _root_name(cluster_id, unique)
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -59,13 +59,18 @@ def create_root(cluster_id: str, unique: bool = False) -> tuple[x509.Certificate
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + ROOT_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(_ROOT_USAGE, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return cert, key
+
+
+def create_root(cluster_id: str, unique: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new self-signed P-256 root. ``unique``: give it a subject no earlier root had."""
+    return self_signed_ca(_root_name(cluster_id, unique))
 
 
 def create_root_ca(cluster_id: str) -> tuple[str, str]:

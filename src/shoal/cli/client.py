@@ -18,6 +18,7 @@ import requests.exceptions
 import typer
 
 from shoal import API_VERSION
+from shoal.api.tls import TLSOptions
 
 DEFAULT_HOST = "unix:///run/shoal/shoal.sock"
 
@@ -32,18 +33,9 @@ class CLIError(Exception):
 
 
 @dataclass(frozen=True)
-class TLSSettings:
-    """The docker CLI's client TLS flags and their environment ($DOCKER_TLS_VERIFY, $DOCKER_CERT_PATH)."""
-
-    tls: bool = False
-    verify: bool = False
-    cacert: str | None = None
-    cert: str | None = None
-    key: str | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return self.tls or self.verify
+class TLSSettings(TLSOptions):
+    """The docker CLI's client TLS flags (the daemon's names, api/tls.py) and their environment
+    ($DOCKER_TLS_VERIFY, $DOCKER_CERT_PATH)."""
 
     @classmethod
     def resolve(cls, tls: bool, verify: bool, cacert: str | None, cert: str | None, key: str | None) -> TLSSettings:

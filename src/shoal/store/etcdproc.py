@@ -15,6 +15,7 @@ is one call; stop the removed member afterwards (it stops on its own once it lea
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import ssl
@@ -32,8 +33,11 @@ from aetcd import rpc
 
 from shoal.ca.certs import write_private
 from shoal.errors import Conflict, StoreUnavailable
-from shoal.store.etcd import DEFAULT_TIMEOUT_S, etcd_client, retrying
+from shoal.store import etcdtls
+from shoal.store.etcd import DEFAULT_TIMEOUT_S, etcd_client, retrying, use_client_tls
 from shoal.store.etcdtls import MemberFiles
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RECONFIG_TIMEOUT_S = 15.0  # etcd wants 5 s of full connectivity before a membership change
@@ -322,3 +326,18 @@ async def promote_learner(client: aetcd.Client, name: str, timeout_s: float = 60
                 await vc.close()
         await asyncio.sleep(0.5)
     raise StoreUnavailable(f"etcd: promote {name}: {why}")
+
+
+def tls_member(data_root: Path, name: str, client_url: str, peer_url: str,
+               initial_cluster: dict[str, str] | None = None, *, may_create: bool) -> ManagedEtcd:
+    """The member this manager runs, with mutual TLS when its URLs are https (store/etcdtls.py;
+    ``may_create``: it is the swarm's first member, which makes the etcd CA), and this process's
+    client credentials for it. ValueError when the member needs a CA this manager was never given."""
+    tls = etcdtls.prepare(data_root, name, client_url, may_create=may_create)
+    if tls is not None:
+        use_client_tls(etcdtls.client_tls(data_root))
+    else:
+        log.warning("this swarm's etcd members talk plain http (made before Shoal ran them with TLS): "
+                    "anyone who reaches %s can read and write the store", client_url)
+    return ManagedEtcd(name, data_root / "etcd", client_url, peer_url, initial_cluster=dict(initial_cluster or {}),
+                       cluster_state="existing" if initial_cluster else "new", tls=tls)

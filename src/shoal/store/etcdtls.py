@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shoal.ca.certs import write_private
-from shoal.ca.rootca import key_to_pem
+from shoal.ca.rootca import key_to_pem, self_signed_ca
 
 TLS_DIR = "etcd-tls"
 CA_CERT, CA_KEY, MEMBER_CERT, MEMBER_KEY = "ca.crt", "ca.key", "member.crt", "member.key"
@@ -70,17 +70,7 @@ def create_ca(data_root: Path) -> None:
     d = data_root / TLS_DIR
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(d, 0o700)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name("Shoal etcd CA")).issuer_name(_name("Shoal etcd CA"))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + CA_VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False),
-                           critical=True)
-            .sign(key, hashes.SHA256()))
+    cert, key = self_signed_ca(_name("Shoal etcd CA"), CA_VALIDITY, path_length=0)
     write_private(d / CA_KEY, key_to_pem(key))
     write_private(d / CA_CERT, cert.public_bytes(serialization.Encoding.PEM).decode())
 

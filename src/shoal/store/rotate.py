@@ -76,22 +76,17 @@ async def _rotate_sqlite(db: Path, source: FileKeySource) -> tuple[str, int]:
 
 async def _rotate_etcd(data_root: Path, settings: Any, source: FileKeySource) -> tuple[str, int]:
     from shoal.ha import ETCD_START_TIMEOUT_S
-    from shoal.store import etcdtls
     from shoal.store.election import LeaderElection
-    from shoal.store.etcd import EtcdBackend, etcd_client, use_client_tls
-    from shoal.store.etcdproc import EtcdStartError, ManagedEtcd
+    from shoal.store.etcd import EtcdBackend, etcd_client
+    from shoal.store.etcdproc import EtcdStartError, ManagedEtcd, tls_member
 
     member: ManagedEtcd | None = None
     if settings.managed:
         try:
-            tls = etcdtls.prepare(data_root, settings.member, settings.client_url, may_create=False)
+            member = tls_member(data_root, settings.member, settings.client_url, settings.peer_url,
+                                settings.initial_cluster, may_create=False)
         except ValueError as e:
             raise Unavailable(str(e)) from None
-        member = ManagedEtcd(settings.member, data_root / "etcd", settings.client_url, settings.peer_url,
-                             initial_cluster=dict(settings.initial_cluster),
-                             cluster_state="existing" if settings.initial_cluster else "new", tls=tls)
-        if tls is not None:
-            use_client_tls(etcdtls.client_tls(data_root))
         try:
             await member.start(ETCD_START_TIMEOUT_S)
         except EtcdStartError as e:
