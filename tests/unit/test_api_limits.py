@@ -18,8 +18,9 @@ from shoal import controlapi
 from shoal.api import create_app, serve
 from shoal.api.auth import ANONYMOUS_ADMIN, IDENTITY_KEY, LOCAL_ADMIN, USER_KEY
 from shoal.api.containers import CONTAINER_LABEL
-from shoal.api.limits import STREAMS_PER_CLIENT, address_bucket, client_key
+from shoal.api.limits import STREAMS_PER_CLIENT, client_key
 from shoal.api.testing import FakeManager, add_task
+from shoal.bounds import address_bucket
 from shoal.controlapi.users import ADMIN, Identity
 from shoal.models import ContainerSpec, InitRequest, ServiceSpec, TaskSpec
 

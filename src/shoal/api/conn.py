@@ -37,7 +37,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 
-from shoal.api.limits import address_bucket
+from shoal.bounds import address_bucket
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ thousands of them. Connection-level bounds (timeouts, connection caps) are in ap
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import socket
 import struct
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from collections.abc import Iterator
 from aiohttp import web
 
 from shoal.api.auth import IDENTITY_KEY, USER_KEY
-from shoal.errors import TooManyRequests
+from shoal.bounds import KeyedSlots, address_bucket
 
 # 32: a person following every service of a large stack in its own terminal, or a log shipper with
 # a stream per service, stays well under it; one stream costs a store watch, a queue of up to
@@ -41,20 +40,6 @@ def peer_uid(sock: socket.socket | None) -> int | None:
     return uid
 
 
-def address_bucket(host: str) -> str:
-    """The bucket of a TCP peer address: the IPv4 address, or the /64 of an IPv6 one (a single host
-    commonly holds a whole /64, so per-address buckets would not bound it)."""
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
-
-
 def client_key(request: web.Request) -> str:
     """Who the caller is for per-client caps: the authenticated user when there is one; else the
     peer's uid on a unix socket, or its address (bucket) on TCP."""
@@ -73,45 +58,27 @@ def client_key(request: web.Request) -> str:
     return "unknown"
 
 
-class StreamSlots:
+class StreamSlots(KeyedSlots):
     """Counts the streams each client holds open; one per app (all listeners share it)."""
 
     def __init__(self, per_client: int = STREAMS_PER_CLIENT) -> None:
+        super().__init__(per_client)
         self.per_client = per_client
-        self._held: dict[str, int] = {}
 
-    def held(self, key: str) -> int:
-        return self._held.get(key, 0)
-
-    @contextlib.contextmanager
-    def hold(self, key: str, what: str = "log streams") -> Iterator[None]:
-        """One slot for ``key`` while the block runs; over the cap a 429 before anything starts."""
-        n = self._held.get(key, 0)
-        if n >= self.per_client:
-            raise TooManyRequests(
-                f"too many concurrent {what} for {key}: at most {self.per_client} per client are allowed; "
-                "close one (e.g. a 'logs --follow') and try again"
-            )
-        self._held[key] = n + 1
-        try:
-            yield
-        finally:
-            left = self._held[key] - 1
-            if left:
-                self._held[key] = left
-            else:
-                del self._held[key]
+    def refusal(self, key: str) -> str:
+        return (f"too many concurrent log streams for {key}: at most {self.per_client} per client are allowed; "
+                "close one (e.g. a 'logs --follow') and try again")
 
 
 STREAM_SLOTS: web.AppKey[StreamSlots] = web.AppKey("shoal.stream_slots", StreamSlots)
 
 
 @contextlib.contextmanager
-def stream_slot(request: web.Request, what: str = "log streams") -> Iterator[None]:
+def stream_slot(request: web.Request) -> Iterator[None]:
     """Hold one of the caller's stream slots while a long response runs (see :class:`StreamSlots`)."""
     slots = request.app.get(STREAM_SLOTS)
     if slots is None:  # an app not built by create_app: nothing to count against
         yield
         return
-    with slots.hold(client_key(request), what):
+    with slots.hold(client_key(request)):
         yield

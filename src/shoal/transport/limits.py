@@ -7,12 +7,11 @@ hostile worker holds a valid certificate, so it gets bounds too."""
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
 
+from shoal.bounds import KeyedSlots, address_bucket
 from shoal.errors import TooManyRequests
 
 KIB, MIB = 1024, 1024 * 1024
@@ -63,7 +62,7 @@ class JoinLimiter:
     def take(self, ip: str, now: float | None = None) -> None:
         if not ip or _loopback(ip):
             return
-        ip = _source(ip)
+        ip = address_bucket(ip)
         now = time.monotonic() if now is None else now
         tokens, at = self._buckets.pop(ip, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - at) * self.rate)
@@ -76,17 +75,6 @@ class JoinLimiter:
             self._buckets.popitem(last=False)
 
 
-def _source(ip: str) -> str:
-    """The bucket of an address: an IPv6 host usually holds a whole /64, so that is one source."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if addr.version == 6:
-        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
-    return ip
-
-
 def _loopback(ip: str) -> bool:
     try:
         return ipaddress.ip_address(ip).is_loopback
@@ -94,24 +82,11 @@ def _loopback(ip: str) -> bool:
         return False
 
 
-class CallCounter:
+class CallCounter(KeyedSlots):
     """Calls in flight per node; over the cap, a new call is refused rather than queued."""
 
     def __init__(self, cap: int = MAX_CALLS_PER_NODE) -> None:
-        self.cap = cap
-        self._inflight: dict[str, int] = {}
+        super().__init__(cap)
 
-    @contextlib.contextmanager
-    def hold(self, node_id: str) -> Iterator[None]:
-        n = self._inflight.get(node_id, 0)
-        if n >= self.cap:
-            raise TooManyRequests(f"node {node_id} has {n} calls in flight, the most one node may have")
-        self._inflight[node_id] = n + 1
-        try:
-            yield
-        finally:
-            left = self._inflight[node_id] - 1
-            if left:
-                self._inflight[node_id] = left
-            else:
-                del self._inflight[node_id]
+    def refusal(self, node_id: str) -> str:
+        return f"node {node_id} has {self.held(node_id)} calls in flight, the most one node may have"
