@@ -138,3 +138,17 @@ async def test_the_daemons_own_certificate_serves_tls_and_anonymous_callers_are_
     finally:
         await runner.cleanup()
         audit.close()
+
+
+def test_the_audit_log_stays_private_across_rotations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(AuditLog, "MAX_BYTES", 200)
+    audit = AuditLog(tmp_path / "audit.log")
+    try:
+        for i in range(20):
+            audit.record({"user": "u", "i": i, "path": "/x" * 10})
+        files = sorted(tmp_path.glob("audit.log*"))
+        assert len(files) > 1
+        assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in files)
+        assert audit.tail(1)[0]["i"] == 19
+    finally:
+        audit.close()

@@ -58,6 +58,14 @@ LOCAL_ADMIN = Identity(name="local", role=ADMIN, via="unix")
 ANONYMOUS_ADMIN = Identity(name="anonymous", role=ADMIN, via="anonymous")
 
 
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Opens (and, after each rotation, creates) the log file 0600, whatever the process umask."""
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 class AuditLog:
     """JSON lines, one per write or refused call, in a 0600 file rotated at 10 MiB (5 kept)."""
 
@@ -73,15 +81,12 @@ class AuditLog:
         self._logger = logging.getLogger(f"shoal.audit.{id(self)}")
         self._logger.propagate = False
         self._logger.setLevel(logging.INFO)
-        self._handler = logging.handlers.RotatingFileHandler(path, maxBytes=self.MAX_BYTES, backupCount=self.BACKUPS)
+        self._handler = _PrivateRotatingFileHandler(path, maxBytes=self.MAX_BYTES, backupCount=self.BACKUPS)
         self._handler.setFormatter(logging.Formatter("%(message)s"))
         self._logger.addHandler(self._handler)
 
     def record(self, entry: dict[str, Any]) -> None:
         self._logger.info(json.dumps(entry, separators=(",", ":"), sort_keys=True))
-        # A rotated file is created by the handler with the process umask: keep it private.
-        if os.stat(self.path).st_mode & 0o077:
-            os.chmod(self.path, 0o600)
 
     def tail(self, limit: int = 100, user: str = "") -> list[dict[str, Any]]:
         """The last ``limit`` entries (of ``user`` if given), oldest first, from the current file."""
@@ -206,22 +211,16 @@ async def _secret_read(request: web.Request, ident: Identity, manager: ManagerAP
     return None
 
 
-async def _body_labels(request: web.Request) -> dict[str, str] | None:
+async def _body(request: web.Request) -> tuple[str | None, str]:
+    """(team label, Name) of a JSON body; nothing for a malformed one (the handler answers its 400)."""
     try:
         body = json.loads(await request.read() or b"{}")
     except ValueError:
-        return None  # the handler answers 400 for a malformed body
-    labels = body.get("Labels") if isinstance(body, dict) else None
-    return labels if isinstance(labels, dict) else None
-
-
-async def _body_name(request: web.Request) -> str:
-    try:
-        body = json.loads(await request.read() or b"{}")
-    except ValueError:
-        return ""
-    name = body.get("Name") if isinstance(body, dict) else None
-    return name if isinstance(name, str) else ""
+        return None, ""
+    if not isinstance(body, dict):
+        return None, ""
+    labels, name = body.get("Labels"), body.get("Name")
+    return (users.team_of(labels) if isinstance(labels, dict) else None), (name if isinstance(name, str) else "")
 
 
 def _who(ident: Identity) -> str:
@@ -271,18 +270,18 @@ def _ref(request: web.Request) -> str:
 
 def _create(kind: str) -> Rule:
     async def rule(request: web.Request, ident: Identity, manager: ManagerAPI) -> str | None:
-        labels = await _body_labels(request)
+        new_team, name = await _body(request)
         if ident.is_admin:
-            return users.team_of(labels)
+            return new_team
         if ident.role != OPERATOR:
             raise Forbidden(f"{_who(ident)} may not {_what(request)}: read-only access")
         if kind == "stack":  # a deploy of an existing stack is an update of it: it must be ours too
-            found, team = _existing_team("stack", manager, await _body_name(request))
+            found, team = _existing_team("stack", manager, name)
             if found:
                 _check_team(ident, team, request)
-                if users.team_of(labels) is None:
+                if new_team is None:
                     return team  # naming no team keeps the stack's (controlapi/stacks.py)
-        return _check_team(ident, users.team_of(labels), request)
+        return _check_team(ident, new_team, request)
     return rule
 
 
@@ -298,7 +297,7 @@ def _change(kind: str, new_labels: bool) -> Rule:
         if found:
             _check_team(ident, team, request)
         if new_labels:
-            new_team = users.team_of(await _body_labels(request))
+            new_team, _ = await _body(request)
             if not (kind == "stack" and new_team is None):  # a redeploy naming no team keeps the stack's
                 _check_team(ident, new_team, request)
         return team
