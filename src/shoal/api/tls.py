@@ -36,6 +36,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shoal.ca.certs import write_private
 from shoal.ca.rootca import key_to_pem, self_signed_ca
+from shoal.transport.rpc import split_addr
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +109,19 @@ def _server_names(hosts: list[str], advertise_addr: str | None) -> list[x509.Gen
 
     for fixed in ("localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn()):
         add(fixed)
+    def host_of(addr: str) -> str:
+        try:
+            return split_addr(addr)[0]
+        except ValueError:  # a bad port: serve() says so
+            return ""
+
     for h in hosts:
         if h.startswith("tcp://"):
-            host = h.removeprefix("tcp://").rsplit(":", 1)[0] if ":" in h.removeprefix("tcp://") else \
-                h.removeprefix("tcp://")
-            if host.strip("[]") not in ("", "0.0.0.0", "::"):
+            host = host_of(h.removeprefix("tcp://"))
+            if host not in ("", "0.0.0.0", "::"):  # a wildcard names no address a client dials
                 add(host)
     if advertise_addr:
-        add(advertise_addr.rsplit(":", 1)[0] if advertise_addr.count(":") == 1 else advertise_addr)
+        add(host_of(advertise_addr))
     return list(names.values())
 
 
