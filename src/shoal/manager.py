@@ -30,6 +30,7 @@ from shoal.ca.certs import generate_key_and_csr, private_dir, write_private
 from shoal.ca.rootca import check_supplied_root, create_root_ca
 from shoal.ca.tokens import generate_join_token
 from shoal.controlapi.cluster import check_swarm_spec
+from shoal.controlapi.networks import create_network, ingress_spec
 from shoal.dispatcher.dispatcher import Dispatcher
 from shoal.dispatcher.protocol import LogMessage, LogOptions
 from shoal.errors import InvalidArgument, NotInSwarm, ShoalError, StoreUnavailable, Unavailable
@@ -313,6 +314,7 @@ class Manager:
             with self.store.tx() as tx:
                 tx.create("cluster", cluster)
                 tx.create("node", node)
+            create_network(self.store, ingress_spec())  # as Swarm's init does: the routing mesh's
             self._save_membership(membership)
 
         try:

@@ -238,12 +238,6 @@ class Reports:
         return await asyncio.wait_for(look(), within)
 
 
-class NoHooks:
-    def task_running(self, task: Task, ip: str) -> None: ...
-
-    def task_stopped(self, task: Task) -> None: ...
-
-
 def checked_task(labels: dict[str, str]) -> Task:
     ts = now_ts()
     return Task(
@@ -265,7 +259,7 @@ def fast_labels(port: int, strategy: str = "recreate") -> dict[str, str]:
 async def test_controller_runs_when_healthy_and_fails_when_the_port_closes() -> None:
     ex, reports = HollowExecutor(start_delay_s=0), Reports()
     async with server(silent) as port:
-        ctrl = TaskController(checked_task(fast_labels(port)), ex, reports, NoHooks())
+        ctrl = TaskController(checked_task(fast_labels(port)), ex, reports)
         starting = await reports.until(lambda s: s.State == TaskState.STARTING)
         running = await reports.until(lambda s: s.State == TaskState.RUNNING)
         assert running.Health is not None and running.Health.Status == HEALTHY and running.Health.Source == "agent"
@@ -285,7 +279,7 @@ async def test_controller_runs_when_healthy_and_fails_when_the_port_closes() -> 
 async def test_controller_never_healthy_fails_at_the_initializing_timeout() -> None:
     ex, reports = HollowExecutor(start_delay_s=0), Reports()
     labels = {**fast_labels(await free_port()), "shoal.health.initializing-timeout": "200ms"}
-    ctrl = TaskController(checked_task(labels), ex, reports, NoHooks())
+    ctrl = TaskController(checked_task(labels), ex, reports)
     failed = await reports.until(lambda s: s.State.terminal)
     assert (failed.State, failed.Message, failed.Err) == (TaskState.FAILED, "starting", "task: unhealthy container")
     assert not any(s.State == TaskState.RUNNING for s in reports.statuses)
@@ -296,7 +290,7 @@ async def test_controller_never_healthy_fails_at_the_initializing_timeout() -> N
 async def test_strategy_none_only_reports() -> None:
     ex, reports = HollowExecutor(start_delay_s=0), Reports()
     async with server(silent) as port:
-        ctrl = TaskController(checked_task(fast_labels(port, "none")), ex, reports, NoHooks())
+        ctrl = TaskController(checked_task(fast_labels(port, "none")), ex, reports)
         await reports.until(lambda s: s.State == TaskState.RUNNING and s.Health is not None
                             and s.Health.Status == HEALTHY)
     st = await reports.until(lambda s: s.Health is not None and s.Health.Status == UNHEALTHY)
@@ -371,7 +365,7 @@ async def test_adopted_container_is_reinitializing_and_never_healthy_none_runs()
     info = await ex.start(task, cid)
     info.ip = "127.0.0.1"
     running = msgspec.structs.replace(task, Status=TaskStatus(State=TaskState.RUNNING))
-    ctrl = TaskController(running, ex, reports, NoHooks(), adopted=info, adopting=True)
+    ctrl = TaskController(running, ex, reports, adopted=info, adopting=True)
     first = await reports.until(lambda s: s.State == TaskState.RUNNING)
     assert first.Health is not None and first.Health.Status == STARTING
     failed = await reports.until(lambda s: s.State.terminal)
@@ -381,7 +375,7 @@ async def test_adopted_container_is_reinitializing_and_never_healthy_none_runs()
 
     ex, reports = HollowExecutor(start_delay_s=0), Reports()
     labels = {**fast_labels(await free_port(), "none"), "shoal.health.initializing-timeout": "150ms"}
-    ctrl = TaskController(checked_task(labels), ex, reports, NoHooks())
+    ctrl = TaskController(checked_task(labels), ex, reports)
     st = await reports.until(lambda s: s.State == TaskState.RUNNING)
     assert st.Health is not None and st.Health.Status == UNHEALTHY and ex.running == 1
     ctrl.remove()

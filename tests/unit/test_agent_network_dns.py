@@ -23,6 +23,10 @@ WEB = ServiceRecord(
 )
 DB = ServiceRecord(service_id="s2", name="db", addrs=["10.0.2.7"], tasks={"db.1.ccc": "10.0.2.7"})
 EMPTY = ServiceRecord(service_id="s3", name="idle")
+API = ServiceRecord(  # endpoint mode vip
+    service_id="s4", name="api", aliases=["backend"], vip="10.0.1.2", addrs=["10.0.1.5", "10.0.1.6"],
+    tasks={"api.1.ddd": "10.0.1.5", "api.2.eee": "10.0.1.6"},
+)
 
 
 async def ask(port: int, name: str, qtype: str = "A", host: str = "127.0.0.1") -> DNSRecord:
@@ -65,7 +69,7 @@ async def upstream() -> AsyncIterator[int]:
 @pytest.fixture
 async def served(upstream: int) -> AsyncIterator[tuple[DnsResponder, int]]:
     directory = ServiceDirectory()
-    directory.set_records("net1", [WEB, EMPTY])
+    directory.set_records("net1", [WEB, EMPTY, API])
     directory.set_records("net2", [DB])
     responder = DnsResponder(directory, [("127.0.0.1", upstream)])
     port = await responder.listen("net1", "127.0.0.1", 0)
@@ -79,6 +83,15 @@ async def test_service_name_and_alias_answer_every_task_ip(served: tuple[DnsResp
         reply = await ask(port, name)
         assert reply.header.rcode == RCODE.NOERROR, name
         assert sorted(a_records(reply)) == ["10.0.1.3", "10.0.1.4"], name
+
+
+async def test_vip_mode_names_answer_the_vip_and_tasks_names_the_tasks(served: tuple[DnsResponder, int]) -> None:
+    _, port = served
+    for name in ("api", "backend"):
+        assert a_records(await ask(port, name)) == ["10.0.1.2"], name
+    for name in ("tasks.api", "tasks.backend"):
+        assert sorted(a_records(await ask(port, name))) == ["10.0.1.5", "10.0.1.6"], name
+    assert a_records(await ask(port, "api.2.eee")) == ["10.0.1.6"]
 
 
 async def test_round_robin_rotates_the_order(served: tuple[DnsResponder, int]) -> None:

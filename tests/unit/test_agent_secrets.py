@@ -179,13 +179,10 @@ async def test_worker_hands_secrets_to_the_executor_before_tasks_start(tmp_path:
     class Reporter:
         def report(self, task_id: str, status: TaskStatus) -> None: ...
 
-    class Hooks:
-        def task_running(self, *a: Any) -> None: ...
-        def task_stopped(self, *a: Any) -> None: ...
 
     pw = secret("pw", b"x")
     t = task([sref(pw)])
-    w = Worker(ex, Reporter(), Hooks())  # type: ignore[arg-type]
+    w = Worker(ex, Reporter())  # type: ignore[arg-type]
     w.apply(Assignments(full=True, tasks=[t], secrets=[pw]))
     assert set(ts.secrets) == {pw.ID}
     ctrl: TaskController = w.controllers[t.ID]

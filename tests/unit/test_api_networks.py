@@ -59,18 +59,19 @@ async def test_create_inspect_list_in_engine_shape(client: TestClient) -> None:
     assert net["Name"] == "front" and net["Id"] == nid and net["Scope"] == "swarm" and net["Driver"] == "overlay"
     assert net["IPAM"]["Driver"] == "default"
     assert net["IPAM"]["Config"] == [{"Subnet": "10.0.0.0/24", "Gateway": "10.0.0.1"}]
-    assert net["Options"]["com.docker.network.driver.overlay.vxlanid_list"] == "4096"
+    # 4096 is the ingress network's, made at init, as in Swarm.
+    assert net["Options"]["com.docker.network.driver.overlay.vxlanid_list"] == "4097"
     assert net["Options"]["mtu"] == "1400"
     assert net["Attachable"] is True and net["Internal"] is False and net["Ingress"] is False
     assert net["Labels"] == {"tier": "web"} and net["Containers"] == {} and net["ConfigFrom"] == {"Network": ""}
     assert net["Created"]
     back = await (await client.get("/v1.41/networks/back")).json()
     assert back["Id"] == second and back["IPAM"]["Config"][0]["Subnet"] == "10.0.1.0/24"
-    assert back["Options"]["com.docker.network.driver.overlay.vxlanid_list"] == "4097"
+    assert back["Options"]["com.docker.network.driver.overlay.vxlanid_list"] == "4098"
     # ID prefix, then list and its filters.
     assert (await (await client.get(f"/networks/{nid[:6]}")).json())["Name"] == "front"
     names = [n["Name"] for n in await (await client.get("/networks")).json()]
-    assert names == ["front", "back"]
+    assert names == ["ingress", "front", "back"]  # swarm init made the ingress network first
 
     async def listed(filters: dict[str, Any]) -> list[str]:
         r = await client.get("/networks", params={"filters": json.dumps(filters)})
@@ -80,13 +81,13 @@ async def test_create_inspect_list_in_engine_shape(client: TestClient) -> None:
     assert await listed({"name": {"fro": True}}) == ["front"]
     assert await listed({"id": [second[:8]]}) == ["back"]
     assert await listed({"label": ["tier=web"]}) == ["front"]
-    assert await listed({"driver": ["overlay"]}) == ["back", "front"]
+    assert await listed({"driver": ["overlay"]}) == ["back", "front", "ingress"]
     assert await listed({"driver": ["bridge"]}) == []
-    assert await listed({"scope": ["swarm"]}) == ["back", "front"]
+    assert await listed({"scope": ["swarm"]}) == ["back", "front", "ingress"]
     assert await listed({"scope": ["local"]}) == []
-    assert await listed({"type": ["custom"]}) == ["back", "front"]
+    assert await listed({"type": ["custom"]}) == ["back", "front", "ingress"]
     assert await listed({"type": ["builtin"]}) == []
-    assert await listed({"dangling": ["true"]}) == ["back", "front"]
+    assert await listed({"dangling": ["true"]}) == ["back", "front", "ingress"]
 
 
 async def test_user_subnet_gateway_range_honoured(client: TestClient) -> None:
@@ -185,7 +186,8 @@ async def test_prune_removes_unused_only(client: TestClient) -> None:
     assert (await r.json()) == {"NetworksDeleted": ["idle2"]}
     r = await client.post("/networks/prune")
     assert (await r.json()) == {"NetworksDeleted": ["idle"]}
-    assert [n["Name"] for n in await (await client.get("/networks")).json()] == ["used"]
+    # Prune never removes the ingress network.
+    assert [n["Name"] for n in await (await client.get("/networks")).json()] == ["ingress", "used"]
 
 
 async def test_not_in_swarm_is_503() -> None:

@@ -1,19 +1,13 @@
-"""Where traffic goes during a blue-green release: the ingress balancer (real TCP on loopback), the
-task controller's re-announcement, the dispatcher's forwarding of a label change, and the DNS
-records leave standby tasks out until the switch."""
+"""Where traffic goes during a blue-green release: the routing mesh's records (every node flips
+together), the dispatcher's forwarding of a label change, and the DNS records leave standby tasks
+out until the switch."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-from collections.abc import AsyncIterator
-
 import msgspec
-import pytest
 
-from shoal.agent.ingress import IngressProxy
 from shoal.allocator import NetworkAllocator
-from shoal.controlapi.networks import create_network
+from shoal.controlapi.networks import create_network, ingress_spec
 from shoal.dispatcher.dispatcher import Dispatcher
 from shoal.dispatcher.netstate import NetworkIndex
 from shoal.models import (
@@ -33,12 +27,6 @@ from shoal.orchestrator.testutils import make_node, make_service, make_store
 from shoal.store import Action, Event
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _labelled(task: Task, standby: bool) -> Task:
     labels = dict(task.Labels or {})
     if standby:
@@ -52,59 +40,41 @@ def _running(task: Task) -> Task:
     return msgspec.structs.replace(task, Status=msgspec.structs.replace(task.Status, State=TaskState.RUNNING))
 
 
-async def _backend(ip: str, port: int, body: bytes) -> asyncio.Server:
-    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        w.write(body)
-        await w.drain()
-        w.close()
-
-    return await asyncio.start_server(serve, ip, port)
-
-
-async def _get(port: int) -> bytes:
-    r, w = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        return await asyncio.wait_for(r.read(), 3)
-    finally:
-        w.close()
-
-
-@pytest.fixture
-async def two_versions() -> AsyncIterator[tuple[int, int]]:
-    """v1 answers on 127.0.0.1:<target>, v2 on 127.0.0.2:<target>; yields (published, target)."""
-    target = _free_port()
-    servers = [await _backend("127.0.0.1", target, b"v1"), await _backend("127.0.0.2", target, b"v2")]
-    try:
-        yield _free_port(), target
-    finally:
-        for s in servers:
-            s.close()
-
-
-async def test_ingress_sends_nothing_to_standby_tasks_until_the_switch(two_versions: tuple[int, int]) -> None:
-    published, target = two_versions
+def test_mesh_records_flip_every_node_together_at_the_switch() -> None:
+    """On the ingress network every node is on it (a task there or not); the switch is one change
+    of the records, which every node hears, so no node keeps sending to the old version."""
     store = make_store()
-    port = PortConfig(TargetPort=target, PublishedPort=published)
+    ingress = create_network(store, ingress_spec())
+    a, b, c = (make_node(store, h) for h in ("a", "b", "c"))
+    alloc = NetworkAllocator(store)
+    port = PortConfig(TargetPort=80, PublishedPort=8080)
     svc = make_service(store, "web", replicas=1, EndpointSpec=EndpointSpec(Ports=[port]))
     svc = msgspec.structs.replace(svc, Endpoint=Endpoint(Spec=svc.Spec.EndpointSpec, Ports=[port]))
-    old, new = _running(new_task(svc, 1)), _labelled(_running(new_task(svc, 1)), True)
-    proxy = IngressProxy("127.0.0.1")
-    try:
-        proxy.task_running(old, "127.0.0.1")
-        proxy.task_running(new, "127.0.0.2")  # a standby task is running beside the old one
-        for _ in range(20):
-            await asyncio.sleep(0.01)
-            if proxy.ports:
-                break
-        assert {await _get(published) for _ in range(6)} == {b"v1"}
-        # The switch as the agent sees it: the old task is no longer wanted, the new one lost its label.
-        proxy.task_stopped(old)
-        proxy.task_running(_labelled(new, False), "127.0.0.2")
-        await asyncio.sleep(0.05)
-        assert proxy.ports == [published]  # the listener stayed up through the switch
-        assert {await _get(published) for _ in range(6)} == {b"v2"}
-    finally:
-        await proxy.close()
+    with store.tx() as tx:
+        tx.update("service", svc)
+    old = msgspec.structs.replace(_running(new_task(svc, 1)), NodeID=a.ID)
+    new = msgspec.structs.replace(_labelled(_running(new_task(svc, 1)), True), NodeID=b.ID)
+    out, failed, nets = alloc.attach_tasks([old, new])
+    assert not failed and all(t.NetworksAttachments[0].Network.ID == ingress.ID for t in out)
+    with store.tx() as tx:
+        for x in nets:
+            tx.update("network", x)
+        for t in out:
+            tx.create("task", t)
+    alloc.reconcile_all()  # every node gets its address on ingress while a service publishes
+    assert set(store.get("network", ingress.ID).NodeAddresses) == {a.ID, b.ID, c.ID}
+    old, new = out
+    old_ip, new_ip = (t.NetworksAttachments[0].Addresses[0].split("/")[0] for t in out)
+    idx = NetworkIndex(store)
+    assert all(idx.on(ingress.ID, n.ID) for n in (a, b, c))
+    rec = idx.state(ingress.ID, c.ID).records[0]  # c runs nothing and still forwards port 8080
+    assert (rec.addrs, [(p.protocol, p.port, p.target_port) for p in rec.ports]) == ([old_ip], [("tcp", 8080, 80)])
+    # The switch: the new task loses its label and the old one is no longer wanted, in one commit.
+    dirty: dict[str, set[str]] = {}
+    idx.task_changed(new.ID, _labelled(new, False), dirty)
+    idx.task_changed(old.ID, msgspec.structs.replace(old, DesiredState=TaskState.SHUTDOWN), dirty)
+    assert dirty == {ingress.ID: {a.ID, b.ID, c.ID}}
+    assert idx.records(ingress.ID)[0].addrs == [new_ip]
 
 
 def test_dispatcher_forwards_a_label_change_only() -> None:

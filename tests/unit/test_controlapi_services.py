@@ -8,6 +8,7 @@ import pytest
 from shoal import controlapi
 from shoal.api.testing import add_task
 from shoal.controlapi.errors import NotImplementedYet
+from shoal.controlapi.networks import create_network, ingress_spec
 from shoal.errors import Conflict, InvalidArgument, NotFound
 from shoal.models import (
     ContainerSpec,
@@ -36,7 +37,19 @@ def ports(*pcs: PortConfig) -> EndpointSpec:
 
 @pytest.fixture
 def store() -> MemoryStore:
-    return MemoryStore(NullBackend())
+    store = MemoryStore(NullBackend())
+    create_network(store, ingress_spec())  # what swarm init makes: ingress ports need it
+    return store
+
+
+def test_ingress_ports_need_the_ingress_network() -> None:
+    bare = MemoryStore(NullBackend())  # an ingress network the user removed
+    port = PortConfig(TargetPort=80, PublishedPort=8080, PublishMode="ingress")
+    with pytest.raises(InvalidArgument, match="no ingress network is present"):
+        controlapi.create_service(bare, spec(EndpointSpec=ports(port)))
+    assert bare.list("service") == []
+    host = PortConfig(TargetPort=80, PublishedPort=8080, PublishMode="host")
+    assert controlapi.create_service(bare, spec(EndpointSpec=ports(host)))
 
 
 def snapshot(store: MemoryStore) -> tuple[int, bytes]:
@@ -278,8 +291,7 @@ def test_service_status(store: MemoryStore) -> None:
     assert (status.RunningTasks, status.DesiredTasks) == (1, 2)
 
 
-def test_dynamic_ingress_port_skips_other_services_host_ports() -> None:
-    store = MemoryStore(NullBackend())
+def test_dynamic_ingress_port_skips_other_services_host_ports(store: MemoryStore) -> None:
     host = PortConfig(TargetPort=80, PublishedPort=30000, PublishMode="host")
     spec = ServiceSpec(Name="a", TaskTemplate=TaskSpec(ContainerSpec=ContainerSpec(Image="busybox")),
                        EndpointSpec=EndpointSpec(Ports=[host]))

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from shoal import controlapi
+from shoal.controlapi.networks import create_network, ingress_spec
 from shoal.errors import InvalidArgument
 from shoal.models import SECOND, ContainerSpec, TaskSpec, TaskState, UpdateConfig
 from shoal.orchestrator import GlobalOrchestrator, ReplicatedOrchestrator
@@ -650,6 +651,7 @@ async def test_automatic_rollback_restores_the_previous_endpoint():
     from shoal.models import EndpointSpec, PortConfig, ReplicatedService, ServiceMode, ServiceSpec, TaskSpec
 
     store, clock = make_store(), FakeClock()
+    create_network(store, ingress_spec())  # swarm init makes it; ingress ports need it
     make_node(store, "n1")
     svc = controlapi.create_service(store, ServiceSpec(
         Name="web", TaskTemplate=TaskSpec(ContainerSpec=CS(Image="busybox:latest")),

@@ -25,7 +25,6 @@ import msgspec
 from shoal.agent.engine import EngineMonitor
 from shoal.agent.executor.base import Executor
 from shoal.agent.executor.docker import DockerExecutor
-from shoal.agent.ingress import IngressProxy
 from shoal.agent.network.plumbing import NetworkAgent
 from shoal.agent.reporter import StatusReporter
 from shoal.agent.worker import Worker
@@ -49,7 +48,6 @@ class Agent:
         node_id: str,
         addr: str,
         *,
-        ingress: IngressProxy | None = None,
         report_interval_s: float = 0.05,
         report_max_batch: int = 100,
         engine: EngineMonitor | None = None,
@@ -62,8 +60,6 @@ class Agent:
         self.executor = executor
         self.node_id = node_id
         self.addr = addr
-        # Pass ``ingress=None`` and a proxy of your own to share or disable; default: one per agent.
-        self.ingress = ingress if ingress is not None else IngressProxy()
         if isinstance(executor, DockerExecutor) and executor.network is None:
             # Real containers get real overlay networks; the hollow executor plumbs nothing.
             executor.network = NetworkAgent(executor.url, node_id, addr)
@@ -82,7 +78,6 @@ class Agent:
 
     async def close(self) -> None:
         """After ``run()`` ended: release the executor's engine connection (containers keep running)."""
-        await self.ingress.close()
         await self.executor.close()
 
     async def run(self) -> None:
@@ -122,7 +117,6 @@ class Agent:
             await asyncio.gather(monitor, reporter, return_exceptions=True)
             if self.worker is not None:
                 await self.worker.close()
-            await self.ingress.close()
 
     async def _keep_reporting(self) -> None:
         """The status reporter, started again if it ever ends on its own: without it the node's
@@ -169,7 +163,7 @@ class Agent:
             log.warning("agent %s: %s", self.node_id, self._worker_error)
             return False
         self._worker_error = ""
-        self.worker = Worker(self.executor, self.reporter, self.ingress, existing)
+        self.worker = Worker(self.executor, self.reporter, existing)
         return True
 
     async def _until_worker(self) -> None:

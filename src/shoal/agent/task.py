@@ -44,18 +44,14 @@ from shoal.models import (
 log = logging.getLogger(__name__)
 
 _RUNNING = TaskState.RUNNING.order
+# How long a networked task keeps running after it stops taking traffic: the time every node needs
+# to hear the records without it and update its kernel (milliseconds normally; 1 s is the bound
+# the routing mesh promises for backend changes).
+DRAIN_S = 1.0
 
 
 class Reporter(Protocol):
     def report(self, task_id: str, status: TaskStatus) -> None: ...
-
-
-class Hooks(Protocol):
-    """What the worker wants to hear from a controller (the ingress proxy follows running tasks)."""
-
-    def task_running(self, task: Task, ip: str) -> None: ...
-
-    def task_stopped(self, task: Task) -> None: ...
 
 
 def _has_healthcheck(task: Task) -> bool:
@@ -89,7 +85,6 @@ class TaskController:
         task: Task,
         executor: Executor,
         reporter: Reporter,
-        hooks: Hooks,
         adopted: ContainerInfo | None = None,
         adopting: bool = False,
         on_done: Callable[[TaskController], None] | None = None,
@@ -97,7 +92,6 @@ class TaskController:
         self.task = task
         self.executor = executor
         self.reporter = reporter
-        self.hooks = hooks
         self.state = task.Status.State
         self.container_id = adopted.id if adopted is not None else ""
         self._adopted = adopted
@@ -122,13 +116,6 @@ class TaskController:
 
     def update(self, task: Task) -> None:
         self.task = task
-        if self.state is TaskState.RUNNING and self._info is not None:
-            # Traffic follows the manager at once: a task no longer wanted leaves the balancer before
-            # its container stops, and a blue-green switch (a label change) is heard without a restart.
-            if task.DesiredState.order > _RUNNING:
-                self.hooks.task_stopped(task)
-            else:
-                self.hooks.task_running(task, self._info.ip)
         self._wake.set()
 
     def remove(self) -> None:
@@ -368,19 +355,15 @@ class TaskController:
 
     async def _fail_unhealthy(self) -> None:
         """A running container turned unhealthy: stop it and fail the task, so it is replaced."""
-        self.hooks.task_stopped(self.task)
         self._stop_health()
         await self._stop()
         self._report(TaskState.FAILED, "started", "task: unhealthy container")
 
     def _running(self) -> None:
         self._report(TaskState.RUNNING, "started")
-        if self._info is not None:
-            self.hooks.task_running(self.task, self._info.ip)
 
     def _exited(self, info: ExitInfo) -> None:
         self._exit_code = info.exit_code
-        self.hooks.task_stopped(self.task)
         if info.exit_code == 0:
             self._report(TaskState.COMPLETE, "finished")
             return
@@ -391,8 +374,13 @@ class TaskController:
 
     async def _shutdown(self) -> None:
         if self.container_id and self.state.order >= TaskState.STARTING.order:
+            if self.state is TaskState.RUNNING and self.task.NetworksAttachments:
+                # The task takes traffic (a VIP, the routing mesh, DNS): every node drops it from its
+                # balancers when the manager's records change, which the same desired-state change
+                # triggers. Stopping only after that keeps new connections from reaching a container
+                # that is going away (a rolling update or blue-green switch then fails no request).
+                await asyncio.sleep(DRAIN_S)
             await self._stop()
-        self.hooks.task_stopped(self.task)
         self._report(TaskState.SHUTDOWN, "shutdown")
 
     async def _stop(self) -> None:
@@ -405,7 +393,6 @@ class TaskController:
                 pass
 
     async def _remove(self) -> None:
-        self.hooks.task_stopped(self.task)
         if not self.container_id:
             return
         if self.state.order >= TaskState.STARTING.order and not self.state.terminal:

@@ -14,7 +14,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from shoal.agent.executor.base import ContainerInfo, Executor
-from shoal.agent.task import Hooks, Reporter, TaskController
+from shoal.agent.task import Reporter, TaskController
 from shoal.dispatcher.protocol import Assignments
 from shoal.models import Task
 
@@ -22,12 +22,9 @@ log = logging.getLogger(__name__)
 
 
 class Worker:
-    def __init__(
-        self, executor: Executor, reporter: Reporter, hooks: Hooks, existing: list[ContainerInfo] | None = None
-    ) -> None:
+    def __init__(self, executor: Executor, reporter: Reporter, existing: list[ContainerInfo] | None = None) -> None:
         self.executor = executor
         self.reporter = reporter
-        self.hooks = hooks
         self.controllers: dict[str, TaskController] = {}
         # Containers found at start, by task ID; consumed by the first full assignment set.
         self._existing: dict[str, list[ContainerInfo]] | None = None
@@ -81,7 +78,7 @@ class Worker:
                 for extra in containers[1:]:
                     self._spawn(self.executor.remove(extra.id))
         self.controllers[task.ID] = TaskController(
-            task, self.executor, self.reporter, self.hooks, adopted=adopted, adopting=adopting, on_done=self._done
+            task, self.executor, self.reporter, adopted=adopted, adopting=adopting, on_done=self._done
         )
 
     def _done(self, ctrl: TaskController) -> None:

@@ -24,12 +24,14 @@ from typing import Any
 
 import msgspec
 
+from shoal.allocator.ingress import find_ingress, service_ingress_ports, task_on_ingress
 from shoal.allocator.ipam import AddressPool, PoolExhausted, ip_of
 from shoal.models import (
     Endpoint,
     EndpointVirtualIP,
     Network,
     NetworkAttachment,
+    NetworkAttachmentConfig,
     Service,
     Task,
     TaskState,
@@ -82,6 +84,9 @@ class NetworkAllocator(ReconcileLoop):
         # Networks whose NodeAddresses changed in the batch being attached (written by the caller).
         self._net_updates: dict[str, Network] = {}
         self._attachment_net: dict[str, Network] = {}  # network ID -> its copy for attachments
+        # Services publishing a port in ingress mode: while there is one, every node gets an
+        # address on the ingress network (module docstring of allocator/ingress.py).
+        self.publishers: set[str] = set()
         self.rebuild()
 
     # ------------------------------------------------------------------ state from the store
@@ -93,12 +98,15 @@ class NetworkAllocator(ReconcileLoop):
         self.vips.clear()
         self._net_updates.clear()
         self._attachment_net.clear()
+        self.publishers.clear()
         for net in self.store.list("network"):
             self._load(net)
         for t in self.store.list("task"):
             if holds_addresses(t):
                 self._record_task(t.ID, _task_ips(t))
         for svc in self.store.list("service"):
+            if service_ingress_ports(svc):
+                self.publishers.add(svc.ID)
             ep = svc.Endpoint
             if ep is not None and ep.VirtualIPs:
                 mine = self.vips.setdefault(svc.ID, {})
@@ -157,7 +165,7 @@ class NetworkAllocator(ReconcileLoop):
         out: list[Task] = []
         failed: list[tuple[str, str]] = []
         for t in tasks:
-            if not t.Spec.Networks or t.NetworksAttachments:
+            if t.NetworksAttachments or not (t.Spec.Networks or task_on_ingress(t)):
                 out.append(t)
                 continue
             try:
@@ -171,8 +179,13 @@ class NetworkAllocator(ReconcileLoop):
     def _attach(self, t: Task) -> Task:
         atts: list[NetworkAttachment] = []
         ips: dict[str, int] = {}
+        wanted = list(t.Spec.Networks or ())
+        if task_on_ingress(t):
+            ingress = find_ingress(self.store.list("network"))
+            if ingress is not None:  # removed by the user: the port is then not published
+                wanted.append(NetworkAttachmentConfig(Target=ingress.ID))
         try:
-            for cfg in t.Spec.Networks or ():
+            for cfg in wanted:
                 pool = self._pool(cfg.Target)
                 net = self._current_network(cfg.Target)
                 if pool is None or net is None or cfg.Target in ips:
@@ -219,6 +232,8 @@ class NetworkAllocator(ReconcileLoop):
     def reconcile_all(self) -> None:
         self.rebuild()
         self._sync_vips(self.store.list("service"), deleted=())
+        if self.publishers:
+            self._ingress_node_addresses()
 
     def stopped(self) -> None:
         self._net_updates.clear()
@@ -227,6 +242,7 @@ class NetworkAllocator(ReconcileLoop):
         services: dict[str, Service] = {}
         deleted_services: list[str] = []
         gone_nodes: list[str] = []
+        ingress_touched = False  # a node or the ingress network appeared, or a first publisher
         for e in events:
             kind = e.kind
             if kind == "task":
@@ -239,19 +255,32 @@ class NetworkAllocator(ReconcileLoop):
                 if e.action is Action.DELETE:
                     deleted_services.append(e.old.ID)
                     services.pop(e.old.ID, None)
+                    if e.old.ID in self.publishers:
+                        self.publishers.discard(e.old.ID)
                 else:
                     services[e.obj.ID] = e.obj
+                    if service_ingress_ports(e.obj):
+                        ingress_touched |= e.obj.ID not in self.publishers
+                        self.publishers.add(e.obj.ID)
+                    else:
+                        self.publishers.discard(e.obj.ID)
             elif kind == "network":
                 if e.action is Action.DELETE:
                     self.pools.pop(e.old.ID, None)
                     self._attachment_net.pop(e.old.ID, None)
                 elif e.obj.ID not in self.pools:
                     self._load(e.obj)
-            elif kind == "node" and e.action is Action.DELETE:
-                gone_nodes.append(e.old.ID)
+                    ingress_touched |= e.obj.Spec.Ingress
+            elif kind == "node":
+                if e.action is Action.DELETE:
+                    gone_nodes.append(e.old.ID)
+                elif e.action is Action.CREATE:
+                    ingress_touched = True
         self._sync_vips(list(services.values()), deleted_services)
         if gone_nodes:
             self._forget_nodes(gone_nodes)
+        if ingress_touched and self.publishers:
+            self._ingress_node_addresses()
 
     def _sync_task(self, task_id: str) -> None:
         """Make our record of ``task_id`` match what the store holds now."""
@@ -312,6 +341,27 @@ class NetworkAllocator(ReconcileLoop):
         if ep is None:
             ep = Endpoint(Spec=svc.Spec.EndpointSpec)
         return msgspec.structs.replace(svc, Endpoint=msgspec.structs.replace(ep, VirtualIPs=vips))
+
+    def _ingress_node_addresses(self) -> None:
+        """Every node gets its own address on the ingress network (its bridge end there): each
+        node forwards published ports, whether or not it runs a task of the service."""
+        ingress = find_ingress(self.store.list("network"))
+        pool = self._pool(ingress.ID) if ingress is not None else None
+        if ingress is None or pool is None:
+            return
+        have = ingress.NodeAddresses or {}
+        missing = [n.ID for n in self.store.list("node") if n.ID not in have]
+        if not missing:
+            return
+        addrs = dict(have)
+        for node_id in missing:
+            try:
+                addrs[node_id] = pool.cidr(pool.allocate_high())
+            except PoolExhausted:
+                log.warning("ingress network %s is full: node %s gets no address on it", ingress.Spec.Name, node_id)
+                break
+        with self.store.tx() as tx:  # synchronous since the read above: nothing wrote in between
+            tx.update("network", msgspec.structs.replace(ingress, NodeAddresses=addrs))
 
     def _forget_nodes(self, node_ids: list[str]) -> None:
         """A removed node's addresses go back to the pools and leave the network objects."""

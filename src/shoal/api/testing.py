@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from shoal.ca.tokens import generate_join_token
+from shoal.controlapi.networks import create_network, ingress_spec
 from shoal.dispatcher.protocol import LogMessage, LogOptions
 from shoal.errors import NotInSwarm, Unavailable
 from shoal.ids import new_id
@@ -98,6 +99,7 @@ class FakeManager:
         with self.store.tx() as tx:
             tx.create("cluster", cluster)
             tx.create("node", node)
+        create_network(self.store, ingress_spec())  # as the real init does
         self.node_id = node.ID
         return node.ID
 

@@ -13,6 +13,7 @@ import re
 
 import msgspec
 
+from shoal.allocator.ingress import INGRESS_NAME, INGRESS_SUBNET, service_ingress_ports
 from shoal.allocator.ipam import (
     VXLAN_ID_KEY,
     PoolExhausted,
@@ -68,6 +69,10 @@ def get_network(store: MemoryStore, ref: str) -> Network:
 
 
 def services_using(store: MemoryStore, net_id: str) -> list[Service]:
+    """Services attached to the network; for the ingress network, those publishing through it."""
+    net = store.get("network", net_id)
+    if net is not None and net.Spec.Ingress:
+        return [s for s in store.list("service") if service_ingress_ports(s)]
     return [s for s in store.list("service") if net_id in _targets(s.Spec)]
 
 
@@ -142,6 +147,16 @@ def validate_network_spec(store: MemoryStore, spec: NetworkSpec) -> IPAMConfig |
         if ingress is not None:
             raise Forbidden(f"ingress network ({ingress.ID}) is already present")
     return _check_ipam(store, spec.IPAMOptions)
+
+
+def ingress_spec() -> NetworkSpec:
+    """The ingress network ``swarm init`` makes (see allocator/ingress.py for the subnet)."""
+    return NetworkSpec(
+        Name=INGRESS_NAME,
+        Ingress=True,
+        DriverConfiguration=Driver(Name=DRIVER),
+        IPAMOptions=IPAMOptions(Driver=Driver(Name="default"), Configs=[IPAMConfig(Subnet=INGRESS_SUBNET)]),
+    )
 
 
 def create_network(store: MemoryStore, spec: NetworkSpec) -> Network:
@@ -251,7 +266,7 @@ def prune_networks(store: MemoryStore, filters: Filters | None = None) -> list[s
     used = {t for s in store.list("service") for t in _targets(s.Spec)}
     gone = []
     for n in store.list("network"):
-        if n.ID in used:
+        if n.ID in used or n.Spec.Ingress:  # as Docker: prune never removes the ingress network
             continue
         if "label" in f and not match_labels(n.Spec.Labels, f["label"]):
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import msgspec
 
+from shoal.allocator.ingress import find_ingress
 from shoal.controlapi.errors import invalid
 from shoal.models import Endpoint, EndpointSpec, EndpointVirtualIP, PortConfig, Service, ServiceSpec
 from shoal.store import MemoryStore
@@ -84,6 +85,11 @@ def allocate_endpoint(store: MemoryStore, spec: ServiceSpec, old: Service | None
     """
     ep_spec = spec.EndpointSpec if spec.EndpointSpec is not None else EndpointSpec()
     ports = list(ep_spec.Ports or ())
+    if any(p.PublishMode == "ingress" for p in ports) and find_ingress(store.list("network")) is None:
+        raise invalid(
+            "service needs ingress network, but no ingress network is present: create one with "
+            "'docker network create --ingress -d overlay ingress', or publish with mode=host"
+        )
     taken = _check_conflicts(store, ports, old.ID if old else None)
     used = taken | {(p.PublishedPort, p.Protocol) for p in ports if p.PublishedPort}
     reuse = _previous_dynamic(old)

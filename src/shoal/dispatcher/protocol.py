@@ -39,9 +39,20 @@ class TaskStatusUpdate(msgspec.Struct):
     status: TaskStatus
 
 
+class PublishedPort(msgspec.Struct, frozen=True):
+    """A port a service publishes in ingress mode: answered on every node (the routing mesh)."""
+
+    protocol: str  # "tcp" | "udp"
+    port: int  # the published port
+    target_port: int
+
+
 class ServiceRecord(msgspec.Struct):
-    """What one service answers to on one network: its name and aliases, and its tasks' addresses
-    (bare IPs, running tasks only). ``vip`` is the service's virtual IP there, if it has one."""
+    """What one service answers to on one network: its name and aliases, and the addresses of the
+    tasks that take traffic (bare IPs: running, healthy if checked, not being stopped, not a
+    blue-green standby, on a node that is up). ``vip`` is the service's virtual IP there, if it has
+    one (endpoint mode vip): the name resolves to it and the node balances it over ``addrs``.
+    ``ports`` is set on the ingress network only: the service's ingress-published ports."""
 
     service_id: str
     name: str
@@ -50,6 +61,7 @@ class ServiceRecord(msgspec.Struct):
     # Task name (``<service>.<slot>.<task id>``) → address, for ``tasks.<service>`` style lookups.
     tasks: dict[str, str] = msgspec.field(default_factory=dict)
     vip: str = ""
+    ports: list[PublishedPort] = msgspec.field(default_factory=list)
 
 
 class NetworkState(msgspec.Struct):

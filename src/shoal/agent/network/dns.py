@@ -50,7 +50,8 @@ def _reverse_name(ip: str) -> str:
 class _Names:
     """One network's names → addresses, built from its service records."""
 
-    services: dict[str, list[str]] = field(default_factory=dict)  # name or alias → task IPs
+    services: dict[str, list[str]] = field(default_factory=dict)  # name or alias → its VIP, or task IPs
+    members: dict[str, list[str]] = field(default_factory=dict)  # name or alias → task IPs (tasks.<name>)
     tasks: dict[str, str] = field(default_factory=dict)  # task name → IP
     reverse: dict[str, str] = field(default_factory=dict)  # reverse name → task name
 
@@ -58,14 +59,16 @@ class _Names:
 def _index(records: Iterable[ServiceRecord]) -> _Names:
     out = _Names()
     for rec in records:
-        # VIP mode and DNSRR mode both answer the tasks' addresses for now: a VIP is only worth
-        # returning once something on the node routes it (the VIP load balancing issue); until
-        # then the VIP would be an address nobody answers.
+        # Endpoint mode vip: the name is the VIP, which every node balances in its kernel over the
+        # tasks (agent/network/mesh.py), so clients that cache the answer never hold a stale task
+        # address. dnsrr (no VIP): the tasks themselves, rotated. tasks.<name>: always the tasks.
         addrs = sorted(set(rec.addrs))
         for name in [rec.name, *rec.aliases]:
             if name:
-                out.services.setdefault(_norm(name), [])
-                out.services[_norm(name)] = sorted({*out.services[_norm(name)], *addrs})
+                key = _norm(name)
+                out.members[key] = sorted({*out.members.get(key, []), *addrs})
+                answer = [rec.vip] if rec.vip else addrs
+                out.services[key] = sorted({*out.services.get(key, []), *answer})
         for task_name, ip in rec.tasks.items():
             out.tasks[_norm(task_name)] = ip
             out.reverse[_reverse_name(ip)] = task_name
@@ -104,8 +107,9 @@ class ServiceDirectory:
         return [network_id, *(n for n in nets if n != network_id)]
 
     def lookup(self, name: str, networks: list[str]) -> list[str] | None:
-        """IPv4 addresses for ``name`` (rotated, for DNS round-robin), ``[]`` for a known name with
-        no running task, ``None`` for a name none of ``networks`` knows (ask upstream)."""
+        """IPv4 addresses for ``name`` (its VIP, or task addresses rotated for DNS round-robin),
+        ``[]`` for a known name with no running task, ``None`` for a name none of ``networks``
+        knows (ask upstream)."""
         q = _norm(name)
         found: list[str] | None = None
         for net_id in networks:
@@ -114,9 +118,11 @@ class ServiceDirectory:
                 continue
             if q in names.tasks:
                 return [names.tasks[q]]
-            key = q[len("tasks."):] if q.startswith("tasks.") else q
-            if key in names.services:
-                found = names.services[key]
+            if q.startswith("tasks.") and q[len("tasks."):] in names.members:
+                found = names.members[q[len("tasks."):]]
+                break
+            if q in names.services:
+                found = names.services[q]
                 break
         if not found:
             return found
