@@ -35,6 +35,7 @@ from shoal.agent.executor.base import (
 )
 from shoal.agent.executor.logstream import log_lines
 from shoal.agent.executor.spec import container_config
+from shoal.agent.network.mesh import Mesh
 from shoal.agent.network.overlay import EngineNetworks, OverlayError
 from shoal.agent.network.plumbing import NetworkAgent
 from shoal.agent.secrets import TaskSecrets
@@ -467,6 +468,10 @@ class DockerExecutor:
             await EngineNetworks(self.docker).remove_node(node_id)
         except Exception as exc:
             log.warning("removing the overlay networks of %s: %s", node_id, exc)
+        try:  # and what the routing mesh put in the kernel
+            await Mesh().remove()
+        except Exception as exc:
+            log.warning("removing the routing mesh's kernel state: %s", exc)
         return len(containers)
 
     def _forget(self, container_id: str) -> None:

@@ -8,6 +8,11 @@ networks is plumbed, so no container is ever created on a network that is not th
 
 After a restart the agent finds its engine networks by label: those the first full assignment set
 still names are adopted as they are; the others are removed once no container uses them.
+
+After each pass the node's kernel balancers (agent/network/mesh.py) are made to match the records of
+the plumbed networks: the ingress network's published ports (the routing mesh) and each other
+network's VIPs. The mesh diffs against what it applied, so a records-only change costs one small
+nft batch; a VIP or port is only programmed once its network's bridge exists here.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from typing import Any
 
 import aiodocker
 
+from shoal.agent.network import mesh
 from shoal.agent.network.dns import DnsResponder, ServiceDirectory
 from shoal.agent.network.overlay import (
     EngineNetworks,
     OverlayError,
     bare_ip,
+    bridge_name,
     delete_vxlan,
     engine_network_name,
     ensure_vxlan,
@@ -57,6 +64,7 @@ class NetworkAgent:
         dns_port: int = 53,
         upstreams: list[tuple[str, int]] | None = None,
         ready_timeout_s: float = READY_TIMEOUT_S,
+        kernel: mesh.Mesh | None = None,
     ) -> None:
         self.engine_url = engine
         self.node_id = node_id
@@ -77,6 +85,9 @@ class NetworkAgent:
         self._changed = asyncio.Condition()
         self._loop_task: asyncio.Task[None] | None = None
         self._retry: asyncio.TimerHandle | None = None
+        self.mesh = kernel if kernel is not None else mesh.Mesh()
+        self._mesh_error = ""  # why the kernel balancers could not be programmed last time
+        self._mesh_unavailable = ""  # the kernel or nft cannot do it at all: tasks publishing fail
 
     @property
     def engine(self) -> EngineNetworks:
@@ -129,6 +140,46 @@ class NetworkAgent:
         self._wake.set()
 
     async def _pass(self) -> bool:
+        retry = await self._plumb_all()
+        return await self._program_mesh() or retry
+
+    async def _program_mesh(self) -> bool:
+        """The published ports and VIPs of the plumbed networks into the kernel; True: try again."""
+        ports: list[mesh.PublishedPort] = []
+        vips: list[mesh.VirtualService] = []
+        ingress_bridge: str | None = None
+        for net_id, st in self._desired.items():
+            if self._plumbed.get(net_id) != _shape(st):
+                continue  # its bridge is not there yet: the next pass programs it
+            if st.network.Spec.Ingress:
+                ingress_bridge = bridge_name(net_id)
+                for rec in st.records:
+                    backends = tuple(rec.addrs)
+                    for p in rec.ports:
+                        if p.protocol not in mesh.PROTOCOLS:
+                            continue  # sctp: not balanced by the mesh (yet); the control API says so
+                        ports.append(mesh.PublishedPort(p.protocol, p.port, p.target_port, backends, rec.name))
+            else:
+                for rec in st.records:
+                    if rec.vip:
+                        vips.append(mesh.VirtualService(rec.vip, tuple(rec.addrs), rec.name))
+        try:
+            await self.mesh.apply(ports, vips, ingress_bridge)
+        except Exception as exc:
+            msg = str(exc) or type(exc).__name__
+            if msg != self._mesh_error:
+                log.error("routing mesh: %s", msg)
+            self._mesh_error = msg
+            if isinstance(exc, mesh.MeshUnavailable):
+                self._mesh_unavailable = msg  # creates waiting on the ingress network fail after this pass
+                return False  # a missing nft does not come back by itself
+            return True
+        if self._mesh_error:
+            log.info("routing mesh programmed again")
+        self._mesh_error = self._mesh_unavailable = ""
+        return False
+
+    async def _plumb_all(self) -> bool:
         retry = False
         if self._sweep:
             ours = await self.engine.list_ours(self.node_id)
@@ -174,6 +225,8 @@ class NetworkAgent:
         await self.engine.ensure(st, self.node_id)
         await ensure_vxlan(net.ID, vni_of(net), self.local)
         await set_peers(net.ID, st.peers)
+        if net.Spec.Ingress:
+            return  # no names on the ingress network (as in Swarm): it only carries the mesh
         ip = bare_ip(st.node_address)
         at = self.responder.listening(net.ID)
         if at is None or at[0] != ip or (self.dns_port and at[1] != self.dns_port):
@@ -190,6 +243,9 @@ class NetworkAgent:
         async with self._changed:
             while True:
                 st = self._desired.get(net_id)
+                if st is not None and st.network.Spec.Ingress and self._mesh_unavailable:
+                    why = self._mesh_unavailable
+                    raise OverlayError(f"ports cannot be published through the routing mesh here: {why}")
                 if st is not None and self._plumbed.get(net_id) == _shape(st):
                     return st
                 if st is not None and net_id in self._errors:
@@ -233,7 +289,8 @@ class NetworkAgent:
     # ------------------------------------------------------------------ lifetime
 
     async def close(self) -> None:
-        """Stop serving; networks and devices stay (containers on them keep running)."""
+        """Stop serving; networks, devices and the kernel balancers stay (containers on them keep
+        running and published ports keep answering; a restarted agent rebuilds them)."""
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
