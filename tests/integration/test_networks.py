@@ -22,7 +22,8 @@ def test_network_lifecycle_with_docker_cli(shoal: ShoalProcess, swarm: docker.Do
                      "172.29.200.1", "back")
 
     ls = shoal.docker_cli("network", "ls", "--format", "{{.Name}} {{.Driver}} {{.Scope}}").stdout.splitlines()
-    assert sorted(ls) == ["back overlay swarm", "front overlay swarm"]
+    # ingress: made by swarm init for the routing mesh, as in Swarm.
+    assert sorted(ls) == ["back overlay swarm", "front overlay swarm", "ingress overlay swarm"]
     assert shoal.docker_cli("network", "ls", "-q", "--filter", "label=tier=web").stdout.split() == [nid[:12]]
 
     front = json.loads(shoal.docker_cli("network", "inspect", "front").stdout)[0]
@@ -42,7 +43,7 @@ def test_network_lifecycle_with_docker_cli(shoal: ShoalProcess, swarm: docker.Do
     assert res.returncode != 0 and "overlaps" in res.stderr
     res = shoal.docker_cli("network", "create", "-d", "overlay", "front", check=False)
     assert res.returncode != 0 and "already exists" in res.stderr
-    assert len(shoal.docker_cli("network", "ls", "-q").stdout.split()) == 2
+    assert len(shoal.docker_cli("network", "ls", "-q").stdout.split()) == 3
 
     # A service on the network: its task gets an address in the subnet, the service a VIP.
     shoal.docker_cli("service", "create", "--detach", "--name", "web", "--network",
@@ -78,7 +79,7 @@ def test_network_lifecycle_with_docker_cli(shoal: ShoalProcess, swarm: docker.Do
     shoal.docker_cli("service", "rm", "web")
     shoal.docker_cli("network", "rm", "front")
     out = shoal.docker_cli("network", "prune", "--force").stdout
-    assert "back" in out
-    assert shoal.docker_cli("network", "ls", "-q").stdout.strip() == ""
+    assert "back" in out and "ingress" not in out
+    assert shoal.docker_cli("network", "ls", "--format", "{{.Name}}").stdout.split() == ["ingress"]
     res = shoal.docker_cli("network", "inspect", "front", check=False)
     assert res.returncode != 0 and "not found" in res.stderr.lower()
