@@ -223,8 +223,9 @@ def full_batch(state: MeshState) -> str:
         "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n",
         f"\t\tct mark & {MARK:#010x} == {MARK:#010x} masquerade\n\t}}\n",
         "\tchain filter-input {\n\t\ttype filter hook input priority filter; policy accept;\n",
-        "\t\tip daddr @vip-addrs meta l4proto tcp counter reject with tcp reset\n",
-        "\t\tip daddr @vip-addrs counter reject\n\t}\n",
+        # Not `related`: our own refusals to a local client go to the VIP too, and must pass.
+        "\t\tip daddr @vip-addrs ct state != related meta l4proto tcp counter reject with tcp reset\n",
+        "\t\tip daddr @vip-addrs ct state != related counter reject\n\t}\n",
         "\tchain filter-output {\n\t\ttype filter hook output priority filter; policy accept;\n",
         f'\t\toifname "{BRIDGE_PREFIX}*" icmp type redirect drop\n\t}}\n',
     ]
