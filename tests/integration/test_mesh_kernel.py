@@ -292,6 +292,11 @@ async def test_published_ports_vips_and_refusals(lab: Lab) -> None:
         assert await asyncio.to_thread(seen_tcp, lab.ctr, VIP, 80) == {"t1", "t2"}
         assert await asyncio.to_thread(seen_udp, lab.ctr, VIP, 5353) == {"t1", "t2"}
         assert neigh_mac(lab.ctr, VIP) == mac_of(lab.node, lab.bridge)
+        # Docker turns bridge-nf-call-iptables on (the DNATed packet is then bridged back out); routed
+        # (off), the VIP works as well.
+        ns_sh(lab.node, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0")
+        assert await asyncio.to_thread(seen_tcp, lab.ctr, VIP, 80) == {"t1", "t2"}
+        ns_sh(lab.node, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
         # No backends: refused, never the node's own listener on that port.
         for ns, addr, port in ((lab.client, NODE_UNDERLAY, 8081), (lab.node, "127.0.0.1", 8081),
                                (lab.ctr, VIP_EMPTY, 80), (lab.node, VIP_EMPTY, 80)):
@@ -444,6 +449,17 @@ async def test_remove_leaves_nothing_of_ours(lab: Lab) -> None:
     # The port is the node's own again (its listener answers), and a second remove is harmless.
     assert await asyncio.to_thread(tcp_ask, lab.node, NODE_UNDERLAY, 8080) == "host"
     await mesh.remove()
+
+    # No DOCKER-USER chain (no dockerd): the mesh still builds, and makes no chain of its own.
+    ipt = ("ip", "netns", "exec", lab.node, "iptables", "-w")
+    sh(*ipt, "-D", "FORWARD", "-j", "DOCKER-USER")
+    sh(*ipt, "-F", "DOCKER-USER")
+    sh(*ipt, "-X", "DOCKER-USER")
+    await mesh.apply(lab.ports(), lab.vips(), lab.bridge)
+    assert await asyncio.to_thread(seen_tcp, lab.node, "127.0.0.1", 8080) == {"t1", "t2"}
+    await mesh.remove()
+    assert sh(*ipt, "-S", "DOCKER-USER", check=False) == ""
+    assert "shoal" not in ns_sh(lab.node, "nft", "list", "tables")
 
 
 # ----------------------------------------------------------------------------- ARP across VXLAN

@@ -227,7 +227,7 @@ def full_batch(state: MeshState) -> str:
         "\t\tip daddr @vip-addrs ct state != related meta l4proto tcp counter reject with tcp reset\n",
         "\t\tip daddr @vip-addrs ct state != related counter reject\n\t}\n",
         "\tchain filter-output {\n\t\ttype filter hook output priority filter; policy accept;\n",
-        f'\t\toifname "{BRIDGE_PREFIX}*" icmp type redirect drop\n\t}}\n',
+        f'\t\toifname "{BRIDGE_PREFIX}*" icmp type redirect counter drop\n\t}}\n',
     ]
     for p in ports:
         out.append(_chain_block(port_chain(p), _comment(p.service), port_rules(p)))
@@ -444,8 +444,9 @@ class Mesh:
             self._localnet = None
         if bridge is not None:
             rc, err = await self._run("sysctl", "-qw", f"net.ipv4.conf.{bridge}.route_localnet=1")
-            if rc != 0:
-                raise MeshError(f"could not set route_localnet on {bridge}: {err}")
+            if rc != 0:  # the bridge may not be plumbed yet: only loopback clients miss out; next apply retries
+                log.warning("routing mesh: could not set route_localnet on %s: %s", bridge, err)
+                return
             self._localnet = bridge
 
     # --------------------------------------------------------------------------- netlink
