@@ -39,13 +39,13 @@ from pyroute2 import IPRoute
 from pyroute2.conntrack import AsyncConntrack
 from pyroute2.netlink.exceptions import NetlinkError
 
+from shoal.agent.network.overlay import BRIDGE_PREFIX, VXLAN_PREFIX
+
 log = logging.getLogger(__name__)
 
 TABLE = "shoal"
 MARK = 0x00200000  # our bit in the connection mark; Docker's iptables rules use no connmark
 VIP_DEVICE = "shl-vips"
-BRIDGE_PREFIX = "shl-"  # bridges of our overlay networks (overlay.py); shl-vips matches too, harmlessly
-VXLAN_PREFIX = "shv-"
 DOCKER_USER = "DOCKER-USER"
 DOCKER_USER_RULE = ("-m", "connmark", "--mark", f"{MARK:#x}/{MARK:#x}", "-j", "ACCEPT")
 PROTOCOLS = ("tcp", "udp")
