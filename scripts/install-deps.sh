@@ -25,6 +25,8 @@ needs=(
   etcd:etcd-server
   # the HA tests check etcd's membership with the real etcdctl
   etcdctl:etcd-client
+  # the routing mesh and VIPs: the node's kernel balancers (agent/network/mesh.py)
+  nft:nftables
 )
 
 missing=()
