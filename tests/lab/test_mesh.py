@@ -252,7 +252,8 @@ def test_rolling_update_and_blue_green_fail_no_request(lab: Lab, swarm: docker.D
         web.reload()
         labels = dict(web.attrs["Spec"].get("Labels") or {})
         labels["shoal.update-strategy"] = "blue-green"
-        web.update(env=["V=3"], labels=labels, constraints=BACKENDS, maxreplicas=1)
+        # Both versions run at once during the release: room for two tasks per host.
+        web.update(env=["V=3"], labels=labels, constraints=BACKENDS, maxreplicas=2)
         wait_for(lambda: update_state(web) == "completed", within=180)
         time.sleep(1)
     finally:

@@ -39,7 +39,7 @@ def test_desired_normalises_backends_numerically_and_drops_duplicates() -> None:
 
 
 @pytest.mark.parametrize(("ports", "vips", "message"), [
-    ([PublishedPort("sctp", 80, 80, ())], [], "protocol 'sctp' is not tcp or udp"),
+    ([PublishedPort("icmp", 80, 80, ())], [], "protocol 'icmp' is not tcp, udp or sctp"),
     ([PublishedPort("tcp", 0, 80, ())], [], "0 is not a port"),
     ([PublishedPort("tcp", 80, 70000, ())], [], "70000 is not a port"),
     ([PublishedPort("tcp", 80, 80, ("fd00::1",))], [], "'fd00::1' is not an IPv4 address"),

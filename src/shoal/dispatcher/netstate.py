@@ -1,8 +1,10 @@
 """What each node must know about the overlay networks its tasks are on, kept incrementally.
 
-The dispatcher sends a node one :class:`NetworkState` per network its non-terminal tasks are on:
-the network, the node's own address there, its VXLAN peers (other nodes with tasks on it) and the
-DNS records (per service: name, aliases, running tasks' addresses, VIP). Recomputing that from all
+The dispatcher sends a node one :class:`NetworkState` per network its non-terminal tasks are on
+(and the ingress network to every node while a service publishes through it: the routing mesh):
+the network, the node's own address there, its VXLAN peers (other nodes on it) and the records
+(per service: name, aliases, VIP, published ports on ingress, and the addresses of the tasks that
+take traffic — running, healthy, not being stopped, not a standby, on a node that is up). Recomputing that from all
 tasks on every change would cost O(tasks) per status report; instead :class:`NetworkIndex` keeps
 network → member tasks and network → node counts, updated from store events, and says which
 (network, node) pairs a batch of events made stale. Tasks without attachments never enter it, so

@@ -6,11 +6,11 @@ instead, in the same reconcile pass and transaction. When the task template chan
 
 1. every slot still served by an older task gets a *standby* task of the new version beside it
    (swarmkit's start-first order, for all slots at once). Standby tasks carry the task label
-   ``shoal.bluegreen=standby``: they run, but the ingress balancer (agent/ingress.py) and the DNS
-   records (dispatcher/netstate.py) leave them out, so the old tasks keep all the traffic;
+   ``shoal.bluegreen=standby``: they run, but the service's records (dispatcher/netstate.py: the
+   routing mesh, VIPs and DNS of every node) leave them out, so the old tasks keep all the traffic;
 2. once every standby task is RUNNING (for a task with a health check, RUNNING means healthy), one
-   transaction switches: the label goes (each node's balancer and the service's records now point
-   at the new tasks only) and the old tasks get DesiredState=SHUTDOWN. UpdateStatus: ``updating`` →
+   transaction switches: the label goes (the service's records, so every node's kernel balancers,
+   now point at the new tasks only) and the old tasks get DesiredState=SHUTDOWN. UpdateStatus: ``updating`` →
    ``completed``;
 3. if a standby task ends on its own (failed, rejected, exited), or they are not all running within
    the deadline (``UpdateConfig.Monitor`` when set, else 60 s), the standby tasks are shut down

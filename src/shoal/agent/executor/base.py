@@ -54,7 +54,7 @@ class ContainerInfo:
     exit_code: int = 0
     error: str = ""
     ports: list[PortConfig] = field(default_factory=list)  # host-published, actual host ports
-    ip: str = ""  # address on its (first) network, for the ingress proxy
+    ip: str = ""  # address on its (first) network (the agent-run health checks connect to it)
 
     @property
     def running(self) -> bool:

@@ -48,7 +48,7 @@ MARK = 0x00200000  # our bit in the connection mark; Docker's iptables rules use
 VIP_DEVICE = "shl-vips"
 DOCKER_USER = "DOCKER-USER"
 DOCKER_USER_RULE = ("-m", "connmark", "--mark", f"{MARK:#x}/{MARK:#x}", "-j", "ACCEPT")
-PROTOCOLS = ("tcp", "udp")
+PROTOCOLS = ("tcp", "udp", "sctp")  # the protocols Docker publishes; `th dport` reads all three
 _COMMENT_OK = re.compile(r"[^A-Za-z0-9_.:/@ -]")
 _COMMENT_MAX = 100  # nft allows 128 bytes; leave room for the "service " prefix
 
@@ -122,7 +122,7 @@ def desired(ports: Iterable[PublishedPort], vips: Iterable[VirtualService]) -> M
     by_port: dict[tuple[str, int], PublishedPort] = {}
     for p in ports:
         if p.protocol not in PROTOCOLS:
-            raise ValueError(f"published port {p.port}: protocol {p.protocol!r} is not tcp or udp")
+            raise ValueError(f"published port {p.port}: protocol {p.protocol!r} is not tcp, udp or sctp")
         what = f"published port {p.port}/{p.protocol}"
         norm = PublishedPort(p.protocol, _port(p.port, what), _port(p.target_port, what + " target"),
                              _backends(p.backends, what + " backend"), p.service)
@@ -353,6 +353,13 @@ class Mesh:
         previous, self._known = self._known, want
         if previous is not None:
             await self._forget_udp_flows(removed_udp_flows(previous, want))
+
+    async def refresh(self) -> None:
+        """Put back what others may have taken away since the last full build: a Docker restart
+        recreates its chains without our DOCKER-USER rule. Cheap (one ``iptables -C``); the agent
+        calls it periodically."""
+        if self.applied is not None:
+            await self._docker_user(present=True)
 
     async def remove(self) -> None:
         """Swarm leave / no networks left: take away everything we put in the kernel."""

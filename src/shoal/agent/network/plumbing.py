@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 2.0  # a failed step, or a network still in use, is tried again this much later
 READY_TIMEOUT_S = 60.0  # a create waits this long for its network's state to arrive and be plumbed
+REFRESH_S = 30.0  # how often the mesh checks that what Docker may drop (its DOCKER-USER rule) is there
 
 
 def _shape(st: NetworkState) -> tuple[Any, ...]:
@@ -123,7 +124,14 @@ class NetworkAgent:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            try:
+                await asyncio.wait_for(self._wake.wait(), REFRESH_S)
+            except TimeoutError:
+                try:
+                    await self.mesh.refresh()
+                except Exception as exc:
+                    log.warning("routing mesh: %s", exc)
+                continue
             self._wake.clear()
             try:
                 retry = await self._pass()
@@ -156,8 +164,6 @@ class NetworkAgent:
                 for rec in st.records:
                     backends = tuple(rec.addrs)
                     for p in rec.ports:
-                        if p.protocol not in mesh.PROTOCOLS:
-                            continue  # sctp: not balanced by the mesh (yet); the control API says so
                         ports.append(mesh.PublishedPort(p.protocol, p.port, p.target_port, backends, rec.name))
             else:
                 for rec in st.records:
@@ -194,8 +200,12 @@ class NetworkAgent:
             except Exception as exc:
                 msg = str(exc) if isinstance(exc, OverlayError) else f"{type(exc).__name__}: {exc}"
                 log.warning("network %s: %s", st.network.Spec.Name, msg)
-                self._errors[net_id] = msg
                 retry = True
+                if "overlap" in msg and self._removing:
+                    # A removed network with the same subnet still has containers stopping (they
+                    # drain first): it goes in a moment, so the tasks wait rather than fail.
+                    continue
+                self._errors[net_id] = msg
                 continue
             if self._desired.get(net_id) is st:
                 self._plumbed[net_id] = shape
