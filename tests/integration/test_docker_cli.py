@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.request
 
 import pytest
@@ -14,6 +15,12 @@ from tests.integration.transport_env import listen_addr
 pytestmark = pytest.mark.integration
 
 PORT = 18080
+
+
+def nft_table() -> str:
+    """``nft list table inet shoal`` here (the daemon runs in this namespace), or "" without it."""
+    res = subprocess.run(["nft", "list", "table", "inet", "shoal"], capture_output=True, text=True)
+    return res.stdout if res.returncode == 0 else ""
 
 
 def running(shoal: ShoalProcess, service: str) -> int:
@@ -54,9 +61,10 @@ def test_docker_cli_tour(shoal: ShoalProcess) -> None:
         assert spec["Spec"]["Mode"]["Replicated"]["Replicas"] == 5
         assert spec["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].startswith("busybox:latest")
 
-        # The published port answers, balanced over the tasks.
+        # The published port answers, balanced over the tasks, through the kernel (table inet shoal).
         body = urllib.request.urlopen(f"http://127.0.0.1:{PORT}/", timeout=10).read()
         assert b"shoal" in body
+        assert f"ingress-tcp-{PORT}" in nft_table()
 
         # Without --detach the CLI follows progress until converged (it reads _up-to-date tasks).
         shoal.docker_cli("service", "scale", "web=8", timeout=120)
@@ -76,6 +84,14 @@ def test_docker_cli_tour(shoal: ShoalProcess) -> None:
         assert shoal.docker_cli("service", "ls", "-q").stdout.strip() == ""
         res = shoal.docker_cli("service", "inspect", "web", check=False)
         assert res.returncode != 0 and "no such service" in res.stderr.lower()
+        wait_for(lambda: f"ingress-tcp-{PORT}" not in nft_table(), timeout=10)
+
+        # Leaving the swarm takes away everything the mesh put in the kernel, and nothing else.
+        shoal.docker_cli("swarm", "leave", "--force")
+        assert nft_table() == ""
+        rule = ["iptables", "-w", "-C", "DOCKER-USER", "-m", "connmark", "--mark", "0x200000/0x200000", "-j", "ACCEPT"]
+        assert subprocess.run(rule, capture_output=True).returncode != 0
+        assert subprocess.run(["iptables", "-w", "-n", "-L", "DOCKER-USER"], capture_output=True).returncode == 0
     finally:
         shoal.docker_cli("swarm", "leave", "--force", check=False)
 

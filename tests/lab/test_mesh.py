@@ -272,3 +272,22 @@ def test_a_lost_host_leaves_the_balancers(lab: Lab, swarm: docker.DockerClient,
     time.sleep(1)
     results = collections.Counter(_try(lambda: get(addr(lab, 1), timeout=2)) for _ in range(30))
     assert None not in results and len(results) == 1, (results, time.monotonic() - down_at)
+
+
+def test_the_kernel_serves_while_an_agent_is_down_and_a_restart_rebuilds(lab: Lab, swarm: docker.DockerClient,
+                                                                          web: docker.models.services.Service) -> None:
+    def table(n: int) -> str:
+        return subprocess.run(lab.nsenter(n, "nft", "list", "table", "inet", "shoal"),
+                              capture_output=True, text=True).stdout
+
+    assert len(both_backends(addr(lab, 4))) == 2
+    before = table(4)
+    lab.kill(4)  # SIGKILL: no clean-up ran; the kernel keeps what the agent put there
+    assert len(both_backends(addr(lab, 4))) == 2
+    lab.heal()  # the daemon starts again: its first apply rebuilds the tables whole, atomically
+    wait_for(lambda: any(n.attrs["Description"]["Hostname"] == "host-4" and n.attrs["Status"]["State"] == "ready"
+                         for n in swarm.nodes.list()), within=60)
+    wait_for(lambda: "ingress-tcp-8080" in table(4), within=30)
+    assert len(both_backends(addr(lab, 4))) == 2
+    assert [line for line in table(4).splitlines() if "ingress-tcp-8080" in line] == \
+        [line for line in before.splitlines() if "ingress-tcp-8080" in line]

@@ -3,11 +3,14 @@ DNS directory holds, and how a container create is configured once its networks 
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
+from shoal.agent.network import mesh
 from shoal.agent.network.overlay import OverlayError, engine_network_body, vni_of
 from shoal.agent.network.plumbing import NetworkAgent, _shape
 from shoal.dispatcher.protocol import NetworkState, ServiceRecord
+from shoal.dispatcher.protocol import PublishedPort as PortSpec
 from shoal.models import (
     ContainerSpec,
     Driver,
@@ -138,3 +141,61 @@ async def test_a_task_without_attachments_is_left_alone(agent: NetworkAgent) -> 
     body: dict = {"HostConfig": {}}
     assert await agent.configure(task(), body) == []
     assert body == {"HostConfig": {}}
+
+
+INGRESS = msgspec.structs.replace(network("i" * 25, "ingress", "10.255.0.0/24", 4096),
+                                  Spec=NetworkSpec(Name="ingress", Ingress=True))
+
+
+class RecordingMesh(mesh.Mesh):
+    """The kernel side replaced: records what the agent asks for, or fails like a node without nft."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        super().__init__()
+        self.fail = fail
+        self.calls: list[tuple[list[mesh.PublishedPort], list[mesh.VirtualService], str | None]] = []
+
+    async def apply(self, ports: list[mesh.PublishedPort], vips: list[mesh.VirtualService],
+                    ingress_bridge: str | None) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.calls.append((ports, vips, ingress_bridge))
+
+
+def published(net: Network, addrs: list[str]) -> NetworkState:
+    rec = ServiceRecord(service_id="s1", name="web", addrs=addrs,
+                        ports=[PortSpec(protocol="tcp", port=8080, target_port=80)])
+    return NetworkState(network=net, node_address="10.255.0.250/24", records=[rec])
+
+
+async def test_the_mesh_gets_ingress_ports_and_other_networks_vips_once_plumbed() -> None:
+    kernel = RecordingMesh()
+    agent = NetworkAgent("unix:///nonexistent.sock", "node1", "10.77.0.1", kernel=kernel)
+    agent._kick = lambda: None  # type: ignore[method-assign]
+    vip = NetworkState(network=NET_A, node_address="10.0.1.250/24", records=[
+        ServiceRecord(service_id="s2", name="api", vip="10.0.1.2", addrs=["10.0.1.5", "10.0.1.6"]),
+        ServiceRecord(service_id="s3", name="rr", addrs=["10.0.1.7"]),  # dnsrr: no VIP, nothing to balance
+    ])
+    ing = published(INGRESS, ["10.255.0.5"])
+    agent.apply([vip, ing], [])
+    assert not await agent._program_mesh()
+    assert kernel.calls[-1] == ([], [], None)  # nothing plumbed yet: no bridge to send to
+    agent._plumbed = {NET_A.ID: _shape(vip), INGRESS.ID: _shape(ing)}
+    assert not await agent._program_mesh()
+    ports, vips, bridge = kernel.calls[-1]
+    assert ports == [mesh.PublishedPort("tcp", 8080, 80, ("10.255.0.5",), "web")]
+    assert vips == [mesh.VirtualService("10.0.1.2", ("10.0.1.5", "10.0.1.6"), "api")]
+    assert bridge == "shl-iiiiiiiiii"
+
+
+async def test_without_nft_tasks_publishing_through_ingress_fail_with_a_clear_error() -> None:
+    no_nft = mesh.MeshUnavailable("the routing mesh needs nftables: the nft binary is not installed")
+    kernel = RecordingMesh(fail=no_nft)
+    agent = NetworkAgent("unix:///nonexistent.sock", "node1", "10.77.0.1", kernel=kernel, ready_timeout_s=0.2)
+    agent._kick = lambda: None  # type: ignore[method-assign]
+    ing = published(INGRESS, [])
+    agent.apply([ing], [])
+    agent._plumbed = {INGRESS.ID: _shape(ing)}
+    assert not await agent._program_mesh()  # not retried: nft does not appear by itself
+    with pytest.raises(OverlayError, match="routing mesh here: the routing mesh needs nftables"):
+        await agent.configure(task((INGRESS, "10.255.0.5/24")), {})
