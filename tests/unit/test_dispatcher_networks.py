@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import msgspec
 import pytest
 
+from shoal import controlapi
 from shoal.allocator import NetworkAllocator
-from shoal.controlapi.networks import create_network
+from shoal.controlapi.networks import create_network, ingress_spec
 from shoal.dispatcher.dispatcher import Dispatcher, SessionInvalid
 from shoal.dispatcher.netstate import NetworkIndex
 from shoal.dispatcher.protocol import Assignments, NetworkState
@@ -24,12 +25,18 @@ from shoal.models import (
     ConfigReference,
     ConfigSpec,
     ContainerSpec,
+    EndpointSpec,
     NetworkAttachmentConfig,
     NetworkSpec,
+    NodeState,
     Placement,
+    PortConfig,
+    ReplicatedService,
     Secret,
     SecretReference,
     SecretSpec,
+    ServiceMode,
+    ServiceSpec,
     TaskSpec,
     TaskState,
     Version,
@@ -242,3 +249,65 @@ def test_index_ignores_tasks_without_networks_and_rebuilds() -> None:
     assert idx.state(net.ID, "elsewhere") is None
     # Nodes without networked tasks have nothing.
     assert idx.nets_of("elsewhere") == []
+
+
+async def test_routing_mesh_state_reaches_every_node_and_follows_the_tasks(cluster) -> None:
+    """The ingress network: every node hears it while a service publishes (tasks there or not);
+    records hold only tasks that take traffic; nothing at all is sent while nobody publishes."""
+    store, d, nodes = cluster
+    ingress = create_network(store, ingress_spec())
+    a, b, c = [await connect(d, nodes[h], f"192.168.5.{i}") for i, h in enumerate("abc", 1)]
+    plain = make_service(store, "plain", replicas=1, template=TaskSpec(ContainerSpec=ContainerSpec(Image="x")))
+    await asyncio.sleep(0.05)
+    assert all(not m.networks for agent in (a, b, c) for m in agent.view.messages)  # nobody publishes
+
+    spec = ServiceSpec(
+        Name="web", Mode=ServiceMode(Replicated=ReplicatedService(Replicas=2)),
+        TaskTemplate=TaskSpec(ContainerSpec=ContainerSpec(Image="busybox:latest"),
+                              Placement=Placement(Constraints=["node.hostname!=c"])),
+        EndpointSpec=EndpointSpec(Ports=[PortConfig(TargetPort=80, PublishedPort=8080)]),
+    )
+    svc = controlapi.create_service(store, spec)
+    await c.until(lambda v: ingress.ID in v.nets and v.nets[ingress.ID].records, "c on ingress")
+    st = c.view.nets[ingress.ID]
+    assert st.peers == ["192.168.5.1", "192.168.5.2"] and st.node_address.startswith("10.255.")
+    (rec,) = st.records
+    assert [(p.protocol, p.port, p.target_port) for p in rec.ports] == [("tcp", 8080, 80)] and rec.addrs == []
+
+    tasks = await wait_tasks(store, svc.ID, 2)
+    set_task_state(store, [t.ID for t in tasks], TaskState.RUNNING)
+    ips = sorted(t.NetworksAttachments[-1].Addresses[0].split("/")[0] for t in tasks)
+    await c.until(lambda v: v.nets[ingress.ID].records[0].addrs == ips, "both tasks as backends on c")
+
+    # b goes Down: its task leaves every node's balancer before anything replaces it.
+    on_b = next(t for t in tasks if t.NodeID == nodes["b"])
+    node_b = store.get("node", nodes["b"])
+    with store.tx() as tx:
+        tx.update("node", msgspec.structs.replace(node_b, Status=msgspec.structs.replace(
+            node_b.Status, State=NodeState.DOWN)))
+    keep = [ip for t, ip in zip(sorted(tasks, key=lambda t: t.NetworksAttachments[-1].Addresses[0]), ips, strict=True)
+            if t.ID != on_b.ID]
+    await c.until(lambda v: v.nets[ingress.ID].records[0].addrs == keep, "b's task out of c's balancer")
+    await a.until(lambda v: v.nets[ingress.ID].records[0].addrs == keep, "and out of a's")
+
+    # A task told to stop leaves the balancers while it still runs (it drains, then stops).
+    on_a = next(t for t in tasks if t.NodeID == nodes["a"])
+    with store.tx() as tx:
+        cur = tx.get("task", on_a.ID)
+        tx.update("task", msgspec.structs.replace(cur, DesiredState=TaskState.SHUTDOWN))
+    await c.until(lambda v: v.nets[ingress.ID].records[0].addrs == [], "stopping task out")
+    assert store.get("task", on_a.ID).Status.State is TaskState.RUNNING
+
+    # The last publisher goes: every node is told to leave the ingress network.
+    controlapi.remove_service(store, svc.ID)
+    await c.until(lambda v: ingress.ID in v.removed, "c leaves ingress")
+    assert store.get("service", plain.ID) is not None
+
+
+async def wait_tasks(store: MemoryStore, service_id: str, n: int) -> list:
+    for _ in range(300):
+        tasks = [t for t in store.tasks_of_service(service_id) if t.NetworksAttachments and t.NodeID]
+        if len(tasks) == n:
+            return tasks
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{n} tasks of {service_id} not assigned")
