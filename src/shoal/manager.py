@@ -24,6 +24,7 @@ from aiohttp import web
 
 from shoal.agent.executor.docker import node_description
 from shoal.allocator import NetworkAllocator
+from shoal.allocator.ingress import choose_ingress_subnet, host_routes
 from shoal.api.forward import NO_LEADER, Forwarder, ReplaySite
 from shoal.ca.authority import ClusterCA
 from shoal.ca.certs import generate_key_and_csr, private_dir, write_private
@@ -310,11 +311,13 @@ class Manager:
         membership = Membership(node_id=node_id, role="manager", listen=listen_of(req.ListenAddr),
                                 store=settings.to_dict() if settings.on_etcd else None)
 
+        ingress_subnet = choose_ingress_subnet(await asyncio.to_thread(host_routes))
+
         async def create() -> None:
             with self.store.tx() as tx:
                 tx.create("cluster", cluster)
                 tx.create("node", node)
-            create_network(self.store, ingress_spec())  # as Swarm's init does: the routing mesh's
+            create_network(self.store, ingress_spec(ingress_subnet))  # as Swarm's init: the routing mesh's
             self._save_membership(membership)
 
         try:

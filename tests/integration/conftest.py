@@ -12,8 +12,22 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.integration.shoal_process import ShoalProcess
+from tests.integration.shoal_process import MESH_NAME, ShoalProcess
 from tests.integration.transport_env import listen_addr
+
+
+@pytest.fixture(scope="package", autouse=True)
+def own_mesh_tables() -> Iterator[None]:
+    """Daemons and agents of these tests run in this host's network namespace, where the demo
+    daemon of setup.sh may run too: they keep their kernel mesh in `table inet shoal-test` (and
+    their own VIP device and DOCKER-USER rule), so neither side rebuilds or removes the other's."""
+    old = os.environ.get("SHOAL_MESH_NAME")
+    os.environ["SHOAL_MESH_NAME"] = MESH_NAME
+    yield
+    if old is None:
+        os.environ.pop("SHOAL_MESH_NAME", None)
+    else:
+        os.environ["SHOAL_MESH_NAME"] = old
 
 
 @pytest.fixture(scope="session")

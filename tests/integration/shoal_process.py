@@ -12,6 +12,9 @@ from pathlib import Path
 import docker
 import requests
 
+# The kernel mesh's table of test daemons (see own_mesh_tables in conftest.py).
+MESH_NAME = "shoal-test"
+
 
 class ShoalProcess:
     """One daemon with its own socket and data root; can be stopped and started again."""
@@ -33,7 +36,8 @@ class ShoalProcess:
             self.proc = subprocess.Popen(
                 [str(shoal), "daemon", "-H", self.host, "--data-root", str(self.data), "--log-level", "info", *engine,
                  *self.args],
-                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "SHOAL_MESH_NAME": MESH_NAME},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

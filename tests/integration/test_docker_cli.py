@@ -8,7 +8,8 @@ import urllib.request
 
 import pytest
 
-from tests.integration.conftest import shoal_cli, wait_for
+from shoal.agent.network.mesh import docker_user_rule
+from tests.integration.conftest import MESH_NAME, shoal_cli, wait_for
 from tests.integration.shoal_process import ShoalProcess
 from tests.integration.transport_env import listen_addr
 
@@ -18,8 +19,8 @@ PORT = 18080
 
 
 def nft_table() -> str:
-    """``nft list table inet shoal`` here (the daemon runs in this namespace), or "" without it."""
-    res = subprocess.run(["nft", "list", "table", "inet", "shoal"], capture_output=True, text=True)
+    """The daemon's ``nft list table inet <its mesh name>`` here (it runs in this namespace), or ""."""
+    res = subprocess.run(["nft", "list", "table", "inet", MESH_NAME], capture_output=True, text=True)
     return res.stdout if res.returncode == 0 else ""
 
 
@@ -89,7 +90,7 @@ def test_docker_cli_tour(shoal: ShoalProcess) -> None:
         # Leaving the swarm takes away everything the mesh put in the kernel, and nothing else.
         shoal.docker_cli("swarm", "leave", "--force")
         assert nft_table() == ""
-        rule = ["iptables", "-w", "-C", "DOCKER-USER", "-m", "connmark", "--mark", "0x200000/0x200000", "-j", "ACCEPT"]
+        rule = ["iptables", "-w", "-C", "DOCKER-USER", *docker_user_rule(MESH_NAME)]
         assert subprocess.run(rule, capture_output=True).returncode != 0
         assert subprocess.run(["iptables", "-w", "-n", "-L", "DOCKER-USER"], capture_output=True).returncode == 0
     finally:

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from shoal.agent.network.mesh import DOCKER_USER_RULE, VIP_DEVICE, Mesh, PublishedPort, VirtualService
+from shoal.agent.network.mesh import DOCKER_USER_RULE, TABLE, VIP_DEVICE, Mesh, PublishedPort, VirtualService
 
 pytestmark = [
     pytest.mark.integration,
@@ -279,7 +279,7 @@ def seen_udp(ns: str, addr: str, port: int, tries: int = 60) -> set[str]:
 
 
 async def test_published_ports_vips_and_refusals(lab: Lab) -> None:
-    mesh = Mesh(netns=lab.node)
+    mesh = Mesh(name=TABLE, netns=lab.node)
     try:
         await mesh.apply(lab.ports(), lab.vips(), lab.bridge)
         # From the underlay, through Docker's FORWARD DROP (our DOCKER-USER rule lets it pass).
@@ -313,7 +313,7 @@ async def test_published_ports_vips_and_refusals(lab: Lab) -> None:
 
 
 async def test_udp_flow_moves_when_its_backend_leaves(lab: Lab) -> None:
-    mesh = Mesh(netns=lab.node)
+    mesh = Mesh(name=TABLE, netns=lab.node)
     try:
         await mesh.apply(lab.ports(), lab.vips(), lab.bridge)
         with udp_socket(lab.client, NODE_UNDERLAY, 5300) as s:
@@ -335,7 +335,7 @@ async def test_udp_flow_moves_when_its_backend_leaves(lab: Lab) -> None:
 
 
 async def test_backend_churn_fails_no_request(lab: Lab) -> None:
-    mesh = Mesh(netns=lab.node)
+    mesh = Mesh(name=TABLE, netns=lab.node)
     stop = threading.Event()
     results: dict[str, list[str]] = {"ok": [], "failed": []}
 
@@ -370,7 +370,7 @@ async def test_backend_churn_fails_no_request(lab: Lab) -> None:
 
 
 async def test_incremental_batch_and_restart_rebuild(lab: Lab) -> None:
-    mesh = Mesh(netns=lab.node)
+    mesh = Mesh(name=TABLE, netns=lab.node)
     try:
         await mesh.apply(lab.ports(), lab.vips(), lab.bridge)
         assert mesh.last_batch.startswith("add table inet shoal\ndelete table inet shoal\n")
@@ -410,7 +410,7 @@ async def test_incremental_batch_and_restart_rebuild(lab: Lab) -> None:
         t = threading.Thread(target=loop)
         t.start()
         try:
-            restarted = Mesh(netns=lab.node)
+            restarted = Mesh(name=TABLE, netns=lab.node)
             await restarted.apply(lab.ports(), lab.vips(), lab.bridge)
             await asyncio.sleep(0.2)
         finally:
@@ -436,7 +436,7 @@ async def test_incremental_batch_and_restart_rebuild(lab: Lab) -> None:
 
 
 async def test_remove_leaves_nothing_of_ours(lab: Lab) -> None:
-    mesh = Mesh(netns=lab.node)
+    mesh = Mesh(name=TABLE, netns=lab.node)
     await mesh.apply(lab.ports(), lab.vips(), lab.bridge)
     assert ns_sh(lab.node, "sysctl", "-n", f"net.ipv4.conf.{lab.bridge}.route_localnet").strip() == "1"
     await mesh.remove()
@@ -507,7 +507,7 @@ def poke(ns: str, addr: str) -> None:
 
 async def test_vip_arp_stays_on_its_node(two_nodes: dict[str, str]) -> None:
     vip = "10.251.0.100"
-    a, b, ctr = Mesh(netns=two_nodes["a"]), Mesh(netns=two_nodes["b"]), two_nodes["ctr"]
+    a, b, ctr = Mesh(name=TABLE, netns=two_nodes["a"]), Mesh(name=TABLE, netns=two_nodes["b"]), two_nodes["ctr"]
     try:
         # The VXLAN path works: the container resolves node B's bridge address across it.
         await asyncio.to_thread(poke, ctr, "10.251.0.253")

@@ -149,13 +149,13 @@ def validate_network_spec(store: MemoryStore, spec: NetworkSpec) -> IPAMConfig |
     return _check_ipam(store, spec.IPAMOptions)
 
 
-def ingress_spec() -> NetworkSpec:
+def ingress_spec(subnet: str = INGRESS_SUBNET) -> NetworkSpec:
     """The ingress network ``swarm init`` makes (see allocator/ingress.py for the subnet)."""
     return NetworkSpec(
         Name=INGRESS_NAME,
         Ingress=True,
         DriverConfiguration=Driver(Name=DRIVER),
-        IPAMOptions=IPAMOptions(Driver=Driver(Name="default"), Configs=[IPAMConfig(Subnet=INGRESS_SUBNET)]),
+        IPAMOptions=IPAMOptions(Driver=Driver(Name="default"), Configs=[IPAMConfig(Subnet=subnet)]),
     )
 
 

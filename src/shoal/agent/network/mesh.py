@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import re
 import shutil
 import socket
@@ -43,11 +44,27 @@ from shoal.agent.network.overlay import BRIDGE_PREFIX, VXLAN_PREFIX
 
 log = logging.getLogger(__name__)
 
+# One Shoal daemon per host owns `table inet shoal`. A second daemon in the same network namespace
+# (the test suite's, beside the demo daemon setup.sh leaves running) names its own with the
+# environment variable SHOAL_MESH_NAME, so neither rebuilds or removes the other's tables, VIP
+# device or DOCKER-USER rule.
 TABLE = "shoal"
+NAME_ENV = "SHOAL_MESH_NAME"
 MARK = 0x00200000  # our bit in the connection mark; Docker's iptables rules use no connmark
 VIP_DEVICE = "shl-vips"
 DOCKER_USER = "DOCKER-USER"
-DOCKER_USER_RULE = ("-m", "connmark", "--mark", f"{MARK:#x}/{MARK:#x}", "-j", "ACCEPT")
+
+
+def vip_device(table: str) -> str:
+    return VIP_DEVICE if table == TABLE else f"{table}-v"
+
+
+def docker_user_rule(table: str) -> tuple[str, ...]:
+    return ("-m", "connmark", "--mark", f"{MARK:#x}/{MARK:#x}",
+            "-m", "comment", "--comment", f"{table} routing mesh", "-j", "ACCEPT")
+
+
+DOCKER_USER_RULE = docker_user_rule(TABLE)
 PROTOCOLS = ("tcp", "udp", "sctp")  # the protocols Docker publishes; `th dport` reads all three
 _COMMENT_OK = re.compile(r"[^A-Za-z0-9_.:/@ -]")
 _COMMENT_MAX = 100  # nft allows 128 bytes; leave room for the "service " prefix
@@ -190,17 +207,17 @@ def _vip_elem(v: VirtualService) -> str:
     return f"{v.vip} : jump {vip_chain(v)}"
 
 
-def full_batch(state: MeshState) -> str:
+def full_batch(state: MeshState, table: str = TABLE) -> str:
     """One batch that replaces both tables whole: `add` makes sure `delete` has something to delete,
     and nft applies the lot as one transaction, so no half-built state is ever visible."""
     ports = list(state.ports.values())
     vips = list(state.vips.values())
     out = [
-        f"add table inet {TABLE}\n",
-        f"delete table inet {TABLE}\n",
-        f"add table bridge {TABLE}\n",
-        f"delete table bridge {TABLE}\n",
-        f"table inet {TABLE} {{\n",
+        f"add table inet {table}\n",
+        f"delete table inet {table}\n",
+        f"add table bridge {table}\n",
+        f"delete table bridge {table}\n",
+        f"table inet {table} {{\n",
         "\tmap published {\n\t\ttype inet_proto . inet_service : verdict\n",
         _elements([_port_elem(p) for p in ports]),
         "\t}\n",
@@ -235,7 +252,7 @@ def full_batch(state: MeshState) -> str:
         out.append(_chain_block(vip_chain(v), _comment(v.service), vip_rules(v)))
     out.append("}\n")
     out += [
-        f"table bridge {TABLE} {{\n",
+        f"table bridge {table} {{\n",
         "\tset vip-addrs {\n\t\ttype ipv4_addr\n",
         _elements([v.vip for v in vips]),
         "\t}\n",
@@ -254,12 +271,12 @@ def _chain_block(name: str, comment: str, rules: list[str]) -> str:
     return f"\tchain {name} {{\n" + (f"\t\t{comment}\n" if comment else "") + body + "\t}\n"
 
 
-def _add_chain(name: str, comment: str, rules: list[str]) -> list[str]:
-    lines = [f"add chain inet {TABLE} {name} {{ {_chain_head(comment)}}}"]
-    return lines + [f"add rule inet {TABLE} {name} {r}" for r in rules]
+def _add_chain(name: str, comment: str, rules: list[str], table: str = TABLE) -> list[str]:
+    lines = [f"add chain inet {table} {name} {{ {_chain_head(comment)}}}"]
+    return lines + [f"add rule inet {table} {name} {r}" for r in rules]
 
 
-def diff_batch(old: MeshState, new: MeshState) -> str:
+def diff_batch(old: MeshState, new: MeshState, table: str = TABLE) -> str:
     """The smallest batch taking the kernel from ``old`` to ``new`` ("" when nothing changed):
     a changed backend set is a flush + add rule of that one chain; a new or removed port or VIP adds
     or deletes its chain and its map/set elements. Deletions come first, so a port or VIP whose
@@ -269,35 +286,35 @@ def diff_batch(old: MeshState, new: MeshState) -> str:
     for key, p in old.ports.items():
         q = new.ports.get(key)
         if q is None or q.service != p.service:
-            dels += [f"delete element inet {TABLE} published {{ {p.protocol} . {p.port} }}",
-                     f"delete chain inet {TABLE} {port_chain(p)}"]
+            dels += [f"delete element inet {table} published {{ {p.protocol} . {p.port} }}",
+                     f"delete chain inet {table} {port_chain(p)}"]
     for key, q in new.ports.items():
         p = old.ports.get(key)
         if p is None or p.service != q.service:
-            adds += _add_chain(port_chain(q), _comment(q.service), port_rules(q))
-            adds.append(f"add element inet {TABLE} published {{ {_port_elem(q)} }}")
+            adds += _add_chain(port_chain(q), _comment(q.service), port_rules(q), table)
+            adds.append(f"add element inet {table} published {{ {_port_elem(q)} }}")
         elif port_rules(p) != port_rules(q):
-            adds.append(f"flush chain inet {TABLE} {port_chain(q)}")
-            adds += [f"add rule inet {TABLE} {port_chain(q)} {r}" for r in port_rules(q)]
+            adds.append(f"flush chain inet {table} {port_chain(q)}")
+            adds += [f"add rule inet {table} {port_chain(q)} {r}" for r in port_rules(q)]
     for addr, v in old.vips.items():
         w = new.vips.get(addr)
         if w is None or w.service != v.service:
-            dels += [f"delete element inet {TABLE} vips {{ {addr} }}",
-                     f"delete chain inet {TABLE} {vip_chain(v)}"]
+            dels += [f"delete element inet {table} vips {{ {addr} }}",
+                     f"delete chain inet {table} {vip_chain(v)}"]
             if w is None:
-                dels += [f"delete element inet {TABLE} vip-addrs {{ {addr} }}",
-                         f"delete element bridge {TABLE} vip-addrs {{ {addr} }}"]
+                dels += [f"delete element inet {table} vip-addrs {{ {addr} }}",
+                         f"delete element bridge {table} vip-addrs {{ {addr} }}"]
     for addr, w in new.vips.items():
         v = old.vips.get(addr)
         if v is None or v.service != w.service:
-            adds += _add_chain(vip_chain(w), _comment(w.service), vip_rules(w))
-            adds.append(f"add element inet {TABLE} vips {{ {_vip_elem(w)} }}")
+            adds += _add_chain(vip_chain(w), _comment(w.service), vip_rules(w), table)
+            adds.append(f"add element inet {table} vips {{ {_vip_elem(w)} }}")
             if v is None:
-                adds += [f"add element inet {TABLE} vip-addrs {{ {addr} }}",
-                         f"add element bridge {TABLE} vip-addrs {{ {addr} }}"]
+                adds += [f"add element inet {table} vip-addrs {{ {addr} }}",
+                         f"add element bridge {table} vip-addrs {{ {addr} }}"]
         elif vip_rules(v) != vip_rules(w):
-            adds.append(f"flush chain inet {TABLE} {vip_chain(w)}")
-            adds += [f"add rule inet {TABLE} {vip_chain(w)} {r}" for r in vip_rules(w)]
+            adds.append(f"flush chain inet {table} {vip_chain(w)}")
+            adds += [f"add rule inet {table} {vip_chain(w)} {r}" for r in vip_rules(w)]
     lines = dels + adds
     return "".join(line + "\n" for line in lines)
 
@@ -327,8 +344,13 @@ class Mesh:
     """Keeps this node's kernel as the last ``apply`` asked. Not safe for concurrent calls: the
     agent calls it from one reconcile loop."""
 
-    def __init__(self, *, netns: str | None = None) -> None:
+    def __init__(self, *, netns: str | None = None, name: str | None = None) -> None:
         self.netns = netns  # tests only: everything runs in that named network namespace
+        self.table = name or os.environ.get(NAME_ENV) or TABLE
+        if not re.fullmatch(r"[a-z][a-z0-9-]{0,11}", self.table):
+            raise ValueError(f"mesh name {self.table!r}: 1-12 lower-case letters, digits and dashes")
+        self.vip_device = vip_device(self.table)
+        self.docker_user_rule = docker_user_rule(self.table)
         self.applied: MeshState | None = None  # what the kernel holds; None → next apply rebuilds
         self.last_batch = ""  # the text of the last batch sent (for tests and debugging)
         self._localnet: str | None = None  # the bridge we set route_localnet=1 on
@@ -354,12 +376,23 @@ class Mesh:
         if previous is not None:
             await self._forget_udp_flows(removed_udp_flows(previous, want))
 
-    async def refresh(self) -> None:
+    async def refresh(self) -> bool:
         """Put back what others may have taken away since the last full build: a Docker restart
-        recreates its chains without our DOCKER-USER rule. Cheap (one ``iptables -C``); the agent
-        calls it periodically."""
-        if self.applied is not None:
-            await self._docker_user(present=True)
+        recreates its chains without our DOCKER-USER rule; a firewall reload (`nft flush ruleset`)
+        drops our tables. Cheap (``iptables -C`` and ``nft list tables``); the agent calls it
+        periodically. True: the tables are gone, and the next ``apply`` rebuilds them whole."""
+        if self.applied is None:
+            return False
+        await self._docker_user(present=True)
+        proc = await asyncio.create_subprocess_exec(
+            *self._argv("nft", "list", "tables", "inet"), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        out, _ = await proc.communicate()
+        if proc.returncode == 0 and f"table inet {self.table}" not in out.decode().splitlines():
+            log.warning("routing mesh: table inet %s is gone (a firewall reload?); rebuilding it", self.table)
+            self.applied = None
+            return True
+        return False
 
     async def remove(self) -> None:
         """Swarm leave / no networks left: take away everything we put in the kernel."""
@@ -371,8 +404,8 @@ class Mesh:
         if shutil.which("nft") is None:
             return
         # `add` first, so the deletes succeed whether or not the tables exist.
-        await self._nft(f"add table inet {TABLE}\ndelete table inet {TABLE}\n"
-                        f"add table bridge {TABLE}\ndelete table bridge {TABLE}\n")
+        await self._nft(f"add table inet {self.table}\ndelete table inet {self.table}\n"
+                        f"add table bridge {self.table}\ndelete table bridge {self.table}\n")
 
     # --------------------------------------------------------------------------- steps
 
@@ -380,7 +413,7 @@ class Mesh:
         if shutil.which("nft") is None:
             raise MeshUnavailable("the routing mesh needs nftables: the nft binary is not installed")
         # Addresses after the rules: a VIP must not be local before filter-input refuses it.
-        await self._nft(full_batch(want))
+        await self._nft(full_batch(want, self.table))
         await asyncio.to_thread(self._vip_device_sync, set(want.vips))
         await self._docker_user(present=True)  # again on every rebuild: a Docker restart drops it
 
@@ -388,7 +421,7 @@ class Mesh:
         gone = set(before.vips) - set(want.vips)
         if gone:  # addresses first, then rules (see _rebuild)
             await asyncio.to_thread(self._vip_device_sync, set(before.vips) - gone)
-        batch = diff_batch(before, want)
+        batch = diff_batch(before, want, self.table)
         if batch:
             await self._nft(batch)
         if set(want.vips) - set(before.vips):
@@ -423,22 +456,22 @@ class Mesh:
         if shutil.which("iptables") is None:
             log.info("routing mesh: no iptables binary, %s left alone", DOCKER_USER)
             return
-        rc, _ = await self._run("iptables", "-w", "-C", DOCKER_USER, *DOCKER_USER_RULE)
+        rc, _ = await self._run("iptables", "-w", "-C", DOCKER_USER, *self.docker_user_rule)
         if present and rc != 0:
             rc_chain, _ = await self._run("iptables", "-w", "-n", "-L", DOCKER_USER)
             if rc_chain != 0:
                 log.info("routing mesh: no %s chain (is dockerd running?); mesh traffic relies on FORWARD",
                          DOCKER_USER)
                 return
-            rc, err = await self._run("iptables", "-w", "-I", DOCKER_USER, *DOCKER_USER_RULE)
+            rc, err = await self._run("iptables", "-w", "-I", DOCKER_USER, *self.docker_user_rule)
             if rc != 0:
                 raise MeshError(f"could not add the mesh rule to {DOCKER_USER}: {err}")
         elif not present:
             while rc == 0:  # -D removes one copy; there should be one, but leave none
-                rc, err = await self._run("iptables", "-w", "-D", DOCKER_USER, *DOCKER_USER_RULE)
+                rc, err = await self._run("iptables", "-w", "-D", DOCKER_USER, *self.docker_user_rule)
                 if rc != 0:
                     break
-                rc, _ = await self._run("iptables", "-w", "-C", DOCKER_USER, *DOCKER_USER_RULE)
+                rc, _ = await self._run("iptables", "-w", "-C", DOCKER_USER, *self.docker_user_rule)
 
     async def _set_localnet(self, bridge: str | None) -> None:
         """`curl 127.0.0.1:<published>` on a node: the output chain DNATs it to a backend on the
@@ -464,19 +497,19 @@ class Mesh:
         addresses never passes through the device itself)."""
         try:
             with IPRoute(**self._ns_kw()) as ipr:
-                idx = ipr.link_lookup(ifname=VIP_DEVICE)
+                idx = ipr.link_lookup(ifname=self.vip_device)
                 if vips is None:
                     if idx:
                         ipr.link("del", index=idx[0])
                     return
                 if not idx:
                     try:
-                        ipr.link("add", ifname=VIP_DEVICE, kind="dummy")
+                        ipr.link("add", ifname=self.vip_device, kind="dummy")
                     except NetlinkError as e:
                         if e.code != 95:  # EOPNOTSUPP: no dummy driver
                             raise
-                        ipr.link("add", ifname=VIP_DEVICE, kind="ifb")
-                    idx = ipr.link_lookup(ifname=VIP_DEVICE)
+                        ipr.link("add", ifname=self.vip_device, kind="ifb")
+                    idx = ipr.link_lookup(ifname=self.vip_device)
                 have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx[0], family=socket.AF_INET)}
                 for addr in sorted(have - vips):
                     ipr.addr("del", index=idx[0], address=addr, prefixlen=32)
@@ -484,7 +517,7 @@ class Mesh:
                     ipr.addr("add", index=idx[0], address=addr, prefixlen=32)
                 ipr.link("set", index=idx[0], state="up")
         except NetlinkError as e:
-            raise MeshError(f"VIP device {VIP_DEVICE}: {e}") from None
+            raise MeshError(f"VIP device {self.vip_device}: {e}") from None
 
     def _ns_kw(self) -> dict[str, Any]:
         return {"netns": self.netns} if self.netns else {}

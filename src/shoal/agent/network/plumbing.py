@@ -128,7 +128,8 @@ class NetworkAgent:
                 await asyncio.wait_for(self._wake.wait(), REFRESH_S)
             except TimeoutError:
                 try:
-                    await self.mesh.refresh()
+                    if await self.mesh.refresh():
+                        await self._program_mesh()
                 except Exception as exc:
                     log.warning("routing mesh: %s", exc)
                 continue
