@@ -4,10 +4,10 @@ The dispatcher sends a node one :class:`NetworkState` per network its non-termin
 (and the ingress network to every node while a service publishes through it: the routing mesh):
 the network, the node's own address there, its VXLAN peers (other nodes on it) and the records
 (per service: name, aliases, VIP, published ports on ingress, and the addresses of the tasks that
-take traffic — running, healthy, not being stopped, not a standby, on a node that is up). Recomputing that from all
-tasks on every change would cost O(tasks) per status report; instead :class:`NetworkIndex` keeps
-network → member tasks and network → node counts, updated from store events, and says which
-(network, node) pairs a batch of events made stale. Tasks without attachments never enter it, so
+take traffic — running, healthy, not being stopped, not a standby, on a node that is up).
+Recomputing that from all tasks on every change would cost O(tasks) per status report; instead
+:class:`NetworkIndex` keeps network → member tasks and network → node counts, updated from store
+events, and says which (network, node) pairs a batch of events made stale. Tasks without attachments never enter it, so
 nodes without networked tasks pay nothing. Records are computed once per network per change and
 shared by every node on it.
 """
@@ -130,7 +130,7 @@ class NetworkIndex:
                     self.publishers[e.obj.ID] = ports
                 else:
                     self.publishers.pop(e.obj.ID, None)
-                if self.ingress and (was_active != self.active or self.ingress in self.members):
+                if self.ingress and (was_active or self.active):  # its ports are in the records
                     self._touch(self.ingress, dirty)
             if svc is not None and old is not None and svc.Spec.Name == old.Spec.Name and svc.Endpoint == old.Endpoint:
                 return
