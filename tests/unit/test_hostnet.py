@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from shoal.agent.executor.docker import explain_port_conflict
 from shoal.agent.executor.spec import container_config
 from shoal.allocator import NetworkAllocator
 from shoal.api import create_app
@@ -177,3 +178,21 @@ def test_executor_runs_the_container_on_the_engines_network() -> None:
         assert body["HostConfig"]["NetworkMode"] == name
         # On the host network the port is the process's own: nothing for the engine to bind.
         assert ("PortBindings" in body["HostConfig"]) is bindings
+
+
+def test_port_conflict_explained_in_the_tasks_error() -> None:
+    port = PortConfig(Protocol="udp", TargetPort=53, PublishedPort=5353, PublishMode="host")
+    task = Task(ID="t1", Version=Version(), CreatedAt="", UpdatedAt="", ServiceID="s", NodeID="n", Slot=1,
+                Spec=TaskSpec(ContainerSpec=ContainerSpec(Image="busybox:latest")),
+                Status=TaskStatus(State=TaskState.ASSIGNED), DesiredState=TaskState.RUNNING,
+                Endpoint=Endpoint(Spec=EndpointSpec(Ports=[port]), Ports=[port]))
+    # dockerd 20.10's words, as seen on this machine with a listener on the port.
+    proxy = ("driver failed programming external connectivity on endpoint web.1.x (12ec): Error starting userland "
+             "proxy: listen tcp4 0.0.0.0:18777: bind: address already in use")
+    assert explain_port_conflict(task, proxy) == (
+        f"host-mode port 18777/tcp is already in use on this node (by a process outside Shoal): {proxy}")
+    allocated = "driver failed programming external connectivity on endpoint web.1.x: Bind for 0.0.0.0:5353 failed: " \
+                "port is already allocated"
+    assert explain_port_conflict(task, allocated).startswith(
+        "host-mode port 5353/udp is already in use on this node (by another container on this engine): driver")
+    assert explain_port_conflict(task, "OCI runtime create failed") == "OCI runtime create failed"

@@ -1,0 +1,111 @@
+"""Host networking and host-mode ports through the machine's real ``docker`` CLI and dockerd:
+a ``--network host`` task runs in the host's network namespace and serves on 127.0.0.1; Swarm's
+refusals leave nothing stored; a host-mode port held outside Shoal, or by another service, is
+explained in ``docker service ps --no-trunc``."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.request
+from collections.abc import Iterator
+
+import docker
+import pytest
+
+from tests.integration.conftest import wait_for
+from tests.integration.shoal_process import ShoalProcess
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def engine() -> Iterator[docker.DockerClient]:
+    """The machine's dockerd itself, to look at the containers Shoal made."""
+    client = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41")
+    yield client
+    client.close()
+
+
+def task_errors(shoal: ShoalProcess, service: str) -> str:
+    return shoal.docker_cli("service", "ps", "--no-trunc", "--format", "{{.CurrentState}}|{{.Error}}", service).stdout
+
+
+def test_service_on_host_network(shoal: ShoalProcess, swarm: docker.DockerClient,
+                                 engine: docker.DockerClient) -> None:
+    port = free_port()
+    shoal.docker_cli("network", "create", "-d", "overlay", "front")
+    shoal.docker_cli("service", "create", "--detach", "--name", "onhost", "--network", "host",
+                     "--publish", f"published={port},target={port},mode=host", "busybox:latest",
+                     "sh", "-c", f"echo hostnet-ok > /tmp/index.html; exec httpd -f -p {port} -h /tmp")
+    # It serves on the host's loopback: only a process in the host's namespace can bind there.
+    body = wait_for(lambda: _get(f"http://127.0.0.1:{port}/index.html"), timeout=60)
+    assert body == b"hostnet-ok\n"
+
+    (task,) = swarm.api.tasks(filters={"service": "onhost", "desired-state": "running"})
+    (att,) = task["NetworksAttachments"]
+    assert att["Network"]["Spec"]["Name"] == "host" and not att.get("Addresses")
+    container = engine.containers.get(task["Status"]["ContainerStatus"]["ContainerID"])
+    assert container.attrs["HostConfig"]["NetworkMode"] == "host"
+    pid = container.attrs["State"]["Pid"]
+    assert os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    assert task["Status"]["PortStatus"]["Ports"][0]["PublishedPort"] == port
+
+    # `service inspect` as Swarm shows it: the predefined network's ID, which resolves to "host".
+    svc = json.loads(shoal.docker_cli("service", "inspect", "onhost").stdout)[0]
+    (target,) = svc["Spec"]["TaskTemplate"]["Networks"]
+    assert json.loads(shoal.docker_cli("network", "inspect", target["Target"]).stdout)[0]["Name"] == "host"
+    assert "Networks:\thost" in shoal.docker_cli("service", "inspect", "--pretty", "onhost").stdout.replace(" ", "\t")
+    # Not among the swarm's networks; not removable.
+    assert shoal.docker_cli("network", "ls", "--format", "{{.Name}}").stdout.split() == ["front"]
+    res = shoal.docker_cli("network", "rm", "host", check=False)
+    assert res.returncode != 0 and "host is a pre-defined network and cannot be removed" in res.stderr
+
+    # Swarm's rules, refused at create with nothing stored.
+    res = shoal.docker_cli("service", "create", "--detach", "--name", "both", "--network", "host",
+                           "--network", "front", "busybox:latest", "sleep", "60", check=False)
+    assert res.returncode != 0
+    assert "container cannot be disconnected from host network or connected to host network" in res.stderr
+    res = shoal.docker_cli("service", "create", "--detach", "--name", "mesh", "--network", "host",
+                           "-p", "18099:80", "busybox:latest", "sleep", "60", check=False)
+    assert res.returncode != 0 and "published in ingress mode" in res.stderr and "mode=host" in res.stderr
+    assert shoal.docker_cli("service", "ls", "--format", "{{.Name}}").stdout.split() == ["onhost"]
+    shoal.docker_cli("service", "rm", "onhost")
+    shoal.docker_cli("network", "rm", "front")
+
+
+def _get(url: str) -> bytes | None:
+    try:
+        return urllib.request.urlopen(url, timeout=2).read()  # type: ignore[no-any-return]
+    except OSError:
+        return None
+
+
+def test_host_mode_port_conflicts_explained(shoal: ShoalProcess, swarm: docker.DockerClient) -> None:
+    port = free_port()
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("0.0.0.0", port))
+    squatter.listen()
+    try:
+        shoal.docker_cli("service", "create", "--detach", "--name", "first", "--publish",
+                         f"published={port},target=80,mode=host", "busybox:latest", "sleep", "600")
+        want = f"host-mode port {port}/tcp is already in use on this node (by a process outside Shoal): "
+        errors = wait_for(lambda: want in (out := task_errors(shoal, "first")) and out, timeout=60)
+        assert "address already in use" in str(errors)  # the engine's own words follow
+    finally:
+        squatter.close()
+    # Once the port is free the service runs; a second service wanting it is kept pending, and says why.
+    wait_for(lambda: "Running" in task_errors(shoal, "first"), timeout=60)
+    shoal.docker_cli("service", "create", "--detach", "--name", "second", "--publish",
+                     f"published={port},target=80,mode=host", "busybox:latest", "sleep", "600")
+    want = f"no suitable node (host-mode port {port}/tcp already in use on 1 node)"
+    wait_for(lambda: want in task_errors(shoal, "second"), timeout=30)
+    shoal.docker_cli("service", "rm", "first", "second")
