@@ -10,11 +10,12 @@ import os
 import socket
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import shoal_cli, wait_for
 from tests.integration.shoal_process import ShoalProcess
 
 pytestmark = pytest.mark.integration
@@ -77,7 +78,13 @@ def test_service_on_host_network(shoal: ShoalProcess, swarm: docker.DockerClient
                            "-p", "18099:80", "busybox:latest", "sleep", "60", check=False)
     assert res.returncode != 0 and "published in ingress mode" in res.stderr and "mode=host" in res.stderr
     assert shoal.docker_cli("service", "ls", "--format", "{{.Name}}").stdout.split() == ["onhost"]
-    shoal.docker_cli("service", "rm", "onhost")
+    # Shoal's own CLI names it the same way.
+    shoal_cli(shoal, "service", "create", "--name", "viashoal", "--network", "host", "busybox:latest", "sleep", "600")
+    via = json.loads(shoal.docker_cli("service", "inspect", "viashoal").stdout)[0]
+    assert via["Spec"]["TaskTemplate"]["Networks"] == [{"Target": target["Target"]}]
+    res = shoal_cli(shoal, "service", "create", "--network", "none", "busybox:latest", "true", check=False)
+    assert res.returncode != 0 and res.stderr.count("\n") == 1 and "none" in res.stderr
+    shoal.docker_cli("service", "rm", "onhost", "viashoal")
     shoal.docker_cli("network", "rm", "front")
 
 
@@ -109,3 +116,26 @@ def test_host_mode_port_conflicts_explained(shoal: ShoalProcess, swarm: docker.D
     want = f"no suitable node (host-mode port {port}/tcp already in use on 1 node)"
     wait_for(lambda: want in task_errors(shoal, "second"), timeout=30)
     shoal.docker_cli("service", "rm", "first", "second")
+
+
+def test_stacks_on_the_host_network(shoal: ShoalProcess, swarm: docker.DockerClient, tmp_path: Path) -> None:
+    host_id = json.loads(shoal.docker_cli("network", "inspect", "host").stdout)[0]["Id"]
+    # docker stack deploy: Swarm's idiom is an external network named host (the CLI drops network_mode itself).
+    f = tmp_path / "docker.yml"
+    f.write_text("version: '3.8'\nservices:\n  web:\n    image: busybox:latest\n    command: sleep 600\n"
+                 "    networks: [hostnet]\nnetworks:\n  hostnet:\n    external: true\n    name: host\n")
+    shoal.docker_cli("stack", "deploy", "-c", str(f), "dk")
+    svc = json.loads(shoal.docker_cli("service", "inspect", "dk_web").stdout)[0]
+    assert svc["Spec"]["TaskTemplate"]["Networks"] == [{"Target": host_id}]
+    # shoal stack deploy reads network_mode: host as that network; none is refused with file and line.
+    g = tmp_path / "shoal.yml"
+    g.write_text("services:\n  web:\n    image: busybox:latest\n    command: sleep 600\n    network_mode: host\n")
+    shoal_cli(shoal, "stack", "deploy", "-c", str(g), "sh")
+    svc = json.loads(shoal.docker_cli("service", "inspect", "sh_web").stdout)[0]
+    assert svc["Spec"]["TaskTemplate"]["Networks"] == [{"Target": host_id}]
+    assert shoal.docker_cli("network", "ls", "--format", "{{.Name}}").stdout.split() == []  # no sh_default
+    g.write_text("services:\n  web:\n    image: busybox:latest\n    network_mode: none\n")
+    res = shoal_cli(shoal, "stack", "deploy", "-c", str(g), "bad", check=False)
+    assert res.returncode != 0 and ":4" in res.stderr and "network_mode 'none'" in res.stderr
+    assert "bad" not in shoal_cli(shoal, "stack", "ls").stdout
+    shoal.docker_cli("stack", "rm", "dk", "sh")
