@@ -139,3 +139,30 @@ def test_stacks_on_the_host_network(shoal: ShoalProcess, swarm: docker.DockerCli
     assert res.returncode != 0 and ":4" in res.stderr and "network_mode 'none'" in res.stderr
     assert "bad" not in shoal_cli(shoal, "stack", "ls").stdout
     shoal.docker_cli("stack", "rm", "dk", "sh")
+
+
+def test_encrypted_overlay_refused_with_the_kernels_reason(shoal: ShoalProcess, swarm: docker.DockerClient,
+                                                           tmp_path: Path) -> None:
+    # The agent probed this kernel at start (no ESP, GCM or WireGuard here) and says so in its description.
+    def labels() -> dict[str, str]:
+        node = json.loads(shoal.docker_cli("node", "inspect", "self").stdout)[0]
+        return node["Description"]["Engine"].get("Labels") or {}
+
+    wait_for(lambda: labels().get("shoal.encryption"), timeout=30)
+    assert labels()["shoal.encryption"] == "none"
+    assert labels()["shoal.encryption.reason"] == "kernel lacks ESP, GCM and WireGuard"
+    hostname = json.loads(shoal.docker_cli("node", "inspect", "self").stdout)[0]["Description"]["Hostname"]
+
+    res = shoal.docker_cli("network", "create", "-d", "overlay", "--opt", "encrypted", "secure", check=False)
+    assert res.returncode != 0
+    assert (f"cannot create encrypted network secure: 1 node of 1 cannot encrypt VXLAN traffic: {hostname} "
+            "(kernel lacks ESP, GCM and WireGuard)") in res.stderr
+    assert shoal.docker_cli("network", "ls", "-q").stdout.strip() == ""  # nothing stored
+    # A Compose file's driver_opts the same way, through docker stack deploy: no network, no service.
+    f = tmp_path / "enc.yml"
+    f.write_text("version: '3.8'\nservices:\n  web:\n    image: busybox:latest\n    command: sleep 600\n"
+                 "    networks: [sec]\nnetworks:\n  sec:\n    driver_opts: {encrypted: ''}\n")
+    res = shoal.docker_cli("stack", "deploy", "-c", str(f), "enc", check=False)
+    assert res.returncode != 0 and "cannot create encrypted network enc_sec" in res.stderr
+    assert shoal.docker_cli("network", "ls", "-q").stdout.strip() == ""
+    assert shoal.docker_cli("service", "ls", "-q").stdout.strip() == ""

@@ -22,6 +22,7 @@ from shoal.allocator.ipam import (
     parse_subnet,
     vxlan_ids,
 )
+from shoal.controlapi.encryption import check_encryption
 from shoal.controlapi.filters import Filters, match_labels
 from shoal.controlapi.predefined import check_predefined_use, is_predefined, missing_predefined
 from shoal.controlapi.resolve import _by_prefix, _unique
@@ -136,6 +137,7 @@ def validate_network_spec(store: MemoryStore, spec: NetworkSpec) -> IPAMConfig |
         )
     if spec.Scope not in ("", "swarm"):
         raise InvalidArgument(f"invalid scope {spec.Scope!r}: swarm networks have scope \"swarm\"")
+    check_encryption(spec, store.list("node"))  # `--opt encrypted` is refused with its reason, never ignored
     if any(n.Spec.Name == spec.Name for n in store.list("network")):
         raise Conflict(f"network with name {spec.Name} already exists")
     if spec.Ingress:

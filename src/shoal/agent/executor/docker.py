@@ -20,8 +20,11 @@ from typing import Any
 
 import aiodocker
 import aiohttp
+import msgspec
 from aiodocker.exceptions import DockerError
 
+from shoal.agent.encryption import EncryptionSupport
+from shoal.agent.encryption import probe as probe_encryption
 from shoal.agent.executor.base import (
     LABEL_NODE_ID,
     LABEL_TASK_ID,
@@ -205,6 +208,7 @@ class DockerExecutor:
         self._background: set[asyncio.Task[None]] = set()
         self.secrets = TaskSecrets()  # the node's secrets and configs, and their files (agent/secrets.py)
         self.network: NetworkAgent | None = None  # overlay networks (agent/network/); set by the Agent
+        self._encryption: asyncio.Future[EncryptionSupport] | None = None
 
     # ------------------------------------------------------------------ engine access
 
@@ -263,7 +267,13 @@ class DockerExecutor:
     async def describe(self) -> NodeDescription:
         info = await self._call("GET", "info")
         self.hostname = info.get("Name", "")
-        return node_description(info)
+        desc = node_description(info)
+        # Once per agent: whether this kernel could encrypt overlay traffic (agent/encryption.py).
+        if self._encryption is None:
+            self._encryption = asyncio.ensure_future(probe_encryption())
+        support = await asyncio.shield(self._encryption)
+        labels = {**(desc.Engine.Labels or {}), **support.labels()}
+        return msgspec.structs.replace(desc, Engine=msgspec.structs.replace(desc.Engine, Labels=labels))
 
     async def ping(self, timeout_s: float = PING_TIMEOUT_S) -> None:
         """``GET /_ping`` on a new connection; raises :class:`EngineUnavailable` (a short reason).
