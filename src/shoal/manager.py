@@ -32,6 +32,7 @@ from shoal.ca.rootca import check_supplied_root, create_root_ca
 from shoal.ca.tokens import generate_join_token
 from shoal.controlapi.cluster import check_swarm_spec
 from shoal.controlapi.networks import create_network, ingress_spec
+from shoal.controlapi.predefined import ensure_predefined_networks
 from shoal.dispatcher.dispatcher import Dispatcher
 from shoal.dispatcher.protocol import LogMessage, LogOptions
 from shoal.errors import InvalidArgument, NotInSwarm, ShoalError, StoreUnavailable, Unavailable
@@ -667,6 +668,7 @@ class Manager:
             self.server.admit_manager = self._admit_manager
             await self._start_replay_site()
         await self.server.start()
+        ensure_predefined_networks(self.store)  # `--network host`/`bridge`, as swarmkit's leader does
         self.scheduler = Scheduler(self.store)
         allocator = NetworkAllocator(self.store)
         self.scheduler.allocator = allocator  # addresses are chosen in the scheduler's commit

@@ -48,7 +48,8 @@ def test_networks(stack) -> None:
     ]
     assert [n.Target for n in res.services["api"].TaskTemplate.Networks] == ["corp-net", "outside", "st_back"]
     assert res.services["db"].TaskTemplate.Networks == [m.NetworkAttachmentConfig(Target="st_default", Aliases=["db"])]
-    assert any(":49: cache: network_mode 'host' is ignored" in w for w in project.warnings)
+    # network_mode: host is the predefined host network, alone and without aliases (see test_network_mode).
+    assert res.services["cache"].TaskTemplate.Networks == [m.NetworkAttachmentConfig(Target="host")]
 
 
 def test_volumes_become_mounts(stack) -> None:
@@ -256,3 +257,36 @@ def test_normalised_has_one_spelling_per_key() -> None:
     assert doc["name"] == "demo" and "env_file" not in doc["services"]["web"]
     assert doc["services"]["web"]["environment"] == {"FROM_FILE": "1"}
     assert doc["services"]["web"]["depends_on"] == {"cache": {"condition": "service_started"}}
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("none", "service 'web': network_mode 'none' is not available to swarm services"),
+        ("service:db", "a swarm task cannot share another container's network namespace"),
+        ("container:abc", "a swarm task cannot share another container's network namespace"),
+        ("nosuch", "unknown network_mode 'nosuch'"),
+    ],
+)
+def test_network_mode_a_swarm_cannot_honour_is_an_error(tmp_path: Path, mode: str, message: str) -> None:
+    f = _write(tmp_path, f"services:\n  web:\n    image: busybox\n    network_mode: '{mode}'\n  db:\n    image: x\n")
+    with pytest.raises(ComposeError) as e:
+        to_stack(load([f], env={}), "s")
+    assert e.value.line == 4 and message in e.value.message
+
+
+def test_network_mode_host_and_bridge_are_the_predefined_networks(tmp_path: Path) -> None:
+    f = _write(tmp_path, "services:\n  web:\n    image: busybox\n    network_mode: host\n"
+                         "  old:\n    image: busybox\n    network_mode: bridge\n"
+                         "  ext:\n    image: busybox\n    networks: [hostnet]\n"
+                         "networks:\n  hostnet:\n    external: true\n    name: host\n")
+    res = to_stack(load([f], env={}), "s")
+    assert res.services["web"].TaskTemplate.Networks == [m.NetworkAttachmentConfig(Target="host")]
+    assert res.services["old"].TaskTemplate.Networks == [m.NetworkAttachmentConfig(Target="bridge")]
+    # Swarm's own idiom (an external network named host): no alias, as docker stack deploy does.
+    assert res.services["ext"].TaskTemplate.Networks == [m.NetworkAttachmentConfig(Target="host")]
+    assert res.networks == {} and res.external_networks == ["host"]  # no s_default for nobody
+    both = _write(tmp_path, "services:\n  web:\n    image: busybox\n    network_mode: host\n    networks: [a]\n"
+                            "networks:\n  a: {}\n", "both.yml")
+    with pytest.raises(ComposeError, match="mutually exclusive network_mode and networks"):
+        to_stack(load([both], env={}), "s")

@@ -169,7 +169,7 @@ def test_constraint_platform_hostport_maxreplicas_filters():
     other = msgspec.structs.replace(t, ID="other")
     good.add_task(assigned(other, good.id))
     assert not hf.check(good) and not mf.check(good)
-    assert hf.explain(1) == "host-mode port already in use on 1 node"
+    assert hf.explain(1) == "host-mode port 8080/tcp already in use on 1 node"
     assert mf.explain(5) == "max replicas per node limit exceed"
     assert [r.explain(2) for r in cf.expand(t)] == ["constraint node.labels.a==1 not satisfied on 2 nodes"]
     # Ingress ports and unpublished host ports do not reserve anything.
@@ -210,3 +210,21 @@ def test_registry_plugs_in_new_filters():
     finally:
         unregister_filter("no-odd")
     assert "no-odd" not in [f.name for f in default_filters()]
+
+
+def test_hostport_filter_names_the_ports_taken():
+    ports = [PortConfig(Protocol="tcp", TargetPort=80, PublishedPort=8080, PublishMode="host"),
+             PortConfig(Protocol="udp", TargetPort=53, PublishedPort=5353, PublishMode="host")]
+    t = task_with(endpoint=Endpoint(Spec=EndpointSpec(Ports=ports), Ports=ports))
+    one = [PortConfig(Protocol="udp", TargetPort=53, PublishedPort=5353, PublishMode="host")]
+    holder = task_with(endpoint=Endpoint(Spec=EndpointSpec(Ports=one), Ports=one))
+    node = info_for()
+    node.add_task(assigned(msgspec.structs.replace(holder, ID="holder"), node.id))
+    hf = HostPortFilter()
+    assert hf.set_task(t) and not hf.check(node)
+    assert hf.explain(1) == "host-mode port 5353/udp already in use on 1 node"  # only the one held
+    both = info_for()
+    both.add_task(assigned(msgspec.structs.replace(t, ID="twin"), both.id))
+    assert not hf.check(both)
+    assert hf.explain(2) == "host-mode ports 5353/udp, 8080/tcp already in use on 2 nodes"
+    assert hf.set_task(t) and hf.check(info_for())  # a new task starts with a clean record

@@ -171,7 +171,8 @@ async def test_host_ports_one_per_node():
         add_tasks(store, svc, 3)
         await wait_for(lambda: len(assigned(store, svc.ID)) == 2 and pending(store, svc.ID)[0].Status.Err)
     assert len({t.NodeID for t in assigned(store, svc.ID)}) == 2
-    assert pending(store, svc.ID)[0].Status.Err == "no suitable node (host-mode port already in use on 2 nodes)"
+    err = pending(store, svc.ID)[0].Status.Err
+    assert err == "no suitable node (host-mode port 8080/tcp already in use on 2 nodes)"
 
 
 async def test_max_replicas_per_node():

@@ -36,6 +36,7 @@ from shoal.models import (
     Task,
     TaskState,
 )
+from shoal.netmode import is_predefined
 from shoal.orchestrator.base import ReconcileLoop
 from shoal.store import Action, Event, MemoryStore
 
@@ -68,7 +69,7 @@ def wants_vips(service: Service) -> list[str]:
     if ep is not None and ep.Mode == "dnsrr":
         return []
     nets = spec.TaskTemplate.Networks or spec.Networks or ()
-    return list(dict.fromkeys(n.Target for n in nets if n.Target))
+    return list(dict.fromkeys(n.Target for n in nets if n.Target))  # predefined ones have no pool: skipped
 
 
 class NetworkAllocator(ReconcileLoop):
@@ -186,8 +187,13 @@ class NetworkAllocator(ReconcileLoop):
                 wanted.append(NetworkAttachmentConfig(Target=ingress.ID))
         try:
             for cfg in wanted:
-                pool = self._pool(cfg.Target)
                 net = self._current_network(cfg.Target)
+                if is_predefined(net) and net is not None:
+                    # The engine's own host/bridge network: nothing to allocate; the attachment
+                    # (no addresses, as swarmkit's for node-local networks) tells the executor.
+                    atts.append(NetworkAttachment(Network=self._attachment_network(net)))
+                    continue
+                pool = self._pool(cfg.Target)
                 if pool is None or net is None or cfg.Target in ips:
                     continue  # removed meanwhile (its services are gone too), or listed twice
                 self._ensure_node_address(net, pool, t.NodeID)

@@ -26,6 +26,7 @@ from shoal.controlapi.networks import (
 )
 from shoal.errors import InvalidArgument, NotFound
 from shoal.models import Driver, IPAMConfig, IPAMOptions, Network, NetworkSpec
+from shoal.netmode import is_predefined
 
 
 class EngineIPAMConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -111,7 +112,8 @@ def engine_view(net: Network) -> dict[str, Any]:
         "Id": net.ID,
         "Created": net.CreatedAt,
         "Scope": "swarm",
-        "Driver": "overlay",
+        # A predefined network shows its engine driver (host, bridge), as moby's cluster view does.
+        "Driver": spec.DriverConfiguration.Name if is_predefined(net) and spec.DriverConfiguration else "overlay",
         "EnableIPv6": spec.Ipv6Enabled,
         "IPAM": {
             "Driver": "default",

@@ -93,7 +93,8 @@ def service_networks(svc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def networks(project: Project, stack: str, res: StackResources) -> None:
     """Fill ``res.networks``/``external_networks`` from the declared networks, plus ``{stack}_default``
     when a service joins the default network without the file declaring it."""
-    uses_default = any(DEFAULT_NETWORK in service_networks(s) for s in project.services.values())
+    uses_default = any(DEFAULT_NETWORK in service_networks(s) for s in project.services.values()
+                       if str(s.get("network_mode")) not in PREDEFINED_NETWORKS)
     declared = dict(project.networks)
     if uses_default and DEFAULT_NETWORK not in declared:
         declared[DEFAULT_NETWORK] = {}
@@ -131,19 +132,54 @@ def networks(project: Project, stack: str, res: StackResources) -> None:
         )
 
 
+# Swarm's predefined networks (the engines' own): a service may be on one, alone and without aliases.
+PREDEFINED_NETWORKS = ("host", "bridge")
+
+
+def network_mode(project: Project, name: str, svc: dict[str, Any]) -> str | None:
+    """A service's ``network_mode`` as the predefined network it means ("host", "bridge"), or None.
+
+    ``docker stack deploy`` ignores network_mode with a warning ("Ignoring unsupported options") and
+    puts the service on the stack's overlay network; its documented way to host networking is an
+    external network named ``host``. Shoal takes ``host``/``bridge`` to mean that network, and
+    refuses what a swarm task cannot be (no network, another container's namespace) instead of
+    running it somewhere the file did not ask for.
+    """
+    mode = svc.get("network_mode")
+    if mode is None:
+        return None
+    mode = str(mode)
+    where = ("services", name, "network_mode")
+    if mode in PREDEFINED_NETWORKS:
+        if svc.get("networks"):
+            raise project.error(f"service {name!r} declares mutually exclusive network_mode and networks", where)
+        return mode
+    if mode == "none":
+        raise project.error(f"service {name!r}: network_mode 'none' is not available to swarm services (the "
+                            f"predefined networks are host and bridge); leave the service off every network with "
+                            f"an internal network instead", where)
+    if mode.startswith(("service:", "container:")):
+        raise project.error(f"service {name!r}: network_mode {mode!r}: a swarm task cannot share another "
+                            f"container's network namespace; put both services on one network instead", where)
+    raise project.error(f"service {name!r}: unknown network_mode {mode!r} (a swarm service may use host or "
+                        f"bridge; other networks go under networks:)", where)
+
+
 def attachments(project: Project, name: str, svc: dict[str, Any], stack: str) -> list[m.NetworkAttachmentConfig]:
     """TaskTemplate.Networks of a service: each network by its full name, the service's own name
-    first among the aliases (as docker stack deploy does), sorted by network name."""
-    if svc.get("network_mode") is not None:
-        mode = svc["network_mode"]
-        project.warnings.append(f"{project.where(('services', name, 'network_mode'))}: {name}: network_mode "
-                                f"{mode!r} is ignored; the service joins the stack's overlay networks")
+    first among the aliases (as docker stack deploy does, and only on networks of the swarm's own:
+    the predefined ones take no aliases), sorted by network name."""
+    mode = network_mode(project, name, svc)
+    if mode is not None:
+        return [m.NetworkAttachmentConfig(Target=mode)]
     out = []
     for key, opts in service_networks(svc).items():
         if key not in project.networks and key != DEFAULT_NETWORK:
             raise project.error(f"service {name!r} refers to undefined network {key!r}", ("services", name, "networks"))
-        aliases = [name, *[str(a) for a in opts.get("aliases") or [] if str(a) != name]]
-        out.append(m.NetworkAttachmentConfig(Target=full_name(stack, key, project.networks.get(key)), Aliases=aliases))
+        target = full_name(stack, key, project.networks.get(key))
+        given = [str(a) for a in opts.get("aliases") or [] if str(a) != name]
+        aliases = given if target in PREDEFINED_NETWORKS else [name, *given]
+        out.append(m.NetworkAttachmentConfig(Target=target, Aliases=aliases or None))
     return sorted(out, key=lambda a: a.Target)
 
 

@@ -23,9 +23,11 @@ from shoal.allocator.ipam import (
     parse_subnet,
     vxlan_ids,
 )
+from shoal.controlapi.encryption import check_encryption
 from shoal.controlapi.filters import Filters, match_labels
+from shoal.controlapi.predefined import check_predefined_use, is_predefined, missing_predefined
 from shoal.controlapi.resolve import _by_prefix, _unique
-from shoal.errors import Conflict, InvalidArgument, ShoalError
+from shoal.errors import Conflict, InvalidArgument, NotFound, ShoalError
 from shoal.ids import new_id
 from shoal.models import (
     Driver,
@@ -140,6 +142,7 @@ def validate_network_spec(store: MemoryStore, spec: NetworkSpec) -> IPAMConfig |
         )
     if spec.Scope not in ("", "swarm"):
         raise InvalidArgument(f"invalid scope {spec.Scope!r}: swarm networks have scope \"swarm\"")
+    check_encryption(spec, store.list("node"))  # `--opt encrypted` is refused with its reason, never ignored
     if any(n.Spec.Name == spec.Name for n in store.list("network")):
         raise Conflict(f"network with name {spec.Name} already exists")
     if spec.Ingress:
@@ -228,6 +231,8 @@ def list_networks(store: MemoryStore, filters: Filters | None = None) -> list[Ne
     out = []
     used: set[str] | None = None
     for n in nets:
+        if is_predefined(n):
+            continue  # moby leaves them out of the cluster's list (the engine lists its own)
         if "id" in f and not _match(n.ID, f["id"]):
             continue
         if "name" in f and not _match(n.Spec.Name, f["name"]):
@@ -253,6 +258,8 @@ def list_networks(store: MemoryStore, filters: Filters | None = None) -> list[Ne
 def remove_network(store: MemoryStore, ref: str) -> None:
     """Remove a network no service uses (409 ``network X is in use by service Y`` otherwise)."""
     net = get_network(store, ref)
+    if is_predefined(net):
+        raise Forbidden(f"{net.Spec.Name} is a pre-defined network and cannot be removed")
     users = services_using(store, net.ID)
     if users:
         raise Conflict(f"network {net.Spec.Name} is in use by service {users[0].Spec.Name}")
@@ -266,7 +273,7 @@ def prune_networks(store: MemoryStore, filters: Filters | None = None) -> list[s
     used = {t for s in store.list("service") for t in _targets(s.Spec)}
     gone = []
     for n in store.list("network"):
-        if n.ID in used or n.Spec.Ingress:  # as Docker: prune never removes the ingress network
+        if n.ID in used or n.Spec.Ingress or is_predefined(n):  # as Docker: never the ingress network
             continue
         if "label" in f and not match_labels(n.Spec.Labels, f["label"]):
             continue
@@ -291,11 +298,17 @@ def resolve_service_networks(store: MemoryStore, spec: ServiceSpec) -> ServiceSp
     if not refs:
         return spec
     out: list[NetworkAttachmentConfig] = []
+    nets: list[Network] = []
     seen: set[str] = set()
     for att in refs:
         if not att.Target:
             raise InvalidArgument("network attachment: a network name or ID (Target) is required")
-        net = get_network(store, att.Target)
+        try:
+            net = get_network(store, att.Target)
+        except NotFound:
+            if att.Target in PREDEFINED:
+                raise missing_predefined(att.Target) from None
+            raise
         if net.Spec.Ingress:
             raise InvalidArgument(
                 "rpc error: code = InvalidArgument desc = Service cannot be explicitly attached to the ingress network"
@@ -305,6 +318,9 @@ def resolve_service_networks(store: MemoryStore, spec: ServiceSpec) -> ServiceSp
                 f"rpc error: code = InvalidArgument desc = duplicate network attachment: {net.Spec.Name}"
             )
         seen.add(net.ID)
+        nets.append(net)
         out.append(att if att.Target == net.ID else msgspec.structs.replace(att, Target=net.ID))
     tmpl = msgspec.structs.replace(spec.TaskTemplate, Networks=out)
-    return msgspec.structs.replace(spec, TaskTemplate=tmpl, Networks=None)
+    resolved = msgspec.structs.replace(spec, TaskTemplate=tmpl, Networks=None)
+    check_predefined_use(resolved, nets)
+    return resolved

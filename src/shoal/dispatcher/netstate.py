@@ -35,7 +35,8 @@ def _member_nets(task: Task | None) -> dict[str, str]:
         return {}
     if not _ASSIGNED <= task.Status.State.order <= _RUNNING:
         return {}
-    return {a.Network.ID: (a.Addresses[0] if a.Addresses else "") for a in task.NetworksAttachments}
+    # An attachment without addresses is the engine's own host/bridge network: nothing to plumb.
+    return {a.Network.ID: a.Addresses[0] for a in task.NetworksAttachments if a.Addresses}
 
 
 def _serving(task: Task | None) -> bool:

@@ -20,6 +20,8 @@ MAX_PLUGINS = 512
 MAX_GENERIC_RESOURCES = 256
 MAX_SHORT = 128  # platform, OS, engine version, plugin names
 MAX_REASON = 512  # an engine-down reason, shown in `node ls`
+ENCRYPTION_LABEL = "shoal.encryption"  # agent/encryption.py: whether the node's kernel could encrypt VXLAN
+ENCRYPTION_MODES = ("ipsec", "wireguard", "none")
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 
@@ -59,3 +61,8 @@ def check_description(desc: NodeDescription) -> None:
     if len(plugins) > MAX_PLUGINS or any(len(v) > MAX_SHORT for p in plugins for v in p.values()):
         raise InvalidArgument(f"node {desc.Hostname}: at most {MAX_PLUGINS} plugins, names of at most "
                               f"{MAX_SHORT} characters")
+    mode = labels.get(ENCRYPTION_LABEL)
+    if mode is not None and mode not in ENCRYPTION_MODES:
+        # The manager decides `--opt encrypted` from this label (controlapi/encryption.py).
+        raise InvalidArgument(f"node {desc.Hostname}: engine label {ENCRYPTION_LABEL}={mode[:64]!r}: "
+                              f"one of {', '.join(ENCRYPTION_MODES)}")

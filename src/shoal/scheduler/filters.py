@@ -260,17 +260,27 @@ class HostPortFilter:
 
     def __init__(self) -> None:
         self.ports: list[PortKey] = []
+        self.taken: dict[PortKey, None] = {}  # the task's ports found held, in the order met (for explain)
 
     def set_task(self, task: Task) -> bool:
         self.ports = host_ports(task)
+        self.taken = {}
         return bool(self.ports)
 
     def check(self, info: NodeInfo) -> bool:
         used = info.ports
-        return not any(p in used for p in self.ports)
+        if not any(p in used for p in self.ports):
+            return True
+        for p in self.ports:
+            if p in used:
+                self.taken[p] = None
+        return False
 
     def explain(self, nodes: int) -> str:
-        return f"host-mode port already in use on {_on(nodes)}"
+        # Swarm says "host-mode port already in use on N nodes"; naming the port tells which to change.
+        ports = list(self.taken) or self.ports
+        shown = ", ".join(f"{port}/{proto}" for proto, port in ports)
+        return f"host-mode port{'s' if len(ports) > 1 else ''} {shown} already in use on {_on(nodes)}"
 
 
 class MaxReplicasFilter:

@@ -13,14 +13,18 @@ import collections
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import aiodocker
 import aiohttp
+import msgspec
 from aiodocker.exceptions import DockerError
 
+from shoal.agent.encryption import EncryptionSupport
+from shoal.agent.encryption import probe as probe_encryption
 from shoal.agent.executor.base import (
     LABEL_NODE_ID,
     LABEL_TASK_ID,
@@ -97,6 +101,28 @@ def _bound_ports(port_map: dict[str, Any] | None) -> list[PortConfig]:
                     k, PortConfig(Protocol=k[1], TargetPort=k[0], PublishedPort=int(b["HostPort"]), PublishMode="host")
                 )
     return list(out.values())
+
+
+# The engine's words when a published port is taken: by a process (its userland proxy cannot
+# bind), or by a container it runs itself ("port is already allocated").
+_PORT_IN_USE = re.compile(r"listen (tcp|udp|sctp)[46]? [^ ]*:(\d+): bind: address already in use")
+_PORT_ALLOCATED = re.compile(r"Bind for [^ ]*:(\d+) failed: port is already allocated")
+
+
+def explain_port_conflict(task: Task, message: str) -> str:
+    """A start refused because a host-mode port is taken, said so: the scheduler keeps Shoal's own
+    tasks apart, so the holder is outside Shoal. Any other message is returned as it is."""
+    m = _PORT_IN_USE.search(message)
+    if m is not None:
+        port, proto, holder = int(m.group(2)), m.group(1), "a process outside Shoal"
+    else:
+        m = _PORT_ALLOCATED.search(message)
+        if m is None:
+            return message
+        port, holder = int(m.group(1)), "another container on this engine"
+        # The engine does not say the protocol here; the task's own port with that number does.
+        proto = next((p.Protocol or "tcp" for p in task_ports(task, "host") if p.PublishedPort == port), "tcp")
+    return f"host-mode port {port}/{proto} is already in use on this node (by {holder}): {message}"
 
 
 def _connect_reason(url: str, exc: BaseException) -> str:
@@ -183,6 +209,7 @@ class DockerExecutor:
         self._background: set[asyncio.Task[None]] = set()
         self.secrets = TaskSecrets()  # the node's secrets and configs, and their files (agent/secrets.py)
         self.network: NetworkAgent | None = None  # overlay networks (agent/network/); set by the Agent
+        self._encryption: asyncio.Future[EncryptionSupport] | None = None
 
     # ------------------------------------------------------------------ engine access
 
@@ -241,7 +268,13 @@ class DockerExecutor:
     async def describe(self) -> NodeDescription:
         info = await self._call("GET", "info")
         self.hostname = info.get("Name", "")
-        return node_description(info)
+        desc = node_description(info)
+        # Once per agent: whether this kernel could encrypt overlay traffic (agent/encryption.py).
+        if self._encryption is None:
+            self._encryption = asyncio.ensure_future(probe_encryption())
+        support = await asyncio.shield(self._encryption)
+        labels = {**(desc.Engine.Labels or {}), **support.labels()}
+        return msgspec.structs.replace(desc, Engine=msgspec.structs.replace(desc.Engine, Labels=labels))
 
     async def ping(self, timeout_s: float = PING_TIMEOUT_S) -> None:
         """``GET /_ping`` on a new connection; raises :class:`EngineUnavailable` (a short reason).
@@ -405,7 +438,7 @@ class DockerExecutor:
             except DockerError as e:
                 if e.status == 404:
                     raise ContainerNotFound(f"container {container_id} not found") from None
-                raise ExecutorError(e.message) from None
+                raise ExecutorError(explain_port_conflict(task, e.message)) from None
         if task_ports(task, "host") or task_ports(task, "ingress"):
             return await self.inspect(container_id)
         return ContainerInfo(id=container_id, task_id=task.ID, state="running")

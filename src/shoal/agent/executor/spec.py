@@ -13,6 +13,7 @@ from typing import Any
 
 from shoal.agent.executor.base import container_name, service_name, task_labels, task_ports
 from shoal.models import SECOND, ContainerSpec, Mount, Task
+from shoal.netmode import task_network_mode
 
 _TEMPLATE = re.compile(r"\{\{\s*\.(Service|Task|Node)\.(\w+)\s*\}\}")
 
@@ -138,8 +139,12 @@ def container_config(task: Task, hostname: str = "", default_grace_ns: int = 10 
     if task.Spec.LogDriver is not None and task.Spec.LogDriver.Name:
         host["LogConfig"] = {"Type": task.Spec.LogDriver.Name, "Config": task.Spec.LogDriver.Options or {}}
 
+    mode = task_network_mode(task)
+    if mode:
+        # Swarm's predefined networks are the engine's own (moby's cluster executor does the same).
+        host["NetworkMode"] = mode
     published = task_ports(task, "host")
-    if published:
+    if published and mode != "host":  # on the host network a port is the process's own: nothing to bind
         exposed: dict[str, dict[str, Any]] = {}
         bindings: dict[str, list[dict[str, str]]] = {}
         for p in published:

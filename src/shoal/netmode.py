@@ -1,0 +1,32 @@
+"""Which engine network a task's network stands for: swarm's predefined networks are the engines' own.
+
+Shared by the manager (control API, allocator, dispatcher) and the agent (executor), so it depends on
+the models only. See :mod:`shoal.controlapi.predefined` for how the objects are made and used.
+"""
+
+from __future__ import annotations
+
+from shoal.models import Network, Task
+
+PREDEFINED_LABEL = "com.docker.swarm.predefined"
+# name -> driver, as moby's cnmallocator ``PredefinedNetworks()`` on Linux.
+PREDEFINED_NETWORKS = {"bridge": "bridge", "host": "host"}
+
+
+def is_predefined(net: Network | None) -> bool:
+    """A swarm object standing for the engines' own ``host`` or ``bridge`` network."""
+    return net is not None and (net.Spec.Labels or {}).get(PREDEFINED_LABEL) == "true"
+
+
+def predefined_mode(net: Network | None) -> str:
+    """The engine NetworkMode a predefined network stands for ("host", "bridge"), else ""."""
+    return net.Spec.Name if net is not None and is_predefined(net) else ""
+
+
+def task_network_mode(task: Task) -> str:
+    """The engine network a task runs on when it is on a predefined network ("host", "bridge"), else ""."""
+    for att in task.NetworksAttachments or ():
+        mode = predefined_mode(att.Network)
+        if mode:
+            return mode
+    return ""
