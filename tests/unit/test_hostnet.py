@@ -86,10 +86,11 @@ async def test_service_on_host_network_resolves_and_shows_as_swarm(client: TestC
     # `docker service inspect --pretty` looks the target up with scope=swarm: it must answer "host".
     net = await (await client.get(f"/networks/{host_id}", params={"scope": "swarm"})).json()
     assert (net["Name"], net["Driver"], net["Labels"]) == ("host", "host", {"com.docker.swarm.predefined": "true"})
-    # Not listed (the engine lists its own), never pruned, never removed (Docker's 403).
-    assert [n["Name"] for n in await (await client.get("/networks")).json()] == []
+    # Not listed (the engine lists its own; ingress is swarm init's), never pruned, never removed (Docker's 403).
+    assert [n["Name"] for n in await (await client.get("/networks")).json()] == ["ingress"]
     dangling = json.dumps({"dangling": ["true"]})
-    assert [n["Name"] for n in await (await client.get("/networks", params={"filters": dangling})).json()] == []
+    listed = await (await client.get("/networks", params={"filters": dangling})).json()
+    assert [n["Name"] for n in listed] == ["ingress"]
     assert (await (await client.post("/networks/prune")).json())["NetworksDeleted"] in (None, [])
     r = await client.delete("/networks/bridge")
     assert r.status == 403 and (await r.json())["message"] == "bridge is a pre-defined network and cannot be removed"
