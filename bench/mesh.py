@@ -259,14 +259,21 @@ class Bench:
         return result
 
     def warm_up(self, targets: dict[str, list[str]]) -> None:
-        """Each target answers, from both tasks, before anything is measured (a task's server may
-        still be starting, the mesh's rules still arriving)."""
+        """Each target answers without errors before anything is measured (a task's server may still
+        be starting, the mesh's rules still arriving), and from both tasks unless it cannot: the old
+        user-space proxy reached only its own host's task (then a warning, not a failure)."""
         for name, t in targets.items():
-            def both(t: list[str] = t) -> bool:
+            def answers(t: list[str] = t) -> set[str]:
                 r = self.load(t, 1.0)
-                return len(r["answered"]) == 2 and not r["errors"]
-            wait(both, 90, f"{name} ({', '.join(t)}) answered by both tasks without errors")
-            log(f"{name}: {', '.join(t)} answers from both tasks")
+                return set() if r["errors"] else set(r["answered"])
+            seen = wait(answers, 90, f"{name} ({', '.join(t)}) answering without errors")
+            deadline = time.monotonic() + 20
+            while len(seen) < 2 and time.monotonic() < deadline:
+                seen |= answers()
+            if len(seen) < 2:
+                log(f"WARNING {name}: {', '.join(t)} answers from one task only ({', '.join(seen)})")
+            else:
+                log(f"{name}: {', '.join(t)} answers from both tasks")
 
 
 def main() -> None:
