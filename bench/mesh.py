@@ -14,9 +14,15 @@ hits all three alike:
 - vip:    the service's VIP on the overlay, port 80 (DNATed on host-4 itself).
 
 Each server answers its container's hostname, so the generator also counts which task answered
-(both must, for every target). The server is a small asyncio HTTP server (``--server python``, the
-default) in shoal-demo/base: on this 2-core machine it gave a higher direct rate than busybox
-httpd (``--server httpd``, which forks a process per request) — see the README's "Routing mesh".
+(both should, for every target). The server is a small asyncio HTTP server (``--server python``,
+the default) in shoal-demo/base: it gave the higher direct rate, 5,359 requests/s in the lab
+against 3,996 for busybox httpd (``--server httpd``, a fork per request; its small listen backlog
+also costs the odd 1 s SYN retry), and 8,300-11,700 against 6,100-7,900 on one loopback.
+
+On a one-machine lab every host's packet work runs on the same two cores, and in practice on one of
+them (it sits at 0-3 % idle in softirq while the other is 40 % idle): the generator is bound by
+that core, so the mesh's extra hop through host-1 (NAT and forwarding, ~50 us of CPU a request)
+shows as lost rate here, where on real hosts it would be host-1's CPU. See README, "Routing mesh".
 
 The lab's daemons run the code of ``--src`` (default: this checkout's src; PYTHONPATH is set for
 them). ``--mesh-host 2 --no-vip`` measures the old user-space proxy, which answered only on hosts
