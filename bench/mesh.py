@@ -19,14 +19,15 @@ the default) in shoal-demo/base: it gave the higher direct rate, 5,359 requests/
 against 3,996 for busybox httpd (``--server httpd``, a fork per request; its small listen backlog
 also costs the odd 1 s SYN retry), and 8,300-11,700 against 6,100-7,900 on one loopback.
 
-On a one-machine lab every host's packet work runs on the same two cores, and in practice on one of
-them (it sits at 0-3 % idle in softirq while the other is 40 % idle): the generator is bound by
-that core, so the mesh's extra hop through host-1 (NAT and forwarding, ~50 us of CPU a request)
-shows as lost rate here, where on real hosts it would be host-1's CPU. See README, "Routing mesh".
+On a one-machine lab every host's packet work runs on the same two cores. Without receive packet
+steering on the lab's links (shoal/lab/net.py turns it on) it runs on the sender's core (one core
+sits at 0-3 % idle in softirq while the other is 40 % idle): the generator is bound by that core,
+so the mesh's extra hop through host-1 (NAT and forwarding, ~50 us of CPU a request) shows as lost
+rate here, where on real hosts it would be host-1's CPU. See README, "Routing mesh".
 
 The lab's daemons run the code of ``--src`` (default: this checkout's src; PYTHONPATH is set for
 them). ``--mesh-host 2 --no-vip`` measures the old user-space proxy, which answered only on hosts
-running a task and did not route VIPs: ``--src /work/wt-old/src --mesh-host 2 --no-vip``.
+running a task and did not route VIPs: ``--src <a checkout of 9f3bee2>/src --mesh-host 2 --no-vip``.
 
 Usage (root): bench/mesh.py [--conns 16] [--seconds 5] [--rounds 3] [--server python|httpd]
                             [--mesh-host 1] [--no-vip] [--src DIR] [--keep]

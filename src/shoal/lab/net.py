@@ -10,6 +10,7 @@ through iptables here) and drop whatever a host would send anywhere else.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shlex
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from shoal.lab.errors import LabError
 from shoal.lab.state import BRIDGE, GATEWAY, NETNS_PREFIX, HostState
+
+log = logging.getLogger(__name__)
 
 COMMENT = "shoal-lab"
 FIREWALL: list[tuple[str, list[str]]] = [
@@ -77,10 +80,28 @@ async def create_host(h: HostState) -> None:
     await run(*ns, "link", "set", "lo", "up")
     await run(*ns, "link", "set", "eth0", "up")
     await run(*ns, "route", "add", "default", "via", GATEWAY)
+    await spread_packet_work(h)
     # dockerd reports its hostname as the node's name: give each host its own (a persistent UTS
     # namespace bound on a file, entered with nsenter like the network namespace).
     await asyncio.to_thread(Path(h.uts_path).touch)
     await run("unshare", f"--uts={h.uts_path}", "hostname", h.name)
+
+
+async def spread_packet_work(h: HostState) -> None:
+    """Receive packet steering on both ends of the host's link, over every CPU. A packet sent into a
+    veth is processed on the sending CPU; without this, the packet work of all lab hosts piles up on
+    one core of this one machine (while separate hosts would each have their own), and a path
+    through more hosts is charged to whoever shares that core. Best effort: a kernel without RPS
+    runs the lab as before."""
+    mask = format((1 << (os.cpu_count() or 1)) - 1, "x")
+    for argv in (("sh", "-c", f"echo {mask} > /sys/class/net/{h.veth}/queues/rx-0/rps_cpus"),
+                 ("ip", "netns", "exec", h.netns, "sh", "-c",
+                  f"echo {mask} > /sys/class/net/eth0/queues/rx-0/rps_cpus")):
+        try:
+            await run(*argv)
+        except LabError as e:
+            log.info("lab: no receive packet steering on %s: %s", h.name, e)
+            return
 
 
 def operstate(name: str) -> str:
