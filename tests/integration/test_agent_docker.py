@@ -30,7 +30,6 @@ from shoal.models import (
     ContainerSpec,
     Driver,
     Endpoint,
-    EndpointSpec,
     HealthConfig,
     Mount,
     Node,
@@ -407,44 +406,6 @@ async def wait_until_async(fn: Callable[[], Any], within: float = 10.0) -> Any:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)
-
-
-async def test_ingress_proxy_forwards_to_running_tasks(env: Env) -> None:
-    agent = await env.start_agent()
-    port = free_port()
-    spec_ports = [PortConfig(Protocol="tcp", TargetPort=80, PublishedPort=port, PublishMode="ingress")]
-    endpoint = Endpoint(Spec=EndpointSpec(Ports=spec_ports), Ports=spec_ports)
-    tasks = [
-        make_task(env.node_id, "-f", "-p", "80", "-h", "/var/www", command=["httpd"], slot=i, endpoint=endpoint)
-        for i in (1, 2)
-    ]
-    env.add(*tasks)
-    for t in tasks:
-        await env.wait_state(t.ID, TaskState.RUNNING)
-    await wait_until(lambda: agent.ingress.ports == [port])
-    for _ in range(4):  # round-robin over both backends; every answer is the page
-        assert b"<h1>shoal</h1>" in await wait_until_async(lambda: http_get(port))
-    # When the service's tasks are gone here, the port closes.
-    for t in tasks:
-        env.update(t.ID, DesiredState=TaskState.SHUTDOWN)
-    await wait_until(lambda: agent.ingress.ports == [])
-    with pytest.raises(OSError):
-        await http_get(port)
-
-
-async def test_ingress_port_taken_is_reported_not_fatal(env: Env) -> None:
-    agent = await env.start_agent()
-    with socket.socket() as blocker:
-        blocker.bind(("0.0.0.0", 0))
-        blocker.listen()
-        port = blocker.getsockname()[1]
-        ports = [PortConfig(Protocol="tcp", TargetPort=80, PublishedPort=port, PublishMode="ingress")]
-        t = make_task(env.node_id, "-f", "-p", "80", command=["httpd"], endpoint=Endpoint(Ports=ports))
-        env.add(t)
-        await env.wait_state(t.ID, TaskState.RUNNING)
-        await wait_until(lambda: port in agent.ingress.errors)
-        assert "address already in use" in agent.ingress.errors[port].lower()
-    assert env.task(t.ID).Status.State == TaskState.RUNNING and agent.connected.is_set()
 
 
 # ---------------------------------------------------------------------------------------------- logs

@@ -86,6 +86,8 @@ class NetworkAgent:
         self._changed = asyncio.Condition()
         self._loop_task: asyncio.Task[None] | None = None
         self._retry: asyncio.TimerHandle | None = None
+        self._refresh: asyncio.TimerHandle | None = None
+        self._refresh_due = False
         self.mesh = kernel if kernel is not None else mesh.Mesh()
         self._mesh_error = ""  # why the kernel balancers could not be programmed last time
         self._mesh_unavailable = ""  # the kernel or nft cannot do it at all: tasks publishing fail
@@ -123,17 +125,19 @@ class NetworkAgent:
             self._loop_task = asyncio.create_task(self._run(), name="network-agent")
 
     async def _run(self) -> None:
+        # A timer, not asyncio.wait_for on the event: on Python 3.11 wait_for loses a cancellation
+        # that arrives as the event is set, and close() then waits for this loop forever.
+        self._arm_refresh()
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), REFRESH_S)
-            except TimeoutError:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._refresh_due:
+                self._refresh_due = False
+                self._arm_refresh()
                 try:
-                    if await self.mesh.refresh():
-                        await self._program_mesh()
+                    await self.mesh.refresh()  # True: tables gone; the pass below rebuilds them
                 except Exception as exc:
                     log.warning("routing mesh: %s", exc)
-                continue
-            self._wake.clear()
             try:
                 retry = await self._pass()
             except Exception as exc:  # never fatal: the next pass tries again
@@ -143,6 +147,16 @@ class NetworkAgent:
                 self._changed.notify_all()
             if retry and self._retry is None:
                 self._retry = asyncio.get_running_loop().call_later(RETRY_S, self._retry_now)
+
+    def _arm_refresh(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+        self._refresh = asyncio.get_running_loop().call_later(REFRESH_S, self._refresh_now)
+
+    def _refresh_now(self) -> None:
+        self._refresh = None
+        self._refresh_due = True
+        self._wake.set()
 
     def _retry_now(self) -> None:
         self._retry = None
@@ -302,9 +316,10 @@ class NetworkAgent:
     async def close(self) -> None:
         """Stop serving; networks, devices and the kernel balancers stay (containers on them keep
         running and published ports keep answering; a restarted agent rebuilds them)."""
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
+        for timer in (self._retry, self._refresh):
+            if timer is not None:
+                timer.cancel()
+        self._retry = self._refresh = None
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
