@@ -1,7 +1,9 @@
-"""Which engine network a task's network stands for: swarm's predefined networks are the engines' own.
+"""Which engine network a task's network stands for: swarm's predefined networks are the engines' own;
+and the engine labels in which a node says whether it can encrypt overlay traffic.
 
 Shared by the manager (control API, allocator, dispatcher) and the agent (executor), so it depends on
-the models only. See :mod:`shoal.controlapi.predefined` for how the objects are made and used.
+the models only. See :mod:`shoal.controlapi.predefined` for how the objects are made and used, and
+:mod:`shoal.agent.encryption` / :mod:`shoal.controlapi.encryption` for the labels.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from shoal.models import Network, Task
 
 PREDEFINED_LABEL = "com.docker.swarm.predefined"
+ENCRYPTION_LABEL = "shoal.encryption"  # ipsec | wireguard | none
+ENCRYPTION_REASON_LABEL = "shoal.encryption.reason"  # why none
 # name -> driver, as moby's cnmallocator ``PredefinedNetworks()`` on Linux.
 PREDEFINED_NETWORKS = {"bridge": "bridge", "host": "host"}
 

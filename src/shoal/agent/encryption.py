@@ -20,10 +20,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from shoal.netmode import ENCRYPTION_LABEL as LABEL
+from shoal.netmode import ENCRYPTION_REASON_LABEL as REASON_LABEL
+
 log = logging.getLogger(__name__)
 
-LABEL = "shoal.encryption"
-REASON_LABEL = "shoal.encryption.reason"
 PROBE_TIMEOUT_S = 10.0
 
 # Docker's overlay encryption: ESP, transport mode, rfc4106(gcm(aes)) with a 160-bit key (128 + salt).

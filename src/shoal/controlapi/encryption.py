@@ -10,9 +10,10 @@ every node could, that Shoal itself does not. The check runs before anything is 
 
 from __future__ import annotations
 
-from shoal.agent.encryption import LABEL, REASON_LABEL
 from shoal.errors import InvalidArgument
 from shoal.models import NetworkSpec, Node
+from shoal.netmode import ENCRYPTION_LABEL as LABEL
+from shoal.netmode import ENCRYPTION_REASON_LABEL as REASON_LABEL
 
 ENCRYPTED_OPTION = "encrypted"  # libnetwork's overlay ``secureOption``: its presence turns encryption on
 CAPABLE = ("ipsec", "wireguard")

@@ -11,6 +11,7 @@ import re
 
 from shoal.errors import InvalidArgument
 from shoal.models import NodeDescription
+from shoal.netmode import ENCRYPTION_LABEL
 
 MAX_NANO_CPUS = 4096 * 10**9  # the largest machines have a few hundred cores
 MAX_MEMORY_BYTES = 256 * 1024**4  # 256 TiB
@@ -20,8 +21,7 @@ MAX_PLUGINS = 512
 MAX_GENERIC_RESOURCES = 256
 MAX_SHORT = 128  # platform, OS, engine version, plugin names
 MAX_REASON = 512  # an engine-down reason, shown in `node ls`
-ENCRYPTION_LABEL = "shoal.encryption"  # agent/encryption.py: whether the node's kernel could encrypt VXLAN
-ENCRYPTION_MODES = ("ipsec", "wireguard", "none")
+ENCRYPTION_MODES = ("ipsec", "wireguard", "none")  # of ENCRYPTION_LABEL (agent/encryption.py's probe)
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 
