@@ -24,7 +24,7 @@ from aiohttp import web
 
 from shoal.agent.executor.docker import node_description
 from shoal.allocator import NetworkAllocator
-from shoal.allocator.ingress import choose_ingress_subnet, host_routes
+from shoal.allocator.ingress import choose_ingress_subnet, find_ingress, host_routes, service_ingress_ports
 from shoal.api.forward import NO_LEADER, Forwarder, ReplaySite
 from shoal.ca.authority import ClusterCA
 from shoal.ca.certs import generate_key_and_csr, private_dir, write_private
@@ -33,6 +33,7 @@ from shoal.ca.tokens import generate_join_token
 from shoal.controlapi.cluster import check_swarm_spec
 from shoal.controlapi.networks import create_network, ingress_spec
 from shoal.controlapi.predefined import ensure_predefined_networks
+from shoal.controlapi.services import update_service
 from shoal.dispatcher.dispatcher import Dispatcher
 from shoal.dispatcher.protocol import LogMessage, LogOptions
 from shoal.errors import InvalidArgument, NotInSwarm, ShoalError, StoreUnavailable, Unavailable
@@ -61,6 +62,7 @@ from shoal.models import (
     RaftConfig,
     SwarmSpec,
     Task,
+    TaskState,
     TLSInfo,
     Version,
 )
@@ -256,6 +258,37 @@ class Manager:
                 raise Unavailable(f"joined as node {membership.node_id}, but {self.broken}")
         if self.on_join:
             await self.on_join(membership.node_id)
+
+    async def _ensure_ingress(self) -> None:
+        """A swarm made before Shoal had an ingress network has services publishing ingress ports,
+        no network to publish them on, and tasks placed without an address there: make the network
+        (a user who removed it cannot have publishing services: removal is refused while one
+        publishes, and so is publishing without one), then roll those services' tasks (a forced
+        update, with each service's own update policy) so that their ports reach them."""
+        publishers = [s for s in self.store.list("service") if service_ingress_ports(s)]
+        if not publishers:
+            return
+        if find_ingress(self.store.list("network")) is None:
+            subnet = choose_ingress_subnet(await asyncio.to_thread(host_routes))
+            try:
+                net = create_network(self.store, ingress_spec(subnet))
+            except ShoalError as e:
+                log.error("services publish ports but there is no ingress network, and making one failed: %s", e)
+                return
+            log.info("made the ingress network %s for the services that publish ports", net.ID)
+        for svc in publishers:
+            placed = [t for t in self.store.tasks_of_service(svc.ID)
+                      if t.NodeID and t.DesiredState.order <= TaskState.RUNNING.order]
+            if not any(not any(a.Network.Spec.Ingress for a in t.NetworksAttachments or ()) for t in placed):
+                continue
+            tmpl = svc.Spec.TaskTemplate
+            spec = msgspec.structs.replace(svc.Spec, TaskTemplate=msgspec.structs.replace(
+                tmpl, ForceUpdate=(tmpl.ForceUpdate or 0) + 1))
+            try:
+                update_service(self.store, svc.ID, svc.Version.Index, spec)
+                log.info("service %s: rolling its tasks onto the ingress network", svc.Spec.Name)
+            except ShoalError as e:
+                log.error("service %s: could not roll its tasks onto the ingress network: %s", svc.Spec.Name, e)
 
     async def init_swarm(self, req: InitRequest) -> str:
         if self.in_swarm:
@@ -669,6 +702,7 @@ class Manager:
             await self._start_replay_site()
         await self.server.start()
         ensure_predefined_networks(self.store)  # `--network host`/`bridge`, as swarmkit's leader does
+        await self._ensure_ingress()
         self.scheduler = Scheduler(self.store)
         allocator = NetworkAllocator(self.store)
         self.scheduler.allocator = allocator  # addresses are chosen in the scheduler's commit
