@@ -261,8 +261,7 @@ class NetworkAllocator(ReconcileLoop):
                 if e.action is Action.DELETE:
                     deleted_services.append(e.old.ID)
                     services.pop(e.old.ID, None)
-                    if e.old.ID in self.publishers:
-                        self.publishers.discard(e.old.ID)
+                    self.publishers.discard(e.old.ID)
                 else:
                     services[e.obj.ID] = e.obj
                     if service_ingress_ports(e.obj):
