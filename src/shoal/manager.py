@@ -23,6 +23,7 @@ import msgspec
 from aiohttp import web
 
 from shoal.agent.executor.docker import node_description
+from shoal.agent.network.dns import system_upstreams
 from shoal.allocator import NetworkAllocator
 from shoal.allocator.ingress import choose_ingress_subnet, find_ingress, host_routes, service_ingress_ports
 from shoal.api.forward import NO_LEADER, Forwarder, ReplaySite
@@ -123,6 +124,13 @@ def default_addr() -> str:
             if not addr.startswith("127."):
                 return addr
     return "127.0.0.1"
+
+
+async def _ingress_subnet() -> str:
+    """The ingress network's subnet: none this host routes or resolves names through (a /16 over
+    the host's name server would take the host's DNS onto the ingress bridge)."""
+    routes = await asyncio.to_thread(host_routes)
+    return choose_ingress_subnet([*routes, *(f"{ip}/32" for ip, _ in system_upstreams())])
 
 
 class Manager:
@@ -269,7 +277,7 @@ class Manager:
         if not publishers:
             return
         if find_ingress(self.store.list("network")) is None:
-            subnet = choose_ingress_subnet(await asyncio.to_thread(host_routes))
+            subnet = await _ingress_subnet()
             try:
                 net = create_network(self.store, ingress_spec(subnet))
             except ShoalError as e:
@@ -345,7 +353,7 @@ class Manager:
         membership = Membership(node_id=node_id, role="manager", listen=listen_of(req.ListenAddr),
                                 store=settings.to_dict() if settings.on_etcd else None)
 
-        ingress_subnet = choose_ingress_subnet(await asyncio.to_thread(host_routes))
+        ingress_subnet = await _ingress_subnet()
 
         async def create() -> None:
             with self.store.tx() as tx:

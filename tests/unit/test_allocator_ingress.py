@@ -18,6 +18,8 @@ def test_the_ingress_subnet_skips_what_the_host_already_routes() -> None:
     assert choose_ingress_subnet(["0.0.0.0/0", "192.168.1.0/24", "10.77.0.254/32"]) == "10.255.0.0/16"
     # Another swarm's ingress bridge on this engine (and a route inside the next /16) are skipped.
     assert choose_ingress_subnet(["10.255.0.0/16", "10.254.7.0/24", "bogus"]) == "10.253.0.0/16"
+    # The host's name server (reached over its default route) must not land on the ingress bridge.
+    assert choose_ingress_subnet(["0.0.0.0/0", "10.255.255.53/32"]) == "10.254.0.0/16"
     # A route covering every candidate: the default (the engine then says what overlaps).
     assert choose_ingress_subnet(["10.0.0.0/8"]) == INGRESS_SUBNET
 
