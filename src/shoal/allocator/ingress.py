@@ -10,7 +10,8 @@ publishes pays nothing for it (the 1,000-node benchmark included).
 Swarm's default is 10.0.0.0/24; one /24 holds 254 nodes and tasks, far fewer than the 1,000 nodes
 Shoal aims at, so Shoal's default is Docker 1.12's 10.255.0.0/16, or the next /16 down when the
 initialising host already routes it (another swarm's ingress on the same engine: the engine refuses
-overlapping bridge networks). ``docker network create --ingress --subnet …`` after removing it picks
+overlapping bridge networks) or resolves names through it (a name server at 10.255.255.53 would
+otherwise be routed onto the ingress bridge). ``docker network create --ingress --subnet …`` after removing it picks
 any other.
 """
 
