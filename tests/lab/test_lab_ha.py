@@ -147,7 +147,11 @@ def test_the_leader_is_demoted_and_promoted_again(lab: Lab, clients: dict[int, d
                          and len(clients[old].nodes.list()) == 5, False), 90)
     wait_for(lambda: (ask(lambda: clients[new].nodes.get(old_id).attrs.get("ManagerStatus"), None) or {})
              .get("Reachability") == "reachable", 60)
-    wait_for(lambda: leader(lab, clients) == new, 30)
+    # Every manager, the promoted one included, agrees on one leader. Usually still `new`; on a
+    # loaded machine its lease may have lapsed meanwhile and another manager won the election,
+    # which is the store doing its job, not the promotion failing (seen once in CI with a demo
+    # daemon running beside the lab).
+    wait_for(lambda: leader(lab, clients) in MANAGERS, 30)
     assert exactly(lab, 8)
     clients[old].services.get(SERVICE).scale(7)  # a write through the promoted manager
     wait_for(lambda: exactly(lab, 7), 120)
