@@ -97,6 +97,9 @@ WORKER_NOT_MANAGER = (
 SWARM_PORT = 2377
 CERT_DIR = "certificates"  # <data-root>/certificates: this node's key, certificate and roots
 DURABLE_INIT_S = 15.0
+# A write arriving mid-election (or while this manager takes office) waits this long for a leader.
+ELECTION_WAIT_S = 10.0
+ELECTION_POLL_S = 0.1
 
 Hook = Callable[[str], Awaitable[None]]
 
@@ -590,16 +593,33 @@ class Manager:
         Unavailable (Docker's wording) when there is no leader."""
         if self.terms is None or self.terms.is_leader:
             return None
-        try:
-            info = await self.terms.leader_info()
-        except StoreUnavailable as e:  # no etcd quorum (or no member answers): no leader either
-            raise Unavailable(f"{NO_LEADER} ({e.message})") from None
-        if not info or info.get("node") == self.node_id:
-            raise Unavailable(NO_LEADER)
+        info = await self._settled_leader(self.terms)
+        if info is None:  # this manager took office meanwhile
+            return None
         creds = self.node_credentials()
         if creds is None:
             raise Unavailable("this manager has no node certificate to reach the leader with")
         return str(info["addr"]), creds
+
+    async def _settled_leader(self, terms: ManagerTerms) -> dict[str, Any] | None:
+        """The leader's election record once an election has an outcome: while no manager holds
+        the key, or this one holds it but is still loading and starting its components, a write
+        waits (up to ``ELECTION_WAIT_S``) rather than being refused — a lone manager restarting
+        must not answer its first write with "no leader". None: this manager now leads."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ELECTION_WAIT_S
+        while True:
+            if terms.is_leader:
+                return None
+            try:
+                info = await terms.leader_info()
+            except StoreUnavailable as e:  # no etcd quorum (or no member answers): no leader either
+                raise Unavailable(f"{NO_LEADER} ({e.message})") from None
+            if info and info.get("node") != self.node_id:
+                return info
+            if loop.time() >= deadline:
+                raise Unavailable(NO_LEADER)
+            await asyncio.sleep(ELECTION_POLL_S)
 
     def keep_keys(self, joined: ManagerJoin) -> None:
         """A manager's keys, as the leader handed them over (a join or a promotion): the CA's, the
