@@ -74,6 +74,7 @@ class Daemon:
         self.agent: Agent | None = None
         self._agent_task: asyncio.Task[None] | None = None
         self._logs_task: asyncio.Task[None] | None = None
+        self._tunnels_task: asyncio.Task[None] | None = None  # pipes to this host's engine (transport/tunnel.py)
         self._executor: DockerExecutor | None = None
         self._grpc: GrpcDispatcherClient | None = None
         self._leader_client: LeaderClient | None = None
@@ -118,6 +119,7 @@ class Daemon:
         else:
             self.hostname = str((info or {}).get("Name") or socket.gethostname())
         self.manager = Manager(self.data_root, engine_info=info or {}, advertise_addr=self.advertise_addr)
+        self.manager.engine_url = self.engine
         if info is None:
             self._engine_task = asyncio.create_task(self._await_engine(), name="engine-info")
         self.manager.on_join = self._start_agent
@@ -180,6 +182,8 @@ class Daemon:
             self._leader_client = LeaderClient(lambda: manager.dispatcher, manager.leader_addr,
                                                manager.node_credentials, self.cert_dir)
             client: DispatcherClient = self._leader_client
+            self._tunnels_task = asyncio.create_task(self._leader_client.serve_tunnels(self.engine),
+                                                     name="engine-tunnels")
         elif manager.is_manager:
             client = InProcessClient(lambda: manager.dispatcher)
         else:
@@ -199,6 +203,7 @@ class Daemon:
         else:
             assert self._grpc is not None
             self._logs_task = asyncio.create_task(self._grpc.serve_logs(self.agent), name="agent-logs")
+            self._tunnels_task = asyncio.create_task(self._grpc.serve_tunnels(self.engine), name="engine-tunnels")
         self._agent_task = asyncio.create_task(self.agent.run(), name="agent")
         # `swarm init` returns once this host is registered, so the first `node ls` already shows
         # its full description and nothing about the node changes under the user's feet after.
@@ -206,11 +211,11 @@ class Daemon:
             await asyncio.wait_for(self.agent.connected.wait(), timeout=10)
 
     async def _stop_agent(self) -> None:
-        tasks = [t for t in (self._agent_task, self._logs_task) if t is not None]
+        tasks = [t for t in (self._agent_task, self._logs_task, self._tunnels_task) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._agent_task = self._logs_task = None
+        self._agent_task = self._logs_task = self._tunnels_task = None
         if self._grpc is not None:
             await self._grpc.close()
             self._grpc = None

@@ -80,6 +80,7 @@ from shoal.store.sealing import KEY_FILE, FileKeySource, Sealer
 from shoal.transport.bootstrap import NodeCredentials, load_credentials, save_credentials
 from shoal.transport.messages import ManagerJoin
 from shoal.transport.server import ClusterServer
+from shoal.transport.tunnel import EngineSource, LocalEngine, Pipe, open_relay
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ class Manager:
         self.ca: ClusterCA | None = None
         self.scheduler: Scheduler | None = None  # the placement plan asks its live node state
         self.server: ClusterServer | None = None
+        self.engine_url = ""  # this host's engine (the daemon sets it): the API proxies to it
         self.on_join: Hook | None = None  # the daemon starts its local agent here
         self.on_leave: Hook | None = None  # ... and stops it (removing its containers) here
         self.on_role_change: Hook | None = None  # ... and restarts it as a worker's here (demoted)
@@ -621,6 +623,38 @@ class Manager:
                 raise Unavailable(NO_LEADER)
             await asyncio.sleep(ELECTION_POLL_S)
 
+    # ------------------------------------------------------------------ node engines
+
+    def engine_source(self, node_id: str) -> EngineSource | None:
+        """A node's engine as this manager reaches it directly: its own, or, while it leads, any
+        node whose agent keeps its engine tunnels open here."""
+        if node_id == self.node_id and self.engine_url:
+            return LocalEngine(self.engine_url)
+        return self.server.engine(node_id) if self.server is not None and self.leads else None
+
+    @property
+    def leads(self) -> bool:
+        return self.terms is None or self.terms.is_leader
+
+    async def open_engine(self, node_id: str) -> Pipe:
+        """A byte pipe to the engine of ``node_id`` (transport/tunnel.py): direct, through this
+        manager's tunnels while it leads, or relayed by the leader. Unavailable when it cannot be
+        reached (node down, agent not connected, no leader)."""
+        source = self.engine_source(node_id)
+        if source is not None:
+            return await source.open()
+        node = self.store.get("node", node_id)
+        name = node.Description.Hostname if node is not None and node.Description is not None else node_id
+        if self.leads:
+            raise Unavailable(f"node {name} is not connected to the manager: its engine cannot be reached")
+        leader = await self.leader_api()
+        if leader is None:  # took office meanwhile
+            source = self.engine_source(node_id)
+            if source is None:
+                raise Unavailable(f"node {name} is not connected to the manager: its engine cannot be reached")
+            return await source.open()
+        return await open_relay(await self.forwarder.channel(*leader), node_id)
+
     def keep_keys(self, joined: ManagerJoin) -> None:
         """A manager's keys, as the leader handed them over (a join or a promotion): the CA's, the
         store's data key, and the managed etcd members' CA."""
@@ -725,6 +759,7 @@ class Manager:
         host, port = split_listen(self.membership.listen or f"0.0.0.0:{SWARM_PORT}")
         self.server = ClusterServer(self.dispatcher, self.ca, host, port, node_id_of_manager=node_id,
                                     advertise_addr=self.addr)
+        self.server.engine_source = self.engine_source
         if self.terms is not None:
             self.server.admit_manager = self._admit_manager
             await self._start_replay_site()

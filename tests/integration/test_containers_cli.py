@@ -1,8 +1,13 @@
-"""Classic Swarm's container API driven by the real docker CLI: run, ps, inspect, logs, stop, rm."""
+"""Classic Swarm's container API over the real engine, driven by the real docker CLI and SDK:
+run (attached, --rm, exit codes), ps, inspect, exec (with stdin), logs, cp, stats, kill, rm —
+for containers made through Shoal and for a service's task containers alike."""
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import tarfile
 
 import docker
 import pytest
@@ -13,62 +18,112 @@ from tests.integration.shoal_process import ShoalProcess
 pytestmark = pytest.mark.integration
 
 
-def _engine_containers(service_id: str) -> list[object]:
-    """Containers the real engine holds for this container-service (the agent labels them)."""
-    engine = docker.from_env()
-    try:
-        return engine.containers.list(all=True, sparse=True, filters={"label": f"shoal.service.id={service_id}"})
-    finally:
-        engine.close()
+def test_run_attached_prints_and_exits_with_the_container_s_code(shoal: ShoalProcess,
+                                                                  swarm: docker.DockerClient) -> None:
+    res = shoal.docker_cli("run", "--rm", "busybox:latest", "sh", "-c", "echo hi; echo err >&2; exit 3", check=False)
+    assert (res.returncode, res.stdout, res.stderr) == (3, "hi\n", "err\n")
+    # --rm: nothing is left on the engine.
+    names = shoal.docker_cli("ps", "-a", "--format", "{{.Names}} {{.Command}}").stdout
+    assert "echo hi" not in names
 
 
-def test_run_with_constraint_ps_inspect_logs_stop_rm(shoal: ShoalProcess, swarm: docker.DockerClient) -> None:
+def test_a_container_s_whole_life_through_the_cli(shoal: ShoalProcess, swarm: docker.DockerClient,
+                                                  tmp_path) -> None:
     (node,) = swarm.nodes.list()
     host = node.attrs["Description"]["Hostname"]
     cid = shoal.docker_cli(
-        "run", "-d", "--name", "shoal-ctr-cli", "--stop-signal", "SIGKILL", "-e", f"constraint:node=={host}",
+        "run", "-d", "--name", "shoal-ctr-cli", "-e", f"constraint:node=={host}",
         "busybox:latest", "sh", "-c", "echo hello-from-shoal; sleep 600",
     ).stdout.strip()
-    assert len(cid) == 25
+    assert len(cid) == 64  # the engine's own ID
     try:
-        def running() -> str:
-            return shoal.docker_cli("ps", "--format", "{{.ID}} {{.Names}} {{.Status}}").stdout
-
-        out = wait_for(lambda: (lambda s: s if "Up " in s else "")(running()))
-        assert f" {host}/shoal-ctr-cli Up" in str(out)  # the CLI drops the leading slash
+        out = shoal.docker_cli("ps", "--filter", "name=shoal-ctr-cli", "--format", "{{.ID}} {{.Names}} {{.Status}}")
+        assert out.stdout.startswith(f"{cid[:12]} {host}/shoal-ctr-cli Up"), out.stdout  # classic Swarm's names
 
         info = json.loads(shoal.docker_cli("inspect", "shoal-ctr-cli").stdout)[0]
         assert info["Id"] == cid and info["State"]["Running"] is True
         assert info["Node"]["Name"] == host and info["Node"]["ID"] == node.id
         assert f"constraint:node=={host}" in info["Config"]["Env"]
+        # node/name and an ID prefix find it too.
+        assert shoal.docker_cli("inspect", "-f", "{{.Id}}", f"{host}/shoal-ctr-cli").stdout.strip() == cid
+        assert shoal.docker_cli("inspect", "-f", "{{.Id}}", cid[:10]).stdout.strip() == cid
 
-        logs = wait_for(lambda: shoal.docker_cli("logs", "shoal-ctr-cli").stdout)
-        assert logs == "hello-from-shoal\n"
+        assert wait_for(lambda: shoal.docker_cli("logs", "shoal-ctr-cli").stdout) == "hello-from-shoal\n"
+        assert shoal.docker_cli("exec", "shoal-ctr-cli", "sh", "-c", "echo $((6*7))").stdout == "42\n"
+        piped = subprocess.run(["docker", "-H", shoal.host, "exec", "-i", "shoal-ctr-cli", "tr", "a-z", "A-Z"],
+                               input="through stdin\n", capture_output=True, text=True, timeout=60, check=True)
+        assert piped.stdout == "THROUGH STDIN\n"  # stdin's end reached the process, its output came back
+
+        # docker cp both ways (tar archives through the pipe).
+        src = tmp_path / "note.txt"
+        src.write_text("copied in\n")
+        shoal.docker_cli("cp", str(src), "shoal-ctr-cli:/tmp/note.txt")
+        assert shoal.docker_cli("exec", "shoal-ctr-cli", "cat", "/tmp/note.txt").stdout == "copied in\n"
+        shoal.docker_cli("cp", "shoal-ctr-cli:/tmp/note.txt", str(tmp_path / "back.txt"))
+        assert (tmp_path / "back.txt").read_text() == "copied in\n"
+
+        stats = shoal.docker_cli("stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}}", "shoal-ctr-cli").stdout
+        assert stats.startswith("shoal-ctr-cli ") or stats.startswith(f"{host}/shoal-ctr-cli "), stats
+        assert "sleep 600" in shoal.docker_cli("top", "shoal-ctr-cli").stdout
 
         res = shoal.docker_cli("rm", "shoal-ctr-cli", check=False)
-        assert res.returncode != 0 and "You cannot remove a running container" in res.stderr
+        assert res.returncode != 0 and "cannot remove a running container" in res.stderr.lower()
+        res = shoal.docker_cli("run", "-d", "--name", "shoal-ctr-cli", "busybox:latest", "true", check=False)
+        assert res.returncode != 0 and "is already in use" in res.stderr
 
-        shoal.docker_cli("stop", "shoal-ctr-cli")
-        wait_for(lambda: "shoal-ctr-cli" not in running())
-        assert "shoal-ctr-cli" in shoal.docker_cli("ps", "-a", "--format", "{{.Names}}").stdout
-        wait_for(lambda: not _engine_containers(cid))
+        shoal.docker_cli("kill", "shoal-ctr-cli")
+        state = json.loads(shoal.docker_cli("inspect", "shoal-ctr-cli").stdout)[0]["State"]
+        assert state["Status"] == "exited" and state["ExitCode"] == 137  # SIGKILL, as the engine says
     finally:
         shoal.docker_cli("rm", "-f", "shoal-ctr-cli", check=False)
-    assert "shoal-ctr-cli" not in shoal.docker_cli("ps", "-a", "--format", "{{.Names}}").stdout
     res = shoal.docker_cli("inspect", "--type", "container", "shoal-ctr-cli", check=False)
     assert res.returncode != 0 and "No such container" in res.stderr
 
 
-def test_unsatisfiable_constraint_stays_created(shoal: ShoalProcess, swarm: docker.DockerClient) -> None:
-    cid = shoal.docker_cli(
-        "run", "-d", "--name", "shoal-ctr-nowhere", "-e", "constraint:node==no-such-host",
-        "busybox:latest", "sleep", "600",
-    ).stdout.strip()
+def test_a_service_task_s_container_is_one_of_the_cluster_s(shoal: ShoalProcess, swarm: docker.DockerClient) -> None:
+    """The README's tour: kill a task's container by label through Shoal; the service replaces it."""
+    swarm.services.create("busybox:latest", ["sleep", "600"], name="ctr-svc", stop_grace_period=10**9)
+    first = wait_for(lambda: shoal.docker_cli("ps", "-q", "-f", "label=shoal.service.name=ctr-svc").stdout.split())
     try:
-        status = wait_for(lambda: (lambda s: s if "no suitable node" in s else "")(
-            shoal.docker_cli("ps", "-a", "--no-trunc", "--format", "{{.Status}}",
-                             "--filter", "name=shoal-ctr-nowhere").stdout))
-        assert "Created" in str(status)
-        assert not _engine_containers(cid)
+        assert isinstance(first, list) and len(first) == 1
+        shoal.docker_cli("kill", first[0])
+        wait_for(lambda: (lambda ids: ids and ids != first)(
+            shoal.docker_cli("ps", "-q", "-f", "label=shoal.service.name=ctr-svc").stdout.split()))
     finally:
-        shoal.docker_cli("rm", "-f", "shoal-ctr-nowhere", check=False)
+        swarm.services.get("ctr-svc").remove()
+
+
+def test_the_sdk_runs_execs_and_archives(shoal: ShoalProcess, swarm: docker.DockerClient) -> None:
+    assert swarm.containers.run("busybox:latest", ["echo", "sdk"], remove=True) == b"sdk\n"
+    c = swarm.containers.run("busybox:latest", ["sleep", "600"], detach=True, name="shoal-ctr-sdk")
+    try:
+        assert c.exec_run(["sh", "-c", "tty; echo x"], tty=True).output.startswith(b"/dev/pts/")
+        code, _ = c.exec_run(["sh", "-c", "exit 5"])
+        assert code == 5
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            data = b"from the sdk\n"
+            member = tarfile.TarInfo("sdk.txt")
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+        assert c.put_archive("/tmp", buf.getvalue())
+        stream, stat = c.get_archive("/tmp/sdk.txt")
+        assert stat["name"] == "sdk.txt" and stat["size"] == 13
+        assert b"from the sdk" in b"".join(stream)
+        assert c.stats(stream=False)["pids_stats"]["current"] >= 1
+        c.pause()
+        assert swarm.containers.get(c.id).status == "paused"
+        c.unpause()
+        c.rename("shoal-ctr-sdk2")
+        assert swarm.containers.get("shoal-ctr-sdk2").id == c.id
+        assert swarm.containers.list(filters={"name": "shoal-ctr-sdk2"})[0].id == c.id
+    finally:
+        c.remove(force=True)
+
+
+def test_unsatisfiable_constraint_is_refused_and_nothing_made(shoal: ShoalProcess, swarm: docker.DockerClient) -> None:
+    res = shoal.docker_cli("run", "-d", "--name", "shoal-ctr-nowhere", "-e", "constraint:node==no-such-host",
+                           "busybox:latest", "sleep", "600", check=False)
+    assert res.returncode != 0 and "Unable to find a node" in res.stderr and "Traceback" not in res.stderr
+    assert "node==no-such-host" in res.stderr
+    assert "shoal-ctr-nowhere" not in shoal.docker_cli("ps", "-a", "--format", "{{.Names}}").stdout

@@ -16,6 +16,7 @@ from cryptography import x509
 from shoal.api import create_app, serve
 from shoal.api.app import _ROUTES
 from shoal.api.auth import RULES, AuditLog, Security
+from shoal.api.containers import _REF, CONTAINER_ACTIONS, EXEC_ACTIONS
 from shoal.api.testing import FakeManager
 from shoal.api.tls import ServerTLS, TLSConfigError, TLSOptions, ensure_generated, tcp_hosts_need_tls
 from shoal.controlapi import stacks, users
@@ -28,9 +29,11 @@ from shoal.store import MemoryStore, NullBackend
 ADMIN_ONLY = {
     ("POST", "/swarm/init"), ("POST", "/swarm/join"), ("POST", "/swarm/leave"), ("POST", "/swarm/update"),
     ("GET", "/swarm/unlockkey"), ("POST", "/nodes/{id}/update"), ("DELETE", "/nodes/{id}"),
-    ("POST", "/containers/create"), ("GET", "/containers/{id}/json"), ("POST", "/containers/{id}/start"),
-    ("POST", "/containers/{id}/stop"), ("POST", "/containers/{id}/kill"), ("GET", "/containers/{id}/logs"),
-    ("DELETE", "/containers/{id}"), ("POST", "/networks/prune"),
+    # Every call about a node engine's containers (a container can mount the host's /).
+    ("POST", "/containers/create"), ("DELETE", f"/containers/{{id:{_REF}}}"), ("POST", "/containers/prune"),
+    *((m, f"/containers/{{id:{_REF}}}/{{tail:{a}}}") for m, acts in CONTAINER_ACTIONS.items() for a in acts),
+    *((m, f"/exec/{{id}}/{{tail:{a}}}") for m, acts in EXEC_ACTIONS.items() for a in acts),
+    ("POST", "/networks/prune"),
     ("GET", "/shoal/users"), ("POST", "/shoal/users"), ("GET", "/shoal/users/{name}"),
     ("DELETE", "/shoal/users/{name}"), ("POST", "/shoal/users/{name}/tokens"),
     ("DELETE", "/shoal/users/{name}/tokens/{id}"), ("POST", "/shoal/users/{name}/cert"), ("GET", "/shoal/audit"),

@@ -17,7 +17,6 @@ from aiohttp.test_utils import make_mocked_request
 from shoal import controlapi
 from shoal.api import create_app, serve
 from shoal.api.auth import ANONYMOUS_ADMIN, IDENTITY_KEY, LOCAL_ADMIN, USER_KEY
-from shoal.api.containers import CONTAINER_LABEL
 from shoal.api.limits import STREAMS_PER_CLIENT, client_key
 from shoal.api.testing import FakeManager, add_task
 from shoal.bounds import address_bucket
@@ -38,8 +37,7 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[str, Path, str, str]]:
     await manager.init_swarm(InitRequest())
     svc = controlapi.create_service(
         manager.store,
-        # labelled as a container too, so that /containers/{id}/logs streams the same task
-        ServiceSpec(Name="web", Labels={CONTAINER_LABEL: "true"},
+        ServiceSpec(Name="web",
                     TaskTemplate=TaskSpec(ContainerSpec=ContainerSpec(Image="busybox"))),
     )
     task = add_task(manager.store, svc, slot=1, node_id=manager.node_id, container_id="c1")
@@ -54,7 +52,7 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[str, Path, str, str]]:
 
 async def test_follow_streams_capped_per_client(api: tuple[str, Path, str, str]) -> None:
     base, sock, svc_id, task_id = api
-    paths = [f"/services/{svc_id}/logs", f"/tasks/{task_id}/logs", f"/containers/{svc_id}/logs"]
+    paths = [f"/services/{svc_id}/logs", f"/tasks/{task_id}/logs"]
     async with contextlib.AsyncExitStack() as stack:
         session = await stack.enter_async_context(
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -62,7 +60,7 @@ async def test_follow_streams_capped_per_client(api: tuple[str, Path, str, str])
         streams = []
         for i in range(STREAMS_PER_CLIENT):  # every kind of log stream counts against the same cap
             resp = await stack.enter_async_context(
-                session.get(f"{base}{paths[i % 3]}?stdout=1&follow=1")
+                session.get(f"{base}{paths[i % 2]}?stdout=1&follow=1")
             )
             assert resp.status == 200, await resp.text()
             streams.append(resp)

@@ -24,7 +24,8 @@ from shoal.api import (
 )
 from shoal.api.auth import SECURITY, USER_KEY, Security, auth_middleware
 from shoal.api.common import MANAGER, ManagerAPI, json_response
-from shoal.api.forward import FORWARDED, NO_LEADER, REVISION, is_local, wait_for_revision
+from shoal.api.engines import ENGINE_INDEX, EngineIndex
+from shoal.api.forward import FORWARDED, NO_LEADER, REVISION, is_engine, is_local, wait_for_revision
 from shoal.api.limits import STREAM_SLOTS, StreamSlots
 from shoal.errors import InvalidArgument, NotFound, ShoalError, Unavailable
 
@@ -109,7 +110,7 @@ async def durable_middleware(request: web.Request, handler: Handler) -> web.Stre
     store/writer.py); while the store cannot persist, new writes are refused with its error, and a
     write whose persisting failed gets that error (503) at once — it stays queued and lands when
     the store recovers, like a write whose answer timed out."""
-    if request.method in _READS:
+    if request.method in _READS or is_engine(request.path):
         return await handler(request)
     store = request.app[MANAGER].store
     store.writer.check_writable()
@@ -156,14 +157,7 @@ _ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/distribution/{name:.+}/json", distribution_inspect),
     ("POST", "/shoal/plan", extensions.placement_plan),
     ("GET", "/shoal/debug/manager", extensions.manager_health),
-    ("POST", "/containers/create", containers.create),
-    ("GET", "/containers/json", containers.list_containers),
-    ("GET", "/containers/{id}/json", containers.inspect),
-    ("POST", "/containers/{id}/start", containers.start),
-    ("POST", "/containers/{id}/stop", containers.stop),
-    ("POST", "/containers/{id}/kill", containers.kill),
-    ("GET", "/containers/{id}/logs", containers.container_logs),
-    ("DELETE", "/containers/{id}", containers.remove),
+    *containers.ROUTES,
     *networks.ROUTES,
     *secrets.ROUTES,
     *stacks.ROUTES,
@@ -181,6 +175,7 @@ def create_app(manager: ManagerAPI, security: Security | None = None) -> web.App
     app[MANAGER] = manager
     app[SECURITY] = security or Security()
     app[STREAM_SLOTS] = StreamSlots()
+    app[ENGINE_INDEX] = EngineIndex()
     for method, path, handler in _ROUTES:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, r"/v{api_version:[0-9][0-9.]*}" + path, handler)

@@ -125,6 +125,16 @@ class GuardedHandler(web.RequestHandler):
         self._body = None
         super().connection_lost(exc)
 
+    def eof_received(self) -> bool | None:
+        """A hijacked connection (``docker exec -i``, api/engineproxy.py) whose client closed its
+        writing half (stdin ended) stays open for the rest of the output; otherwise asyncio closes
+        the socket at EOF."""
+        parser = self._payload_parser
+        if getattr(parser, "half_close", False):
+            parser.feed_eof()  # type: ignore[union-attr]
+            return True
+        return super().eof_received()
+
     def log_exception(self, *args: Any, **kwargs: Any) -> None:
         """A malformed or oversized request head is the client's error, answered 400: one debug line,
         not a logged traceback per request (a flood of them would flood the log)."""

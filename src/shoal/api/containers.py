@@ -1,9 +1,13 @@
-"""Classic Swarm's container API (``/containers/...``) over Shoal services.
+"""Classic Swarm's container API over the engines of every node.
 
-Each container is a one-replica service labelled ``shoal.container=true``: create stores it with
-zero replicas (Docker's "created"), start scales it to one, stop/kill back to zero. The scheduler
-places its task, so classic expressions in ``Env`` (``constraint:node==host-2``) work unchanged.
-Only services with the label are containers: ``docker rm`` can never remove an ordinary service.
+Every container of every node is one of the cluster's: ``docker ps`` lists them all (named
+``<node>/<name>``, as classic Swarm did, with the node in ``docker inspect``), and every call about
+one goes to the engine that holds it, through the manager's pipes (transport/tunnel.py,
+api/engineproxy.py) — start, stop, kill, exec, attach, logs, cp, stats, wait, everything, including
+the hijacked streams of ``docker run``/``docker exec -it``. ``docker run`` places its container with
+the scheduler's filters (``constraint:``/``affinity:`` in ``Env``, resources, host ports) and the
+fewest containers, then creates it on that node's engine; a container so made is the engine's, as
+in classic Swarm: it is not rescheduled when its node fails (a service is).
 """
 
 from __future__ import annotations
@@ -11,16 +15,17 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import msgspec
 from aiohttp import web
 
-from shoal import controlapi
-from shoal.api import logs
-from shoal.api.common import empty_response, json_response, query_bool, swarm_manager
-from shoal.controlapi.filters import match_labels, match_prefix
-from shoal.controlapi.names import random_name
-from shoal.errors import Conflict, InvalidArgument, NotFound
+from shoal.api import engines
+from shoal.api.common import json_response
+from shoal.api.engineproxy import relay
+from shoal.api.engines import EngineError, Located, engine_call, fan_out, locate, node_info, node_name
+from shoal.controlapi.filters import parse_filters
+from shoal.errors import Conflict, InvalidArgument, ShoalError, Unavailable
 from shoal.models import (
     ContainerSpec,
     Driver,
@@ -33,63 +38,19 @@ from shoal.models import (
     ResourceRequirements,
     RestartCondition,
     RestartPolicy,
-    Service,
     ServiceMode,
     ServiceSpec,
-    Task,
     TaskSpec,
-    TaskState,
-    now_ts,
-    parse_ts,
 )
-from shoal.store import MemoryStore
+from shoal.scheduler.plan import candidates
 
-CONTAINER_LABEL = "shoal.container"
-CONTAINER_FILTERS = ("id", "name", "label", "status")
 _NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
-_PRE_RUN = frozenset(
-    {TaskState.NEW, TaskState.ALLOCATED, TaskState.PENDING, TaskState.ASSIGNED, TaskState.ACCEPTED,
-     TaskState.PREPARING, TaskState.READY, TaskState.STARTING}
-)
+NODE_FILTER = "node"  # classic Swarm's own filter; the others go to every engine as they are
+CONTAINER_FILTERS = ("ancestor", "before", "expose", "exited", "health", "id", "isolation", "is-task", "label",
+                     "name", "network", "publish", "since", "status", "volume", NODE_FILTER)
 
 
-# --------------------------------------------------------------------------- look-ups
-
-
-def is_container(svc: Service) -> bool:
-    return (svc.Spec.Labels or {}).get(CONTAINER_LABEL) == "true"
-
-
-def container_services(store: MemoryStore) -> list[Service]:
-    return [s for s in store.list("service") if is_container(s)]
-
-
-def resolve(store: MemoryStore, ref: str) -> Service:
-    """A container by service ID, name or unique ID prefix; 404 ``No such container`` otherwise."""
-    name = ref.lstrip("/")
-    if name:
-        svc = store.get("service", name) or store.service_by_name(name)
-        if svc is not None and is_container(svc):
-            return svc
-        matches = [s for s in container_services(store) if s.ID.startswith(name)]
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise InvalidArgument(f"multiple IDs found with provided prefix: {name}")
-    raise NotFound(f"No such container: {ref}")
-
-
-def replicas(svc: Service) -> int:
-    mode = svc.Spec.Mode
-    return (mode.Replicated.Replicas or 0) if mode and mode.Replicated else 0
-
-
-def latest_task(store: MemoryStore, svc: Service) -> Task | None:
-    tasks = store.tasks_of_service(svc.ID)
-    return max(tasks, key=lambda t: (t.CreatedAt, t.Version.Index)) if tasks else None
-
-
-# --------------------------------------------------------------------------- create
+# --------------------------------------------------------------------------- create (placement)
 
 
 def _list(value: Any, what: str) -> list[str] | None:
@@ -159,14 +120,15 @@ def _hosts(extra: list[str] | None) -> list[str] | None:
 
 
 def spec_from_config(name: str, cfg: dict[str, Any]) -> ServiceSpec:
-    """Docker's container config JSON → a zero-replica service spec. Unrelated fields are ignored."""
+    """Docker's container config JSON → the one-task service spec the scheduler places (its filters
+    read constraint:/affinity: in ``Env``, resources, host ports). Only placement reads it."""
     image = cfg.get("Image")
     if not image or not isinstance(image, str):
         raise InvalidArgument("image reference must be provided")
     host: dict[str, Any] = cfg.get("HostConfig") or {}
     mounts = [_bind_mount(b) for b in host.get("Binds") or ()]
     try:
-        mounts += [msgspec.convert(m, Mount) for m in host.get("Mounts") or ()]
+        mounts += [msgspec.convert(mt, Mount) for mt in host.get("Mounts") or ()]
         health = msgspec.convert(cfg["Healthcheck"], HealthConfig) if cfg.get("Healthcheck") else None
     except msgspec.ValidationError as e:
         raise InvalidArgument(str(e)) from None
@@ -201,7 +163,6 @@ def spec_from_config(name: str, cfg: dict[str, Any]) -> ServiceSpec:
     ports = _ports(host.get("PortBindings"))
     return ServiceSpec(
         Name=name,
-        Labels={CONTAINER_LABEL: "true"},
         TaskTemplate=TaskSpec(
             ContainerSpec=cs,
             Resources=ResourceRequirements(Limits=limits) if limits != ResourceLimits() else None,
@@ -209,261 +170,162 @@ def spec_from_config(name: str, cfg: dict[str, Any]) -> ServiceSpec:
             LogDriver=Driver(Name=log_cfg["Type"], Options=log_cfg.get("Config") or None)
             if log_cfg.get("Type") else None,
         ),
-        Mode=ServiceMode(Replicated=ReplicatedService(Replicas=0)),
+        Mode=ServiceMode(Replicated=ReplicatedService(Replicas=1)),
         EndpointSpec=EndpointSpec(Mode="vip", Ports=ports) if ports else None,
     )
 
 
 async def create(request: web.Request) -> web.Response:
-    manager = swarm_manager(request)
-    store = manager.store
+    """``POST /containers/create``: place, then create on the chosen node's engine."""
+    m = engines.manager(request)
     name = request.query.get("name", "").lstrip("/")
     if name and not _NAME_RE.match(name):
         raise InvalidArgument(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+    raw = await request.read()
     try:
-        cfg = json.loads(await request.read() or b"null")
+        cfg = json.loads(raw or b"null")
     except ValueError as e:
         raise InvalidArgument(f"invalid JSON: {e}") from None
     if not isinstance(cfg, dict):
         raise InvalidArgument("Config cannot be empty in order to create a container")
+    spec = spec_from_config(name or "container", cfg)
     if name:
-        other = store.service_by_name(name)
-        if other is not None:
+        await _name_free(request, name)
+    fits, why = candidates(m.store, spec)
+    ready = {n.ID: n for n in engines.engine_nodes(m)}
+    choices = [nid for nid in fits if nid in ready]
+    if not choices:
+        raise Unavailable(f"Unable to find a node that satisfies the following conditions: {why or 'no ready node'}")
+    placed = engines.index(request).containers.values()
+    load = {nid: fits[nid] + sum(1 for v in placed if v == nid) for nid in choices}
+    node = ready[min(choices, key=lambda nid: (load[nid], node_name(ready[nid])))]
+    ans = await engine_call(m, node, "POST", f"/containers/create?{request.query_string}", raw,
+                            headers={"Content-Type": "application/json"})
+    if ans.status == 201:
+        engines.index(request).learn(engines.index(request).containers, str(ans.json().get("Id", "")), node.ID)
+    return web.Response(status=ans.status, body=ans.body, content_type="application/json")
+
+
+async def _name_free(request: web.Request, name: str) -> None:
+    """Names are the cluster's: one in use on any node is taken (Docker's text for the clash)."""
+    m = engines.manager(request)
+    for node, ans in await fan_out(m, "GET", f"/containers/{quote(name, safe='')}/json"):
+        if not isinstance(ans, ShoalError) and ans.status == 200 and ans.json().get("Name") == f"/{name}":
             raise Conflict(
-                f'Conflict. The container name "/{name}" is already in use by container "{other.ID}". '
-                "You have to remove (or rename) that container to be able to reuse that name."
+                f'Conflict. The container name "/{name}" is already in use by container '
+                f'"{ans.json().get("Id")}" on node {node_name(node)}. You have to remove (or rename) that '
+                "container to be able to reuse that name."
             )
-    else:
-        name = random_name()
-        while store.service_by_name(name) is not None:
-            name = random_name()
-    svc = controlapi.create_service(store, spec_from_config(name, cfg))
-    return json_response({"Id": svc.ID, "Warnings": []}, status=201)
 
 
-# --------------------------------------------------------------------------- start / stop
-
-
-def _scale(store: MemoryStore, svc: Service, n: int, force: bool = False) -> None:
-    tmpl = svc.Spec.TaskTemplate
-    if force:  # a new task for a slot whose task already ended (start of an exited container)
-        tmpl = msgspec.structs.replace(tmpl, ForceUpdate=tmpl.ForceUpdate + 1)
-    spec = msgspec.structs.replace(
-        svc.Spec, Mode=ServiceMode(Replicated=ReplicatedService(Replicas=n)), TaskTemplate=tmpl
-    )
-    controlapi.update_service(store, svc.ID, svc.Version.Index, spec)
-
-
-async def start(request: web.Request) -> web.Response:
-    manager = swarm_manager(request)
-    svc = resolve(manager.store, request.match_info["id"])
-    if replicas(svc) == 0:
-        _scale(manager.store, svc, 1)
-        return empty_response(204)
-    task = latest_task(manager.store, svc)
-    if task is not None and task.Status.State.terminal and task.DesiredState <= TaskState.RUNNING:
-        _scale(manager.store, svc, 1, force=True)
-        return empty_response(204)
-    return empty_response(304)
-
-
-async def stop(request: web.Request) -> web.Response:
-    manager = swarm_manager(request)
-    svc = resolve(manager.store, request.match_info["id"])
-    if replicas(svc) == 0:
-        return empty_response(304)
-    _scale(manager.store, svc, 0)
-    return empty_response(204)
-
-
-async def kill(request: web.Request) -> web.Response:
-    manager = swarm_manager(request)
-    svc = resolve(manager.store, request.match_info["id"])
-    if replicas(svc) == 0:
-        raise Conflict(f"Cannot kill container: {request.match_info['id']}: Container {svc.ID} is not running")
-    _scale(manager.store, svc, 0)
-    return empty_response(204)
-
-
-# --------------------------------------------------------------------------- views
-
-
-def _ago(ts: str) -> str:
-    """Docker's HumanDuration, coarse: "3 seconds", "About a minute", "2 hours"."""
-    try:
-        secs = max(now_ts_seconds() - parse_ts(ts), 0.0)
-    except ValueError:
-        return "Less than a second"
-    if secs < 1:
-        return "Less than a second"
-    if secs < 60:
-        return f"{int(secs)} seconds"
-    minutes = int(secs // 60)
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = round(secs / 3600)
-    return "About an hour" if hours == 1 else f"{hours} hours"
-
-
-def now_ts_seconds() -> float:
-    return parse_ts(now_ts())
-
-
-def _exit_code(task: Task | None) -> int:
-    cs = task.Status.ContainerStatus if task is not None else None
-    return cs.ExitCode if cs is not None else 0
-
-
-def container_state(store: MemoryStore, svc: Service) -> tuple[str, str, Task | None]:
-    """(Docker state, ps status text, the task it comes from)."""
-    task = latest_task(store, svc)
-    if task is None:
-        if svc.PreviousSpec is None:
-            return "created", "Created", None
-        return "exited", f"Exited (0) {_ago(svc.UpdatedAt)} ago", None  # its task was already reaped
-    st = task.Status.State
-    if st is TaskState.RUNNING:
-        return "running", f"Up {_ago(task.Status.Timestamp)}", task
-    if st in _PRE_RUN:
-        if task.Status.Err:
-            return "created", f"Created ({task.Status.Err})", task
-        return "created", "Created", task
-    return "exited", f"Exited ({_exit_code(task)}) {_ago(task.Status.Timestamp)} ago", task
-
-
-def _node(store: MemoryStore, task: Task | None) -> dict[str, str] | None:
-    node = store.get("node", task.NodeID) if task is not None and task.NodeID else None
-    if node is None:
-        return None
-    return {"ID": node.ID, "Name": node.Description.Hostname, "Addr": node.Status.Addr}
-
-
-def _command(cs: ContainerSpec) -> str:
-    return " ".join([*(cs.Command or ()), *(cs.Args or ())])
-
-
-def _created(ts: str) -> int:
-    try:
-        return int(parse_ts(ts))
-    except ValueError:
-        return 0
-
-
-def summary(store: MemoryStore, svc: Service) -> dict[str, Any]:
-    cs = svc.Spec.TaskTemplate.ContainerSpec or ContainerSpec()
-    state, status, task = container_state(store, svc)
-    node = _node(store, task)
-    name = f"/{node['Name']}/{svc.Spec.Name}" if node else f"/{svc.Spec.Name}"
-    endpoint = svc.Spec.EndpointSpec
-    ports = [
-        {"PrivatePort": p.TargetPort, "PublicPort": p.PublishedPort, "Type": p.Protocol,
-         **({"IP": node["Addr"]} if node else {})}
-        for p in ((endpoint.Ports if endpoint else None) or ())
-    ]
-    return {
-        "Id": svc.ID,
-        "Names": [name],
-        "Image": cs.Image,
-        "Command": _command(cs),
-        "Created": _created(svc.CreatedAt),
-        "State": state,
-        "Status": status,
-        "Labels": cs.Labels or {},
-        "Ports": ports,
-    }
+# --------------------------------------------------------------------------- every node's containers
 
 
 async def list_containers(request: web.Request) -> web.Response:
-    manager = swarm_manager(request)
-    filters = controlapi.parse_filters(request.query.get("filters"), CONTAINER_FILTERS)
-    everything = query_bool(request, "all")
-    out = []
-    for svc in sorted(container_services(manager.store), key=lambda s: s.CreatedAt, reverse=True):
-        item = summary(manager.store, svc)
-        if filters.get("id") and not match_prefix(svc.ID, filters["id"]):
+    """``GET /containers/json``: every engine's answer to the same query, merged, newest first;
+    names carry their node (``/<node>/<name>``). Docker's filters go to each engine; ``node``
+    (classic Swarm's) picks the nodes asked."""
+    m = engines.manager(request)
+    filters = parse_filters(request.query.get("filters"), CONTAINER_FILTERS)
+    wanted = filters.pop(NODE_FILTER, None)
+    nodes = engines.engine_nodes(m)
+    if wanted:
+        nodes = [n for n in nodes if n.ID in wanted or node_name(n) in wanted]
+    query: dict[str, str] = {k: v for k, v in request.query.items() if k in ("all", "size", "limit")}
+    if filters:
+        query["filters"] = json.dumps(filters)
+    out: list[dict[str, Any]] = []
+    idx = engines.index(request)
+    for node, ans in await fan_out(m, "GET", "/containers/json?" + urlencode(query), nodes=nodes):
+        if isinstance(ans, ShoalError) or ans.status != 200:
             continue
-        if filters.get("name") and not any(n in svc.Spec.Name for n in filters["name"]):
-            continue
-        if filters.get("label") and not match_labels(item["Labels"], filters["label"]):
-            continue
-        if filters.get("status"):
-            if item["State"] not in filters["status"]:
-                continue
-        elif not everything and item["State"] != "running":
-            continue
-        out.append(item)
+        for c in ans.json() or ():
+            idx.learn(idx.containers, c["Id"], node.ID)
+            c["Names"] = [f"/{node_name(node)}{n}" for n in c.get("Names") or ()]
+            out.append(c)
+    out.sort(key=lambda c: c.get("Created", 0), reverse=True)
+    limit = request.query.get("limit", "")
+    if limit.lstrip("-").isdigit() and int(limit) > 0:
+        out = out[: int(limit)]
     return json_response(out)
 
 
-async def inspect(request: web.Request) -> web.Response:
-    manager = swarm_manager(request)
-    svc = resolve(manager.store, request.match_info["id"])
-    cs = svc.Spec.TaskTemplate.ContainerSpec or ContainerSpec()
-    state, _, task = container_state(manager.store, svc)
-    cstatus = task.Status.ContainerStatus if task is not None else None
-    running = state == "running"
-    return json_response({
-        "Id": svc.ID,
-        "Name": f"/{svc.Spec.Name}",
-        "Created": svc.CreatedAt,
-        "Image": cs.Image,
-        "Path": (cs.Command or cs.Args or [""])[0],
-        "Args": [*(cs.Command or ()), *(cs.Args or ())][1:],
-        "State": {
-            "Status": state,
-            "Running": running,
-            "Paused": False,
-            "Restarting": False,
-            "Dead": False,
-            "Pid": cstatus.PID if cstatus is not None and running else 0,
-            "ExitCode": _exit_code(task) if state == "exited" else 0,
-            "Error": task.Status.Err if task is not None else "",
-            "StartedAt": task.Status.Timestamp if task is not None and state != "created" else "",
-            "FinishedAt": task.Status.Timestamp if task is not None and state == "exited" else "",
-        },
-        "Config": {
-            "Image": cs.Image,
-            "Cmd": cs.Args,
-            "Entrypoint": cs.Command,
-            "Env": cs.Env or [],
-            "Labels": cs.Labels or {},
-            "Hostname": cs.Hostname,
-            "WorkingDir": cs.Dir,
-            "User": cs.User,
-            "Tty": cs.TTY,
-            "OpenStdin": cs.OpenStdin,
-        },
-        "HostConfig": {},
-        "Mounts": [],
-        "Node": _node(manager.store, task),
-        "ShoalTaskID": task.ID if task is not None else "",
-    })
+async def prune(request: web.Request) -> web.Response:
+    """``POST /containers/prune`` on every engine: the removed containers and space, summed."""
+    m = engines.manager(request)
+    deleted: list[str] = []
+    space = 0
+    for _node, ans in await fan_out(m, "POST", f"/containers/prune?{request.query_string}"):
+        if isinstance(ans, ShoalError):
+            continue
+        if ans.status != 200:
+            raise EngineError(ans.status, ans.message)
+        doc = ans.json() or {}
+        deleted += doc.get("ContainersDeleted") or []
+        space += int(doc.get("SpaceReclaimed") or 0)
+    return json_response({"ContainersDeleted": deleted or None, "SpaceReclaimed": space})
 
 
-async def remove(request: web.Request) -> web.Response:
-    manager = swarm_manager(request)
-    ref = request.match_info["id"]
-    svc = resolve(manager.store, ref)
-    state, _, task = container_state(manager.store, svc)
-    active = replicas(svc) > 0 and task is not None and not task.Status.State.terminal
-    if (state == "running" or active) and not query_bool(request, "force"):
-        raise Conflict(
-            f"You cannot remove a running container {svc.ID}. "
-            "Stop the container before attempting removal or force remove"
-        )
-    controlapi.remove_service(manager.store, svc.ID)
-    return empty_response(204)
+# --------------------------------------------------------------------------- one container
 
 
-async def container_logs(request: web.Request) -> web.StreamResponse:
-    """``docker logs``: the lines of every task this container has run, without the details prefix
-    (the CLI prints frames verbatim, unlike ``service logs``)."""
-    manager = swarm_manager(request)
-    svc = resolve(manager.store, request.match_info["id"])
-    logs.parse_options(request)
-    tasks = sorted((t for t in manager.store.tasks_of_service(svc.ID) if logs.task_has_run(t)),
-                   key=lambda t: t.CreatedAt)
-    cs = svc.Spec.TaskTemplate.ContainerSpec
-    return await logs.stream_logs(request, manager, tasks, bool(cs and cs.TTY), svc.ID)
+def _target(request: web.Request, kind: str, at: Located, tail: str) -> str:
+    base = f"/{kind}/{at.id}" + (f"/{tail}" if tail else "")
+    return base + (f"?{request.query_string}" if request.query_string else "")
+
+
+async def container_call(request: web.Request) -> web.StreamResponse:
+    """Any ``/containers/{id}[/...]`` call: to the engine holding the container, answer as it comes."""
+    m = engines.manager(request)
+    ref, tail = request.match_info["id"], request.match_info.get("tail", "")
+    at = await locate(request, "container", ref)
+    pipe = await m.open_engine(at.node.ID)
+    idx = engines.index(request)
+    transform = None
+    if request.method == "GET" and tail == "json":
+        def transform(doc: Any) -> Any:
+            if isinstance(doc, dict):
+                doc["Node"] = node_info(at.node)
+            return doc
+    elif request.method == "POST" and tail == "exec":
+        def transform(doc: Any) -> Any:
+            if isinstance(doc, dict) and doc.get("Id"):
+                idx.learn(idx.execs, str(doc["Id"]), at.node.ID)
+            return doc
+    resp = await relay(request, pipe, _target(request, "containers", at, tail), transform=transform)
+    if request.method == "DELETE" and not tail and resp.status == 204:
+        idx.containers.pop(at.id, None)
+    return resp
+
+
+async def exec_call(request: web.Request) -> web.StreamResponse:
+    """``/exec/{id}/...`` (start, resize, json): to the engine where the exec instance was made."""
+    m = engines.manager(request)
+    at = await locate(request, "exec instance", request.match_info["id"])
+    pipe = await m.open_engine(at.node.ID)
+    return await relay(request, pipe, _target(request, "exec", at, request.match_info.get("tail", "")))
+
+
+# The engine's own routes (API 1.41), each sent to the node holding its container or exec instance.
+CONTAINER_ACTIONS: dict[str, tuple[str, ...]] = {
+    "GET": ("json", "top", "logs", "changes", "export", "stats", "archive", "attach/ws"),
+    "HEAD": ("archive",),
+    "PUT": ("archive",),
+    "POST": ("resize", "start", "stop", "restart", "kill", "pause", "unpause", "rename", "update", "attach",
+             "wait", "exec"),
+}
+EXEC_ACTIONS: dict[str, tuple[str, ...]] = {"GET": ("json",), "POST": ("start", "resize")}
+# A container reference in a path: an ID or name, or classic Swarm's ``<node>/<name>`` (the docker CLI
+# puts it in the path as it is).
+_REF = r"[^/]+(?:/[^/]+)?"
+
+ROUTES: list[tuple[str, str, Any]] = [
+    ("POST", "/containers/create", create),
+    ("GET", "/containers/json", list_containers),
+    ("POST", "/containers/prune", prune),
+    ("DELETE", f"/containers/{{id:{_REF}}}", container_call),
+    *((method, f"/containers/{{id:{_REF}}}/{{tail:{action}}}", container_call)
+      for method, actions in CONTAINER_ACTIONS.items() for action in actions),
+    *((method, f"/exec/{{id}}/{{tail:{action}}}", exec_call)
+      for method, actions in EXEC_ACTIONS.items() for action in actions),
+]

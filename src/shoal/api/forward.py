@@ -43,16 +43,28 @@ NO_LEADER = (
 )
 FORWARD_TIMEOUT_S = 60.0
 CATCH_UP_S = 5.0  # how long a follower waits for its view to show a forwarded write
-_LOCAL = ("/swarm/init", "/swarm/join", "/swarm/leave", "/containers/")
+# Engine calls (api/engines.py) reach the node engines through this manager's own pipes.
+ENGINE_PATHS = ("/containers/", "/exec/", "/images/", "/volumes", "/events", "/system/df", "/build",
+                "/distribution/", "/commit")
+_LOCAL = ("/swarm/init", "/swarm/join", "/swarm/leave", *ENGINE_PATHS)
 _PASS_HEADERS = ("Content-Type", "X-Registry-Auth", "X-Registry-Config")
 _BACK_HEADERS = ("Content-Type", REVISION)
 
 
+def _bare(path: str) -> str:
+    return "/" + (path.split("/", 2)[-1] if path.startswith("/v") and path[2:3].isdigit() else path.lstrip("/"))
+
+
 def is_local(path: str) -> bool:
-    """Calls about this host (or the engine under it): never forwarded."""
-    bare = path.split("/", 2)[-1] if path.startswith("/v") and path[2:3].isdigit() else path.lstrip("/")
-    bare = "/" + bare
+    """Calls about this host or the node engines: never forwarded."""
+    bare = _bare(path)
     return any(bare == p or bare.startswith(p) for p in _LOCAL)
+
+
+def is_engine(path: str) -> bool:
+    """Calls the node engines answer: the store is not written, so its durability is not waited for."""
+    bare = _bare(path)
+    return any(bare == p.rstrip("/") or bare.startswith(p) for p in ENGINE_PATHS)
 
 
 # ---------------------------------------------------------------------------- follower side
@@ -65,19 +77,24 @@ class Forwarder:
         self._channel: grpc.aio.Channel | None = None
         self._key: tuple[str, str] = ("", "")  # (leader address, certificate) of the channel
 
-    async def send(self, request: web.Request, leader_addr: str, creds: NodeCredentials,
-                   user: str = "") -> web.Response:
+    async def channel(self, leader_addr: str, creds: NodeCredentials) -> grpc.aio.Channel:
+        """The channel to the leader's cluster port (also carries engine relays, transport/tunnel.py)."""
         if self._channel is None or self._key != (leader_addr, creds.cert_pem):
             await self.close()
             host, port = split_addr(leader_addr)
             self._channel = secure_channel(host, port, creds.root_pem, creds.key_pem, creds.cert_pem)
             self._key = (leader_addr, creds.cert_pem)
+        return self._channel
+
+    async def send(self, request: web.Request, leader_addr: str, creds: NodeCredentials,
+                   user: str = "") -> web.Response:
+        channel = await self.channel(leader_addr, creds)
         headers = {h: request.headers[h] for h in _PASS_HEADERS if h in request.headers}
         if user:  # authorized here already; the leader's audit log names who it was for
             headers[FORWARDED_USER] = user
         req = m.ForwardRequest(method=request.method, path=str(request.rel_url), headers=headers,
                                body=await request.read())
-        call = self._channel.unary_unary(path(DISPATCHER_SERVICE, "Forward"), request_serializer=encode,
+        call = channel.unary_unary(path(DISPATCHER_SERVICE, "Forward"), request_serializer=encode,
                                          response_deserializer=decoder(m.ForwardResponse))
         try:
             resp: m.ForwardResponse = await call(req, timeout=FORWARD_TIMEOUT_S)

@@ -33,8 +33,13 @@ from shoal.transport import messages as m
 from shoal.transport.bootstrap import NodeCredentials, save_credentials
 from shoal.transport.errors import from_rpc_error
 from shoal.transport.rpc import DISPATCHER_SERVICE, decoder, encode, path, secure_channel, split_addr
+from shoal.transport.tunnel import open_engine_socket, pump
 
 log = logging.getLogger(__name__)
+
+
+async def _one(item: m.TunnelChunk) -> AsyncIterator[m.TunnelChunk]:
+    yield item
 
 
 def _closed_under(err: asyncio.CancelledError, manager: str) -> Unavailable:
@@ -70,6 +75,7 @@ class GrpcDispatcherClient:
         self._previous: grpc.aio.Channel | None = None  # kept open for calls begun before a renewal
         self._session_id: str | None = None
         self._new_session = asyncio.Event()
+        self._new_tunnel_session = asyncio.Event()  # serve_tunnels' own copy of the signal
         self._renew_now = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
         self._renew_lock = asyncio.Lock()
@@ -122,6 +128,7 @@ class GrpcDispatcherClient:
             save_credentials(self.cert_dir, self.creds)
             self.remotes = list(dict.fromkeys([self.creds.manager, *resp.session.managers]))
         self._new_session.set()
+        self._new_tunnel_session.set()
         self._check(resp.state)
         return resp.session
 
@@ -266,6 +273,79 @@ class GrpcDispatcherClient:
             call.cancel()
             for task in list(running.values()):
                 task.cancel()
+
+    # ------------------------------------------------------------------ engine pipes
+
+    async def serve_tunnels(self, engine_url: str) -> None:
+        """Until cancelled: while a session is up, open the pipes to this node's engine that the
+        leader asks for (transport/tunnel.py). Run it beside ``Agent.run()``."""
+        while True:
+            await self._new_tunnel_session.wait()
+            self._new_tunnel_session.clear()
+            session_id = self._session_id
+            if session_id is None:
+                continue
+            try:
+                await self._serve_tunnels_once(engine_url, session_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.debug("node %s: engine tunnel stream ended: %s", self.creds.node_id, e)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_tunnel_session.wait(), timeout=1.0)
+            if self._session_id == session_id:
+                self._new_tunnel_session.set()
+
+    async def _serve_tunnels_once(self, engine_url: str, session_id: str) -> None:
+        call = self._channel.unary_stream(path(DISPATCHER_SERVICE, "EngineTunnels"), request_serializer=encode,
+                                          response_deserializer=decoder(m.TunnelRequest))(
+                                              m.SessionRequest(session_id))
+        running: set[asyncio.Task[None]] = set()
+        try:
+            async for req in call:
+                task = asyncio.create_task(self._tunnel(engine_url, req.id), name=f"tunnel-{req.id}")
+                running.add(task)
+                task.add_done_callback(running.discard)
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e, self.creds.manager) from None
+        except asyncio.CancelledError as e:
+            raise _closed_under(e, self.creds.manager) from None
+        finally:
+            call.cancel()
+            for task in list(running):
+                task.cancel()
+
+    async def _tunnel(self, engine_url: str, pipe_id: str) -> None:
+        """One pipe: a new connection to the engine, joined to an EngineTunnel call."""
+        call = self._channel.stream_stream(path(DISPATCHER_SERVICE, "EngineTunnel"), request_serializer=encode,
+                                           response_deserializer=decoder(m.TunnelChunk))
+        try:
+            reader, writer = await open_engine_socket(engine_url)
+        except Unavailable as e:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+                await call(_one(m.TunnelChunk(id=pipe_id, error=e.message))).read()
+            return
+        inbox: asyncio.Queue[m.TunnelChunk | None] = asyncio.Queue()
+
+        async def incoming() -> AsyncIterator[m.TunnelChunk]:
+            while (chunk := await inbox.get()) is not None:
+                yield chunk
+
+        async def outgoing() -> AsyncIterator[m.TunnelChunk]:
+            yield m.TunnelChunk(id=pipe_id)
+            async for chunk in pump(reader, writer, incoming()):
+                yield chunk
+
+        stream = call(outgoing())
+        try:
+            async for chunk in stream:
+                inbox.put_nowait(chunk)
+        except grpc.aio.AioRpcError as e:
+            log.debug("node %s: engine pipe %s ended: %s", self.creds.node_id, pipe_id, e.details())
+        finally:
+            inbox.put_nowait(None)
+            stream.cancel()
+            writer.close()
 
     async def _publish(self, source: LogSource, sub: m.LogSubscription) -> None:
         async def messages() -> AsyncIterator[m.PublishLogsMessage]:

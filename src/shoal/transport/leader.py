@@ -8,6 +8,7 @@ lands wherever the dispatcher now is.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -39,6 +40,7 @@ class LeaderClient:
         self.cert_dir = Path(cert_dir)
         self._current: DispatcherClient | None = None
         self.remote: GrpcDispatcherClient | None = None  # the last leader's connection, kept while it leads
+        self._switched = asyncio.Event()  # a registration happened: serve_tunnels looks again
 
     async def _pick(self) -> DispatcherClient:
         dispatcher = self._local()
@@ -67,6 +69,7 @@ class LeaderClient:
         client = await self._pick()
         info = await client.register(node_id, description, addr, engine)
         self._current = client
+        self._switched.set()
         return info
 
     async def heartbeat(self, session_id: str, engine: EngineHealth | None = None) -> float:
@@ -77,6 +80,25 @@ class LeaderClient:
 
     async def update_task_status(self, session_id: str, updates: list[TaskStatusUpdate]) -> None:
         await self._session_client().update_task_status(session_id, updates)
+
+    async def serve_tunnels(self, engine_url: str) -> None:
+        """Until cancelled: while this manager follows, open the pipes to its engine that the leader
+        asks for (its agent's session is with the leader then; a leader reaches its own engine
+        directly). Follows the connection in use as registrations change it."""
+        while True:
+            remote = self._following()
+            serving = asyncio.create_task(remote.serve_tunnels(engine_url)) if remote is not None else None
+            try:
+                while self._following() is remote:
+                    await self._switched.wait()
+                    self._switched.clear()
+            finally:
+                if serving is not None:
+                    serving.cancel()
+                    await asyncio.gather(serving, return_exceptions=True)
+
+    def _following(self) -> GrpcDispatcherClient | None:
+        return self.remote if self.remote is not None and self._current is self.remote else None
 
     async def close(self) -> None:
         if self.remote is not None:

@@ -18,12 +18,15 @@ KIB, MIB = 1024, 1024 * 1024
 
 # Largest request each method takes. A join is a token, a CSR and a hostname (~1 KiB); a status
 # batch from a node with 10,000 tasks is ~2 MiB; a forwarded API write carries the API's largest
-# body (16 MiB, a stack's Compose file); log chunks are batched by the agent (~64 KiB).
+# body (16 MiB, a stack's Compose file); log chunks are batched by the agent (~64 KiB), and so are
+# the bytes of engine pipes.
 BOOTSTRAP_LIMITS: dict[str, int] = {"GetRootCA": 1 * KIB, "Join": 64 * KIB}
 CLUSTER_LIMITS: dict[str, int] = {
     "Register": 1 * MIB, "Heartbeat": 16 * KIB, "Assignments": 16 * KIB, "UpdateTaskStatus": 16 * MIB,
     "RenewCertificate": 64 * KIB, "LogSubscriptions": 16 * KIB, "PublishLogs": 4 * MIB,
     "Forward": 17 * MIB, "Promote": 16 * KIB,
+    # Engine pipes carry bytes in chunks of at most 64 KiB (transport/tunnel.py CHUNK).
+    "EngineTunnels": 16 * KIB, "EngineTunnel": 80 * KIB, "EngineRelay": 80 * KIB,
 }
 BOOTSTRAP_MAX_MESSAGE = max(BOOTSTRAP_LIMITS.values())
 CLUSTER_MAX_MESSAGE = max(CLUSTER_LIMITS.values())

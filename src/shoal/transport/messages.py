@@ -157,3 +157,24 @@ class PublishLogsMessage(msgspec.Struct):
     messages: list[LogMessage] = msgspec.field(default_factory=list)
     close: bool = False
     error: str = ""
+
+
+# ---------------------------------------------------------------------------- engine tunnels
+
+
+class TunnelRequest(msgspec.Struct):
+    """The manager asks the agent to open a byte pipe ``id`` to its engine (transport/tunnel.py)."""
+
+    id: str
+
+
+class TunnelChunk(msgspec.Struct):
+    """Bytes of one pipe. The first message on a stream names the pipe: ``id`` (an agent answering
+    a TunnelRequest) or ``node`` (a manager asking the leader to relay to that node's engine).
+    ``eof``: the sender will send no more (a half-close); ``error``: why the pipe could not open."""
+
+    id: str = ""
+    node: str = ""
+    data: bytes = b""
+    eof: bool = False
+    error: str = ""

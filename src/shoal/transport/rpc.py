@@ -26,6 +26,9 @@ DISPATCHER_METHODS: dict[str, tuple[type[Any], type[Any]]] = {
     "PublishLogs": (m.PublishLogsMessage, m.Empty),
     "Forward": (m.ForwardRequest, m.ForwardResponse),
     "Promote": (m.PromoteRequest, m.ManagerJoin),
+    "EngineTunnels": (m.SessionRequest, m.TunnelRequest),
+    "EngineTunnel": (m.TunnelChunk, m.TunnelChunk),
+    "EngineRelay": (m.TunnelChunk, m.TunnelChunk),
 }
 BOOTSTRAP_METHODS: dict[str, tuple[type[Any], type[Any]]] = {
     "GetRootCA": (m.Empty, m.RootCAResponse),

@@ -53,6 +53,7 @@ from shoal.transport.rpc import (
     bounded_decoder,
     encode,
 )
+from shoal.transport.tunnel import EngineSource, RemoteEngine, relay_to
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,25 @@ def _client_stream(fn: Handler, req_t: type[Any], method: str, limit: int,
                                                 response_serializer=encode)
 
 
+def _bidi(fn: Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], AsyncIterator[Any]], req_t: type[Any],
+          method: str, limit: int, guard: Guard = _no_guard) -> grpc.RpcMethodHandler:
+    async def checked(reqs: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for req in reqs:
+            _check(req)
+            yield req
+
+    async def call(reqs: AsyncIterator[Any], ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            with guard(ctx):
+                async for item in fn(checked(reqs), ctx):
+                    yield item
+        except ShoalError as e:
+            await _abort(ctx, e)
+
+    return grpc.stream_stream_rpc_method_handler(call, request_deserializer=bounded_decoder(req_t, method, limit),
+                                                 response_serializer=encode)
+
+
 def _peer_ip(ctx: grpc.aio.ServicerContext) -> str:
     """The caller's IP from gRPC's ``ipv4:1.2.3.4:5678`` / ``ipv6:[::1]:5678``."""
     peer = ctx.peer() or ""
@@ -183,6 +203,9 @@ class ClusterServer:
         self._sessions: dict[str, str] = {}  # session ID → node ID (one per node: the latest)
         self._node_session: dict[str, str] = {}
         self._log_sources: dict[str, RemoteLogSource] = {}
+        self._engines: dict[str, RemoteEngine] = {}  # node ID → its agent's EngineTunnels stream
+        # The engine of any node, for another manager's EngineRelay (the manager sets it).
+        self.engine_source: Callable[[str], EngineSource | None] | None = None
         self._join_limit = JoinLimiter()
         self._calls = CallCounter()
         # Another manager's write, to run here (the manager sets it while it leads on etcd).
@@ -220,6 +243,9 @@ class ClusterServer:
             "PublishLogs": handler(_client_stream, self._publish_logs, "PublishLogs"),
             "Forward": handler(_unary, self._forward, "Forward"),
             "Promote": handler(_unary, self._promote, "Promote"),
+            "EngineTunnels": handler(_server_stream, self._engine_tunnels, "EngineTunnels"),
+            "EngineTunnel": handler(_bidi, self._engine_tunnel, "EngineTunnel"),
+            "EngineRelay": handler(_bidi, self._engine_relay, "EngineRelay"),
         })])
         creds = grpc.dynamic_ssl_server_credentials(cluster_cfg, self._cluster_cfg.fetch,
                                                     require_client_authentication=True)
@@ -256,6 +282,8 @@ class ClusterServer:
         self.ca.off_change(self._ca_changed)
         for src in list(self._log_sources.values()):
             self._drop_log_source(src)
+        for engine in list(self._engines.values()):
+            self._drop_engine(engine)
         for server in (self._cluster, self._bootstrap):
             if server is not None:
                 await server.stop(grace)
@@ -404,6 +432,53 @@ class ClusterServer:
                 await src.end(msg.subscription_id)
                 break
         return m.Empty()
+
+    # ------------------------------------------------------------------ engine pipes
+
+    def engine(self, node_id: str) -> RemoteEngine | None:
+        """The engine of a node whose agent keeps its EngineTunnels stream open here."""
+        return self._engines.get(node_id)
+
+    async def _engine_tunnels(self, req: m.SessionRequest,
+                              ctx: grpc.aio.ServicerContext) -> AsyncIterator[m.TunnelRequest]:
+        node_id = self._session_owner(ctx, req.session_id)
+        old = self._engines.get(node_id)
+        if old is not None:
+            self._drop_engine(old)
+        engine = RemoteEngine(node_id)
+        self._engines[node_id] = engine
+        try:
+            async for tunnel in engine.requests():
+                yield tunnel
+        finally:
+            self._drop_engine(engine)
+
+    def _drop_engine(self, engine: RemoteEngine) -> None:
+        engine.close()
+        if self._engines.get(engine.node_id) is engine:
+            del self._engines[engine.node_id]
+
+    async def _engine_tunnel(self, reqs: AsyncIterator[m.TunnelChunk],
+                             ctx: grpc.aio.ServicerContext) -> AsyncIterator[m.TunnelChunk]:
+        ident = self._identity(ctx)
+        first = await anext(reqs, None)
+        engine = self._engines.get(ident.node_id)  # pipes are per node: no one else's
+        if first is None or engine is None:
+            return
+        async for chunk in engine.serve(first, reqs):
+            yield chunk
+
+    async def _engine_relay(self, reqs: AsyncIterator[m.TunnelChunk],
+                            ctx: grpc.aio.ServicerContext) -> AsyncIterator[m.TunnelChunk]:
+        ident = self._identity(ctx)
+        if ident.role != NodeRole.MANAGER:
+            raise PermissionDenied("only the swarm's managers reach other nodes' engines")
+        first = await anext(reqs, None)
+        if first is None:
+            return
+        source = self.engine_source(first.node) if self.engine_source is not None else self.engine(first.node)
+        async for chunk in relay_to(source, first, reqs):
+            yield chunk
 
     async def _promote(self, req: m.PromoteRequest, ctx: grpc.aio.ServicerContext) -> m.ManagerJoin:
         """A promoted worker (its certificate renewed with the manager role) joins the store."""
