@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -44,3 +46,40 @@ def test_a_killed_worker_comes_back_as_the_same_node(lab: Lab) -> None:
     nodes = wait_ready(lab, ["host-1", "host-2"])
     assert nodes["host-2"]["ID"] == before
     assert len(nodes) == 2
+
+
+def _docker(lab: Lab, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(["docker", "-H", lab.docker_host, *args], input=stdin, capture_output=True, text=True,
+                         timeout=60)
+    if check:
+        assert res.returncode == 0, f"docker {' '.join(args)}: {res.stderr}"
+    return res
+
+
+def test_the_docker_cli_reaches_a_container_on_another_host(lab: Lab, tmp_path: Path) -> None:
+    """Issue 13: every container call goes to the engine holding it, across hosts (through the
+    worker's tunnel): run attached, ps, exec with stdin, logs, cp both ways, kill, rm."""
+    wait_ready(lab, ["host-1", "host-2"])
+    run = _docker(lab, "run", "--rm", "-e", "constraint:node==host-2", "busybox:latest", "sh", "-c",
+                  "echo on $(hostname -f 2>/dev/null || hostname); exit 4", check=False)
+    assert run.returncode == 4 and run.stdout.startswith("on "), run
+
+    cid = _docker(lab, "run", "-d", "--name", "far", "-e", "constraint:node==host-2", "busybox:latest",
+                  "sh", "-c", "echo far-away; sleep 600").stdout.strip()
+    try:
+        host2 = docker.DockerClient(base_url=lab.hosts[1].engine, version="1.41", timeout=30)
+        assert host2.containers.get(cid).name == "far"  # made on host-2's own engine
+        names = _docker(lab, "ps", "--format", "{{.Names}}").stdout.split()
+        assert "host-2/far" in names
+        assert _docker(lab, "logs", "far").stdout == "far-away\n"
+        assert _docker(lab, "exec", "-i", "far", "tr", "a-z", "A-Z", stdin="piped\n").stdout == "PIPED\n"
+        src = tmp_path / "in.txt"
+        src.write_text("to host-2\n")
+        _docker(lab, "cp", str(src), "host-2/far:/tmp/in.txt")
+        _docker(lab, "cp", "far:/tmp/in.txt", str(tmp_path / "out.txt"))
+        assert (tmp_path / "out.txt").read_text() == "to host-2\n"
+        _docker(lab, "kill", "far")
+        assert host2.containers.get(cid).attrs["State"]["ExitCode"] == 137
+    finally:
+        _docker(lab, "rm", "-f", "far", check=False)
+    assert _docker(lab, "ps", "-a", "-q", "--filter", "name=far").stdout.strip() == ""
