@@ -165,3 +165,24 @@ def lab_containers(lab: Lab, n: int) -> set[str]:
         return {c["Id"] for c in eng.api.containers(filters={"label": f"com.docker.swarm.service.name={SERVICE}"})}
     finally:
         eng.close()
+
+
+def test_every_manager_reaches_every_engine(lab: Lab, clients: dict[int, docker.DockerClient]) -> None:
+    """Issue 13: a follower's engine calls go through the leader (EngineRelay) to a worker's engine
+    and to another follower's (whose agent's session, hence its tunnels, is with the leader)."""
+    lead = wait_for(lambda: leader(lab, clients), within=60)
+    followers = [n for n in MANAGERS if n != lead]
+    asker, other = followers
+    for target in (4, other, lead):
+        host = lab.host(target).name
+        c = wait_for(lambda h=host: ask(lambda: clients[asker].containers.run(
+            "busybox:latest", ["sh", "-c", "echo ready; sleep 600"], detach=True,
+            environment=[f"constraint:node=={h}"])), within=30)
+        try:
+            assert c.exec_run(["hostname"]).output.decode().strip() == c.id[:12]
+            assert wait_for(lambda c=c: c.logs(), within=10) == b"ready\n"
+            engine = docker.DockerClient(base_url=lab.host(target).engine, version="1.41", timeout=30)
+            assert engine.containers.get(c.id).status == "running"  # on the host the constraint named
+            engine.close()
+        finally:
+            c.remove(force=True)
