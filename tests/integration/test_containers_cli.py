@@ -4,8 +4,11 @@ for containers made through Shoal and for a service's task containers alike."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import os
+import socket
 import subprocess
 import tarfile
 
@@ -127,3 +130,26 @@ def test_unsatisfiable_constraint_is_refused_and_nothing_made(shoal: ShoalProces
     assert res.returncode != 0 and "Unable to find a node" in res.stderr and "Traceback" not in res.stderr
     assert "node==no-such-host" in res.stderr
     assert "shoal-ctr-nowhere" not in shoal.docker_cli("ps", "-a", "--format", "{{.Names}}").stdout
+
+
+def test_attach_over_a_websocket(shoal: ShoalProcess, swarm: docker.DockerClient) -> None:
+    """``/containers/{id}/attach/ws``: the websocket upgrade passes through to the engine too (a raw
+    socket client: the engine never answers a websocket close frame, so no library close is tried)."""
+    c = swarm.containers.run("busybox:latest", ["sh", "-c", "while true; do echo tick; sleep 0.2; done"],
+                             detach=True, name="shoal-ctr-ws")
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(shoal.sock))
+            sock.sendall((f"GET /v1.41/containers/{c.id}/attach/ws?stream=1&stdout=1 HTTP/1.1\r\n"
+                          "Host: shoal\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                          f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+                          "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            got = b""
+            while b"tick" not in got:
+                chunk = sock.recv(4096)
+                assert chunk, got
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 101 ") and b"sec-websocket-accept" in got.lower()
+    finally:
+        c.remove(force=True)

@@ -170,8 +170,14 @@ class _RawIn:
                 self.writer.write_eof()
 
 
-def _wants_hijack(request: web.Request) -> bool:
-    return request.headers.get("Upgrade", "").lower() == "tcp"
+def _upgrade_headers(request: web.Request) -> list[tuple[str, str]]:
+    """A request asking to switch protocols (``Upgrade: tcp`` for Docker's hijack, ``websocket`` for
+    ``attach/ws``): the headers that say so, for the engine; empty otherwise."""
+    upgrade = request.headers.get("Upgrade", "")
+    if not upgrade:
+        return []
+    return [("Connection", "Upgrade"), ("Upgrade", upgrade),
+            *((k, v) for k, v in request.headers.items() if k.lower().startswith("sec-websocket-"))]
 
 
 async def relay(request: web.Request, pipe: Pipe, target: str, *,
@@ -180,12 +186,14 @@ async def relay(request: web.Request, pipe: Pipe, target: str, *,
     ``pipe`` and answer the client with what the engine says. ``transform``: rewrites a JSON answer
     of a 2xx status (read whole) before it goes back, e.g. to name the node a container is on."""
     ex = _Exchange(pipe)
-    hijack = _wants_hijack(request)
+    upgrade = _upgrade_headers(request)
     try:
         hdrs = [(h, request.headers[h]) for h in PASS_REQUEST if h in request.headers]
-        if hijack:
-            hdrs += [("Connection", "Upgrade"), ("Upgrade", "tcp")]
-            body: bytes | None = await request.read()
+        if upgrade:
+            hdrs += upgrade
+            # Only a sized body (exec start's JSON): a websocket's request has none, and reading an
+            # upgraded request's payload would wait for the end of the whole connection.
+            body: bytes | None = await request.read() if request.content_length else None
         else:
             hdrs.append(("Connection", "close"))
             body = None
@@ -205,7 +213,7 @@ async def relay(request: web.Request, pipe: Pipe, target: str, *,
             ex.send(h11.EndOfMessage())
             await ex.writer.drain()
         head = await ex.response()
-        if head.status_code == 101 and hijack:
+        if head.status_code == 101 and upgrade:
             return await _hijacked(request, ex, head)
         return await _streamed(request, ex, head, transform)
     except (ConnectionError, OSError) as e:
@@ -251,9 +259,11 @@ async def _hijacked(request: web.Request, ex: _Exchange, head: h11.Informational
     transport = request.transport
     if transport is None:
         return web.Response(status=499)
-    resp = web.StreamResponse(status=101, reason="UPGRADED", headers={
-        "Content-Type": _headers(head).get("content-type", "application/vnd.docker.raw-stream"),
-        "Connection": "Upgrade", "Upgrade": "tcp"})
+    said = _headers(head)
+    headers = {k: v for k, v in said.items() if k not in HOP_BY_HOP}  # Content-Type, Sec-WebSocket-Accept
+    headers.update({"Connection": "Upgrade", "Upgrade": said.get("upgrade", "tcp")})
+    resp = web.StreamResponse(status=101, reason=head.reason.decode(errors="replace") or "UPGRADED",
+                              headers=headers)
     await resp.prepare(request)
     raw_in = _RawIn(ex.writer)
     request.protocol.set_parser(raw_in)  # type: ignore[arg-type]  # from here the client's bytes are stdin
