@@ -4,9 +4,10 @@ Covered: image, command/entrypoint, environment + env_file, labels (+ ``com.dock
 deploy (mode, replicas, placement, resources, restart/update/rollback config, endpoint_mode), the v2
 keys (scale, mem_limit, mem_reservation, cpus, restart), ports, healthcheck, hostname, user,
 working_dir, stop_signal, stop_grace_period, and through :mod:`.stack` the service's networks,
-mounts, secrets and configs. Keys a cluster cannot honour add a warning to ``project.warnings``
-naming the key and its file line; ``build`` without ``image`` is an error, as there would be
-nothing to run. :func:`to_stack` adds the stack's networks, secrets, configs and start order.
+mounts, secrets and configs, and through :mod:`.hostcfg` the engine keys (privileged, devices, caps,
+sysctls, dns, logging ...). A key a cluster cannot honour is an error naming file, line and key; a
+few (build, container_name, expose) are warnings in ``project.warnings``, as with docker stack deploy
+(docs/compose.md). :func:`to_stack` adds the stack's networks, secrets, configs and start order.
 """
 
 from __future__ import annotations
