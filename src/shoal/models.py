@@ -135,6 +135,70 @@ class Ulimit(Spec):
     Hard: int = 0
 
 
+class DeviceMapping(Spec):
+    """A host device given to the container (moby's HostConfig.Devices entry)."""
+
+    PathOnHost: str = ""
+    PathInContainer: str = ""
+    CgroupPermissions: str = ""
+
+
+class DeviceRequest(Spec):
+    """A device request (moby's HostConfig.DeviceRequests, what ``docker run --gpus`` sends)."""
+
+    Driver: str = ""
+    Count: int = 0  # -1: all of them
+    DeviceIDs: list[str] | None = None
+    Capabilities: list[list[str]] | None = None
+    Options: dict[str, str] | None = None
+
+
+class WeightDevice(Spec):
+    Path: str = ""
+    Weight: UInt = 0
+
+
+class ThrottleDevice(Spec):
+    Path: str = ""
+    Rate: UInt = 0
+
+
+class HostConfig(Spec):
+    """Shoal's extension of ContainerSpec: engine settings swarm mode has no field for, under the
+    names of moby's ``HostConfig`` (the agent copies them into the container's create body as they
+    are). Swarm's own fields (CapabilityAdd, Sysctls, Ulimits, Init, Hosts, DNSConfig, Isolation,
+    Groups, OomScoreAdj) stay where swarm has them, so nothing here overlaps them."""
+
+    Privileged: bool = False
+    PidMode: str = ""  # "" or "host": another container's namespace is node-local, never a service's
+    IpcMode: str = ""  # "", "host", "private", "shareable", "none"
+    UsernsMode: str = ""  # "" or "host"
+    CgroupParent: str = ""
+    Runtime: str = ""  # the engine's OCI runtime (runc, nvidia ...); TaskSpec.Runtime is swarm's own
+    Devices: list[DeviceMapping] | None = None
+    DeviceCgroupRules: list[str] | None = None
+    DeviceRequests: list[DeviceRequest] | None = None
+    ShmSize: UInt = 0
+    SecurityOpt: list[str] | None = None
+    StorageOpt: dict[str, str] | None = None
+    OomKillDisable: bool | None = None
+    MemorySwappiness: Annotated[int, Meta(ge=-1, le=100)] | None = None
+    MemorySwap: Annotated[int, Meta(ge=-1)] = 0
+    CpuShares: UInt = 0
+    CpuPeriod: UInt = 0
+    CpuQuota: Annotated[int, Meta(ge=-1)] = 0
+    CpuRealtimePeriod: UInt = 0
+    CpuRealtimeRuntime: UInt = 0
+    CpusetCpus: str = ""
+    CpusetMems: str = ""
+    BlkioWeight: Annotated[int, Meta(ge=0, le=1000)] = 0
+    BlkioWeightDevice: list[WeightDevice] | None = None
+    BlkioDeviceReadBps: list[ThrottleDevice] | None = None
+    BlkioDeviceWriteBps: list[ThrottleDevice] | None = None
+    BlkioDeviceReadIOps: list[ThrottleDevice] | None = None
+    BlkioDeviceWriteIOps: list[ThrottleDevice] | None = None
+
+
 class ContainerSpec(Spec):
     Image: str = ""
     Labels: dict[str, str] | None = None
@@ -164,6 +228,9 @@ class ContainerSpec(Spec):
     CapabilityDrop: list[str] | None = None
     Ulimits: list[Ulimit] | None = None
     OomScoreAdj: int = 0
+    # Shoal's extensions (no swarm field): the container's domain name, and HostConfig above.
+    Domainname: str = ""
+    HostConfig: HostConfig | None = None
 
 
 class GenericResource(Spec):

@@ -228,7 +228,8 @@ def test_cpu_shares_become_a_proportional_reservation() -> None:
     p = load([DATA / "valid/v2.yml"], env={})
     app = to_stack(p, "st").services["app"]
     assert app.TaskTemplate.Resources.Reservations.NanoCPUs == 500_000_000  # 512 shares = 0.5 CPU
-    assert any("v2.yml:9: app: cpu_shares 512 becomes a reservation of 0.5 CPUs" in w for w in p.warnings)
+    assert any("v2.yml:9: app: cpu_shares 512 also becomes a reservation of 0.5 CPUs" in w for w in p.warnings)
+    assert app.TaskTemplate.ContainerSpec.HostConfig.CpuShares == 512  # and the container's own weight
 
 
 def test_extension_keys_follow_the_schemas(tmp_path: Path) -> None:

@@ -4,9 +4,10 @@ Covered: image, command/entrypoint, environment + env_file, labels (+ ``com.dock
 deploy (mode, replicas, placement, resources, restart/update/rollback config, endpoint_mode), the v2
 keys (scale, mem_limit, mem_reservation, cpus, restart), ports, healthcheck, hostname, user,
 working_dir, stop_signal, stop_grace_period, and through :mod:`.stack` the service's networks,
-mounts, secrets and configs. Keys a cluster cannot honour add a warning to ``project.warnings``
-naming the key and its file line; ``build`` without ``image`` is an error, as there would be
-nothing to run. :func:`to_stack` adds the stack's networks, secrets, configs and start order.
+mounts, secrets and configs, and through :mod:`.hostcfg` the engine keys (privileged, devices, caps,
+sysctls, dns, logging ...). A key a cluster cannot honour is an error naming file, line and key; a
+few (build, container_name, expose) are warnings in ``project.warnings``, as with docker stack deploy
+(docs/compose.md). :func:`to_stack` adds the stack's networks, secrets, configs and start order.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .. import models as m
 from . import health as compose_health
+from . import hostcfg
 from . import schedule as compose_schedule
 from .errors import ComposeError
 from .loader import Project, env_values
@@ -130,7 +134,7 @@ def _cpu_shares(project: Project, name: str, svc: dict[str, Any]) -> int:
         return 0
     nanos = max(round(int(shares) * 1e9 / 1024), 1_000_000)  # at least the API's minimum, 0.001 CPU
     project.warnings.append(f"{project.where(('services', name, 'cpu_shares'))}: {name}: cpu_shares {shares} "
-                            f"becomes a reservation of {nanos / 1e9:g} CPUs (1024 shares = 1 CPU)")
+                            f"also becomes a reservation of {nanos / 1e9:g} CPUs (1024 shares = 1 CPU)")
     return nanos
 
 
@@ -141,7 +145,7 @@ def _resources(project: Project, name: str, svc: dict[str, Any]) -> m.ResourceRe
     limits = m.ResourceLimits(
         NanoCPUs=_nano_cpus(lim.get("cpus", svc.get("cpus", 0))),
         MemoryBytes=size(lim.get("memory", svc.get("mem_limit", 0))),
-        Pids=int(lim.get("pids", 0)),
+        Pids=max(int(lim.get("pids", svc.get("pids_limit", 0))), 0),  # -1: unlimited, as unset
     )
     reservations = m.ResourceReservations(
         NanoCPUs=_nano_cpus(resv["cpus"]) if "cpus" in resv else shares,
@@ -208,10 +212,14 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
     if "links" in svc:
         project.warnings.append(f"{project.where((*where, 'links'))}: {name}: links are ignored; services reach "
                                 "each other by name on the stack's networks")
-    for key in ("devices", "cgroup_parent", "volumes_from", "ipc", "pid"):
-        if key in svc:
-            project.warnings.append(f"{project.where((*where, key))}: {name}: {key} cannot apply to a cluster "
-                                    "service and is ignored")
+    if "dockerfile" in svc:  # v1's build file: like build, nothing to build in a cluster
+        project.warnings.append(f"{project.where((*where, 'dockerfile'))}: {name}: dockerfile is ignored, "
+                                "using image")
+    if "expose" in svc:
+        project.warnings.append(f"{project.where((*where, 'expose'))}: {name}: expose is ignored: services on "
+                                "one network reach each other on every port")
+    if "net" in svc and "network_mode" not in svc:  # v1's spelling of network_mode
+        svc = {**svc, "network_mode": svc["net"]}
 
     ns = {NAMESPACE_LABEL: stack}
     labels = {k: "" if v is None else str(v) for k, v in to_mapping(svc.get("labels")).items()}
@@ -228,6 +236,10 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
                  for p in placement_cfg.get("preferences") or [] if "spread" in p]
         placement = m.Placement(Constraints=placement_cfg.get("constraints") or None, Preferences=prefs or None,
                                 MaxReplicas=int(placement_cfg.get("max_replicas_per_node", 0)))
+    platforms = hostcfg.platforms(svc)
+    if platforms:
+        placement = m.Placement(Platforms=platforms) if placement is None else msgspec.structs.replace(
+            placement, Platforms=platforms)
     ports = [pc for p in svc.get("ports") or [] for pc in parse_port(p)]
     container = m.ContainerSpec(
         Image=svc.get("image", ""),
@@ -250,6 +262,7 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
                  for r in file_refs(project, name, svc, stack, "secrets")] or None,
         Configs=[m.ConfigReference(ConfigName=r["name"], File=r["File"])
                  for r in file_refs(project, name, svc, stack, "configs")] or None,
+        **hostcfg.container_fields(project, name, svc),
     )
     if mode_name == "global":
         mode = m.ServiceMode(Global=m.GlobalService())
@@ -265,6 +278,7 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
         Labels={**deploy_labels, **ns},
         TaskTemplate=m.TaskSpec(ContainerSpec=container, Resources=_resources(project, name, svc),
                                 RestartPolicy=_restart(svc), Placement=placement,
+                                LogDriver=hostcfg.log_driver(project, name, svc),
                                 Networks=attachments(project, name, svc, stack)),
         Mode=mode,
         UpdateConfig=_update(deploy.get("update_config")),

@@ -6,6 +6,7 @@ Everything here is pure: it inspects a decoded :class:`ServiceSpec` and returns 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 import msgspec
@@ -200,6 +201,78 @@ def _check_container(cs: ContainerSpec) -> None:
                 raise invalid(f"ContainerSpec: {label} in HealthConfig cannot be less than 1ms")
 
 
+_IPC_MODES = ("", "host", "private", "shareable", "none")
+_CGROUP_RULE = re.compile(r"^[acb] (?:\d+|\*):(?:\d+|\*) [rwm]{1,3}$")
+_DNS_KEYS = ("Nameservers", "Search", "Options")
+
+
+def _check_hosts(cs: ContainerSpec) -> None:
+    """Hosts are swarm's "IP name [alias...]" lines (the agent turns them into ExtraHosts)."""
+    for line in cs.Hosts or ():
+        parts = line.split()
+        ok = len(parts) >= 2
+        if ok:
+            try:
+                ipaddress.ip_address(parts[0])
+            except ValueError:
+                ok = False
+        if not ok:
+            raise invalid(f'ContainerSpec: invalid Hosts entry "{line}": expected "IP hostname [alias...]"')
+    dns = cs.DNSConfig or {}
+    for key, value in dns.items():
+        if key not in _DNS_KEYS:
+            raise invalid(f"ContainerSpec: unknown DNSConfig field {key!r} (Nameservers, Search, Options)")
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise invalid(f"ContainerSpec: DNSConfig.{key} must be a list of strings")
+    for ns in dns.get("Nameservers") or ():
+        try:
+            ipaddress.ip_address(ns)
+        except ValueError:
+            raise invalid(f"ContainerSpec: DNSConfig.Nameservers: {ns!r} is not an IP address") from None
+    for u in cs.Ulimits or ():
+        if not u.Name:
+            raise invalid("ContainerSpec: a ulimit needs a Name")
+        if u.Hard != -1 and (u.Soft == -1 or u.Soft > u.Hard):  # -1: unlimited
+            raise invalid(f"ContainerSpec: invalid ulimit {u.Name}: soft limit {u.Soft} is above hard limit {u.Hard}")
+
+
+def _check_host_config(cs: ContainerSpec) -> None:
+    """Shoal's ContainerSpec.HostConfig: what a task on any node can be (no other container's
+    namespaces: container IDs are one engine's own, and a task may land anywhere)."""
+    hc = cs.HostConfig
+    if hc is None:
+        return
+    if hc.PidMode not in ("", "host"):
+        raise invalid(f"HostConfig: PidMode {hc.PidMode!r}: a service's task may use \"host\" only (another "
+                      "container's namespace is on one node; a task may run on any)")
+    if hc.IpcMode not in _IPC_MODES:
+        raise invalid(f"HostConfig: IpcMode {hc.IpcMode!r}: one of host, private, shareable, none (another "
+                      "container's namespace is on one node; a task may run on any)")
+    if hc.UsernsMode not in ("", "host"):
+        raise invalid(f"HostConfig: UsernsMode {hc.UsernsMode!r}: only \"host\" is possible")
+    for d in hc.Devices or ():
+        if not d.PathOnHost.startswith("/"):
+            raise invalid(f"HostConfig: device path on the host must be absolute: {d.PathOnHost!r}")
+        if d.PathInContainer and not d.PathInContainer.startswith("/"):
+            raise invalid(f"HostConfig: device path in the container must be absolute: {d.PathInContainer!r}")
+        if d.CgroupPermissions and set(d.CgroupPermissions) - set("rwm"):
+            raise invalid(f"HostConfig: device {d.PathOnHost}: invalid permissions {d.CgroupPermissions!r} "
+                          "(some of r, w, m)")
+    for rule in hc.DeviceCgroupRules or ():
+        if not _CGROUP_RULE.match(rule):
+            raise invalid(f"HostConfig: invalid device cgroup rule {rule!r} (e.g. \"c 1:3 mr\")")
+    for r in hc.DeviceRequests or ():
+        if r.Count < -1:
+            raise invalid(f"HostConfig: DeviceRequests: invalid Count {r.Count} (-1 means all)")
+        if r.Count and r.DeviceIDs:
+            raise invalid("HostConfig: DeviceRequests: cannot set both Count and DeviceIDs")
+    if hc.BlkioWeight and hc.BlkioWeight < 10:
+        raise invalid(f"HostConfig: BlkioWeight {hc.BlkioWeight}: 0 (unset) or 10 to 1000")
+    for opt in hc.SecurityOpt or ():
+        if not opt or opt != opt.strip():
+            raise invalid(f"HostConfig: invalid SecurityOpt {opt!r}")
+
+
 def _check_task(ts: TaskSpec) -> None:
     _check_resources(ts.Resources)
     _check_generic(ts.Resources)
@@ -212,6 +285,8 @@ def _check_task(ts: TaskSpec) -> None:
     if ts.ContainerSpec is None:
         raise invalid("TaskSpec: missing runtime")
     _check_container(ts.ContainerSpec)
+    _check_hosts(ts.ContainerSpec)
+    _check_host_config(ts.ContainerSpec)
 
 
 def _check_update_config(uc: UpdateConfig | None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shoal.models import Node, Task, TaskState
+from shoal.models import GenericResource, Node, Task, TaskState
 
 _RUNNING = TaskState.RUNNING.order
 _ASSIGNED = TaskState.ASSIGNED.order
@@ -71,6 +71,33 @@ def node_generic(node: Node) -> dict[str, int]:
         elif g.NamedResourceSpec and g.NamedResourceSpec.get("Kind"):
             k = g.NamedResourceSpec["Kind"]
             out[k] = out.get(k, 0) + 1
+    return out
+
+
+def claim_generic(info: NodeInfo, task: Task) -> list[GenericResource] | None:
+    """The generic resources a task placed on ``info`` is given (Task.GenericResources), as
+    swarmkit's scheduler claims them: of a kind the node names (GPUs by UUID), particular free
+    ones, in order; of a kind it counts, the count. The filters have checked that enough are free."""
+    wanted = generic_reservations(task)
+    if not wanted:
+        return None
+    desc = info.node.Description
+    named: dict[str, list[str]] = {}
+    for g in (desc.Resources.GenericResources if desc is not None else None) or ():
+        if g.NamedResourceSpec and g.NamedResourceSpec.get("Kind"):
+            named.setdefault(str(g.NamedResourceSpec["Kind"]), []).append(str(g.NamedResourceSpec.get("Value", "")))
+    taken: set[tuple[str, str]] = set()
+    if named:
+        for t in info.tasks.values():
+            for g in t.GenericResources or ():
+                if g.NamedResourceSpec:
+                    taken.add((str(g.NamedResourceSpec.get("Kind")), str(g.NamedResourceSpec.get("Value"))))
+    out: list[GenericResource] = []
+    for kind, n in sorted(wanted.items()):
+        free = [v for v in named.get(kind, ()) if (kind, v) not in taken][:n]
+        out.extend(GenericResource(NamedResourceSpec={"Kind": kind, "Value": v}) for v in free)
+        if n > len(free):
+            out.append(GenericResource(DiscreteResourceSpec={"Kind": kind, "Value": n - len(free)}))
     return out
 
 

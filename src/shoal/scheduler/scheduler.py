@@ -42,7 +42,7 @@ import msgspec
 from shoal.models import Node, Task, TaskState, TaskStatus, now_ts
 from shoal.orchestrator.base import ReconcileLoop
 from shoal.scheduler.filters import Pipeline
-from shoal.scheduler.nodeinfo import MAX_FAILURES, MONITOR_FAILURES_S, NodeInfo, occupies
+from shoal.scheduler.nodeinfo import MAX_FAILURES, MONITOR_FAILURES_S, NodeInfo, claim_generic, occupies
 from shoal.scheduler.placement import GroupPlacer, find_preemption, preemption_message
 from shoal.scheduler.settings import ClusterSettings, task_priority, task_strategy
 from shoal.store import Action, Event, MemoryStore
@@ -315,6 +315,7 @@ class Scheduler(ReconcileLoop):
         nt = msgspec.structs.replace(
             t,
             NodeID=info.id,
+            GenericResources=claim_generic(info, t),
             Status=TaskStatus(Timestamp=ts, State=TaskState.ASSIGNED, Message=ASSIGNED_MESSAGE),
         )
         info.add_task(nt)

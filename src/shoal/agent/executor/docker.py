@@ -149,13 +149,29 @@ def _ts(ts: str) -> float:
 GENERIC_LABEL = "shoal.generic-resource."
 
 
+ALIYUN_GPU_LABEL = "aliyun.gpu"
+
+
 def generic_resources(engine_labels: dict[str, str]) -> list[GenericResource] | None:
-    """Resources a node declares through its engine's labels, e.g. ``shoal.generic-resource.gpu=2``
-    (set with dockerd's ``--label``): discrete counts the scheduler reserves like CPU or memory."""
+    """Resources a node declares through its engine's labels (dockerd's ``--label``), as swarm's
+    ``--node-generic-resource`` does: ``shoal.generic-resource.gpu=2`` is a count the scheduler
+    reserves like CPU or memory; ``shoal.generic-resource.NVIDIA-GPU=GPU-uuid1,GPU-uuid2`` names
+    each one, and the scheduler gives a task particular ones (its container sees them). Aliyun's
+    engine label ``aliyun.gpu=N`` counts as ``gpu=N`` when no ``gpu`` resource is declared."""
     out = []
     for key, value in sorted(engine_labels.items()):
-        if key.startswith(GENERIC_LABEL) and value.isdigit() and int(value) > 0:
-            out.append(GenericResource(DiscreteResourceSpec={"Kind": key[len(GENERIC_LABEL):], "Value": int(value)}))
+        if not key.startswith(GENERIC_LABEL) or not key[len(GENERIC_LABEL):]:
+            continue
+        kind = key[len(GENERIC_LABEL):]
+        if value.isdigit():
+            if int(value) > 0:
+                out.append(GenericResource(DiscreteResourceSpec={"Kind": kind, "Value": int(value)}))
+            continue
+        for name in sorted({v.strip() for v in value.split(",") if v.strip()}):
+            out.append(GenericResource(NamedResourceSpec={"Kind": kind, "Value": name}))
+    gpu = engine_labels.get(ALIYUN_GPU_LABEL, "")
+    if gpu.isdigit() and int(gpu) > 0 and f"{GENERIC_LABEL}gpu" not in engine_labels:
+        out.append(GenericResource(DiscreteResourceSpec={"Kind": "gpu", "Value": int(gpu)}))
     return out or None
 
 

@@ -11,8 +11,10 @@ import math
 import re
 from typing import Any
 
+import msgspec
+
 from shoal.agent.executor.base import container_name, service_name, task_labels, task_ports
-from shoal.models import SECOND, ContainerSpec, Mount, Task
+from shoal.models import SECOND, ContainerSpec, GenericResource, Mount, Task
 from shoal.netmode import task_network_mode
 
 _TEMPLATE = re.compile(r"\{\{\s*\.(Service|Task|Node)\.(\w+)\s*\}\}")
@@ -63,13 +65,64 @@ def _extra_hosts(lines: list[str]) -> list[str]:
     return out
 
 
+def _host_config(spec: ContainerSpec) -> dict[str, Any]:
+    """Shoal's ContainerSpec.HostConfig, already under moby's names: copied as it is, with the
+    defaults ``docker run --device`` fills in (the engine itself does not)."""
+    if spec.HostConfig is None:
+        return {}
+    out: dict[str, Any] = msgspec.to_builtins(spec.HostConfig)  # omit_defaults: only what was set
+    for dev in out.get("Devices") or ():
+        dev.setdefault("PathInContainer", dev["PathOnHost"])
+        dev.setdefault("CgroupPermissions", "rwm")
+    return out
+
+
+def is_gpu_kind(kind: str) -> bool:
+    """Whether a generic resource kind is a GPU (``gpu``, ``NVIDIA-GPU``, ``nvidia.com/gpu`` ...)."""
+    return "gpu" in kind.lower()
+
+
+def resource_env(assigned: list[GenericResource] | None) -> list[str]:
+    """``DOCKER_RESOURCE_<KIND>=v1,v2`` for the generic resources the scheduler gave the task, as
+    swarmkit's executor writes them (genericresource.EnvFormat): named values, or a discrete count."""
+    values: dict[str, list[str]] = {}
+    for g in assigned or ():
+        if g.NamedResourceSpec and g.NamedResourceSpec.get("Kind"):
+            r = g.NamedResourceSpec
+            values.setdefault(str(r["Kind"]).upper(), []).append(str(r.get("Value", "")))
+        elif g.DiscreteResourceSpec and g.DiscreteResourceSpec.get("Kind"):
+            d = g.DiscreteResourceSpec
+            values.setdefault(str(d["Kind"]).upper(), []).append(str(d.get("Value", 0)))
+    return [f"DOCKER_RESOURCE_{k}={','.join(v)}" for k, v in sorted(values.items())]
+
+
+def gpu_request(assigned: list[GenericResource] | None) -> tuple[dict[str, Any] | None, list[str]]:
+    """The DeviceRequest (and NVIDIA_VISIBLE_DEVICES) for the GPUs assigned to a task.
+
+    GPUs a node names (``NVIDIA-GPU=GPU-uuid``) are given by ID, so two tasks never share one; a
+    GPU count (a discrete kind) can only ask the driver for that many, as ``--gpus N`` does."""
+    ids: list[str] = []
+    count = 0
+    for g in assigned or ():
+        if g.NamedResourceSpec and is_gpu_kind(str(g.NamedResourceSpec.get("Kind", ""))):
+            ids.append(str(g.NamedResourceSpec.get("Value", "")))
+        elif g.DiscreteResourceSpec and is_gpu_kind(str(g.DiscreteResourceSpec.get("Kind", ""))):
+            count += int(g.DiscreteResourceSpec.get("Value", 0) or 0)
+    if ids:
+        req = {"Driver": "nvidia", "DeviceIDs": ids, "Capabilities": [["gpu"]]}
+        return req, [f"NVIDIA_VISIBLE_DEVICES={','.join(ids)}"]
+    if count:
+        return {"Driver": "nvidia", "Count": count, "Capabilities": [["gpu"]]}, []
+    return None, []
+
+
 def container_config(task: Task, hostname: str = "", default_grace_ns: int = 10 * SECOND) -> dict[str, Any]:
     """The create body (Config + HostConfig in one object, as the API takes it)."""
     spec = task.Spec.ContainerSpec or ContainerSpec()
     cfg: dict[str, Any] = {
         "Image": spec.Image,
         "Labels": task_labels(task),
-        "Env": [expand(e, task, hostname) for e in spec.Env or []],
+        "Env": [expand(e, task, hostname) for e in spec.Env or []] + resource_env(task.GenericResources),
         "Tty": spec.TTY,
         "OpenStdin": spec.OpenStdin,
         "AttachStdin": False,
@@ -86,6 +139,8 @@ def container_config(task: Task, hostname: str = "", default_grace_ns: int = 10 
         cfg["Hostname"] = expand(spec.Hostname, task, hostname)
     if spec.Dir:
         cfg["WorkingDir"] = spec.Dir
+    if spec.Domainname:
+        cfg["Domainname"] = spec.Domainname
     if spec.User:
         cfg["User"] = spec.User
     if spec.StopSignal:
@@ -100,7 +155,12 @@ def container_config(task: Task, hostname: str = "", default_grace_ns: int = 10 
             "StartPeriod": hc.StartPeriod,
         }
 
-    host: dict[str, Any] = {"ReadonlyRootfs": spec.ReadOnly}
+    host: dict[str, Any] = {"ReadonlyRootfs": spec.ReadOnly, **_host_config(spec)}
+    gpus, gpu_env = gpu_request(task.GenericResources)
+    # A service that states its own devices or device requests has said how it reaches its GPUs.
+    if gpus is not None and not host.get("DeviceRequests") and not host.get("Devices"):
+        host["DeviceRequests"] = [gpus]
+        cfg["Env"].extend(e for e in gpu_env if not any(x.startswith("NVIDIA_VISIBLE_DEVICES=") for x in cfg["Env"]))
     if spec.Init is not None:
         host["Init"] = spec.Init
     if spec.Mounts:
