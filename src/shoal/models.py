@@ -135,6 +135,14 @@ class Ulimit(Spec):
     Hard: int = 0
 
 
+class PullOptions(Spec):
+    """swarmkit's ``ContainerSpec.PullOptions``: the client's ``X-Registry-Auth`` given with
+    ``--with-registry-auth``, kept with the spec so the agents of the nodes running its tasks can
+    pull. Never shown by the API (Docker's ContainerSpec has no such field; see api/services.py)."""
+
+    RegistryAuth: str = ""
+
+
 class ContainerSpec(Spec):
     Image: str = ""
     Labels: dict[str, str] | None = None
@@ -164,6 +172,7 @@ class ContainerSpec(Spec):
     CapabilityDrop: list[str] | None = None
     Ulimits: list[Ulimit] | None = None
     OomScoreAdj: int = 0
+    PullOptions: PullOptions | None = None
 
 
 class GenericResource(Spec):
