@@ -9,8 +9,8 @@ comma-separated) or ``constraint`` (placement syntax, ``node.labels.zone==a``) q
 each engine's progress comes back as it comes, its messages prefixed with the node's name (classic
 Swarm did the same), and a node that failed is named in one error message at the end, which the
 docker CLI prints before it exits non-zero. ``X-Registry-Auth`` travels to every engine asked.
-``GET /images/search`` and ``/distribution/{name}/json`` are the first ready node's engine's
-answer (the engine asks the registry); ``POST /commit`` goes to the container's node.
+``GET /images/search``, ``/distribution/{name}/json`` and ``POST /auth`` (docker login) are the
+first ready node's engine's answer (the engine asks the registry); ``POST /commit`` goes to the container's node.
 """
 
 from __future__ import annotations
@@ -378,6 +378,13 @@ async def distribution(request: web.Request) -> web.StreamResponse:
     return await _relay_to(request, _first_ready(m), f"/distribution/{quote(name, safe='/:@')}/json{_qs(request)}")
 
 
+async def registry_login(request: web.Request) -> web.StreamResponse:
+    """``POST /auth`` (docker login): a ready node's engine checks the credentials with the
+    registry; nothing is kept (the CLI keeps them and sends ``X-Registry-Auth`` with each call)."""
+    m = engines.manager(request)
+    return await _relay_to(request, _first_ready(m), "/auth")
+
+
 async def push(request: web.Request) -> web.StreamResponse:
     """``POST /images/{name}/push``: from a node that has it (the registry gets it once)."""
     m = engines.manager(request)
@@ -598,5 +605,6 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("POST", f"/images/{_NAME}/push", push),
     ("DELETE", f"/images/{_NAME}", remove),
     ("POST", "/commit", commit),
+    ("POST", "/auth", registry_login),
     ("GET", f"/distribution/{_NAME}/json", distribution),
 ]
