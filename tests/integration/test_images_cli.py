@@ -183,8 +183,19 @@ def test_login_and_pull_from_a_registry_that_wants_a_password(shoal: ShoalProces
         pulled = swarm.images.pull(image.rsplit(":", 1)[0], tag="latest",
                                    auth_config={"username": USER, "password": PASSWORD})
         assert image in pulled.tags
+        # /distribution (the engine asks the registry, with the client's credentials)
+        data = swarm.images.get_registry_data(image, auth_config={"username": USER, "password": PASSWORD})
+        assert data.id.startswith("sha256:")
+        with pytest.raises(docker.errors.APIError, match="no basic auth credentials"):
+            swarm.images.get_registry_data(image)
+        # docker push, from the node that has the image, with the login's credentials
+        pushed = f"{registry}/shoal-img/pushed:1"
+        assert cli(shoal, logged_in, "tag", "busybox:latest", pushed).returncode == 0
+        res = cli(shoal, logged_in, "push", pushed)
+        assert res.returncode == 0 and "1: digest: sha256:" in res.stdout, res
     finally:
         untag(engine, image.rsplit(":", 1)[0])
+        untag(engine, f"{registry}/shoal-img/pushed")
 
 
 def _task_states(client: docker.DockerClient, name: str) -> list[tuple[str, str]]:

@@ -30,7 +30,16 @@ from multidict import MultiDict
 from shoal.api import engines
 from shoal.api.common import json_response
 from shoal.api.engineproxy import PASS_REQUEST, EngineResponse, EngineStream, open_stream, relay
-from shoal.api.engines import CALL_TIMEOUT_S, EngineError, EngineManager, fan_out, locate, node_by_ref, node_name
+from shoal.api.engines import (
+    CALL_TIMEOUT_S,
+    EngineError,
+    EngineManager,
+    engine_call,
+    fan_out,
+    locate,
+    node_by_ref,
+    node_name,
+)
 from shoal.controlapi.filters import parse_filters
 from shoal.errors import Conflict, InvalidArgument, NotFound, ShoalError, Unavailable
 from shoal.models import Node, NodeState
@@ -370,12 +379,18 @@ async def search(request: web.Request) -> web.StreamResponse:
     return await _relay_to(request, _first_ready(m), f"/images/search{_qs(request)}")
 
 
-async def distribution(request: web.Request) -> web.StreamResponse:
+async def distribution(request: web.Request) -> web.Response:
     """``GET /distribution/{name}/json``: a ready node's engine asks the registry (with the
-    client's ``X-Registry-Auth``); ``docker service create`` pins the digest from it."""
+    client's ``X-Registry-Auth``); ``docker service create`` pins the digest from it. Bounded by
+    the fan-out call's timeout: the CLI waits for it, and without it only warns and carries on."""
     m = engines.manager(request)
     name = request.match_info["name"]
-    return await _relay_to(request, _first_ready(m), f"/distribution/{quote(name, safe='/:@')}/json{_qs(request)}")
+    target = f"/distribution/{quote(name, safe='/:@')}/json{_qs(request)}"
+    try:
+        ans = await engine_call(m, _first_ready(m), "GET", target, headers=_auth_headers(request))
+    except TimeoutError:
+        raise Unavailable(f"the registry of {name} did not answer within {CALL_TIMEOUT_S:g}s") from None
+    return web.Response(status=ans.status, body=ans.body, content_type="application/json")
 
 
 async def registry_login(request: web.Request) -> web.StreamResponse:
@@ -388,9 +403,22 @@ async def registry_login(request: web.Request) -> web.StreamResponse:
 async def push(request: web.Request) -> web.StreamResponse:
     """``POST /images/{name}/push``: from a node that has it (the registry gets it once)."""
     m = engines.manager(request)
-    ref = request.match_info["name"]
-    node = (await _holder_nodes(m, ref))[0]
-    return await _relay_to(request, node, f"/images/{quote(ref, safe='/:@')}/push{_qs(request)}")
+    name = request.match_info["name"]
+    tag = request.query.get("tag", "")
+    if tag:  # the CLI sends the tag apart; no tag pushes every tag of the repository
+        node = (await _holder_nodes(m, f"{name}@{tag}" if tag.startswith("sha256:") else f"{name}:{tag}"))[0]
+    else:
+        node = await _node_with_repository(m, name)
+    return await _relay_to(request, node, f"/images/{quote(name, safe='/:@')}/push{_qs(request)}")
+
+
+async def _node_with_repository(m: EngineManager, name: str) -> Node:
+    """A node that has some tag of repository ``name`` (``docker push --all-tags``)."""
+    query = urlencode({"filters": json.dumps({"reference": [name]})})
+    for node, ans in await fan_out(m, "GET", f"/images/json?{query}"):
+        if not isinstance(ans, ShoalError) and ans.status == 200 and ans.json():
+            return node
+    raise NotFound(f"An image does not exist locally with the tag: {name}")
 
 
 async def save(request: web.Request) -> web.StreamResponse:
