@@ -5,10 +5,12 @@ a local registry that wants a password; and a service that pulls from it with an
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
 import subprocess
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -127,8 +129,11 @@ def test_images_tag_history_inspect_rmi_through_the_cli(shoal: ShoalProcess, swa
     assert out == f"Untagged: {LABEL}:v1\n"
     res = shoal.docker_cli("rmi", f"{LABEL}:v1", check=False)
     assert res.returncode != 0 and f"No such image: {LABEL}:v1" in res.stderr
-    res = shoal.docker_cli("image", "inspect", "shoal-img-nothing", check=False)
-    assert res.returncode != 0 and "No such image" in res.stderr
+    for args in (("image", "inspect", "shoal-img-nothing"), ("rmi", "shoal-img-nothing"),
+                 ("tag", "shoal-img-nothing", "x"), ("history", "shoal-img-nothing")):
+        res = shoal.docker_cli(*args, check=False)
+        real = subprocess.run(["docker", "-H", "unix:///var/run/docker.sock", *args], capture_output=True, text=True)
+        assert (res.returncode, res.stderr) == (real.returncode, real.stderr) and res.returncode != 0, args  # as Docker
 
 
 def test_commit_prune_save_and_load(shoal: ShoalProcess, swarm: docker.DockerClient, tmp_path: Path) -> None:
@@ -144,6 +149,17 @@ def test_commit_prune_save_and_load(shoal: ShoalProcess, swarm: docker.DockerCli
     assert f"deleted: {image_id}" in out.lower() and "Total reclaimed space" in out
     res = shoal.docker_cli("image", "inspect", image_id, check=False)
     assert res.returncode != 0
+
+    # docker import: the tar (request body) to every ready node, its image ID back prefixed by node
+    rootfs = tmp_path / "rootfs.tar"
+    with tarfile.open(rootfs, "w") as tf:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 6
+        tf.addfile(info, io.BytesIO(b"hello\n"))
+    out = shoal.docker_cli("import", str(rootfs), f"{LABEL}:imported").stdout
+    host = swarm.nodes.list()[0].attrs["Description"]["Hostname"]
+    assert out.startswith(f"{host}: sha256:"), out
+    assert shoal.docker_cli("rmi", f"{LABEL}:imported").stdout.startswith(f"Untagged: {LABEL}:imported\nDeleted: ")
 
     shoal.docker_cli("tag", "busybox:latest", f"{LABEL}:saved")
     tar = tmp_path / "saved.tar"

@@ -233,9 +233,17 @@ async def _holders(m: EngineManager, ref: str) -> list[tuple[Node, dict[str, Any
     raise NotFound(f"No such image: {ref}")
 
 
+_INSPECT_404 = re.compile(r"^no such image: .*?: (No such image: .+)$")
+
+
 async def _holder_nodes(m: EngineManager, ref: str) -> list[Node]:
-    """The nodes that have the image ``ref`` (the same image, for an ID prefix)."""
-    hits = await _holders(m, ref)
+    """The nodes that have the image ``ref`` (the same image, for an ID prefix). None: the 404
+    that tag, rmi and history say on an engine (inspect's text has a prefix of its own)."""
+    try:
+        hits = await _holders(m, ref)
+    except NotFound as e:
+        plain = _INSPECT_404.match(e.message)
+        raise NotFound(plain.group(1)) if plain else e from None
     chosen = pick_inspect(ref, [(node_name(n), d) for n, d in hits]) if _HEX_REF.match(ref) else None
     return [n for n, d in hits if chosen is None or d.get("Id") == chosen.get("Id")]
 
