@@ -197,6 +197,12 @@ class HostConfig(Spec):
     BlkioDeviceWriteBps: list[ThrottleDevice] | None = None
     BlkioDeviceReadIOps: list[ThrottleDevice] | None = None
     BlkioDeviceWriteIOps: list[ThrottleDevice] | None = None
+class PullOptions(Spec):
+    """swarmkit's ``ContainerSpec.PullOptions``: the client's ``X-Registry-Auth`` given with
+    ``--with-registry-auth``, kept with the spec so the agents of the nodes running its tasks can
+    pull. Never shown by the API (Docker's ContainerSpec has no such field; see api/services.py)."""
+
+    RegistryAuth: str = ""
 
 
 class ContainerSpec(Spec):
@@ -231,6 +237,8 @@ class ContainerSpec(Spec):
     # Shoal's extensions (no swarm field): the container's domain name, and HostConfig above.
     Domainname: str = ""
     HostConfig: HostConfig | None = None
+    # swarmkit's: registry credentials given with --with-registry-auth (never shown by the API).
+    PullOptions: PullOptions | None = None
 
 
 class GenericResource(Spec):

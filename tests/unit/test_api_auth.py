@@ -33,6 +33,10 @@ ADMIN_ONLY = {
     ("POST", "/containers/create"), ("DELETE", f"/containers/{{id:{_REF}}}"), ("POST", "/containers/prune"),
     *((m, f"/containers/{{id:{_REF}}}/{{tail:{a}}}") for m, acts in CONTAINER_ACTIONS.items() for a in acts),
     *((m, f"/exec/{{id}}/{{tail:{a}}}") for m, acts in EXEC_ACTIONS.items() for a in acts),
+    # Images: every change on the engines, and docker save (an image's files).
+    ("POST", "/images/create"), ("POST", "/images/load"), ("POST", "/images/prune"), ("GET", "/images/get"),
+    ("GET", "/images/{name}/get"), ("POST", "/images/{name}/tag"), ("POST", "/images/{name}/push"),
+    ("DELETE", "/images/{name}"), ("POST", "/commit"),
     ("POST", "/networks/prune"),
     ("GET", "/shoal/users"), ("POST", "/shoal/users"), ("GET", "/shoal/users/{name}"),
     ("DELETE", "/shoal/users/{name}"), ("POST", "/shoal/users/{name}/tokens"),

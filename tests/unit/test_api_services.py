@@ -250,3 +250,37 @@ async def test_tasks_over_http(client: TestClient, manager: FakeManager) -> None
     assert resp.status == 404
     resp = await client.get("/tasks", params={"filters": json.dumps({"color": {"red": True}})})
     assert resp.status == 400 and await resp.json() == {"message": "invalid filter 'color'"}
+
+
+async def test_registry_auth_is_kept_for_the_agents_and_never_shown(client: TestClient, manager: FakeManager) -> None:
+    auth = "eyJ1c2VybmFtZSI6InUiLCJwYXNzd29yZCI6InMzY3JldCJ9"  # {"username":"u","password":"s3cret"}
+    resp = await client.post("/services/create", json=cli_spec(), headers={"X-Registry-Auth": auth})
+    assert resp.status == 201, await resp.text()
+    (svc,) = manager.store.list("service")
+    assert svc.Spec.TaskTemplate.ContainerSpec.PullOptions.RegistryAuth == auth  # the tasks carry it to their nodes
+    add_task(manager.store, svc)
+    for path in ("/services", f"/services/{svc.ID}", "/tasks", f"/tasks/{manager.store.list('task')[0].ID}"):
+        text = await (await client.get(path)).text()
+        assert auth not in text and "PullOptions" not in text, path  # as Docker: its API types lack the field
+
+    async def update(headers: dict[str, str], query: str = "") -> int:
+        version = manager.store.get("service", svc.ID).Version.Index
+        resp = await client.post(f"/services/{svc.ID}/update?version={version}{query}", json=cli_spec(),
+                                 headers=headers)
+        return resp.status
+
+    def kept() -> str:
+        cs = manager.store.get("service", svc.ID).Spec.TaskTemplate.ContainerSpec
+        return cs.PullOptions.RegistryAuth if cs.PullOptions else ""
+
+    assert await update({}) == 200 and kept() == auth  # no new credentials: the spec's stay
+    assert await update({"X-Registry-Auth": "bmV3"}) == 200 and kept() == "bmV3"
+    assert await update({}, "&registryAuthFrom=previous-spec") == 200 and kept() == auth
+    before = state(manager)
+    assert await update({}, "&registryAuthFrom=elsewhere") == 400
+    assert state(manager) == before
+    # a client's own PullOptions in the body is not Docker's API: dropped
+    body = cli_spec("other")
+    body["TaskTemplate"]["ContainerSpec"]["PullOptions"] = {"RegistryAuth": "forged"}
+    assert (await client.post("/services/create", json=body)).status == 201
+    assert manager.store.service_by_name("other").Spec.TaskTemplate.ContainerSpec.PullOptions is None

@@ -167,9 +167,10 @@ async def test_init_body_errors(client: TestClient, manager: FakeManager) -> Non
     assert not manager.in_swarm
 
 
-async def test_distribution_is_a_fast_404(client: TestClient) -> None:
+async def test_distribution_outside_a_swarm_is_a_fast_503(client: TestClient) -> None:
+    # A node engine answers it (api/images.py); outside a swarm there is none to ask.
     resp = await client.get("/v1.41/distribution/docker.io/library/busybox:latest/json")
-    assert resp.status == 404 and "message" in await resp.json()
+    assert resp.status == 503 and "not a swarm manager" in (await resp.json())["message"]
 
 
 async def test_unexpected_exception_is_500(client: TestClient, manager: FakeManager,

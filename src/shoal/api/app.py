@@ -11,6 +11,7 @@ import shoal
 from shoal.api import (
     containers,
     extensions,
+    images,
     logs,
     networks,
     nodes,
@@ -27,7 +28,7 @@ from shoal.api.common import MANAGER, ManagerAPI, json_response
 from shoal.api.engines import ENGINE_INDEX, EngineIndex
 from shoal.api.forward import FORWARDED, NO_LEADER, REVISION, is_engine, is_local, wait_for_revision
 from shoal.api.limits import STREAM_SLOTS, StreamSlots
-from shoal.errors import InvalidArgument, NotFound, ShoalError, Unavailable
+from shoal.errors import InvalidArgument, ShoalError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,6 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
     response.headers["Server"] = system.SERVER_HEADER
 
 
-async def distribution_inspect(request: web.Request) -> web.Response:
-    """No registry is consulted: the CLI then warns it could not pin a digest and carries on."""
-    raise NotFound(f"{request.match_info['name']}: image digest resolution through a registry is not available")
-
-
 _ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/_ping", system.ping),
     ("HEAD", "/_ping", system.ping),
@@ -154,10 +150,10 @@ _ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/tasks", tasks.list_tasks),
     ("GET", "/tasks/{id}", tasks.inspect),
     ("GET", "/tasks/{id}/logs", logs.task_logs),
-    ("GET", "/distribution/{name:.+}/json", distribution_inspect),
     ("POST", "/shoal/plan", extensions.placement_plan),
     ("GET", "/shoal/debug/manager", extensions.manager_health),
     *containers.ROUTES,
+    *images.ROUTES,
     *networks.ROUTES,
     *secrets.ROUTES,
     *stacks.ROUTES,

@@ -328,6 +328,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/shoal/plan"): _read,  # a placement plan writes nothing
     ("GET", "/shoal/debug/manager"): _read,
     ("GET", "/containers/json"): _read,
+    # The cluster's images as views; pulling, loading, tagging, removing, saving are admin's (engine calls).
+    ("GET", "/images/json"): _read, ("GET", "/images/{name}/json"): _read, ("GET", "/images/{name}/history"): _read,
+    ("GET", "/images/search"): _read,
+    ("POST", "/auth"): _read,  # docker login: an engine checks the credentials with the registry; nothing is kept
     ("GET", "/networks"): _read, ("GET", "/networks/{id}"): _read,
     ("POST", "/networks/create"): _create("network"),
     ("DELETE", "/networks/{id}"): _change("network", new_labels=False),

@@ -288,3 +288,61 @@ async def _writable(request: web.Request) -> None:
     protocol is paused by the transport past its high-water mark, and aiohttp's drain helper (what
     its own writers await) waits for the resume."""
     await request.protocol._drain_helper()
+
+
+# ---------------------------------------------------------------------------- answers read as they come
+
+
+class EngineStream:
+    """An answer whose head has come and whose body is read as it comes (pull progress from many
+    engines at once, merged by the caller); :meth:`close` ends the exchange."""
+
+    def __init__(self, ex: _Exchange, status: int, headers: dict[str, str]) -> None:
+        self._ex, self.status, self.headers = ex, status, headers
+
+    async def chunks(self) -> Any:
+        """The body's pieces; the engine's close ends them. A broken pipe ends them early, as
+        :class:`~shoal.errors.Unavailable`."""
+        try:
+            while True:
+                event = await self._ex.next_event()
+                if isinstance(event, h11.Data):
+                    yield bytes(event.data)
+                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                    return
+        except (h11.RemoteProtocolError, ConnectionError, OSError) as e:
+            raise Unavailable(f"the engine's answer broke off: {e}") from None
+
+    async def read(self) -> bytes:
+        return b"".join([c async for c in self.chunks()])
+
+    def close(self) -> None:
+        self._ex.close()
+
+
+async def open_stream(pipe: Pipe, method: str, target: str, *, headers: dict[str, str] | None = None,
+                      body: bytes | None = None, body_chunks: Any = None) -> EngineStream:
+    """Send a request (its body whole, or streamed from the async iterator ``body_chunks``) and
+    return once the answer's head is in; the caller reads the body and closes."""
+    ex = _Exchange(pipe)
+    try:
+        hdrs = [("Connection", "close"), *(headers or {}).items()]
+        if body_chunks is not None:
+            hdrs.append(("Transfer-Encoding", "chunked"))
+            await ex.send_request(method, target, hdrs, None)
+            async for data in body_chunks:
+                ex.send(h11.Data(data=data))
+                await ex.writer.drain()
+            ex.send(h11.EndOfMessage())
+            await ex.writer.drain()
+        else:
+            await ex.send_request(method, target, hdrs, body if body is not None or method not in ("POST", "PUT")
+                                  else b"")
+        head = await ex.response()
+        return EngineStream(ex, head.status_code, _headers(head))
+    except (h11.LocalProtocolError, ConnectionError, OSError) as e:
+        ex.close()
+        raise Unavailable(f"the engine's pipe broke during {method} {target}: {e}") from None
+    except BaseException:
+        ex.close()
+        raise

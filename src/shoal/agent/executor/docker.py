@@ -89,6 +89,10 @@ def _split_ref(ref: str) -> tuple[str, str]:
     return ref, "latest"
 
 
+def _no_image(image: str, why: str) -> str:
+    return f"No such image: {image}" + (f" (pull failed: {why})" if why else "")
+
+
 def _bound_ports(port_map: dict[str, Any] | None) -> list[PortConfig]:
     """``NetworkSettings.Ports`` → the host ports actually bound (IPv4 and IPv6 bindings coincide)."""
     out: dict[tuple[int, str], PortConfig] = {}
@@ -220,8 +224,8 @@ class DockerExecutor:
         self._dead: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._health: dict[str, collections.deque[bool]] = {}
         self._health_waiters: dict[str, asyncio.Future[bool]] = {}
-        self._pulls: dict[str, asyncio.Future[None]] = {}
-        self._pull_failures: dict[str, tuple[float, str]] = {}
+        self._pulls: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._pull_failures: dict[tuple[str, str], tuple[float, str]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.secrets = TaskSecrets()  # the node's secrets and configs, and their files (agent/secrets.py)
         self.network: NetworkAgent | None = None  # overlay networks (agent/network/); set by the Agent
@@ -385,7 +389,9 @@ class DockerExecutor:
             return await self._create(task, body, name)
         except ImageNotFound:
             pass
-        await self._pull(body["Image"])
+        cs = task.Spec.ContainerSpec
+        auth = cs.PullOptions.RegistryAuth if cs is not None and cs.PullOptions is not None else ""
+        await self._pull(body["Image"], auth)
         return await self._create(task, body, name)
 
     async def _create(self, task: Task, body: dict[str, Any], name: str) -> str:
@@ -408,34 +414,39 @@ class DockerExecutor:
             return str(existing["Id"])
         raise ExecutorError(err.message)
 
-    async def _pull(self, image: str) -> None:
-        """Pull once per image at a time; remember a failure briefly so 200 tasks fail fast."""
-        failed = self._pull_failures.get(image)
+    async def _pull(self, image: str, auth: str = "") -> None:
+        """Pull once per image (and credentials) at a time; remember a failure briefly so 200 tasks
+        fail fast. The task's error says why the pull failed (the registry's words: an auth error
+        is the usual one), never the credentials."""
+        key = (image, auth)
+        failed = self._pull_failures.get(key)
         if failed is not None and time.monotonic() - failed[0] < PULL_FAILURE_TTL_S:
-            raise ImageNotFound(f"No such image: {image}")
-        fut = self._pulls.get(image)
+            raise ImageNotFound(_no_image(image, failed[1]))
+        fut = self._pulls.get(key)
         if fut is None:
             fut = asyncio.get_running_loop().create_future()
-            self._pulls[image] = fut
+            self._pulls[key] = fut
             try:
-                await self._do_pull(image)
+                await self._do_pull(image, auth)
                 fut.set_result(None)
             except BaseException as exc:  # any failure (even our cancellation) means no image for the waiters
                 log.warning("pull of %s failed: %r", image, exc)
+                why = getattr(exc, "message", "") or str(exc)
                 if not isinstance(exc, asyncio.CancelledError):
-                    self._pull_failures[image] = (time.monotonic(), str(exc))
-                fut.set_exception(ImageNotFound(f"No such image: {image}"))
+                    self._pull_failures[key] = (time.monotonic(), why)
+                fut.set_exception(ImageNotFound(_no_image(image, why)))
                 if isinstance(exc, asyncio.CancelledError):
                     fut.exception()  # retrieved: nobody else may be waiting
                     raise
             finally:
-                del self._pulls[image]
+                del self._pulls[key]
         await asyncio.shield(fut)
 
-    async def _do_pull(self, image: str) -> None:
+    async def _do_pull(self, image: str, auth: str = "") -> None:
         name, tag = _split_ref(image)
+        headers = {"X-Registry-Auth": auth} if auth else None
         async with self.docker._query(
-            "images/create", "POST", params={"fromImage": name, "tag": tag}, timeout=_INFINITE
+            "images/create", "POST", params={"fromImage": name, "tag": tag}, headers=headers, timeout=_INFINITE
         ) as resp:
             try:
                 # Errors during a pull arrive inside a 200 response, as {"error": ...} progress lines.
