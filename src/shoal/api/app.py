@@ -21,6 +21,7 @@ from shoal.api import (
     system,
     tasks,
     users,
+    volumes,
 )
 from shoal.api.auth import SECURITY, USER_KEY, Security, auth_middleware
 from shoal.api.common import MANAGER, ManagerAPI, json_response
@@ -162,6 +163,7 @@ _ROUTES: list[tuple[str, str, Handler]] = [
     *secrets.ROUTES,
     *stacks.ROUTES,
     *users.ROUTES,
+    *volumes.ROUTES,
 ]
 
 

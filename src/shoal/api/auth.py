@@ -328,6 +328,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/shoal/plan"): _read,  # a placement plan writes nothing
     ("GET", "/shoal/debug/manager"): _read,
     ("GET", "/containers/json"): _read,
+    # Volume lists and inspects are views; making, removing or pruning one is admin's (a local volume's
+    # DriverOpts can bind any host path).
+    ("GET", "/volumes"): _read, ("GET", "/volumes/{name:[^/]+(?:/[^/]+)?}"): _read,
     ("GET", "/networks"): _read, ("GET", "/networks/{id}"): _read,
     ("POST", "/networks/create"): _create("network"),
     ("DELETE", "/networks/{id}"): _change("network", new_labels=False),
