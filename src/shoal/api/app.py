@@ -10,6 +10,7 @@ from aiohttp import web
 import shoal
 from shoal.api import (
     containers,
+    events,
     extensions,
     logs,
     networks,
@@ -164,6 +165,7 @@ _ROUTES: list[tuple[str, str, Handler]] = [
     *stacks.ROUTES,
     *users.ROUTES,
     *volumes.ROUTES,
+    *events.ROUTES,
 ]
 
 
@@ -182,4 +184,6 @@ def create_app(manager: ManagerAPI, security: Security | None = None) -> web.App
         app.router.add_route(method, path, handler)
         app.router.add_route(method, r"/v{api_version:[0-9][0-9.]*}" + path, handler)
     app.on_response_prepare.append(_server_header)
+    app.on_startup.append(events.start_log)  # the swarm's events, for every /events stream
+    app.on_cleanup.append(events.stop_log)
     return app
