@@ -9,6 +9,7 @@ from aiohttp import web
 
 import shoal
 from shoal.api import (
+    clusterinfo,
     containers,
     events,
     extensions,
@@ -166,6 +167,7 @@ _ROUTES: list[tuple[str, str, Handler]] = [
     *users.ROUTES,
     *volumes.ROUTES,
     *events.ROUTES,
+    *clusterinfo.ROUTES,
 ]
 
 
@@ -180,6 +182,7 @@ def create_app(manager: ManagerAPI, security: Security | None = None) -> web.App
     app[SECURITY] = security or Security()
     app[STREAM_SLOTS] = StreamSlots()
     app[ENGINE_INDEX] = EngineIndex()
+    app[clusterinfo.CACHE] = clusterinfo.InfoCache()
     for method, path, handler in _ROUTES:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, r"/v{api_version:[0-9][0-9.]*}" + path, handler)

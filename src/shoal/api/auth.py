@@ -330,7 +330,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/containers/json"): _read,
     # Volume lists and inspects are views; making, removing or pruning one is admin's (a local volume's
     # DriverOpts can bind any host path).
-    ("GET", "/events"): _read,  # secret events are left out for viewers (api/events.py)
+    ("GET", "/events"): _read, ("GET", "/system/df"): _read,  # secret events are left out for viewers (api/events.py)
     ("GET", "/volumes"): _read, ("GET", "/volumes/{name:[^/]+(?:/[^/]+)?}"): _read,
     ("GET", "/networks"): _read, ("GET", "/networks/{id}"): _read,
     ("POST", "/networks/create"): _create("network"),
