@@ -38,6 +38,7 @@ ADMIN_ONLY = {
     ("GET", "/images/{name}/get"), ("POST", "/images/{name}/tag"), ("POST", "/images/{name}/push"),
     ("DELETE", "/images/{name}"), ("POST", "/commit"),
     ("POST", "/networks/prune"),
+    ("POST", "/volumes/create"), ("DELETE", "/volumes/{name:[^/]+(?:/[^/]+)?}"), ("POST", "/volumes/prune"),
     ("GET", "/shoal/users"), ("POST", "/shoal/users"), ("GET", "/shoal/users/{name}"),
     ("DELETE", "/shoal/users/{name}"), ("POST", "/shoal/users/{name}/tokens"),
     ("DELETE", "/shoal/users/{name}/tokens/{id}"), ("POST", "/shoal/users/{name}/cert"), ("GET", "/shoal/audit"),

@@ -9,7 +9,9 @@ from aiohttp import web
 
 import shoal
 from shoal.api import (
+    clusterinfo,
     containers,
+    events,
     extensions,
     images,
     logs,
@@ -22,6 +24,7 @@ from shoal.api import (
     system,
     tasks,
     users,
+    volumes,
 )
 from shoal.api.auth import SECURITY, USER_KEY, Security, auth_middleware
 from shoal.api.common import MANAGER, ManagerAPI, json_response
@@ -158,6 +161,9 @@ _ROUTES: list[tuple[str, str, Handler]] = [
     *secrets.ROUTES,
     *stacks.ROUTES,
     *users.ROUTES,
+    *volumes.ROUTES,
+    *events.ROUTES,
+    *clusterinfo.ROUTES,
 ]
 
 
@@ -172,8 +178,11 @@ def create_app(manager: ManagerAPI, security: Security | None = None) -> web.App
     app[SECURITY] = security or Security()
     app[STREAM_SLOTS] = StreamSlots()
     app[ENGINE_INDEX] = EngineIndex()
+    app[clusterinfo.CACHE] = clusterinfo.InfoCache()
     for method, path, handler in _ROUTES:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, r"/v{api_version:[0-9][0-9.]*}" + path, handler)
     app.on_response_prepare.append(_server_header)
+    app.on_startup.append(events.start_log)  # the swarm's events, for every /events stream
+    app.on_cleanup.append(events.stop_log)
     return app

@@ -332,6 +332,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/images/json"): _read, ("GET", "/images/{name}/json"): _read, ("GET", "/images/{name}/history"): _read,
     ("GET", "/images/search"): _read,
     ("POST", "/auth"): _read,  # docker login: an engine checks the credentials with the registry; nothing is kept
+    # Volume lists and inspects are views; making, removing or pruning one is admin's (a local volume's
+    # DriverOpts can bind any host path).
+    ("GET", "/events"): _read, ("GET", "/system/df"): _read,  # secret events are left out for viewers (api/events.py)
+    ("GET", "/volumes"): _read, ("GET", "/volumes/{name:[^/]+(?:/[^/]+)?}"): _read,
     ("GET", "/networks"): _read, ("GET", "/networks/{id}"): _read,
     ("POST", "/networks/create"): _create("network"),
     ("DELETE", "/networks/{id}"): _change("network", new_labels=False),

@@ -13,6 +13,7 @@ import msgspec
 from aiohttp import web
 
 import shoal
+from shoal.api import clusterinfo
 from shoal.api.common import ManagerAPI, json_response, manager_of
 from shoal.models import NodeRole, TaskState
 
@@ -232,6 +233,9 @@ async def info(request: web.Request) -> web.Response:
     out.update(_container_counts(manager))
     out["ServerVersion"] = shoal.__version__
     out["Swarm"] = _swarm_info(manager)
+    if out["Swarm"].get("ControlAvailable"):
+        # A manager speaks for the cluster, as classic Swarm did: every engine's totals and the node list.
+        out.update(await clusterinfo.cluster_info(request))
     out["Warnings"] = [*(manager.engine_info.get("Warnings") or []), *store_warnings(manager)] or None
     return json_response(out)
 
