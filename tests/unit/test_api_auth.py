@@ -34,6 +34,8 @@ ADMIN_ONLY = {
     *((m, f"/containers/{{id:{_REF}}}/{{tail:{a}}}") for m, acts in CONTAINER_ACTIONS.items() for a in acts),
     *((m, f"/exec/{{id}}/{{tail:{a}}}") for m, acts in EXEC_ACTIONS.items() for a in acts),
     ("POST", "/networks/prune"),
+    # A container joins or leaves a network (it is an engine's container: as the calls above).
+    ("POST", "/networks/{id}/connect"), ("POST", "/networks/{id}/disconnect"),
     ("GET", "/shoal/users"), ("POST", "/shoal/users"), ("GET", "/shoal/users/{name}"),
     ("DELETE", "/shoal/users/{name}"), ("POST", "/shoal/users/{name}/tokens"),
     ("DELETE", "/shoal/users/{name}/tokens/{id}"), ("POST", "/shoal/users/{name}/cert"), ("GET", "/shoal/audit"),

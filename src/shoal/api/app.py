@@ -9,6 +9,7 @@ from aiohttp import web
 
 import shoal
 from shoal.api import (
+    attach,
     containers,
     extensions,
     logs,
@@ -159,6 +160,7 @@ _ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/shoal/debug/manager", extensions.manager_health),
     *containers.ROUTES,
     *networks.ROUTES,
+    *attach.ROUTES,
     *secrets.ROUTES,
     *stacks.ROUTES,
     *users.ROUTES,
