@@ -47,10 +47,6 @@ def cluster(shoal: ShoalProcess) -> Iterator[docker.DockerClient]:
     client = shoal.client()
     client.swarm.init(advertise_addr="127.0.0.1", listen_addr=listen_addr())
     try:
-        try:
-            client.api.inspect_image("busybox:latest")
-        except docker.errors.NotFound:
-            pytest.skip("compose inspects images: needs Shoal's /images (the images branch)")
         yield client
     finally:
         for c in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"}):
@@ -79,6 +75,10 @@ def project_containers(client: docker.DockerClient, service: str | None = None) 
 
 def test_compose_up_ps_logs_names_scale_down(shoal: ShoalProcess, cluster: docker.DockerClient,
                                              tmp_path: Path) -> None:
+    try:
+        cluster.api.inspect_image("busybox:latest")
+    except docker.errors.NotFound:
+        pytest.skip("compose inspects images: needs Shoal's /images (the images branch)")
     (tmp_path / "docker-compose.yml").write_text(COMPOSE)
     compose(shoal, tmp_path, "up", "-d")
 
