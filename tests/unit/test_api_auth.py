@@ -39,6 +39,8 @@ ADMIN_ONLY = {
     ("DELETE", "/images/{name}"), ("POST", "/commit"),
     ("POST", "/networks/prune"),
     ("POST", "/volumes/create"), ("DELETE", "/volumes/{name:[^/]+(?:/[^/]+)?}"), ("POST", "/volumes/prune"),
+    # A container joins or leaves a network (it is an engine's container: as the calls above).
+    ("POST", "/networks/{id}/connect"), ("POST", "/networks/{id}/disconnect"),
     ("GET", "/shoal/users"), ("POST", "/shoal/users"), ("GET", "/shoal/users/{name}"),
     ("DELETE", "/shoal/users/{name}"), ("POST", "/shoal/users/{name}/tokens"),
     ("DELETE", "/shoal/users/{name}/tokens/{id}"), ("POST", "/shoal/users/{name}/cert"), ("GET", "/shoal/audit"),

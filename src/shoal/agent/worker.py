@@ -59,6 +59,8 @@ class Worker:
             if ctrl is not None:
                 ctrl.remove()
         for task in msg.tasks:
+            if task.Spec.NetworkAttachmentSpec is not None:
+                continue  # a standalone container's place on a network (api/attach.py): plumbing only
             ctrl = self.controllers.get(task.ID)
             if ctrl is not None:
                 ctrl.update(task)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 import shoal
 from shoal.api import (
+    attach,
     clusterinfo,
     containers,
     events,
@@ -158,6 +159,7 @@ _ROUTES: list[tuple[str, str, Handler]] = [
     *containers.ROUTES,
     *images.ROUTES,
     *networks.ROUTES,
+    *attach.ROUTES,
     *secrets.ROUTES,
     *stacks.ROUTES,
     *users.ROUTES,

@@ -20,7 +20,8 @@ from urllib.parse import quote, urlencode
 import msgspec
 from aiohttp import web
 
-from shoal.api import engines
+from shoal.agent.network.overlay import engine_network_name
+from shoal.api import attach, engines
 from shoal.api.common import json_response
 from shoal.api.engineproxy import relay
 from shoal.api.engines import EngineError, Located, engine_call, fan_out, locate, node_info, node_name
@@ -32,6 +33,7 @@ from shoal.models import (
     EndpointSpec,
     HealthConfig,
     Mount,
+    Node,
     PortConfig,
     ReplicatedService,
     ResourceLimits,
@@ -40,6 +42,7 @@ from shoal.models import (
     RestartPolicy,
     ServiceMode,
     ServiceSpec,
+    Task,
     TaskSpec,
 )
 from shoal.scheduler.plan import candidates
@@ -199,11 +202,66 @@ async def create(request: web.Request) -> web.Response:
     placed = engines.index(request).containers.values()
     load = {nid: fits[nid] + sum(1 for v in placed if v == nid) for nid in choices}
     node = ready[min(choices, key=lambda nid: (load[nid], node_name(ready[nid])))]
-    ans = await engine_call(m, node, "POST", f"/containers/create?{request.query_string}", raw,
-                            headers={"Content-Type": "application/json"})
+    joined = await _join_networks(m, node, name, cfg)
+    if joined is not None:
+        raw = json.dumps(cfg).encode()
+    try:
+        ans = await engine_call(m, node, "POST", f"/containers/create?{request.query_string}", raw,
+                                headers={"Content-Type": "application/json"})
+    except BaseException:
+        attach.detach(m, joined or [])
+        raise
     if ans.status == 201:
-        engines.index(request).learn(engines.index(request).containers, str(ans.json().get("Id", "")), node.ID)
+        cid = str(ans.json().get("Id", ""))
+        engines.index(request).learn(engines.index(request).containers, cid, node.ID)
+        for t in joined or ():
+            attach.set_container(m, t, cid)
+    else:
+        attach.detach(m, joined or [])
     return web.Response(status=ans.status, body=ans.body, content_type="application/json")
+
+
+async def _join_networks(m: engines.EngineManager, node: Node, name: str, cfg: dict[str, Any]) -> list[Task] | None:
+    """A container naming one of Shoal's overlay networks (``--network``, compose's networks) joins
+    it as swarmkit's attachable networks are joined (api/attach.py): an attachment task holds its
+    address, the node's agent plumbs the network, and ``cfg`` is rewritten to the node's engine
+    network at that address. None when the container stays on the engine's own networks."""
+    host = cfg.setdefault("HostConfig", {}) if isinstance(cfg.get("HostConfig"), dict | None) else None
+    netcfg = cfg.get("NetworkingConfig") or {}
+    eps = netcfg.get("EndpointsConfig") if isinstance(netcfg, dict) else None
+    eps = eps if isinstance(eps, dict) else {}
+    if host is None:
+        raise InvalidArgument("json: cannot unmarshal HostConfig")
+    mode = host.get("NetworkMode") or ""
+    net = attach.shoal_network(m.store, mode) if isinstance(mode, str) else None
+    if net is None:
+        for key in eps:  # the SDK may name the network in EndpointsConfig only
+            net = attach.shoal_network(m.store, key)
+            if net is not None:
+                mode = key
+                break
+    if net is None:
+        return None
+    if len(eps) > 1:
+        raise InvalidArgument("Container cannot be connected to network endpoints: "
+                              + ", ".join(sorted(eps)))  # the engine's rule for API 1.41 (connect the rest)
+    given = eps.get(mode) or next(iter(eps.values()), None)
+    aliases = [a for a in (given or {}).get("Aliases") or () if isinstance(a, str)]
+    ep = attach.endpoint("", given)  # refuses a fixed address before anything is written
+    task = attach.attach(m, node, net, "", name or "", aliases)
+    try:
+        await attach.wait_plumbed(m, node, net)
+    except BaseException:
+        attach.detach(m, [task])
+        raise
+    ep["IPAMConfig"] = {"IPv4Address": attach.address(task)}
+    engine_net = engine_network_name(net.ID)
+    host["NetworkMode"] = engine_net
+    gw = attach.node_address(m, net, node)
+    if gw:  # the node's DNS responder (on its address there) answers the network's names
+        host["Dns"] = [gw] + [d for d in host.get("Dns") or [] if d != gw]
+    cfg["NetworkingConfig"] = {"EndpointsConfig": {engine_net: ep}}
+    return [task]
 
 
 async def _name_free(request: web.Request, name: str) -> None:
@@ -242,6 +300,7 @@ async def list_containers(request: web.Request) -> web.Response:
         for c in ans.json() or ():
             idx.learn(idx.containers, c["Id"], node.ID)
             c["Names"] = [f"/{node_name(node)}{n}" for n in c.get("Names") or ()]
+            attach.show_names(m.store, c)
             out.append(c)
     out.sort(key=lambda c: c.get("Created", 0), reverse=True)
     limit = request.query.get("limit", "")
@@ -286,7 +345,7 @@ async def container_call(request: web.Request) -> web.StreamResponse:
         def transform(doc: Any) -> Any:
             if isinstance(doc, dict):
                 doc["Node"] = node_info(at.node)
-            return doc
+            return attach.show_names(m.store, doc)
     elif request.method == "POST" and tail == "exec":
         def transform(doc: Any) -> Any:
             if isinstance(doc, dict) and doc.get("Id"):
@@ -295,6 +354,7 @@ async def container_call(request: web.Request) -> web.StreamResponse:
     resp = await relay(request, pipe, _target(request, "containers", at, tail), transform=transform)
     if request.method == "DELETE" and not tail and resp.status == 204:
         idx.containers.pop(at.id, None)
+        attach.detach(m, attach.attachments_of(m.store, at.id))  # its addresses go back
     return resp
 
 

@@ -263,14 +263,26 @@ def remove_network(store: MemoryStore, ref: str) -> None:
     users = services_using(store, net.ID)
     if users:
         raise Conflict(f"network {net.Spec.Name} is in use by service {users[0].Spec.Name}")
+    # A standalone container on it (api/attach.py) holds it too, as swarmkit's attachment tasks do.
+    attached = _attached_containers(store, net.ID)
+    if attached:
+        raise Conflict(f"network {net.Spec.Name} is in use by container {attached[0][:12] or '(being created)'}")
     with store.tx() as tx:
         tx.delete("network", net.ID)
+
+
+def _attached_containers(store: MemoryStore, net_id: str) -> list[str]:
+    return [str((t.Spec.NetworkAttachmentSpec or {}).get("ContainerID", "")) for t in store.list("task")
+            if t.Spec.NetworkAttachmentSpec is not None
+            and any(a.Network.ID == net_id for a in t.NetworksAttachments or ())]
 
 
 def prune_networks(store: MemoryStore, filters: Filters | None = None) -> list[str]:
     """Remove every network no service uses (``label``/``label!`` filters); their names."""
     f = filters or {}
     used = {t for s in store.list("service") for t in _targets(s.Spec)}
+    used |= {a.Network.ID for t in store.list("task") if t.Spec.NetworkAttachmentSpec is not None
+             for a in t.NetworksAttachments or ()}
     gone = []
     for n in store.list("network"):
         if n.ID in used or n.Spec.Ingress or is_predefined(n):  # as Docker: never the ingress network

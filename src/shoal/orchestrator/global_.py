@@ -48,7 +48,9 @@ class GlobalOrchestrator(ServiceOrchestrator):
         ts = now_ts()
         with self.store.tx() as tx:
             for t in self.store.list("task"):
-                if not t.Slot and self.store.get("service", t.ServiceID) is None:
+                # (A network attachment task has no service by design: api/attach.py.)
+                orphan = self.store.get("service", t.ServiceID) is None
+                if not t.Slot and t.Spec.NetworkAttachmentSpec is None and orphan:
                     raise_desired(tx, t, TaskState.REMOVE)
             for svc in self.store.list("service"):
                 if is_global(svc):
