@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -83,3 +84,45 @@ def test_the_docker_cli_reaches_a_container_on_another_host(lab: Lab, tmp_path: 
     finally:
         _docker(lab, "rm", "-f", "far", check=False)
     assert _docker(lab, "ps", "-a", "-q", "--filter", "name=far").stdout.strip() == ""
+
+
+COMPOSE = """\
+version: "2.4"
+services:
+  web:
+    image: busybox:latest
+    command: ["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"]
+    networks: [back]
+    scale: 4
+networks:
+  back: {}
+"""
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose 1.29 is not installed")
+def test_docker_compose_spreads_a_project_over_the_hosts(lab: Lab, tmp_path: Path) -> None:
+    """Issue 13: docker-compose 1.29 against the manager, as against classic Swarm: the containers
+    spread over both hosts and reach each other by name across them (the overlay)."""
+    wait_ready(lab, ["host-1", "host-2"])
+    (tmp_path / "docker-compose.yml").write_text(COMPOSE)
+
+    def compose(*args: str) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(["docker-compose", "-H", lab.docker_host, "-p", "labc", "--no-ansi", *args],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        return res
+
+    compose("up", "-d")
+    try:
+        client = docker.DockerClient(base_url=lab.docker_host, version="1.41", timeout=60)
+        web = client.containers.list(filters={"label": "com.docker.compose.project=labc"})
+        assert len(web) == 4
+        where = {c.id: c.attrs["Node"]["Name"] for c in web}
+        assert sorted(where.values()) == ["host-1", "host-1", "host-2", "host-2"], where
+        one = next(c for c in web if where[c.id] == "host-1")
+        far = next(c for c in web if where[c.id] == "host-2")
+        far_ip = next(iter(far.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
+        assert one.exec_run(["ping", "-c", "1", "-W", "3", far_ip]).exit_code == 0  # across the VXLAN
+        assert far_ip in one.exec_run(["nslookup", far.name.split("/")[-1]]).output.decode()
+    finally:
+        compose("down", "-t", "1")
