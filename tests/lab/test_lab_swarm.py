@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import subprocess
 import time
@@ -126,3 +128,29 @@ def test_docker_compose_spreads_a_project_over_the_hosts(lab: Lab, tmp_path: Pat
         assert far_ip in one.exec_run(["nslookup", far.name.split("/")[-1]]).output.decode()
     finally:
         compose("down", "-t", "1")
+
+
+def test_a_pull_reaches_every_host_and_their_events_come_back_merged(lab: Lab) -> None:
+    """Issue 13: `docker pull` through the manager pulls on every host (progress per host), and
+    `docker events` merges every host's engine events, each marked with its node."""
+    wait_ready(lab, ["host-1", "host-2"])
+    ref = f"{lab.registry}/labpull:1"
+    host1 = docker.DockerClient(base_url=lab.hosts[0].engine, version="1.41", timeout=60)
+    host1.images.get("busybox:latest").tag(ref)
+    host1.images.push(ref)
+    engines = [docker.DockerClient(base_url=h.engine, version="1.41", timeout=60) for h in lab.hosts]
+    for e in engines:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            e.images.remove(ref)
+    since = str(int(time.time()) - 1)
+    pulled = _docker(lab, "pull", ref).stdout
+    assert "host-1" in pulled and "host-2" in pulled, pulled
+    for e in engines:
+        assert ref in e.images.get(ref).tags
+    events = _docker(lab, "events", "--since", since, "--until", str(int(time.time()) + 1),
+                     "--filter", "type=image", "--format", "{{json .}}").stdout.splitlines()
+    nodes = {json.loads(line)["Actor"]["Attributes"].get("node.name") for line in events}
+    assert {"host-1", "host-2"} <= nodes, events
+    for e in engines:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            e.images.remove(ref)

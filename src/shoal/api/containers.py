@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import msgspec
 from aiohttp import web
@@ -25,7 +25,6 @@ from shoal.api import attach, engines
 from shoal.api.common import json_response
 from shoal.api.engineproxy import relay
 from shoal.api.engines import EngineError, Located, engine_call, fan_out, locate, node_info, node_name
-from shoal.controlapi.filters import parse_filters
 from shoal.errors import Conflict, InvalidArgument, ShoalError, Unavailable
 from shoal.models import (
     ContainerSpec,
@@ -48,9 +47,8 @@ from shoal.models import (
 from shoal.scheduler.plan import candidates
 
 _NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
-NODE_FILTER = "node"  # classic Swarm's own filter; the others go to every engine as they are
 CONTAINER_FILTERS = ("ancestor", "before", "expose", "exited", "health", "id", "isolation", "is-task", "label",
-                     "name", "network", "publish", "since", "status", "volume", NODE_FILTER)
+                     "name", "network", "publish", "since", "status", "volume")  # and engines.NODE_FILTER
 
 
 # --------------------------------------------------------------------------- create (placement)
@@ -284,17 +282,10 @@ async def list_containers(request: web.Request) -> web.Response:
     names carry their node (``/<node>/<name>``). Docker's filters go to each engine; ``node``
     (classic Swarm's) picks the nodes asked."""
     m = engines.manager(request)
-    filters = parse_filters(request.query.get("filters"), CONTAINER_FILTERS)
-    wanted = filters.pop(NODE_FILTER, None)
-    nodes = engines.engine_nodes(m)
-    if wanted:
-        nodes = [n for n in nodes if n.ID in wanted or node_name(n) in wanted]
-    query: dict[str, str] = {k: v for k, v in request.query.items() if k in ("all", "size", "limit")}
-    if filters:
-        query["filters"] = json.dumps(filters)
+    nodes, target = engines.list_query(request, "/containers/json", CONTAINER_FILTERS, ("all", "size", "limit"))
     out: list[dict[str, Any]] = []
     idx = engines.index(request)
-    for node, ans in await fan_out(m, "GET", "/containers/json?" + urlencode(query), nodes=nodes):
+    for node, ans in await fan_out(m, "GET", target, nodes=nodes):
         if isinstance(ans, ShoalError) or ans.status != 200:
             continue
         for c in ans.json() or ():

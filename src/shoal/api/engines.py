@@ -10,15 +10,17 @@ engine a reference (full ID, name, ID prefix, or ``node/name``) belongs to, with
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
 from shoal.api.common import MANAGER, ManagerAPI
 from shoal.api.engineproxy import EngineResponse, call
+from shoal.controlapi.filters import parse_filters
 from shoal.errors import Conflict, InvalidArgument, NotFound, ShoalError, Unavailable
 from shoal.models import Node, NodeState
 from shoal.transport.tunnel import Pipe
@@ -93,6 +95,26 @@ def node_by_ref(m: ManagerAPI, ref: str) -> Node:
     if len(named) > 1 or len(prefixed) > 1:
         raise InvalidArgument(f"node {ref} is ambiguous ({len(named) or len(prefixed)} matches)")
     raise NotFound(f"node {ref} not found")
+
+
+NODE_FILTER = "node"  # classic Swarm's filter of every list call: which nodes' engines are asked
+
+
+def list_query(request: web.Request, path: str, accepted: tuple[str, ...],
+               keep: tuple[str, ...] = ()) -> tuple[list[Node], str]:
+    """A cluster list call (``docker ps``/``images``/``volume ls``): the nodes to ask (classic
+    Swarm's ``node`` filter picks them; every ready one otherwise) and the engine's target, with
+    Docker's other filters and the ``keep`` query parameters passed on as they are."""
+    m = manager(request)
+    filters = parse_filters(request.query.get("filters"), (*accepted, NODE_FILTER))
+    wanted = filters.pop(NODE_FILTER, None)
+    nodes = engine_nodes(m)
+    if wanted:
+        nodes = [n for n in nodes if n.ID in wanted or node_name(n) in wanted]
+    query: dict[str, str] = {k: v for k, v in request.query.items() if k in keep}
+    if filters:
+        query["filters"] = json.dumps(filters)
+    return nodes, path + (f"?{urlencode(query)}" if query else "")
 
 
 async def engine_call(m: EngineManager, node: Node, method: str, target: str, body: Any = None,

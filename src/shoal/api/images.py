@@ -40,7 +40,6 @@ from shoal.api.engines import (
     node_by_ref,
     node_name,
 )
-from shoal.controlapi.filters import parse_filters
 from shoal.errors import Conflict, InvalidArgument, NotFound, ShoalError, Unavailable
 from shoal.models import Node, NodeState
 from shoal.scheduler.constraints import node_matches, parse_constraints
@@ -49,8 +48,7 @@ from shoal.transport.tunnel import CHUNK
 log = logging.getLogger(__name__)
 
 NODES_FIELD = "Nodes"  # Shoal's extra field in image list/inspect answers: the names of the nodes that have it
-NODE_FILTER = "node"  # classic Swarm's own filter of `docker images`; the others go to every engine
-IMAGE_FILTERS = ("before", "dangling", "label", "reference", "since", NODE_FILTER)
+IMAGE_FILTERS = ("before", "dangling", "label", "reference", "since")  # and engines.NODE_FILTER
 NONE_TAG, NONE_DIGEST = "<none>:<none>", "<none>@<none>"
 OUT_DEPTH = 1024  # merged progress lines waiting for a slow client (then the engines wait)
 TEE_DEPTH = 16  # chunks of a request body buffered per engine while it is sent to several
@@ -272,16 +270,9 @@ def _qs(request: web.Request) -> str:
 async def list_images(request: web.Request) -> web.Response:
     """``GET /images/json``: every engine's answer to the same query, merged by image ID."""
     m = engines.manager(request)
-    filters = parse_filters(request.query.get("filters"), IMAGE_FILTERS)
-    wanted = filters.pop(NODE_FILTER, None)
-    nodes = engines.engine_nodes(m)
-    if wanted:
-        nodes = [n for n in nodes if n.ID in wanted or node_name(n) in wanted]
-    query: dict[str, str] = {k: v for k, v in request.query.items() if k in ("all", "digests", "shared-size")}
-    if filters:
-        query["filters"] = json.dumps(filters)
+    nodes, target = engines.list_query(request, "/images/json", IMAGE_FILTERS, ("all", "digests", "shared-size"))
     answers: list[tuple[str, list[dict[str, Any]]]] = []
-    for node, ans in await fan_out(m, "GET", "/images/json?" + urlencode(query), nodes=nodes):
+    for node, ans in await fan_out(m, "GET", target, nodes=nodes):
         if isinstance(ans, ShoalError):
             continue  # a node that does not answer is left out, as classic Swarm left out unhealthy engines
         if ans.status != 200:

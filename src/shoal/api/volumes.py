@@ -23,20 +23,18 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from aiohttp import web
 
 from shoal.api import engines
 from shoal.api.common import json_response
 from shoal.api.engines import EngineError, fan_out, node_by_ref, node_name
-from shoal.controlapi.filters import parse_filters
 from shoal.errors import Conflict, InvalidArgument, NotFound, ShoalError, Unavailable
 from shoal.models import ContainerSpec, Node, ServiceSpec, TaskSpec
 from shoal.scheduler.plan import candidates
 
-NODE_FILTER = "node"
-VOLUME_FILTERS = ("dangling", "driver", "label", "name", NODE_FILTER)
+VOLUME_FILTERS = ("dangling", "driver", "label", "name")  # and engines.NODE_FILTER
 CONSTRAINTS_LABEL = "com.docker.swarm.constraints"  # classic Swarm's: a JSON list of expressions
 
 
@@ -59,13 +57,6 @@ def merge_volumes(answers: list[tuple[str, list[dict[str, Any]]]]) -> list[dict[
     return out
 
 
-def _nodes_named(m: engines.EngineManager, wanted: list[str] | None) -> list[Node]:
-    nodes = engines.engine_nodes(m)
-    if wanted:
-        nodes = [n for n in nodes if n.ID in wanted or node_name(n) in wanted]
-    return nodes
-
-
 def _split(m: engines.EngineManager, ref: str) -> tuple[list[Node] | None, str]:
     """``<node>/<name>`` → ([that node], name); a bare name → (None, name). An unknown node finds
     nothing (the caller's 404), as classic Swarm answered."""
@@ -82,9 +73,7 @@ def _split(m: engines.EngineManager, ref: str) -> tuple[list[Node] | None, str]:
 async def list_volumes(request: web.Request) -> web.Response:
     """``GET /volumes``: every ready engine's volumes, merged (see the module's docstring)."""
     m = engines.manager(request)
-    filters = parse_filters(request.query.get("filters"), VOLUME_FILTERS)
-    nodes = _nodes_named(m, filters.pop(NODE_FILTER, None))
-    target = "/volumes" + (f"?{urlencode({'filters': json.dumps(filters)})}" if filters else "")
+    nodes, target = engines.list_query(request, "/volumes", VOLUME_FILTERS)
     answers: list[tuple[str, list[dict[str, Any]]]] = []
     warnings: list[str] = []
     for node, ans in await fan_out(m, "GET", target, nodes=nodes):

@@ -19,7 +19,7 @@ import dataclasses
 import datetime as dt
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -231,24 +231,30 @@ class GrpcDispatcherClient:
     async def serve_logs(self, source: LogSource) -> None:
         """Until cancelled: while a session is up, answer the manager's log requests from ``source``
         (normally the Agent). Run it beside ``Agent.run()``."""
+        await self._each_session(self._new_session, "log",
+                                 lambda session_id: self._serve_logs_once(source, session_id))
+
+    async def _each_session(self, new_session: asyncio.Event, what: str,
+                            serve: Callable[[str], Awaitable[None]]) -> None:
+        """Run ``serve(session_id)`` for each session (a stream the agent keeps open to the manager)."""
         while True:
-            await self._new_session.wait()
-            self._new_session.clear()
+            await new_session.wait()
+            new_session.clear()
             session_id = self._session_id
             if session_id is None:
                 continue
             try:
-                await self._serve_logs_once(source, session_id)
+                await serve(session_id)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.debug("node %s: log stream ended: %s", self.creds.node_id, e)
+                log.debug("node %s: %s stream ended: %s", self.creds.node_id, what, e)
             # Same session: the stream broke (manager restarting?) — try again shortly; a new
             # session (the Agent registered again) starts at once.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._new_session.wait(), timeout=1.0)
+                await asyncio.wait_for(new_session.wait(), timeout=1.0)
             if self._session_id == session_id:
-                self._new_session.set()
+                new_session.set()
 
     async def _serve_logs_once(self, source: LogSource, session_id: str) -> None:
         call = self._channel.unary_stream(path(DISPATCHER_SERVICE, "LogSubscriptions"), request_serializer=encode,
@@ -279,22 +285,8 @@ class GrpcDispatcherClient:
     async def serve_tunnels(self, engine_url: str) -> None:
         """Until cancelled: while a session is up, open the pipes to this node's engine that the
         leader asks for (transport/tunnel.py). Run it beside ``Agent.run()``."""
-        while True:
-            await self._new_tunnel_session.wait()
-            self._new_tunnel_session.clear()
-            session_id = self._session_id
-            if session_id is None:
-                continue
-            try:
-                await self._serve_tunnels_once(engine_url, session_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.debug("node %s: engine tunnel stream ended: %s", self.creds.node_id, e)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._new_tunnel_session.wait(), timeout=1.0)
-            if self._session_id == session_id:
-                self._new_tunnel_session.set()
+        await self._each_session(self._new_tunnel_session, "engine tunnel",
+                                 lambda session_id: self._serve_tunnels_once(engine_url, session_id))
 
     async def _serve_tunnels_once(self, engine_url: str, session_id: str) -> None:
         call = self._channel.unary_stream(path(DISPATCHER_SERVICE, "EngineTunnels"), request_serializer=encode,
