@@ -186,3 +186,16 @@ def test_every_manager_reaches_every_engine(lab: Lab, clients: dict[int, docker.
             engine.close()
         finally:
             c.remove(force=True)
+    # A container joining one of the swarm's networks through a follower: the follower passes the
+    # create to the leader, which alone allocates the address.
+    net = clients[lead].networks.create("hanet", driver="overlay", attachable=True)
+    try:
+        c = clients[asker].containers.run("busybox:latest", ["sleep", "600"], detach=True, network="hanet",
+                                          environment=[f"constraint:node=={lab.host(4).name}"])
+        try:
+            addr = c.attrs["NetworkSettings"]["Networks"]["hanet"]["IPAddress"]
+            assert addr and addr in c.exec_run(["ip", "-4", "addr"]).output.decode()
+        finally:
+            c.remove(force=True)
+    finally:
+        wait_for(lambda: ask(lambda: net.remove() or True), within=30)

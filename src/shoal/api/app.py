@@ -30,9 +30,9 @@ from shoal.api import (
 from shoal.api.auth import SECURITY, USER_KEY, Security, auth_middleware
 from shoal.api.common import MANAGER, ManagerAPI, json_response
 from shoal.api.engines import ENGINE_INDEX, EngineIndex
-from shoal.api.forward import FORWARDED, NO_LEADER, REVISION, is_engine, is_local, wait_for_revision
+from shoal.api.forward import REVISION, is_engine, is_local, to_leader
 from shoal.api.limits import STREAM_SLOTS, StreamSlots
-from shoal.errors import InvalidArgument, ShoalError, Unavailable
+from shoal.errors import InvalidArgument, ShoalError
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +96,10 @@ async def forward_middleware(request: web.Request, handler: Handler) -> web.Stre
     if request.method in _READS or is_local(request.path):
         return await handler(request)
     manager = request.app[MANAGER]
-    leader_api = getattr(manager, "leader_api", None)
-    leader = await leader_api() if leader_api is not None else None
-    if leader is None:  # this manager leads (or has the only copy of the store)
+    if getattr(manager, "leader_api", None) is None:  # a test double without HA
         return await handler(request)
-    if request.headers.get(FORWARDED):
-        raise Unavailable(NO_LEADER)  # forwarded to us, but we do not lead: never a second hop
-    response = await manager.forwarder.send(request, *leader, user=str(request.get(USER_KEY, "")))
-    revision = response.headers.get(REVISION, "")
-    if revision.isdigit():
-        await wait_for_revision(manager.store, int(revision))
-    return response
+    response = await to_leader(request, manager, user=str(request.get(USER_KEY, "")))
+    return await handler(request) if response is None else response
 
 
 @web.middleware

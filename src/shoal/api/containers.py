@@ -22,9 +22,11 @@ from aiohttp import web
 
 from shoal.agent.network.overlay import engine_network_name
 from shoal.api import attach, engines
+from shoal.api.auth import USER_KEY
 from shoal.api.common import json_response
 from shoal.api.engineproxy import relay
 from shoal.api.engines import EngineError, Located, engine_call, fan_out, locate, node_info, node_name
+from shoal.api.forward import to_leader
 from shoal.errors import Conflict, InvalidArgument, ShoalError, Unavailable
 from shoal.models import (
     ContainerSpec,
@@ -189,6 +191,11 @@ async def create(request: web.Request) -> web.Response:
         raise InvalidArgument(f"invalid JSON: {e}") from None
     if not isinstance(cfg, dict):
         raise InvalidArgument("Config cannot be empty in order to create a container")
+    if _names_a_shoal_network(m, cfg) and getattr(m, "leader_api", None) is not None:
+        # Only the leader allocates a network address: a follower passes the whole create on.
+        forwarded = await to_leader(request, m, user=str(request.get(USER_KEY, "")))
+        if forwarded is not None:
+            return forwarded
     spec = spec_from_config(name or "container", cfg)
     if name:
         await _name_free(request, name)
@@ -217,6 +224,15 @@ async def create(request: web.Request) -> web.Response:
     else:
         attach.detach(m, joined or [])
     return web.Response(status=ans.status, body=ans.body, content_type="application/json")
+
+
+def _names_a_shoal_network(m: engines.EngineManager, cfg: dict[str, Any]) -> bool:
+    host = cfg.get("HostConfig")
+    mode = host.get("NetworkMode") if isinstance(host, dict) else None
+    netcfg = cfg.get("NetworkingConfig")
+    eps = netcfg.get("EndpointsConfig") if isinstance(netcfg, dict) else None
+    names = [mode, *(eps if isinstance(eps, dict) else ())]
+    return any(isinstance(n, str) and n and attach.shoal_network(m.store, n) is not None for n in names)
 
 
 async def _join_networks(m: engines.EngineManager, node: Node, name: str, cfg: dict[str, Any]) -> list[Task] | None:

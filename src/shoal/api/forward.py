@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -125,6 +126,21 @@ async def wait_for_revision(store: MemoryStore, revision: int, within: float = C
         log.info("this manager's view is still behind revision %d after %gs", revision, within)
     finally:
         watcher.close()
+
+
+async def to_leader(request: web.Request, manager: Any, user: str = "") -> web.Response | None:
+    """Send ``request`` to the leader and return its answer (after this manager's view caught up);
+    None when this manager handles it itself (it leads, or holds the only copy of the store)."""
+    leader = await manager.leader_api()
+    if leader is None:
+        return None
+    if request.headers.get(FORWARDED):
+        raise Unavailable(NO_LEADER)  # forwarded to us, but we do not lead: never a second hop
+    response: web.Response = await manager.forwarder.send(request, *leader, user=user)
+    revision = response.headers.get(REVISION, "")
+    if revision.isdigit():
+        await wait_for_revision(manager.store, int(revision))
+    return response
 
 
 # ---------------------------------------------------------------------------- leader side
