@@ -224,4 +224,8 @@ async def locate(request: web.Request, kind: str, ref: str) -> Located:
                        f"name one of them as <node>/<name>")
     if errors and nodes is not None:
         raise Unavailable(errors[0])
+    away = sorted(node_name(n) for n in m.store.list("node") if n.Status.State != NodeState.READY)
+    if nodes is None and (away or errors):  # it may be on an engine that did not answer: say so
+        unasked = ", ".join(away + [e.split(":", 1)[0] for e in errors])
+        raise NotFound(f"No such {kind}: {ref} (not on any reachable node; not asked: {unasked})")
     raise _not_found(kind, ref)
