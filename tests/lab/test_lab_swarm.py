@@ -83,6 +83,12 @@ def test_the_docker_cli_reaches_a_container_on_another_host(lab: Lab, tmp_path: 
         assert (tmp_path / "out.txt").read_text() == "to host-2\n"
         _docker(lab, "kill", "far")
         assert host2.containers.get(cid).attrs["State"]["ExitCode"] == 137
+        # host-2's engine stops: the container cannot be found, and the error says where not looked.
+        lab.stop_engine("host-2", grace_s=5)
+        res = _docker(lab, "start", "far", check=False)
+        assert res.returncode != 0 and "No such container" in res.stderr and "host-2" in res.stderr, res.stderr
+        lab.restore("host-2")
+        wait_ready(lab, ["host-1", "host-2"])
     finally:
         _docker(lab, "rm", "-f", "far", check=False)
     assert _docker(lab, "ps", "-a", "-q", "--filter", "name=far").stdout.strip() == ""

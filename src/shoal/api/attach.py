@@ -27,7 +27,6 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from shoal.agent.network.overlay import BRIDGE_PREFIX, engine_network_name
 from shoal.api import engines
 from shoal.api.engines import EngineError, EngineManager, engine_call
 from shoal.controlapi.networks import PREDEFINED, Forbidden, get_network
@@ -44,7 +43,7 @@ from shoal.models import (
     Version,
     now_ts,
 )
-from shoal.netmode import is_predefined
+from shoal.netmode import BRIDGE_PREFIX, engine_network_name, is_predefined
 from shoal.store import MemoryStore
 
 log = logging.getLogger(__name__)

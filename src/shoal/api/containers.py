@@ -20,7 +20,6 @@ from urllib.parse import quote
 import msgspec
 from aiohttp import web
 
-from shoal.agent.network.overlay import engine_network_name
 from shoal.api import attach, engines
 from shoal.api.auth import USER_KEY
 from shoal.api.common import json_response
@@ -46,6 +45,7 @@ from shoal.models import (
     Task,
     TaskSpec,
 )
+from shoal.netmode import engine_network_name
 from shoal.scheduler.plan import candidates
 
 _NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")

@@ -29,13 +29,13 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from shoal.dispatcher.protocol import NetworkState
 from shoal.models import Network
+from shoal.netmode import BRIDGE_PREFIX, bridge_name, engine_network_name  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 VXLAN_PORT = 4789
 MTU = 1450
 VNI_OPTION = "com.docker.network.driver.overlay.vxlanid_list"
-BRIDGE_PREFIX = "shl-"
 VXLAN_PREFIX = "shv-"
 ZERO_MAC = "00:00:00:00:00:00"
 # Labels on the engine networks we make, so a restarted agent finds (and adopts or removes) them.
@@ -48,17 +48,8 @@ class OverlayError(Exception):
     """Plumbing a network failed; the message says why (it becomes the task's error)."""
 
 
-def bridge_name(network_id: str) -> str:
-    return BRIDGE_PREFIX + network_id[:10]  # 14 characters: within the kernel's 15
-
-
 def vxlan_name(network_id: str) -> str:
     return VXLAN_PREFIX + network_id[:10]
-
-
-def engine_network_name(network_id: str) -> str:
-    """The engine network's name: the bridge's (short, unique per swarm network, and greppable)."""
-    return bridge_name(network_id)
 
 
 def vni_of(network: Network) -> int:
