@@ -114,35 +114,26 @@ def _headers(event: h11.Response | h11.InformationalResponse) -> dict[str, str]:
 
 async def call(pipe: Pipe, method: str, target: str, body: Any = None, *,
                headers: dict[str, str] | None = None) -> EngineResponse:
-    """One request of the manager's own; the answer is read whole (bounded by ``MAX_BUFFERED``)."""
-    ex = _Exchange(pipe)
+    """One request of the manager's own; the answer is read whole (bounded by ``MAX_BUFFERED``).
+    ``body``: bytes as they are, anything else as JSON."""
+    hdrs = dict(headers or {})
+    raw: bytes | None = None
+    if body is not None:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        if not isinstance(body, bytes):
+            hdrs.setdefault("Content-Type", "application/json")
+    stream = await open_stream(pipe, method, target, headers=hdrs, body=raw)
     try:
-        hdrs = [("Connection", "close"), *(headers or {}).items()]
-        raw: bytes | None = None
-        if body is not None:
-            raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-            if not isinstance(body, bytes):
-                hdrs.append(("Content-Type", "application/json"))
-        elif method in ("POST", "PUT"):
-            raw = b""
-        await ex.send_request(method, target, hdrs, raw)
-        head = await ex.response()
         parts: list[bytes] = []
         size = 0
-        while True:
-            event = await ex.next_event()
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > MAX_BUFFERED:
-                    raise Unavailable(f"the engine's answer to {method} {target} is over {MAX_BUFFERED} bytes")
-                parts.append(bytes(event.data))
-            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                break
-        return EngineResponse(head.status_code, _headers(head), b"".join(parts))
-    except (h11.RemoteProtocolError, ConnectionError, OSError) as e:
-        raise Unavailable(f"the engine's answer to {method} {target} broke off: {e}") from None
+        async for data in stream.chunks():
+            size += len(data)
+            if size > MAX_BUFFERED:
+                raise Unavailable(f"the engine's answer to {method} {target} is over {MAX_BUFFERED} bytes")
+            parts.append(data)
+        return EngineResponse(stream.status, stream.headers, b"".join(parts))
     finally:
-        ex.close()
+        stream.close()
 
 
 # ---------------------------------------------------------------------------- relaying a client's request

@@ -35,13 +35,12 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlencode
 
-import h11
 from aiohttp import web
 
 from shoal.api import engines
 from shoal.api.auth import identity
 from shoal.api.common import MANAGER, ManagerAPI
-from shoal.api.engineproxy import _Exchange
+from shoal.api.engineproxy import open_stream
 from shoal.api.engines import fan_out, node_name
 from shoal.api.limits import stream_slot
 from shoal.controlapi.filters import Filters, parse_filters
@@ -300,31 +299,25 @@ async def _node_stream(m: engines.EngineManager, node: Node, since_ns: int, unti
     while True:
         try:
             pipe = await m.open_engine(node.ID)
-            ex = _Exchange(pipe)
+            stream = await open_stream(pipe, "GET", _engine_query(last, until_ns, filters))
             try:
-                await ex.send_request("GET", _engine_query(last, until_ns, filters), [("Connection", "close")], None)
-                head = await ex.response()
-                if head.status_code != 200:
-                    log.info("events of node %s: the engine answered %s", node_name(node), head.status_code)
+                if stream.status != 200:
+                    log.info("events of node %s: the engine answered %s", node_name(node), stream.status)
                     return
                 buf = b""
-                while True:
-                    event = await ex.next_event()
-                    if isinstance(event, h11.Data):
-                        buf += bytes(event.data)
-                        *lines, buf = buf.split(b"\n")
-                        for line in lines:
-                            if line.strip():
-                                ev = json.loads(line)
-                                last = max(last, int(ev.get("timeNano") or 0) + 1)
-                                out.put_nowait(mark_node(ev, node))
-                    elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                        break
+                async for data in stream.chunks():
+                    buf += data
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            ev = json.loads(line)
+                            last = max(last, int(ev.get("timeNano") or 0) + 1)
+                            out.put_nowait(mark_node(ev, node))
             finally:
-                ex.close()
+                stream.close()
             if until_ns is not None:
                 return  # the engine reached ``until``
-        except (ShoalError, h11.ProtocolError, ConnectionError, OSError, ValueError) as e:
+        except (ShoalError, ConnectionError, OSError, ValueError) as e:
             log.info("events of node %s broke off: %s", node_name(node), e)
         if until_ns is not None and time.time_ns() > until_ns:
             return
