@@ -1,4 +1,4 @@
-"""Per-client bounds on the API: concurrent long-lived streams (log streams now, ``/events`` later).
+"""Per-client bounds on the API: concurrent long-lived streams (service/task logs and ``/events``).
 
 A stream holds manager resources for as long as the client keeps it open (a store watch, a merge
 queue, one log stream per agent that runs one of the tasks), so one client must not be able to open
@@ -66,8 +66,8 @@ class StreamSlots(KeyedSlots):
         self.per_client = per_client
 
     def refusal(self, key: str) -> str:
-        return (f"too many concurrent log streams for {key}: at most {self.per_client} per client are allowed; "
-                "close one (e.g. a 'logs --follow') and try again")
+        return (f"too many concurrent log or event streams for {key}: at most {self.per_client} per client are "
+                "allowed; close one (e.g. a 'logs --follow' or 'events') and try again")
 
 
 STREAM_SLOTS: web.AppKey[StreamSlots] = web.AppKey("shoal.stream_slots", StreamSlots)
