@@ -27,7 +27,7 @@ from shoal.store import MemoryStore, NullBackend
 # decides who may call it, so this list changes only on purpose.
 ADMIN_ONLY = {
     ("POST", "/swarm/init"), ("POST", "/swarm/join"), ("POST", "/swarm/leave"), ("POST", "/swarm/update"),
-    ("GET", "/swarm/unlockkey"), ("POST", "/nodes/{id}/update"), ("DELETE", "/nodes/{id}"),
+    ("GET", "/swarm/unlockkey"), ("POST", "/swarm/unlock"), ("POST", "/nodes/{id}/update"), ("DELETE", "/nodes/{id}"),
     ("POST", "/containers/create"), ("GET", "/containers/{id}/json"), ("POST", "/containers/{id}/start"),
     ("POST", "/containers/{id}/stop"), ("POST", "/containers/{id}/kill"), ("GET", "/containers/{id}/logs"),
     ("DELETE", "/containers/{id}"), ("POST", "/networks/prune"),

@@ -43,7 +43,7 @@ NO_LEADER = (
 )
 FORWARD_TIMEOUT_S = 60.0
 CATCH_UP_S = 5.0  # how long a follower waits for its view to show a forwarded write
-_LOCAL = ("/swarm/init", "/swarm/join", "/swarm/leave", "/containers/")
+_LOCAL = ("/swarm/init", "/swarm/join", "/swarm/leave", "/swarm/unlock", "/containers/")
 _PASS_HEADERS = ("Content-Type", "X-Registry-Auth", "X-Registry-Config")
 _BACK_HEADERS = ("Content-Type", REVISION)
 
