@@ -44,7 +44,7 @@ from shoal.store.etcdproc import (
     tls_member,
 )
 from shoal.store.replica import EtcdReplica
-from shoal.store.sealing import KEY_FILE, FileKeySource, Sealer, StoreKeyError
+from shoal.store.sealing import KEY_FILE, FileKeySource, KeySource, Sealer, StoreKeyError
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,11 @@ class ManagerTerms:
         on_deposed: Hook,
         *,
         ttl_s: float | None = None,
+        keys: KeySource | None = None,
     ) -> None:
         self.data_root = data_root
+        # The manager's data key source (wrapped under the unlock key with autolock).
+        self.keys: KeySource = keys or FileKeySource(data_root / KEY_FILE)
         self.settings = settings
         self.store = store
         self.member_id = member_id
@@ -191,7 +194,7 @@ class ManagerTerms:
         # The data key every manager of the swarm holds (made at init, handed over at join): never
         # made here, or a manager would seal with a key the others do not have.
         self.replica = EtcdReplica(self.store, s.client_endpoints, s.prefix, txn_limits=s.txn_limits,
-                                   sealer=Sealer(FileKeySource(self.data_root / KEY_FILE), plain_without_key=True))
+                                   sealer=Sealer(self.keys, plain_without_key=True))
         self._client = etcd_client(s.client_endpoints)
         kw: dict[str, Any] = {} if self.ttl_s is None else {"ttl_s": self.ttl_s}
         self.election = LeaderElection(self._client, s.prefix, member_id=self.member_id,

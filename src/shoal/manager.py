@@ -31,13 +31,13 @@ from shoal.ca.authority import ClusterCA
 from shoal.ca.certs import generate_key_and_csr, private_dir, write_private
 from shoal.ca.rootca import check_supplied_root, create_root_ca
 from shoal.ca.tokens import generate_join_token
-from shoal.controlapi.cluster import check_swarm_spec
+from shoal.controlapi.cluster import autolock_of, check_swarm_spec
 from shoal.controlapi.networks import create_network, ingress_spec
 from shoal.controlapi.predefined import ensure_predefined_networks
 from shoal.controlapi.services import update_service
 from shoal.dispatcher.dispatcher import Dispatcher
 from shoal.dispatcher.protocol import LogMessage, LogOptions
-from shoal.errors import InvalidArgument, NotInSwarm, ShoalError, StoreUnavailable, Unavailable
+from shoal.errors import Conflict, InvalidArgument, NotInSwarm, ShoalError, StoreUnavailable, Unavailable
 from shoal.ha import ManagerReachability, ManagerTerms, StoreSettings, init_settings
 from shoal.ids import new_id
 from shoal.looplag import GcStats, LoopLagMonitor
@@ -48,6 +48,7 @@ from shoal.models import (
     CAConfig,
     Cluster,
     DispatcherConfig,
+    EncryptionConfig,
     InitRequest,
     JoinRequest,
     JoinTokens,
@@ -75,6 +76,15 @@ from shoal.orchestrator.replicated import ReplicatedOrchestrator
 from shoal.orchestrator.stacks import StackDeployer
 from shoal.scheduler.scheduler import Scheduler
 from shoal.store import Backend, MemoryStore, NullBackend, SqliteBackend, etcdtls
+from shoal.store.autolock import (
+    LOCKED_LEAVE,
+    NOT_LOCKED,
+    KeyVault,
+    SwarmLocked,
+    human_key,
+    new_unlock_key,
+    parse_human_key,
+)
 from shoal.store.dataroot import DataRootLock
 from shoal.store.sealing import KEY_FILE, FileKeySource, Sealer
 from shoal.transport.bootstrap import NodeCredentials, load_credentials, save_credentials
@@ -153,13 +163,19 @@ class Manager:
         # Only with a store of its own: ``shoal store rotate-key`` refuses while it runs.
         self._lock = DataRootLock(self.data_root) if backend is None else None
         self._state_file = self.data_root / "node.json"
+        # ca.key and store.key, wrapped under the unlock key while autolock is on (store/autolock.py).
+        self.vault = KeyVault(self.data_root)
         # The data key sealing secrets, configs and the cluster in the store (store/sealing.py).
-        self.keys = FileKeySource(self.data_root / KEY_FILE)
+        self.keys = FileKeySource(self.data_root / KEY_FILE, vault=self.vault)
         self.membership: Membership | None = self._load_membership()
         self.store_settings = StoreSettings.from_dict(self.membership.store if self.membership else None)
+        # Autolock: a manager whose key files are wrapped opens nothing until POST /swarm/unlock.
+        self.locked = self.is_manager and self.vault.locked
+        self._unlocking = asyncio.Lock()
+        self._autolock_task: asyncio.Task[None] | None = None
         # On etcd the view starts empty and is filled from etcd by start() (see shoal.ha).
         try:
-            self.store = MemoryStore(NullBackend() if self.store_settings.on_etcd
+            self.store = MemoryStore(NullBackend() if self.store_settings.on_etcd or self.locked
                                      else backend or self._sqlite())
         except BaseException:  # e.g. StoreKeyError: the daemon does not start, nor holds the root
             self._release_lock()
@@ -216,6 +232,8 @@ class Manager:
         """Cluster state is read and written on the manager only, as in Swarm mode (503 elsewhere)."""
         if not self.in_swarm:
             raise NotInSwarm()
+        if self.locked:
+            raise SwarmLocked()
         if self.broken:
             raise Unavailable(self.broken)
         if self.loading:
@@ -227,6 +245,11 @@ class Manager:
         """Resume after a restart: a daemon that was in a swarm comes back in it."""
         if self._lag_task is None:
             self._lag_task = asyncio.create_task(self.loop_lag.run(), name="loop-lag")
+        if self.locked:
+            # As a locked swarmkit node: no store, no components, no agent (its task containers
+            # keep running, untouched) until `docker swarm unlock`.
+            log.warning("this manager is locked (autolock): run `docker swarm unlock` to start it")
+            return
         if self.is_manager and self.store_settings.on_etcd:
             await self._start_on_etcd()
             if self.on_join and self.membership is not None:
@@ -318,12 +341,16 @@ class Manager:
             check_supplied_root(supplied.SigningCACert, supplied.SigningCAKey)
         if req.AdvertiseAddr:
             self.addr = _host_of(req.AdvertiseAddr)
+        # `swarm init --autolock`: the CLI sets the request's flag; the API also takes the spec's.
+        autolock = req.AutoLockManagers or autolock_of(req.Spec)
+        unlock_key = new_unlock_key() if autolock else None
+        self.vault.kek = unlock_key  # the keys below are written wrapped from the first byte
         cluster_id, node_id = new_id(), new_id()
         if supplied is not None and supplied.SigningCACert:
             ca_cert, ca_key = supplied.SigningCACert, supplied.SigningCAKey
         else:
             ca_cert, ca_key = create_root_ca(cluster_id)
-        write_private(self.data_root / "ca.key", ca_key)
+        self.vault.write(self.data_root / "ca.key", ca_key)
         self.keys.create()
         self._reload_key()
         spec = req.Spec or SwarmSpec()
@@ -337,12 +364,15 @@ class Manager:
         spec.CAConfig = spec.CAConfig or CAConfig(NodeCertExpiry=90 * 24 * 3600 * SECOND)
         # The key lives in <data-root>/ca.key (0600), never in the store that every API call reads.
         spec.CAConfig = msgspec.structs.replace(spec.CAConfig, SigningCACert="", SigningCAKey="")
+        if autolock:
+            spec.EncryptionConfig = EncryptionConfig(AutoLockManagers=True)
         cluster = Cluster(
             ID=cluster_id, Version=Version(), CreatedAt="", UpdatedAt="", Spec=spec,
             TLSInfo=TLSInfo(TrustRoot=ca_cert),
             DefaultAddrPool=req.DefaultAddrPool or ["10.0.0.0/8"],
             SubnetSize=req.SubnetSize or 24, DataPathPort=req.DataPathPort or 4789,
             JoinTokens=JoinTokens(Worker=generate_join_token(ca_cert), Manager=generate_join_token(ca_cert)),
+            UnlockKey=human_key(unlock_key) if unlock_key is not None else "",
         )
         availability = NodeAvailability(req.Availability) if req.Availability else NodeAvailability.ACTIVE
         if settings.on_etcd:
@@ -383,6 +413,7 @@ class Manager:
             elif self.store.cluster() is not None:
                 await self.store.wipe()
             self._save_membership(None)
+            self.vault.forget()
             raise
         if self.on_join:
             await self.on_join(node_id)
@@ -392,11 +423,17 @@ class Manager:
     async def leave(self, force: bool) -> None:
         if not self.in_swarm:
             raise Unavailable("This node is not part of a swarm")
+        if self.locked:
+            if not force:
+                raise Unavailable(LOCKED_LEAVE)
+            await self._leave_locked()
+            return
         if self.is_manager and not force:
             # With the embedded store this manager holds the only copy of the cluster state: other
             # nodes promoted to manager are managers in name only, so leaving would erase it.
             raise Unavailable(LAST_MANAGER)
         node_id = self.node_id
+        await self._stop_autolock_keeper()
         if self.terms is not None:
             await self._leave_etcd()
         else:
@@ -409,9 +446,107 @@ class Manager:
         # Nothing here is sealed with it any more; a copy of the old store (an etcd backup) is
         # not to be opened from this host. The next init makes a new one.
         self.keys.remove()
+        self.vault.forget()
         etcdtls.remove(self.data_root)
         self._reload_key()
         log.info("left the swarm")
+
+    async def _leave_locked(self) -> None:
+        """``swarm leave --force`` on a locked manager (Docker allows it): its state cannot be
+        read, so it goes unread — the store, the key files, the managed etcd member's data. On etcd
+        the member stays in the other managers' etcd cluster until they remove the node."""
+        assert self.membership is not None
+        node_id = self.membership.node_id
+        if self.store_settings.managed:
+            shutil.rmtree(self.data_root / "etcd", ignore_errors=True)
+        for name in ("state.db", "state.db-wal", "state.db-shm", "ca.key", "ca.key.next", "ca-rotation.json"):
+            (self.data_root / name).unlink(missing_ok=True)
+        self.keys.remove()
+        etcdtls.remove(self.data_root)
+        self._save_membership(None)
+        self.locked = False
+        self.store_settings = StoreSettings()
+        old, self.store = self.store, MemoryStore(self._sqlite())
+        await old.close()
+        if self.on_leave is not None:
+            await self.on_leave(node_id)
+        log.info("left the swarm (it was locked: its state was removed unread)")
+
+    # ------------------------------------------------------------------ autolock
+
+    def check_unlockable(self) -> None:
+        """What moby's UnlockSwarm refuses before it looks at the key."""
+        if not self.in_swarm:
+            raise Unavailable("This node is not part of a swarm")
+        if not self.locked:
+            raise Conflict(NOT_LOCKED)
+
+    async def unlock(self, key: bytes) -> None:
+        """``docker swarm unlock``: open the key files with ``key`` (a wrong one: 401, nothing
+        written), then start as after any restart; the files follow the cluster's current key."""
+        async with self._unlocking:
+            self.check_unlockable()
+            self.vault.unlock(key)
+            if not self.store_settings.on_etcd:
+                try:
+                    store = MemoryStore(self._sqlite())
+                except BaseException:
+                    self.vault.forget()
+                    raise
+                old, self.store = self.store, store
+                await old.close()
+            self.locked = False
+            log.info("this manager is unlocked")
+            await self.start()
+            await self.apply_autolock()
+
+    async def apply_autolock(self) -> None:
+        """Wrap this manager's key files under the cluster's unlock key, or unwrap them when
+        autolock is off. Only once the key is durable in the store: a crash then leaves the files
+        under the old key (still the one the user holds) or the new one the store has."""
+        cluster = self.store.cluster()
+        if cluster is None or not self.is_manager or self.locked:
+            return
+        if self.terms is None or self.terms.is_leader:  # a follower's view comes from etcd: durable
+            await self.store.wait_durable(within=DURABLE_INIT_S)
+        cluster = self.store.cluster()
+        if cluster is None:
+            return
+        want = parse_human_key(cluster.UnlockKey) if cluster.UnlockKey else None
+        if self.vault.rekey(want):
+            log.info("autolock %s: this manager's keys are %s", "on" if want else "off",
+                     "wrapped under the unlock key" if want else "stored plain")
+
+    def _start_autolock_keeper(self) -> None:
+        if self._autolock_task is None or self._autolock_task.done():
+            self._autolock_task = asyncio.create_task(self._keep_autolock(), name="autolock")
+
+    async def _stop_autolock_keeper(self) -> None:
+        t, self._autolock_task = self._autolock_task, None
+        if t is not None and t is not asyncio.current_task():
+            t.cancel()
+            await asyncio.gather(t, return_exceptions=True)
+
+    async def _keep_autolock(self) -> None:
+        """Every manager (leader or follower) re-wraps its own keys when the cluster's unlock key
+        changes: swarmkit's managers do the same on the raft event."""
+        watcher = self.store.watch("cluster")
+        me = asyncio.current_task()
+        try:
+            while True:
+                try:
+                    await self.apply_autolock()
+                except ShoalError as e:
+                    log.warning("autolock: could not re-wrap this manager's keys yet: %s", e.message)
+                if me is not None and me.cancelling():
+                    # Python 3.11's wait_for (inside wait_durable) can swallow a cancel that lands
+                    # as its future completes: honour it here, or stop() would wait for ever.
+                    raise asyncio.CancelledError
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(watcher.get(), 5.0)
+                watcher.drain()
+        finally:
+            watcher.close()
 
     async def _leave_etcd(self) -> None:
         """The last manager erases the swarm from etcd (with --force, like the sqlite store); any
@@ -456,6 +591,7 @@ class Manager:
                 t.cancel()
                 await asyncio.gather(t, return_exceptions=True)
         self._loading_task = self._role_task = None
+        await self._stop_autolock_keeper()
         if self.terms is not None:
             await self.terms.close()
             self.terms = None
@@ -519,7 +655,7 @@ class Manager:
         if node_id is None or cluster is None:
             return None
         try:
-            ca = ClusterCA(self.store, self.data_root, local_node_id=node_id)
+            ca = ClusterCA(self.store, self.data_root, local_node_id=node_id, vault=self.vault)
             key_pem, csr_pem = generate_key_and_csr()
             cert_pem = ca.sign_node_csr(csr_pem, node_id, NodeRole.MANAGER, cluster.ID, self.addr)
         except ShoalError as e:
@@ -540,7 +676,7 @@ class Manager:
     def _terms(self, settings: StoreSettings, node_id: str, listen: str) -> ManagerTerms:
         info = {"node": node_id, "addr": f"{self.addr}:{split_listen(listen)[1]}"}  # where followers forward
         return ManagerTerms(self.data_root, settings, self.store, node_id, info,
-                            on_elected=self._elected, on_deposed=self.stop_components)
+                            on_elected=self._elected, on_deposed=self.stop_components, keys=self.keys)
 
     async def _init_on_etcd(self, settings: StoreSettings, node_id: str, listen: str,
                             create: Callable[[], Awaitable[None]]) -> None:
@@ -556,6 +692,7 @@ class Manager:
         await self.store.wait_durable(within=DURABLE_INIT_S)
         self.terms.run()
         self._role_task = asyncio.create_task(self._watch_own_role(), name="own-role")
+        self._start_autolock_keeper()
 
     async def _start_on_etcd(self) -> None:
         assert self.membership is not None
@@ -570,6 +707,7 @@ class Manager:
             return
         self.terms.run()
         self._role_task = asyncio.create_task(self._watch_own_role(), name="own-role")
+        self._start_autolock_keeper()
         await self.terms.wait_ready()
         if self.terms.ready:
             self.loading = ""
@@ -657,10 +795,12 @@ class Manager:
 
     def keep_keys(self, joined: ManagerJoin) -> None:
         """A manager's keys, as the leader handed them over (a join or a promotion): the CA's, the
-        store's data key, and the managed etcd members' CA."""
-        write_private(self.data_root / "ca.key", joined.ca_key_pem)
+        store's data key, and the managed etcd members' CA. Wrapped at once under the swarm's unlock
+        key when autolock is on."""
+        self.vault.kek = parse_human_key(joined.unlock_key) if joined.unlock_key else None
+        self.vault.write(self.data_root / "ca.key", joined.ca_key_pem)
         if joined.store_key:  # the swarm's data key (store/sealing.py)
-            write_private(self.data_root / KEY_FILE, joined.store_key)
+            self.vault.write(self.data_root / KEY_FILE, joined.store_key)
         if joined.etcd_ca_pem:
             etcdtls.install_ca(self.data_root, joined.etcd_ca_pem, joined.etcd_ca_key_pem)
 
@@ -714,6 +854,7 @@ class Manager:
             shutil.rmtree(self.data_root / "etcd", ignore_errors=True)
         (self.data_root / "ca.key").unlink(missing_ok=True)  # a worker holds no CA key
         self.keys.remove()  # ... and no data key
+        self.vault.forget()  # ... and no unlock key
         etcdtls.remove(self.data_root)  # ... and no way into etcd
         await self.store.close()
         self.store = MemoryStore(self._sqlite())
@@ -734,8 +875,10 @@ class Manager:
             return None
         settings = await self.terms.admit(node_id, addr, etcd_port)
         etcd_ca, etcd_ca_key = etcdtls.ca_pems(self.data_root) if etcdtls.has_ca(self.data_root) else ("", "")
-        return ManagerJoin(store=settings.to_dict(), ca_key_pem=(self.data_root / "ca.key").read_text(),
-                           store_key=self.keys.path.read_text(), etcd_ca_pem=etcd_ca, etcd_ca_key_pem=etcd_ca_key)
+        cluster = self.store.cluster()
+        return ManagerJoin(store=settings.to_dict(), ca_key_pem=self.vault.read(self.data_root / "ca.key"),
+                           store_key=self.vault.read(self.keys.path), etcd_ca_pem=etcd_ca, etcd_ca_key_pem=etcd_ca_key,
+                           unlock_key=cluster.UnlockKey if cluster is not None else "")
 
     async def _elected(self) -> None:
         """A new term: mark this manager the leader in the node list, then start the components."""
@@ -755,7 +898,7 @@ class Manager:
         self.dispatcher = Dispatcher(self.store, heartbeat_period_s=self.heartbeat_s)
         if self.local_agent is not None:
             self.dispatcher.register_log_source(node_id, self.local_agent)
-        self.ca = ClusterCA(self.store, self.data_root, local_node_id=node_id)
+        self.ca = ClusterCA(self.store, self.data_root, local_node_id=node_id, vault=self.vault)
         host, port = split_listen(self.membership.listen or f"0.0.0.0:{SWARM_PORT}")
         self.server = ClusterServer(self.dispatcher, self.ca, host, port, node_id_of_manager=node_id,
                                     advertise_addr=self.addr)
@@ -785,6 +928,7 @@ class Manager:
             components.append(ManagerReachability(self.store, self.terms, node_id))
         for c in components:
             self._tasks.append(asyncio.create_task(self._supervise(c), name=type(c).__name__))
+        self._start_autolock_keeper()
 
     @staticmethod
     async def _supervise(component: Any) -> None:

@@ -805,6 +805,10 @@ class Cluster(Obj):
     SubnetSize: int = 24
     DataPathPort: int = 4789
     JoinTokens: JoinTokens | None = None
+    # Autolock's unlock key (SWMKEY-1-...), kept here as swarmkit keeps it in raft: every manager
+    # learns it from its copy of the store (the row is sealed with the data key). Not Docker's
+    # shape: the API drops it (api/swarm.py public_cluster); only GET /swarm/unlockkey shows it.
+    UnlockKey: str = ""
 
 
 class InitRequest(Spec):
@@ -822,6 +826,10 @@ class InitRequest(Spec):
     Store: str = ""  # "sqlite" (the default: one manager) or "etcd" (managers with failover)
     EtcdEndpoints: list[str] | None = None  # an etcd cluster the user runs; none: Shoal runs a member
     EtcdPort: UInt = 0  # the client port of the member Shoal runs (its peer port is the next one); 0: 2379
+
+
+class UnlockRequest(Spec):
+    UnlockKey: str = ""
 
 
 class JoinRequest(Spec):

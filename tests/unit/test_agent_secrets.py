@@ -194,3 +194,36 @@ async def test_worker_hands_secrets_to_the_executor_before_tasks_start(tmp_path:
     await ctrl.cancel()
     await w.close()
     await ts.close()
+
+
+async def test_golang_templated_config_renders_per_task(store: TaskSecrets) -> None:
+    """swarmkit's placeholders: service, node, task fields, env, and the task's own secret/config
+    targets; an unsupported action or a target the task lacks fails the task with the reason."""
+    from shoal.models import Driver, NodeDescription, Platform
+
+    pw, plain = secret("db-pass", b"hunter2"), config("base.conf", b"base=1")
+    tmpl = config("app.conf", b"svc={{.Service.Name}} slot={{ .Task.Slot }} host={{.Node.Hostname}}"
+                              b" os={{.Node.Platform.OS}}\n{{- /* note */ -}}\n"
+                              b' user={{env "APP_USER"}} pw={{secret "db-pass"}} {{config "base.conf"}}')
+    tmpl = Config(ID=tmpl.ID, Version=tmpl.Version, CreatedAt="", UpdatedAt="",
+                  Spec=ConfigSpec(Name="app.conf", Data=tmpl.Spec.Data, Templating=Driver(Name="golang")))
+    t = task([sref(pw)], [cref(plain), cref(tmpl)])
+    t = Task(**{**{f: getattr(t, f) for f in t.__struct_fields__},
+                "Spec": TaskSpec(ContainerSpec=ContainerSpec(Image="busybox:latest", Env=["APP_USER=ann"],
+                                                             Secrets=[sref(pw)], Configs=[cref(plain), cref(tmpl)])),
+                "ServiceAnnotations": {"Name": "web"}})
+    store.node = NodeDescription(Hostname="host-1", Platform=Platform(OS="linux", Architecture="x86_64"))
+    store.update(Assignments(full=True, tasks=[t], secrets=[pw], configs=[plain, tmpl]))
+    mounts = await store.mounts(t)
+    files = {m["Target"]: Path(m["Source"]) for m in mounts}
+    assert files["/app.conf"].read_text() == "svc=web slot=1 host=host-1 os=linuxuser=ann pw=hunter2 base=1"
+
+    for bad, why in ((b"{{if .X}}x{{end}}", "unsupported action"), (b'{{secret "nope"}}', "secret target nope"),
+                     (b"{{.Service.Nope}}", "can't evaluate field Nope")):
+        broken = Config(ID=new_id(), Version=Version(1), CreatedAt="", UpdatedAt="",
+                        Spec=ConfigSpec(Name="bad", Data=base64.b64encode(bad).decode(),
+                                        Templating=Driver(Name="golang")))
+        tb = task(None, [cref(broken)])
+        store.update(Assignments(full=False, tasks=[tb], configs=[broken]))
+        with pytest.raises(ExecutorError, match=why):
+            await store.mounts(tb)

@@ -28,7 +28,7 @@ from shoal.store import MemoryStore, NullBackend
 # decides who may call it, so this list changes only on purpose.
 ADMIN_ONLY = {
     ("POST", "/swarm/init"), ("POST", "/swarm/join"), ("POST", "/swarm/leave"), ("POST", "/swarm/update"),
-    ("GET", "/swarm/unlockkey"), ("POST", "/nodes/{id}/update"), ("DELETE", "/nodes/{id}"),
+    ("GET", "/swarm/unlockkey"), ("POST", "/swarm/unlock"), ("POST", "/nodes/{id}/update"), ("DELETE", "/nodes/{id}"),
     # Every call about a node engine's containers (a container can mount the host's /).
     ("POST", "/containers/create"), ("DELETE", f"/containers/{{id:{_REF}}}"), ("POST", "/containers/prune"),
     *((m, f"/containers/{{id:{_REF}}}/{{tail:{a}}}") for m, acts in CONTAINER_ACTIONS.items() for a in acts),

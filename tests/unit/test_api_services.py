@@ -81,7 +81,7 @@ async def test_create_inspect_list_update_delete(client: TestClient, manager: Fa
     assert [s["ID"] for s in listed] == [sid]
     assert listed[0]["ServiceStatus"] == {"RunningTasks": 1, "DesiredTasks": 3, "CompletedTasks": 0}
     plain = await (await client.get("/services")).json()
-    assert plain[0]["ServiceStatus"] is None
+    assert "ServiceStatus" not in plain[0]  # moby: omitempty, only with ?status=true
 
     # Round trip: what GET returns is what `docker service update` sends back.
     spec = svc["Spec"]
@@ -284,3 +284,31 @@ async def test_registry_auth_is_kept_for_the_agents_and_never_shown(client: Test
     body["TaskTemplate"]["ContainerSpec"]["PullOptions"] = {"RegistryAuth": "forged"}
     assert (await client.post("/services/create", json=body)).status == 201
     assert manager.store.service_by_name("other").Spec.TaskTemplate.ContainerSpec.PullOptions is None
+
+
+async def test_swarm_mode_shape_details(client: TestClient) -> None:
+    """ForceUpdate is in every TaskTemplate (0 included), ServiceStatus only with ?status=true, and
+    ?insertDefaults=true fills in swarmkit's defaults (defaults.InterpolateService)."""
+    bare = {"Name": "bare", "TaskTemplate": {"ContainerSpec": {"Image": "busybox:latest"}}}
+    sid = await create(client, bare)
+    svc = await (await client.get(f"/v1.41/services/{sid}")).json()
+    assert svc["Spec"]["TaskTemplate"]["ForceUpdate"] == 0
+    for key in ("ServiceStatus", "UpdateStatus", "PreviousSpec", "JobStatus"):
+        assert key not in svc
+    assert "RestartPolicy" not in svc["Spec"]["TaskTemplate"]  # as stored: nothing invented
+    (listed,) = await (await client.get("/v1.41/services")).json()
+    assert listed["Spec"]["TaskTemplate"]["ForceUpdate"] == 0 and "ServiceStatus" not in listed
+    (with_status,) = await (await client.get("/v1.41/services?status=true")).json()
+    assert with_status["ServiceStatus"]["DesiredTasks"] == 1
+
+    full = await (await client.get(f"/v1.41/services/{sid}?insertDefaults=true")).json()
+    tt = full["Spec"]["TaskTemplate"]
+    assert tt["RestartPolicy"] == {"Condition": "any", "Delay": 5_000_000_000, "MaxAttempts": 0}
+    assert tt["ContainerSpec"]["StopGracePeriod"] == 10_000_000_000 and tt["ContainerSpec"]["DNSConfig"] == {}
+    assert tt["Resources"] == {} and tt["Placement"] == {} and tt["ForceUpdate"] == 0
+    want = {"Parallelism": 1, "FailureAction": "pause", "Monitor": 5_000_000_000, "Order": "stop-first"}
+    assert full["Spec"]["UpdateConfig"] == want and full["Spec"]["RollbackConfig"] == want
+    # What the CLI sends is kept as sent (a Monitor it gave is not overwritten).
+    sid2 = await create(client, cli_spec(name="cli", UpdateConfig={"Parallelism": 2, "Monitor": 1_000_000_000}))
+    full2 = await (await client.get(f"/v1.41/services/{sid2}?insertDefaults=1")).json()
+    assert full2["Spec"]["UpdateConfig"] == {"Parallelism": 2, "Monitor": 1_000_000_000}

@@ -338,3 +338,16 @@ async def test_http_needs_a_swarm() -> None:
         for path in ("/secrets", "/configs"):
             r = await c.get(path)
             assert r.status == 503 and "not a swarm manager" in (await r.json())["message"]
+
+
+def test_config_templating_golang_is_kept_and_other_drivers_are_400() -> None:
+    store = MemoryStore(NullBackend())
+    data = base64.b64encode(b"name={{.Service.Name}}").decode()
+    cfg = ops.create_config(store, ConfigSpec(Name="t", Data=data, Templating=Driver(Name="golang")))
+    assert cfg.Spec.Templating == Driver(Name="golang")
+    before = store.revision
+    with pytest.raises(InvalidArgument, match="templating driver 'jinja' is not supported"):
+        ops.create_config(store, ConfigSpec(Name="u", Data=data, Templating=Driver(Name="jinja")))
+    with pytest.raises(InvalidArgument, match="templating driver 'golang' is not supported"):
+        ops.create_secret(store, SecretSpec(Name="s", Data=data, Templating=Driver(Name="golang")))
+    assert store.revision == before

@@ -157,6 +157,9 @@ class Agent:
             if self.hostname:
                 described = msgspec.structs.replace(described, Hostname=self.hostname)
             self._description = described
+            secrets = getattr(self.executor, "secrets", None)  # config templates render .Node from it
+            if secrets is not None:
+                secrets.node = described
             existing = await self.executor.list_task_containers(self.node_id)
         except Exception as exc:
             self._worker_error = f"engine not usable: {exc or type(exc).__name__}"

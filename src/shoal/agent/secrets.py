@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from shoal.agent.executor.base import ExecutorError
+from shoal.agent.template import GOLANG, TemplateError, render
 from shoal.dispatcher.protocol import Assignments
-from shoal.models import Config, ConfigReference, Secret, SecretReference, Task
+from shoal.models import Config, ConfigReference, NodeDescription, Secret, SecretReference, Task
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ class TaskSecrets:
         self._mounted: set[Path] = set()  # node directories this object mounted a tmpfs on
         self._ready: set[Path] = set()
         self._lock = asyncio.Lock()
+        self.node_id = ""
+        self.node: NodeDescription | None = None  # this node as the agent described it (templates' .Node)
 
     # ------------------------------------------------------------------ assignments
 
@@ -204,8 +207,10 @@ class TaskSecrets:
             if config is None:
                 raise ExecutorError(f"config {cref.ConfigName or cref.ConfigID} is not available on this node")
             name, uid, gid, mode = _file(cref, config.Spec.Name)
-            files.append((f"config-{i}-{config.ID}", base64.b64decode(config.Spec.Data), config_target(name),
-                          uid, gid, mode))
+            data = base64.b64decode(config.Spec.Data)
+            if config.Spec.Templating is not None and config.Spec.Templating.Name == GOLANG:
+                data = self._render(task, config, data)
+            files.append((f"config-{i}-{config.ID}", data, config_target(name), uid, gid, mode))
         node_dir = self.run_dir / (task.NodeID or "_")
         await self._prepare(node_dir)
         try:
@@ -213,6 +218,42 @@ class TaskSecrets:
         except OSError as e:
             self.release(task.ID, task.NodeID)
             raise ExecutorError(f"cannot write secret files for task {task.ID}: {e}") from None
+
+    def _render(self, task: Task, config: Config, data: bytes) -> bytes:
+        """A templated config, rendered for this task (swarmkit's template package); a template
+        that does not render fails the task with the reason."""
+        secrets, configs = _refs(task)
+        cs = task.Spec.ContainerSpec
+        env = dict(e.split("=", 1) if "=" in e else (e, "") for e in (cs.Env if cs is not None else None) or ())
+
+        def secret(target: str) -> str:
+            for ref in secrets:
+                if ref.SecretID in self.secrets and _file(ref, self.secrets[ref.SecretID].Spec.Name)[0] == target:
+                    return base64.b64decode(self.secrets[ref.SecretID].Spec.Data).decode()
+            raise TemplateError(f"secret target {target} not found")
+
+        def config_(target: str) -> str:
+            for ref in configs:
+                if ref.ConfigID in self.configs and _file(ref, self.configs[ref.ConfigID].Spec.Name)[0] == target:
+                    return base64.b64decode(self.configs[ref.ConfigID].Spec.Data).decode()
+            raise TemplateError(f"config target {target} not found")
+
+        node = self.node or NodeDescription()
+        platform = node.Platform
+        ann = task.ServiceAnnotations or {}
+        service_name = str(ann.get("Name", ""))
+        ctx = {
+            "Service": {"ID": task.ServiceID, "Name": service_name, "Labels": ann.get("Labels") or {}},
+            "Node": {"ID": task.NodeID or self.node_id, "Hostname": node.Hostname,
+                     "Platform": {"OS": platform.OS if platform else "",
+                                  "Architecture": platform.Architecture if platform else ""}},
+            "Task": {"ID": task.ID, "Name": task.Name or f"{service_name}.{task.Slot}.{task.ID}", "Slot": task.Slot},
+        }
+        try:
+            return render(data.decode(), ctx, {"env": lambda k: env.get(k, ""), "secret": secret,
+                                               "config": config_}).encode()
+        except (TemplateError, UnicodeDecodeError) as e:
+            raise ExecutorError(f"failed to render config {config.Spec.Name}: {e}") from None
 
     def _write_files(self, tdir: Path, files: list[tuple[str, bytes, str, int, int, int]]) -> list[dict[str, Any]]:
         # Small writes to a tmpfs: cheaper inline than a thread hop.

@@ -134,6 +134,7 @@ _ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/swarm/leave", swarm.leave),
     ("POST", "/swarm/update", swarm.update),
     ("GET", "/swarm/unlockkey", swarm.unlock_key),
+    ("POST", "/swarm/unlock", swarm.unlock),
     ("GET", "/nodes", nodes.list_nodes),
     ("GET", "/nodes/{id}", nodes.inspect),
     ("POST", "/nodes/{id}/update", nodes.update),

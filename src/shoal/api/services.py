@@ -9,7 +9,7 @@ from aiohttp import web
 
 from shoal import controlapi
 from shoal.api.common import decode_body, empty_response, json_response, query_bool, query_version, swarm_manager
-from shoal.controlapi.services import SERVICE_FILTERS
+from shoal.controlapi.services import SERVICE_FILTERS, insert_defaults
 from shoal.errors import InvalidArgument
 from shoal.models import PullOptions, Service, ServiceSpec, Task, TaskSpec
 
@@ -67,6 +67,21 @@ def shown(objs: list[Any]) -> list[Any]:
     return [shown_service(o) if isinstance(o, Service) else shown_task(o) for o in objs]
 
 
+def service_json(svc: Service) -> dict[str, Any]:
+    """A service in Docker's shape: without its registry credentials (:func:`shown_service`),
+    ``ForceUpdate`` always in a TaskTemplate (moby's field has no omitempty; our specs omit zero
+    values), ``ServiceStatus`` only when asked for."""
+    out: dict[str, Any] = msgspec.to_builtins(shown_service(svc))
+    for key in ("Spec", "PreviousSpec"):
+        spec = out.get(key)
+        if isinstance(spec, dict):
+            spec.setdefault("TaskTemplate", {}).setdefault("ForceUpdate", 0)
+    for key in ("ServiceStatus", "JobStatus", "UpdateStatus", "PreviousSpec"):  # omitempty in moby
+        if out.get(key) is None:
+            out.pop(key, None)
+    return out
+
+
 # --------------------------------------------------------------------------- routes
 
 
@@ -74,7 +89,7 @@ async def list_services(request: web.Request) -> web.Response:
     manager = swarm_manager(request)
     filters = controlapi.parse_filters(request.query.get("filters"), SERVICE_FILTERS)
     services = controlapi.list_services(manager.store, filters, status=query_bool(request, "status"))
-    return json_response(shown(services))
+    return json_response([service_json(s) for s in services])
 
 
 async def create(request: web.Request) -> web.Response:
@@ -86,8 +101,10 @@ async def create(request: web.Request) -> web.Response:
 
 async def inspect(request: web.Request) -> web.Response:
     manager = swarm_manager(request)
-    # insertDefaults is accepted and ignored: stored specs already carry the defaults Docker shows.
-    return json_response(shown_service(controlapi.get_service(manager.store, request.match_info["id"])))
+    svc = controlapi.get_service(manager.store, request.match_info["id"])
+    if query_bool(request, "insertDefaults"):
+        svc = msgspec.structs.replace(svc, Spec=insert_defaults(svc.Spec))
+    return json_response(service_json(svc))
 
 
 async def update(request: web.Request) -> web.Response:

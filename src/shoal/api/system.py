@@ -16,6 +16,7 @@ import shoal
 from shoal.api import clusterinfo
 from shoal.api.common import ManagerAPI, json_response, manager_of
 from shoal.models import NodeRole, TaskState
+from shoal.store.autolock import SWARM_LOCKED
 
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
     platform.machine(), platform.machine()
@@ -158,6 +159,15 @@ def _swarm_info(manager: ManagerAPI) -> dict[str, Any]:
             "Error": "",
             "RemoteManagers": [{"NodeID": "", "Addr": getattr(manager, "manager_addr", "")}],
         }
+    if getattr(manager, "locked", False):  # autolock: as moby's Info for a locked node
+        return {
+            "NodeID": "",
+            "NodeAddr": manager.addr,
+            "LocalNodeState": "locked",
+            "ControlAvailable": False,
+            "Error": SWARM_LOCKED,
+            "RemoteManagers": None,
+        }
     loading = getattr(manager, "loading", "")
     if loading:
         return {
@@ -197,6 +207,7 @@ def _swarm_info(manager: ManagerAPI) -> dict[str, Any]:
         for m in managers
     ]
     cluster_info = msgspec.to_builtins(cluster)
+    cluster_info.pop("UnlockKey", None)  # only GET /swarm/unlockkey shows it
     cluster_info.pop("JoinTokens", None)  # /info never shows tokens; GET /swarm does
     return {
         "NodeID": manager.node_id or "",

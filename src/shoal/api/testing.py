@@ -13,7 +13,7 @@ from typing import Any
 from shoal.ca.tokens import generate_join_token
 from shoal.controlapi.networks import create_network, ingress_spec
 from shoal.dispatcher.protocol import LogMessage, LogOptions
-from shoal.errors import NotInSwarm, Unavailable
+from shoal.errors import Conflict, NotInSwarm, Unavailable
 from shoal.ids import new_id
 from shoal.models import (
     Cluster,
@@ -39,6 +39,7 @@ from shoal.models import (
     now_ts,
 )
 from shoal.store import MemoryStore, NullBackend
+from shoal.store.autolock import NOT_LOCKED
 
 FAKE_CA_PEM = "-----BEGIN CERTIFICATE-----\nZmFrZQ==\n-----END CERTIFICATE-----\n"
 
@@ -70,6 +71,17 @@ class FakeManager:
 
     def rotate_root_ca(self) -> None:
         self.ca_rotations += 1
+
+    def check_unlockable(self) -> None:
+        if not self.in_swarm:
+            raise Unavailable("This node is not part of a swarm")
+        raise Conflict(NOT_LOCKED)  # a fake manager is never locked
+
+    async def unlock(self, key: bytes) -> None:
+        raise Conflict(NOT_LOCKED)
+
+    async def apply_autolock(self) -> None:
+        """No key files here: the store's cluster object is all there is."""
 
     async def join(self, req: JoinRequest) -> None:
         if self.in_swarm:

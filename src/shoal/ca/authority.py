@@ -55,6 +55,7 @@ from shoal.models import (
     Version,
 )
 from shoal.store import MemoryStore
+from shoal.store.autolock import KeyVault
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,12 @@ class _Rotation(msgspec.Struct):
 class ClusterCA:
     """Signs node certificates with the root key in ``<data_root>/ca.key`` (cert: the store's TrustRoot)."""
 
-    def __init__(self, store: MemoryStore, data_root: str | Path, *, local_node_id: str | None = None) -> None:
+    def __init__(self, store: MemoryStore, data_root: str | Path, *, local_node_id: str | None = None,
+                 vault: KeyVault | None = None) -> None:
         self.store = store
         self.data_root = Path(data_root)
+        # The manager's key files, wrapped under the unlock key while autolock is on.
+        self.vault = vault or KeyVault(self.data_root)
         # This manager's own node: its agent runs in-process without a certificate, so a rotation
         # does not wait for it to renew.
         self.local_node_id = local_node_id
@@ -111,9 +115,9 @@ class ClusterCA:
             raise InvalidArgument("the cluster has no root CA certificate")
         key_path = self.data_root / KEY_FILE
         nxt = key_path.with_name(KEY_FILE + ".next")
-        if nxt.exists() and public_key_matches(root_pem, nxt.read_text()):
+        if nxt.exists() and public_key_matches(root_pem, self.vault.read(nxt)):
             nxt.replace(key_path)  # a rotation committed to the store but stopped before this step
-        key_pem = key_path.read_text()
+        key_pem = self.vault.read(key_path)
         if not public_key_matches(root_pem, key_pem):
             raise InvalidArgument(f"{key_path} does not hold the key of the cluster's root CA certificate")
         key = serialization.load_pem_private_key(key_pem.encode(), None)
@@ -294,7 +298,7 @@ class ClusterCA:
         # Order for crash safety: the new key and the rotation state are on disk before the store
         # names the new root; _load() completes a rotation that stopped between the two.
         previous = self._rotation
-        write_private(nxt, key_to_pem(new_key))
+        self.vault.write(nxt, key_to_pem(new_key))
         self._rotation = rotation
         self._save_rotation()
         try:

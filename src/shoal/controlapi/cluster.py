@@ -10,6 +10,7 @@ from shoal.controlapi.validate import check_swarm_labels
 from shoal.errors import NotInSwarm
 from shoal.models import SECOND, Cluster, JoinTokens, SwarmSpec
 from shoal.store import MemoryStore
+from shoal.store.autolock import human_key, new_unlock_key
 
 _MIN_CERT_EXPIRY = 3600 * SECOND
 
@@ -19,6 +20,10 @@ def inspect_cluster(store: MemoryStore) -> Cluster:
     if cluster is None:
         raise NotInSwarm()
     return cluster
+
+
+def autolock_of(spec: SwarmSpec | None) -> bool:
+    return bool(spec is not None and spec.EncryptionConfig is not None and spec.EncryptionConfig.AutoLockManagers)
 
 
 def check_swarm_spec(spec: SwarmSpec) -> None:
@@ -38,8 +43,12 @@ def update_cluster(
     spec: SwarmSpec,
     rotate_worker_token: bool = False,
     rotate_manager_token: bool = False,
+    rotate_unlock_key: bool = False,
 ) -> Cluster:
-    """Replace the swarm spec (stale ``version`` → 409) and rotate the join tokens asked for."""
+    """Replace the swarm spec (stale ``version`` → 409) and rotate the join tokens asked for; the
+    unlock key follows ``EncryptionConfig.AutoLockManagers`` as swarmkit's UpdateCluster: made when
+    autolock turns on, dropped when it turns off, replaced on ``rotateManagerUnlockKey`` (ignored
+    while autolock is off)."""
     cur = inspect_cluster(store)
     check_swarm_spec(spec)
     tokens = cur.JoinTokens or JoinTokens()
@@ -49,7 +58,12 @@ def update_cluster(
             Worker=generate_join_token(root) if rotate_worker_token else tokens.Worker,
             Manager=generate_join_token(root) if rotate_manager_token else tokens.Manager,
         )
-    new = msgspec.structs.replace(cur, Spec=spec, JoinTokens=tokens)
+    unlock_key = cur.UnlockKey
+    if not autolock_of(spec):
+        unlock_key = ""
+    elif not unlock_key or rotate_unlock_key:
+        unlock_key = human_key(new_unlock_key())
+    new = msgspec.structs.replace(cur, Spec=spec, JoinTokens=tokens, UnlockKey=unlock_key)
     with store.tx() as tx:
         tx.update("cluster", new, expected_version=version)
     return new

@@ -97,7 +97,9 @@ def create(store: MemoryStore, kind: Kind, spec: AnySpec) -> AnyObj:
     if isinstance(spec, SecretSpec) and spec.Driver is not None and spec.Driver.Name:
         # Swarm would store the reference and fail every task later; say so now instead.
         raise invalid(f"secret driver {spec.Driver.Name!r} is not available: Shoal stores secret data itself")
-    if spec.Templating is not None and spec.Templating.Name:
+    if spec.Templating is not None and spec.Templating.Name and (
+            isinstance(spec, SecretSpec) or spec.Templating.Name != "golang"):
+        # Configs: Go templates, rendered by the agent per task (agent/template.py).
         raise invalid(f"templating driver {spec.Templating.Name!r} is not supported")
     data = decode_data(spec.Data)
     if len(data) >= kind.max_size or len(data) < 1:
@@ -105,7 +107,8 @@ def create(store: MemoryStore, kind: Kind, spec: AnySpec) -> AnyObj:
     if _by_name(store, kind, spec.Name) is not None:
         raise already_exists(f"{kind.name} {spec.Name} already exists")
     # Re-encoded, so every stored copy has one canonical form whatever padding or alphabet was sent.
-    spec = msgspec.structs.replace(spec, Data=base64.b64encode(data).decode(), Templating=None)
+    templating = spec.Templating if spec.Templating is not None and spec.Templating.Name else None
+    spec = msgspec.structs.replace(spec, Data=base64.b64encode(data).decode(), Templating=templating)
     obj = kind.obj(ID=new_id(), Version=Version(), CreatedAt="", UpdatedAt="", Spec=spec)
     with store.tx() as tx:
         tx.create(kind.name, obj)

@@ -14,7 +14,22 @@ from shoal.controlapi.secrets import resolve_service_references
 from shoal.controlapi.validate import check_reservation_fits, mode_kind, validate_service_spec
 from shoal.errors import InvalidArgument
 from shoal.ids import new_id
-from shoal.models import JobStatus, Service, ServiceSpec, ServiceStatus, TaskState, UpdateStatus, Version, now_ts
+from shoal.models import (
+    SECOND,
+    JobStatus,
+    Placement,
+    ResourceRequirements,
+    RestartCondition,
+    RestartPolicy,
+    Service,
+    ServiceSpec,
+    ServiceStatus,
+    TaskState,
+    UpdateConfig,
+    UpdateStatus,
+    Version,
+    now_ts,
+)
 from shoal.store import MemoryStore
 
 SERVICE_FILTERS = ("id", "label", "mode", "name", "runtime")
@@ -150,3 +165,34 @@ def list_services(store: MemoryStore, filters: Filters | None = None, status: bo
             continue
         out.append(msgspec.structs.replace(s, ServiceStatus=service_status(store, s)) if status else s)
     return out
+
+
+_DEFAULT_UPDATE = UpdateConfig(Parallelism=1, FailureAction="pause", Monitor=5 * SECOND, Order="stop-first")
+
+
+def _update_defaults(cfg: UpdateConfig | None) -> UpdateConfig:
+    if cfg is None:
+        return _DEFAULT_UPDATE
+    return cfg if cfg.Monitor else msgspec.structs.replace(cfg, Monitor=_DEFAULT_UPDATE.Monitor)
+
+
+def insert_defaults(spec: ServiceSpec) -> ServiceSpec:
+    """``GET /services/{id}?insertDefaults=true``: what swarmkit's defaults.InterpolateService fills
+    in where the spec is silent — the values the service runs with anyway (`docker service inspect`
+    uses it to show them, and `service update --rollback` to compare)."""
+    tt = spec.TaskTemplate
+    cs = tt.ContainerSpec
+    if cs is not None:
+        cs = msgspec.structs.replace(
+            cs, StopGracePeriod=cs.StopGracePeriod if cs.StopGracePeriod is not None else 10 * SECOND,
+            DNSConfig=cs.DNSConfig if cs.DNSConfig is not None else {})
+    rp = tt.RestartPolicy
+    if rp is None:
+        rp = RestartPolicy(Condition=RestartCondition.ANY, Delay=5 * SECOND, MaxAttempts=0)
+    elif rp.Delay is None:
+        rp = msgspec.structs.replace(rp, Delay=5 * SECOND)
+    tt = msgspec.structs.replace(tt, ContainerSpec=cs, RestartPolicy=rp,
+                                 Resources=tt.Resources if tt.Resources is not None else ResourceRequirements(),
+                                 Placement=tt.Placement if tt.Placement is not None else Placement())
+    return msgspec.structs.replace(spec, TaskTemplate=tt, UpdateConfig=_update_defaults(spec.UpdateConfig),
+                                   RollbackConfig=_update_defaults(spec.RollbackConfig))

@@ -14,8 +14,8 @@ other kind (tasks, services, nodes...) is written as before, with no cost on tha
 The data key comes from a :class:`KeySource`: the keyring file ``<data-root>/store.key`` (0600,
 made at ``swarm init``, handed to joining managers over mutual TLS). A keyring holds the current key
 and, during a rotation, the keys still sealing some rows; values name their key, so a rotation
-that stops half-way leaves every row readable and is finished at the next start. When autolock
-exists (issue 13) the unlock key becomes another KeySource; nothing else changes.
+that stops half-way leaves every row readable and is finished at the next start. With autolock
+the file itself is wrapped under the swarm's unlock key (store/autolock.py, through ``vault``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shoal.ca.certs import write_private
 from shoal.errors import Unavailable
+from shoal.store.autolock import KeyVault, is_wrapped
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Keyring:
 
 
 class KeySource(Protocol):
-    """Where the data keyring comes from. Today a file; with autolock (issue 13), the unlock key."""
+    """Where the data keyring comes from: a file, wrapped under the unlock key with autolock."""
 
     where: str  # for messages: "/var/lib/shoal/store.key"
 
@@ -105,23 +106,31 @@ class KeySource(Protocol):
 
 
 class FileKeySource:
-    """``<data-root>/store.key``: the keyring as JSON, mode 0600, replaced atomically."""
+    """``<data-root>/store.key``: the keyring as JSON, mode 0600, replaced atomically; through
+    ``vault`` (a running manager's) it is wrapped while autolock is on."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, vault: KeyVault | None = None) -> None:
         self.path = Path(path)
         self.where = str(self.path)
+        self.vault = vault
 
     def load(self) -> Keyring | None:
         try:
-            text = self.path.read_text()
+            text = self.vault.read(self.path) if self.vault is not None else self.path.read_text()
         except FileNotFoundError:
             return None
         except OSError as e:
             raise StoreKeyError(f"cannot read the data key {self.path}: {e.strerror}") from None
+        if is_wrapped(text):  # an offline command (rotate-key, migrate) on an autolocked manager
+            raise StoreKeyError(f"{self.path} is locked under the swarm's unlock key (autolock); turn autolock "
+                                "off (`docker swarm update --autolock=false`) before this command")
         return Keyring.from_json(text, str(self.path))
 
     def save(self, ring: Keyring) -> None:
-        write_private(self.path, ring.to_json())
+        if self.vault is not None:
+            self.vault.write(self.path, ring.to_json())
+        else:
+            write_private(self.path, ring.to_json())
 
     def create(self) -> Keyring:
         """The keyring, made (and saved) if there is none: ``swarm init``."""

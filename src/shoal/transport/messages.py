@@ -50,6 +50,9 @@ class ManagerJoin(msgspec.Struct):
     # member certificate from it. Empty for an etcd the user runs, or a swarm made before it.
     etcd_ca_pem: str = ""
     etcd_ca_key_pem: str = ""
+    # Autolock's unlock key (SWMKEY-1-...; empty: autolock off): the joiner wraps the keys above
+    # under it before they touch its disk, as swarmkit's joining managers do.
+    unlock_key: str = ""
 
 
 class JoinResponse(msgspec.Struct):
