@@ -6,7 +6,7 @@ one goes to the engine that holds it, through the manager's pipes (transport/tun
 api/engineproxy.py) — start, stop, kill, exec, attach, logs, cp, stats, wait, everything, including
 the hijacked streams of ``docker run``/``docker exec -it``. ``docker run`` places its container with
 the scheduler's filters (``constraint:``/``affinity:`` in ``Env``, resources, host ports) and the
-fewest containers, then creates it on that node's engine; a container so made is the engine's, as
+fewest running containers, then creates it on that node's engine; a container so made is the engine's, as
 in classic Swarm: it is not rescheduled when its node fails (a service is).
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -49,6 +50,7 @@ from shoal.netmode import engine_network_name
 from shoal.scheduler.plan import candidates
 
 _NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+RUNNING_TTL_S = 2.0  # how long a node's count of running containers is taken as it is
 CONTAINER_FILTERS = ("ancestor", "before", "expose", "exited", "health", "id", "isolation", "is-task", "label",
                      "name", "network", "publish", "since", "status", "volume")  # and engines.NODE_FILTER
 
@@ -204,25 +206,30 @@ async def create(request: web.Request) -> web.Response:
     choices = [nid for nid in fits if nid in ready]
     if not choices:
         raise Unavailable(f"Unable to find a node that satisfies the following conditions: {why or 'no ready node'}")
-    placed = engines.index(request).containers.values()
-    load = {nid: fits[nid] + sum(1 for v in placed if v == nid) for nid in choices}
-    node = ready[min(choices, key=lambda nid: (load[nid], node_name(ready[nid])))]
-    joined = await _join_networks(m, node, name, cfg)
-    if joined is not None:
-        raw = json.dumps(cfg).encode()
+    idx = engines.index(request)
+    async with idx.placing:  # one choice at a time, each counted before the next (compose creates at once)
+        load = await _running(request, m, [ready[nid] for nid in choices])
+        node = ready[min(choices, key=lambda nid: (load[nid], node_name(ready[nid])))]
+        _count(idx, node.ID, +1)
+    joined: list[Task] | None = None
     try:
+        joined = await _join_networks(m, node, name, cfg)
+        if joined is not None:
+            raw = json.dumps(cfg).encode()
         ans = await engine_call(m, node, "POST", f"/containers/create?{request.query_string}", raw,
                                 headers={"Content-Type": "application/json"})
     except BaseException:
         attach.detach(m, joined or [])
+        _count(idx, node.ID, -1)
         raise
     if ans.status == 201:
         cid = str(ans.json().get("Id", ""))
-        engines.index(request).learn(engines.index(request).containers, cid, node.ID)
+        idx.learn(idx.containers, cid, node.ID)
         for t in joined or ():
             attach.set_container(m, t, cid)
     else:
         attach.detach(m, joined or [])
+        _count(idx, node.ID, -1)
     return web.Response(status=ans.status, body=ans.body, content_type="application/json")
 
 
@@ -276,6 +283,24 @@ async def _join_networks(m: engines.EngineManager, node: Node, name: str, cfg: d
         host["Dns"] = [gw] + [d for d in host.get("Dns") or [] if d != gw]
     cfg["NetworkingConfig"] = {"EndpointsConfig": {engine_net: ep}}
     return [task]
+
+
+async def _running(request: web.Request, m: engines.EngineManager, nodes: list[Node]) -> dict[str, int]:
+    """Running containers per node, as the engines count them (tasks' included): classic Swarm's
+    spread measure. Counted afresh when older than ``RUNNING_TTL_S``; each create here adds one."""
+    idx = engines.index(request)
+    now = time.monotonic()
+    stale = [n for n in nodes if now - idx.running.get(n.ID, (0, -RUNNING_TTL_S))[1] >= RUNNING_TTL_S]
+    for node, ans in await fan_out(m, "GET", "/containers/json", nodes=stale) if stale else ():
+        if not isinstance(ans, ShoalError) and ans.status == 200:
+            idx.running[node.ID] = (len(ans.json() or ()), now)
+    return {n.ID: idx.running.get(n.ID, (0, 0.0))[0] for n in nodes}
+
+
+def _count(idx: engines.EngineIndex, node_id: str, delta: int) -> None:
+    """A container placed on (or, its create failed, not on) a node, until the next count."""
+    count, at = idx.running.get(node_id, (0, 0.0))
+    idx.running[node_id] = (max(count + delta, 0), at)
 
 
 async def _name_free(request: web.Request, name: str) -> None:

@@ -155,6 +155,8 @@ class EngineIndex:
     def __init__(self) -> None:
         self.containers: dict[str, str] = {}
         self.execs: dict[str, str] = {}
+        self.running: dict[str, tuple[int, float]] = {}  # node ID → (running containers, counted at)
+        self.placing = asyncio.Lock()  # docker run's placement decisions, one at a time
 
     def learn(self, table: dict[str, str], obj_id: str, node_id: str) -> None:
         table.pop(obj_id, None)
