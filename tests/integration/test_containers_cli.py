@@ -56,6 +56,10 @@ def test_a_container_s_whole_life_through_the_cli(shoal: ShoalProcess, swarm: do
         piped = subprocess.run(["docker", "-H", shoal.host, "exec", "-i", "shoal-ctr-cli", "tr", "a-z", "A-Z"],
                                input="through stdin\n", capture_output=True, text=True, timeout=60, check=True)
         assert piped.stdout == "THROUGH STDIN\n"  # stdin's end reached the process, its output came back
+        # docker exec -it, on a terminal (script(1) gives the CLI one): a TTY inside, the exit code out.
+        tty = subprocess.run(["script", "-qec", f"docker -H {shoal.host} exec -it shoal-ctr-cli sh -c 'tty; exit 7'",
+                              "/dev/null"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert tty.returncode == 7 and "/dev/pts/" in tty.stdout, (tty.returncode, tty.stdout, tty.stderr)
 
         # docker cp both ways (tar archives through the pipe).
         src = tmp_path / "note.txt"

@@ -21,6 +21,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from shoal.store.autolock import parse_human_key, unwrap
 from tests.integration.conftest import shoal_cli, wait_for
 from tests.integration.shoal_process import ShoalProcess
 from tests.integration.test_manager_etcd import free_ports
@@ -299,3 +300,65 @@ def test_managers_that_leave_take_nothing_with_them(managers: list[Mgr]) -> None
     svc.scale(2)
     wait_for(lambda: len(running(survivor.client(), "hasvc")) == 2, timeout=60)
     assert survivor.leader()
+
+
+def _state(m: Mgr) -> str:
+    try:
+        return str(m.client().info()["Swarm"]["LocalNodeState"])
+    except docker.errors.APIError:
+        return ""
+
+
+def _unlock(m: Mgr, key: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", "-H", m.proc.host, "swarm", "unlock"], input=key + "\n", capture_output=True,
+                          text=True, timeout=60)
+
+
+def _only_under(m: Mgr, key: str, old: str) -> bool:
+    """Whether the manager's data key file opens with ``key`` and no longer with ``old``."""
+    path = m.proc.data / "store.key"
+    text = path.read_text()
+    return (unwrap(text, parse_human_key(key), path) is not None
+            and unwrap(text, parse_human_key(old), path) is None)
+
+
+def test_autolock_with_three_managers(managers: list[Mgr]) -> None:
+    """Issue 13: autolock on etcd — every manager wraps its keys under the cluster's unlock key; a
+    manager down during a rotation unlocks with the key it went down with and re-wraps on its own;
+    the others take the new key at once. Secrets stay readable through it all."""
+    m1, m2, m3 = managers
+    swarm_on_etcd(m1, m2, m3)
+    client = m1.client()
+    wait_for(lambda: all(n.attrs["Status"]["State"] == "ready" for n in client.nodes.list()), timeout=40)
+    m1.proc.docker_cli("swarm", "update", "--autolock=true")
+    old = m1.proc.docker_cli("swarm", "unlock-key", "-q").stdout.strip()
+    assert old.startswith("SWMKEY-1-")
+    client.secrets.create(name="halock", data=b"kept under lock")
+
+    m2.proc.stop()  # down through the rotation
+    new = m1.proc.docker_cli("swarm", "unlock-key", "--rotate", "-q").stdout.strip()
+    assert new.startswith("SWMKEY-1-") and new != old
+    m2.proc.start()
+    assert wait_for(lambda: _state(m2) == "locked", timeout=30)
+    assert _unlock(m2, new).returncode != 0  # its files are still under the key it went down with
+    res = _unlock(m2, old)
+    assert res.returncode == 0, res.stderr
+    wait_for(lambda: _state(m2) == "active", timeout=30)
+
+    # m3 was up: it re-wrapped under the new key; so does m2 once unlocked. Both restart locked and
+    # open only with the new key.
+    for m in (m3, m2):
+        wait_for(lambda m=m: _only_under(m, new, old), timeout=30)  # the re-wrap follows the cluster's key
+        m.proc.stop()
+        m.proc.start()
+        assert wait_for(lambda m=m: _state(m) == "locked", timeout=30)
+        assert _unlock(m, old).returncode != 0
+        res = _unlock(m, new)
+        assert res.returncode == 0, res.stderr
+        wait_for(lambda m=m: _state(m) == "active", timeout=30)
+    # The secret is still there and readable by a task.
+    client.services.create("busybox:latest", ["sh", "-c", "cat /run/secrets/halock; sleep 600"], name="hasvc",
+                           secrets=[docker.types.SecretReference(client.secrets.list(names=["halock"])[0].id,
+                                                                 "halock")],
+                           stop_grace_period=10**9)
+    wait_for(lambda: len(running(client, "hasvc")) == 1, timeout=40)
