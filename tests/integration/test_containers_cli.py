@@ -35,7 +35,7 @@ def test_a_container_s_whole_life_through_the_cli(shoal: ShoalProcess, swarm: do
     (node,) = swarm.nodes.list()
     host = node.attrs["Description"]["Hostname"]
     cid = shoal.docker_cli(
-        "run", "-d", "--name", "shoal-ctr-cli", "-e", f"constraint:node=={host}",
+        "run", "-d", "--name", "shoal-ctr-cli", "-e", f"constraint:node=={host}", "--label", "shoal-ctr-test=1",
         "busybox:latest", "sh", "-c", "echo hello-from-shoal; sleep 600",
     ).stdout.strip()
     assert len(cid) == 64  # the engine's own ID
@@ -81,6 +81,9 @@ def test_a_container_s_whole_life_through_the_cli(shoal: ShoalProcess, swarm: do
         shoal.docker_cli("kill", "shoal-ctr-cli")
         state = json.loads(shoal.docker_cli("inspect", "shoal-ctr-cli").stdout)[0]["State"]
         assert state["Status"] == "exited" and state["ExitCode"] == 137  # SIGKILL, as the engine says
+        # Pruned on every engine (only ours: the engine is shared, so a label says which).
+        pruned = shoal.docker_cli("container", "prune", "-f", "--filter", "label=shoal-ctr-test=1").stdout
+        assert cid in pruned, pruned
     finally:
         shoal.docker_cli("rm", "-f", "shoal-ctr-cli", check=False)
     res = shoal.docker_cli("inspect", "--type", "container", "shoal-ctr-cli", check=False)

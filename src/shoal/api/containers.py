@@ -25,7 +25,7 @@ from shoal.api import attach, engines
 from shoal.api.auth import USER_KEY
 from shoal.api.common import json_response
 from shoal.api.engineproxy import relay
-from shoal.api.engines import EngineError, Located, engine_call, fan_out, locate, node_info, node_name
+from shoal.api.engines import Located, engine_call, fan_out, locate, node_info, node_name
 from shoal.api.forward import to_leader
 from shoal.errors import Conflict, InvalidArgument, ShoalError, Unavailable
 from shoal.models import (
@@ -343,18 +343,7 @@ async def list_containers(request: web.Request) -> web.Response:
 
 async def prune(request: web.Request) -> web.Response:
     """``POST /containers/prune`` on every engine: the removed containers and space, summed."""
-    m = engines.manager(request)
-    deleted: list[str] = []
-    space = 0
-    for _node, ans in await fan_out(m, "POST", f"/containers/prune?{request.query_string}"):
-        if isinstance(ans, ShoalError):
-            continue
-        if ans.status != 200:
-            raise EngineError(ans.status, ans.message)
-        doc = ans.json() or {}
-        deleted += doc.get("ContainersDeleted") or []
-        space += int(doc.get("SpaceReclaimed") or 0)
-    return json_response({"ContainersDeleted": deleted or None, "SpaceReclaimed": space})
+    return await engines.prune(request, "/containers", "ContainersDeleted")
 
 
 # --------------------------------------------------------------------------- one container

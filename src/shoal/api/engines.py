@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from shoal.api.common import MANAGER, ManagerAPI
+from shoal.api.common import MANAGER, ManagerAPI, json_response
 from shoal.api.engineproxy import EngineResponse, call
 from shoal.controlapi.filters import parse_filters
 from shoal.errors import Conflict, InvalidArgument, NotFound, ShoalError, Unavailable
@@ -143,6 +144,29 @@ async def fan_out(m: EngineManager, method: str, target: str, body: Any = None, 
         if isinstance(ans, ShoalError):
             log.info("%s %s on node %s: %s", method, target, node_name(node), ans.message)
     return list(zip(targets, answers, strict=True))
+
+
+async def prune(request: web.Request, path: str, field: str,
+                mark: Callable[[Node, Any], Any] | None = None) -> web.Response:
+    """``POST <path>/prune`` on every ready engine: what each removed (``field``, each item as
+    ``mark`` names it, once) and the space, summed. An engine's refusal (a bad filter: every engine
+    says the same) is passed on; an engine that does not answer is left out."""
+    m = manager(request)
+    query = f"?{request.query_string}" if request.query_string else ""
+    deleted: list[Any] = []
+    space = 0
+    for node, ans in await fan_out(m, "POST", f"{path}/prune{query}"):
+        if isinstance(ans, ShoalError):
+            continue
+        if ans.status != 200:
+            raise EngineError(ans.status, ans.message)
+        doc = ans.json() or {}
+        for item in doc.get(field) or ():
+            item = mark(node, item) if mark is not None else item
+            if item not in deleted:
+                deleted.append(item)
+        space += int(doc.get("SpaceReclaimed") or 0)
+    return json_response({field: deleted or None, "SpaceReclaimed": space})
 
 
 # ---------------------------------------------------------------------------- where things are

@@ -353,19 +353,8 @@ async def remove(request: web.Request) -> web.Response:
 
 
 async def prune(request: web.Request) -> web.Response:
-    """``POST /images/prune`` on every engine: what each removed and the space, summed."""
-    m = engines.manager(request)
-    deleted: list[dict[str, str]] = []
-    space = 0
-    for _node, ans in await fan_out(m, "POST", f"/images/prune{_qs(request)}"):
-        if isinstance(ans, ShoalError):
-            continue
-        if ans.status != 200:
-            raise EngineError(ans.status, ans.message)
-        doc = ans.json() or {}
-        deleted += [e for e in doc.get("ImagesDeleted") or [] if e not in deleted]
-        space += int(doc.get("SpaceReclaimed") or 0)
-    return json_response({"ImagesDeleted": deleted or None, "SpaceReclaimed": space})
+    """``POST /images/prune`` on every engine: what each removed (once) and the space, summed."""
+    return await engines.prune(request, "/images", "ImagesDeleted")
 
 
 # --------------------------------------------------------------------------- one node's answer

@@ -219,19 +219,8 @@ async def remove(request: web.Request) -> web.Response:
 
 async def prune(request: web.Request) -> web.Response:
     """``POST /volumes/prune`` on every ready engine: the removed volumes (``<node>/<name>``), space summed."""
-    m = engines.manager(request)
-    query = f"?{request.query_string}" if request.query_string else ""
-    deleted: list[str] = []
-    space = 0
-    for node, ans in await fan_out(m, "POST", f"/volumes/prune{query}"):
-        if isinstance(ans, ShoalError):
-            continue
-        if ans.status != 200:
-            raise EngineError(ans.status, ans.message)
-        doc = ans.json() or {}
-        deleted += [f"{node_name(node)}/{name}" for name in doc.get("VolumesDeleted") or ()]
-        space += int(doc.get("SpaceReclaimed") or 0)
-    return json_response({"VolumesDeleted": deleted or None, "SpaceReclaimed": space})
+    return await engines.prune(request, "/volumes", "VolumesDeleted",
+                               lambda node, name: f"{node_name(node)}/{name}")
 
 
 _NAME = r"{name:[^/]+(?:/[^/]+)?}"  # a volume name, or classic Swarm's <node>/<name>
