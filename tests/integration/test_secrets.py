@@ -169,3 +169,34 @@ def test_service_reads_its_secret_and_config(shoal: ShoalProcess, swarm: docker.
         shoal.docker_cli("service", "rm", "reader", check=False)
     wait_for(lambda: shoal.docker_cli("secret", "rm", "api_key", check=False).returncode == 0, timeout=30)
     shoal.docker_cli("config", "rm", "motd")
+
+
+def test_a_templated_config_is_rendered_for_each_task(shoal: ShoalProcess, swarm: docker.DockerClient) -> None:
+    """``docker config create --template-driver golang``: each task reads the config rendered for
+    it (service, slot, node, an env value and a secret), as swarmkit's template package does."""
+    _docker_in(shoal, "secret", "create", "tpl_pw", "-", stdin="s3cret").check_returncode()
+    _docker_in(shoal, "config", "create", "--template-driver", "golang", "tpl", "-",
+               stdin='{{.Service.Name}}.{{.Task.Slot}} on {{.Node.Hostname}} env={{env "GREETING"}} '
+                     'pw={{secret "tpl_pw"}}').check_returncode()
+    assert json.loads(shoal.docker_cli("config", "inspect", "tpl").stdout)[0]["Spec"]["Templating"] == {
+        "Name": "golang"}
+    shoal.docker_cli(
+        "service", "create", "--detach", "--name", "tplsvc", "--restart-condition", "none", "--replicas", "2",
+        "-e", "GREETING=hi", "--secret", "tpl_pw", "--config", "source=tpl,target=/etc/tpl",
+        IMAGE, "sh", "-c", "cat /etc/tpl; echo; sleep 300",
+    )
+    try:
+        host = swarm.nodes.list()[0].attrs["Description"]["Hostname"]
+
+        def logs() -> str:
+            return shoal.docker_cli("service", "logs", "--raw", "tplsvc", check=False).stdout
+
+        out = str(wait_for(lambda: logs().count("pw=") == 2 and logs(), timeout=60))
+        for slot in (1, 2):
+            assert f"tplsvc.{slot} on {host} env=hi pw=s3cret" in out, out
+        res = _docker_in(shoal, "config", "create", "--template-driver", "jinja", "bad", "-", stdin="x")
+        assert res.returncode != 0 and "jinja" in res.stderr and "Traceback" not in res.stderr
+    finally:
+        shoal.docker_cli("service", "rm", "tplsvc", check=False)
+    wait_for(lambda: shoal.docker_cli("secret", "rm", "tpl_pw", check=False).returncode == 0, timeout=30)
+    shoal.docker_cli("config", "rm", "tpl")
