@@ -312,3 +312,21 @@ async def test_swarm_mode_shape_details(client: TestClient) -> None:
     sid2 = await create(client, cli_spec(name="cli", UpdateConfig={"Parallelism": 2, "Monitor": 1_000_000_000}))
     full2 = await (await client.get(f"/v1.41/services/{sid2}?insertDefaults=1")).json()
     assert full2["Spec"]["UpdateConfig"] == {"Parallelism": 2, "Monitor": 1_000_000_000}
+
+
+async def test_a_scale_that_spells_out_defaults_rolls_no_task(client: TestClient, manager: FakeManager) -> None:
+    """The Docker SDK's ``Service.scale()`` sends back the spec it read with ``insertDefaults=true``:
+    the template is the same one with defaults spelled out, so the tasks stay up to date."""
+    sid = await create(client, {"Name": "web", "TaskTemplate": {"ContainerSpec": {"Image": "busybox:latest"}}})
+    svc = manager.store.get("service", sid)
+    full = await (await client.get(f"/v1.41/services/{sid}?insertDefaults=true")).json()
+    spec = full["Spec"]
+    spec["Mode"] = {"Replicated": {"Replicas": 3}}
+    resp = await client.post(f"/v1.41/services/{sid}/update?version={svc.Version.Index}", json=spec)
+    assert resp.status == 200, await resp.text()
+    after = manager.store.get("service", sid)
+    assert after.Spec.TaskTemplate == svc.Spec.TaskTemplate and after.Spec.Mode.Replicated.Replicas == 3
+    # A real change still is one.
+    spec["TaskTemplate"]["ContainerSpec"]["Args"] = ["sleep", "1"]
+    resp = await client.post(f"/v1.41/services/{sid}/update?version={after.Version.Index}", json=spec)
+    assert resp.status == 200 and manager.store.get("service", sid).Spec.TaskTemplate != svc.Spec.TaskTemplate

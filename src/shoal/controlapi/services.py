@@ -24,6 +24,7 @@ from shoal.models import (
     Service,
     ServiceSpec,
     ServiceStatus,
+    TaskSpec,
     TaskState,
     UpdateConfig,
     UpdateStatus,
@@ -87,6 +88,7 @@ def update_service(
         if mode_kind(new_spec) != mode_kind(cur.Spec):
             raise invalid("service mode change is not allowed")
         prev_spec, status = cur.Spec, None
+        new_spec = _same_template_kept(new_spec, cur.Spec)
     endpoint = allocate_endpoint(store, new_spec, cur)
     new = msgspec.structs.replace(
         cur, Spec=new_spec, PreviousSpec=prev_spec, Endpoint=endpoint, UpdateStatus=status
@@ -176,11 +178,27 @@ def _update_defaults(cfg: UpdateConfig | None) -> UpdateConfig:
     return cfg if cfg.Monitor else msgspec.structs.replace(cfg, Monitor=_DEFAULT_UPDATE.Monitor)
 
 
+def _same_template_kept(new: ServiceSpec, cur: ServiceSpec) -> ServiceSpec:
+    """An update whose task template differs from the current one only by spelling out defaults
+    keeps the current template, so no task is taken for out of date: the Docker SDK's ``scale()``
+    sends back the spec it read with ``insertDefaults=true``, and a scale must not roll every task."""
+    if new.TaskTemplate == cur.TaskTemplate:
+        return new
+    if _template_defaults(new.TaskTemplate) != _template_defaults(cur.TaskTemplate):
+        return new
+    return msgspec.structs.replace(new, TaskTemplate=cur.TaskTemplate)
+
+
 def insert_defaults(spec: ServiceSpec) -> ServiceSpec:
     """``GET /services/{id}?insertDefaults=true``: what swarmkit's defaults.InterpolateService fills
     in where the spec is silent — the values the service runs with anyway (`docker service inspect`
     uses it to show them, and `service update --rollback` to compare)."""
-    tt = spec.TaskTemplate
+    return msgspec.structs.replace(spec, TaskTemplate=_template_defaults(spec.TaskTemplate),
+                                   UpdateConfig=_update_defaults(spec.UpdateConfig),
+                                   RollbackConfig=_update_defaults(spec.RollbackConfig))
+
+
+def _template_defaults(tt: TaskSpec) -> TaskSpec:
     cs = tt.ContainerSpec
     if cs is not None:
         cs = msgspec.structs.replace(
@@ -191,8 +209,6 @@ def insert_defaults(spec: ServiceSpec) -> ServiceSpec:
         rp = RestartPolicy(Condition=RestartCondition.ANY, Delay=5 * SECOND, MaxAttempts=0)
     elif rp.Delay is None:
         rp = msgspec.structs.replace(rp, Delay=5 * SECOND)
-    tt = msgspec.structs.replace(tt, ContainerSpec=cs, RestartPolicy=rp,
-                                 Resources=tt.Resources if tt.Resources is not None else ResourceRequirements(),
-                                 Placement=tt.Placement if tt.Placement is not None else Placement())
-    return msgspec.structs.replace(spec, TaskTemplate=tt, UpdateConfig=_update_defaults(spec.UpdateConfig),
-                                   RollbackConfig=_update_defaults(spec.RollbackConfig))
+    return msgspec.structs.replace(tt, ContainerSpec=cs, RestartPolicy=rp,
+                                   Resources=tt.Resources if tt.Resources is not None else ResourceRequirements(),
+                                   Placement=tt.Placement if tt.Placement is not None else Placement())
