@@ -357,8 +357,15 @@ def test_autolock_with_three_managers(managers: list[Mgr]) -> None:
         assert res.returncode == 0, res.stderr
         wait_for(lambda m=m: _state(m) == "active", timeout=30)
     # The secret is still there and readable by a task.
-    client.services.create("busybox:latest", ["sh", "-c", "cat /run/secrets/halock; sleep 600"], name="hasvc",
-                           secrets=[docker.types.SecretReference(client.secrets.list(names=["halock"])[0].id,
+    client.services.create("busybox:latest", ["sh", "-c", "cat /run/secrets/halock; echo; sleep 600"], name="hasvc",
+                           secrets=[docker.types.SecretReference(client.secrets.list(filters={"name": "halock"})[0].id,
                                                                  "halock")],
                            stop_grace_period=10**9)
     wait_for(lambda: len(running(client, "hasvc")) == 1, timeout=40)
+    engine = docker.from_env()
+    try:
+        (task_container,) = engine.containers.list(filters={"label": "com.docker.swarm.service.name=hasvc"})
+        wait_for(lambda: task_container.logs(), timeout=20)
+        assert task_container.logs() == b"kept under lock\n", task_container.logs()
+    finally:
+        engine.close()
