@@ -187,12 +187,13 @@ def test_every_manager_reaches_every_engine(lab: Lab, clients: dict[int, docker.
         finally:
             c.remove(force=True)
     # A container joining one of the swarm's networks through a follower: the follower passes the
-    # create to the leader, which alone allocates the address.
+    # create (and the removal, which frees the address) to the leader, which alone writes the store.
     net = clients[lead].networks.create("hanet", driver="overlay", attachable=True)
     try:
         c = clients[asker].containers.run("busybox:latest", ["sleep", "600"], detach=True, network="hanet",
                                           environment=[f"constraint:node=={lab.host(4).name}"])
         try:
+            c.reload()  # (run's attrs are from before the start)
             addr = c.attrs["NetworkSettings"]["Networks"]["hanet"]["IPAddress"]
             assert addr and addr in c.exec_run(["ip", "-4", "addr"]).output.decode()
         finally:

@@ -359,6 +359,12 @@ async def container_call(request: web.Request) -> web.StreamResponse:
     m = engines.manager(request)
     ref, tail = request.match_info["id"], request.match_info.get("tail", "")
     at = await locate(request, "container", ref)
+    removing = request.method == "DELETE" and not tail
+    if removing and attach.attachments_of(m.store, at.id) and getattr(m, "leader_api", None) is not None:
+        # Its network addresses go back in the store, which only the leader writes.
+        forwarded = await to_leader(request, m, user=str(request.get(USER_KEY, "")))
+        if forwarded is not None:
+            return forwarded
     pipe = await m.open_engine(at.node.ID)
     idx = engines.index(request)
     transform = None
@@ -373,7 +379,7 @@ async def container_call(request: web.Request) -> web.StreamResponse:
                 idx.learn(idx.execs, str(doc["Id"]), at.node.ID)
             return doc
     resp = await relay(request, pipe, _target(request, "containers", at, tail), transform=transform)
-    if request.method == "DELETE" and not tail and resp.status == 204:
+    if removing and resp.status == 204:
         idx.containers.pop(at.id, None)
         attach.detach(m, attach.attachments_of(m.store, at.id))  # its addresses go back
     return resp
