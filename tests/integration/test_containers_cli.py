@@ -137,6 +137,13 @@ def test_unsatisfiable_constraint_is_refused_and_nothing_made(shoal: ShoalProces
     assert res.returncode != 0 and "Unable to find a node" in res.stderr and "Traceback" not in res.stderr
     assert "node==no-such-host" in res.stderr
     assert "shoal-ctr-nowhere" not in shoal.docker_cli("ps", "-a", "--format", "{{.Names}}").stdout
+    # A filter the engines refuse is refused, in their words (not an empty list).
+    res = shoal.docker_cli("ps", "--filter", "status=sleepy", check=False)
+    engine = subprocess.run(["docker", "-H", "unix:///var/run/docker.sock", "ps", "--filter", "status=sleepy"],
+                            capture_output=True, text=True, timeout=30)
+    assert res.returncode != 0 and res.stderr == engine.stderr and "sleepy" in res.stderr, res.stderr
+    res = shoal.docker_cli("ps", "--filter", "colour=blue", check=False)
+    assert res.returncode != 0 and "invalid filter 'colour'" in res.stderr, res.stderr
 
 
 def test_attach_over_a_websocket(shoal: ShoalProcess, swarm: docker.DockerClient) -> None:

@@ -25,7 +25,7 @@ from shoal.api import attach, engines
 from shoal.api.auth import USER_KEY
 from shoal.api.common import json_response
 from shoal.api.engineproxy import relay
-from shoal.api.engines import Located, engine_call, fan_out, locate, node_info, node_name
+from shoal.api.engines import EngineError, Located, engine_call, fan_out, locate, node_info, node_name
 from shoal.api.forward import to_leader
 from shoal.errors import Conflict, InvalidArgument, ShoalError, Unavailable
 from shoal.models import (
@@ -327,8 +327,10 @@ async def list_containers(request: web.Request) -> web.Response:
     out: list[dict[str, Any]] = []
     idx = engines.index(request)
     for node, ans in await fan_out(m, "GET", target, nodes=nodes):
-        if isinstance(ans, ShoalError) or ans.status != 200:
-            continue
+        if isinstance(ans, ShoalError):
+            continue  # a node that does not answer is left out, as classic Swarm left out unhealthy engines
+        if ans.status != 200:
+            raise EngineError(ans.status, ans.message)  # a bad filter value: every engine says the same
         for c in ans.json() or ():
             idx.learn(idx.containers, c["Id"], node.ID)
             c["Names"] = [f"/{node_name(node)}{n}" for n in c.get("Names") or ()]

@@ -142,7 +142,7 @@ async def fan_out(m: EngineManager, method: str, target: str, body: Any = None, 
     answers = await asyncio.gather(*(one(n) for n in targets))
     for node, ans in zip(targets, answers, strict=True):
         if isinstance(ans, ShoalError):
-            log.info("%s %s on node %s: %s", method, target, node_name(node), ans.message)
+            log.debug("%s %s on node %s: %s", method, target, node_name(node), ans.message)
     return list(zip(targets, answers, strict=True))
 
 
