@@ -86,13 +86,13 @@ def plan(store: MemoryStore, spec: ServiceSpec, *, live: Scheduler | None = None
     return out
 
 
-def candidates(store: MemoryStore, spec: ServiceSpec) -> tuple[dict[str, int], str]:
-    """The nodes one task of ``spec`` may run on, each with the number of tasks it holds, and,
-    when there is none, why (the scheduler's explanation). For a standalone container (the Engine
-    API's create): the API then weighs in the containers it placed itself."""
+def candidates(store: MemoryStore, spec: ServiceSpec) -> tuple[set[str], str]:
+    """The nodes one task of ``spec`` may run on (every filter passes), and, when there is none, why
+    (the scheduler's explanation). For what the Engine API places itself (a standalone container, a
+    volume with constraints): the caller picks among them."""
     s = _state(store, None)
     svc = Service(ID=PLAN_SERVICE_ID, Version=Version(), CreatedAt="", UpdatedAt="", Spec=spec)
     task = new_task(svc, 1, ts=now_ts())
     s.pipeline.set_task(task)
-    fits = {nid: len(info.tasks) for nid, info in s.nodes.items() if s.pipeline.process(info)}
+    fits = {nid for nid, info in s.nodes.items() if s.pipeline.process(info)}
     return fits, ("" if fits else s._explain(s.pipeline))
