@@ -93,6 +93,28 @@ def lab_pool() -> Iterator[LabPool]:
     pool.release()
 
 
+LOG_LINES_ON_FAILURE = 25
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed lab test shows the warnings and errors its hosts' daemons logged last: CI keeps
+    only the test output, and the lab (with its logs) is gone by the time anyone looks."""
+    outcome = yield
+    rep = outcome.get_result()
+    lab = getattr(item, "funcargs", {}).get("lab")
+    if not rep.failed or not isinstance(lab, Lab):
+        return
+    for h in lab.hosts:
+        log = Path(h.path) / "shoal.log"
+        with contextlib.suppress(OSError):
+            lines = [ln for ln in log.read_text(errors="replace").splitlines()[-2000:]
+                     if " WARNING " in ln or " ERROR " in ln or "Traceback" in ln]
+            if lines:
+                tail = "\n".join(lines[-LOG_LINES_ON_FAILURE:])
+                rep.sections.append((f"{h.name} shoal.log (warnings, errors)", tail))
+
+
 @pytest.fixture
 def lab(request: pytest.FixtureRequest, lab_pool: LabPool) -> Lab:
     marker = request.node.get_closest_marker("lab")
@@ -101,8 +123,9 @@ def lab(request: pytest.FixtureRequest, lab_pool: LabPool) -> Lab:
                         kw.get("managers", 1))
 
 
-def wait_for(predicate: Callable[[], Any], within: float = 60.0, interval: float = 0.25) -> Any:
-    """Poll until ``predicate`` returns something truthy; fail with its last value."""
+def wait_for(predicate: Callable[[], Any], within: float = 60.0, interval: float = 0.25,
+             why: Callable[[], str] | None = None) -> Any:
+    """Poll until ``predicate`` returns something truthy; fail with its last value (and ``why()``)."""
     deadline = time.monotonic() + within
     last: Any = None
     while time.monotonic() < deadline:
@@ -110,4 +133,4 @@ def wait_for(predicate: Callable[[], Any], within: float = 60.0, interval: float
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"not within {within}s (last: {last!r})")
+    raise AssertionError(f"not within {within}s (last: {last!r})" + (f"; {why()}" if why else ""))

@@ -25,6 +25,31 @@ class EngineHealth(msgspec.Struct):
     reason: str = ""
 
 
+class TaskStats(msgspec.Struct, frozen=True):
+    """One sample of a running task's container, as its agent read it from the engine.
+
+    ``cpu_percent`` is Docker's (``docker stats``): 100 is one CPU fully used. ``cpu_limit_percent``
+    is the same usage over the container's CPU limit (its NanoCPUs, else the node's CPUs), the
+    figure an autoscaling target compares with. Counters (network, CPU time) are cumulative; ``at``
+    is the agent's wall clock (Unix seconds) when it read them."""
+
+    task_id: str
+    service_id: str
+    node_id: str
+    at: float
+    cpu_percent: float = 0.0
+    cpu_limit_percent: float = 0.0
+    cpu_total_ns: int = 0
+    mem_bytes: int = 0
+    mem_limit_bytes: int = 0
+    net_rx_bytes: int = 0
+    net_tx_bytes: int = 0
+    pids: int = 0
+    service_name: str = ""
+    slot: int = 0
+    container_id: str = ""
+
+
 class SessionInfo(msgspec.Struct):
     node_id: str
     session_id: str
