@@ -22,6 +22,7 @@ import aiodocker
 
 from shoal.agent.agent import Agent
 from shoal.agent.executor.docker import DockerExecutor
+from shoal.agent.stats import INTERVAL_S as STATS_INTERVAL_S
 from shoal.api.auth import ANONYMOUS_ADMIN, AuditLog, Security
 from shoal.api.server import create_app, serve
 from shoal.api.tls import ServerTLS, TLSOptions, tcp_hosts_need_tls
@@ -82,6 +83,7 @@ class Daemon:
         self._engine_task: asyncio.Task[None] | None = None
         self.hostname = hostname or socket.gethostname()
         self._fixed_hostname = bool(hostname)
+        self.stats_interval_s = STATS_INTERVAL_S  # how often the agent samples its tasks' usage (0: never)
 
     @property
     def cert_dir(self) -> Path:
@@ -195,7 +197,8 @@ class Daemon:
             self._grpc.on_renewed = self._on_renewed
             client = self._grpc
         self.agent = Agent(client, self._executor, node_id, self.manager.addr,
-                           hostname=self.hostname if self._fixed_hostname else None)
+                           hostname=self.hostname if self._fixed_hostname else None,
+                           stats_interval_s=self.stats_interval_s)
         if self.manager.is_manager:
             self.manager.local_agent = self.agent
             if self.manager.dispatcher is not None:
@@ -286,8 +289,10 @@ class Daemon:
 
 
 async def _amain(hosts: list[str], data_root: str, engine: str, advertise_addr: str | None,
-                 hostname: str | None = None, tls: TLSOptions | None = None, insecure_tcp: bool = False) -> None:
+                 hostname: str | None = None, tls: TLSOptions | None = None, insecure_tcp: bool = False,
+                 stats_interval_s: float = STATS_INTERVAL_S) -> None:
     daemon = Daemon(hosts, data_root, engine, advertise_addr, hostname, tls, insecure_tcp)
+    daemon.stats_interval_s = stats_interval_s
     await daemon.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -309,9 +314,9 @@ def _raise_open_files_limit() -> None:
 
 def run_daemon(hosts: list[str], data_root: str, engine: str, advertise_addr: str | None = None,
                hostname: str | None = None, log_level: str = "info", tls: TLSOptions | None = None,
-               insecure_tcp: bool = False) -> None:
+               insecure_tcp: bool = False, stats_interval_s: float = STATS_INTERVAL_S) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _raise_open_files_limit()
     if os.environ.get("SHOAL_TRACE_SLOW_MS"):
         trace_slow_callbacks(float(os.environ["SHOAL_TRACE_SLOW_MS"]) / 1000, log)
-    asyncio.run(_amain(hosts, data_root, engine, advertise_addr, hostname, tls, insecure_tcp))
+    asyncio.run(_amain(hosts, data_root, engine, advertise_addr, hostname, tls, insecure_tcp, stats_interval_s))

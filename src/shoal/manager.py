@@ -68,6 +68,7 @@ from shoal.models import (
     TLSInfo,
     Version,
 )
+from shoal.orchestrator.autoscale import Autoscaler
 from shoal.orchestrator.cron import CronScheduler, clock_from_env
 from shoal.orchestrator.global_ import GlobalOrchestrator
 from shoal.orchestrator.jobs import JobOrchestrator
@@ -923,6 +924,7 @@ class Manager:
             TaskReaper(self.store),
             StackDeployer(self.store),
             CronScheduler(self.store, clock=clock_from_env()),  # scheduled jobs (shoal.schedule)
+            Autoscaler(self.store, self.dispatcher.stats.usage),  # shoal.autoscale.*, aliyun.auto_scaling.*
         ]
         if self.terms is not None:  # `node ls`: Leader / Reachable / Unreachable, from etcd
             components.append(ManagerReachability(self.store, self.terms, node_id))

@@ -416,6 +416,17 @@ class JobStatus(Obj, omit_defaults=True):
     LastExecution: str = ""
 
 
+class AutoscaleStatus(Obj, omit_defaults=True):
+    """The autoscaler's last decision (orchestrator/autoscale.py), shown by `service inspect` and
+    `shoal service ps`; each decision is also a service update event with its reason."""
+
+    Replicas: int = 0  # what it scaled to
+    PreviousReplicas: int = 0
+    Reason: str = ""
+    At: str = ""
+    Decisions: int = 0  # how many it has made for this service
+
+
 class Service(Obj):
     ID: str
     Version: Version
@@ -427,6 +438,7 @@ class Service(Obj):
     UpdateStatus: UpdateStatus | None = None
     ServiceStatus: ServiceStatus | None = None
     JobStatus: JobStatus | None = None
+    AutoscaleStatus: AutoscaleStatus | None = None  # Shoal's: no Docker field says it
 
 
 # --------------------------------------------------------------------------- task object

@@ -27,10 +27,12 @@ from shoal.agent.executor.base import Executor
 from shoal.agent.executor.docker import DockerExecutor
 from shoal.agent.network.plumbing import NetworkAgent
 from shoal.agent.reporter import StatusReporter
+from shoal.agent.stats import INTERVAL_S as STATS_INTERVAL_S
+from shoal.agent.stats import StatsCollector
 from shoal.agent.worker import Worker
 from shoal.dispatcher.merge import merge_streams
-from shoal.dispatcher.protocol import DispatcherClient, EngineHealth, LogMessage, LogOptions, SessionInfo
-from shoal.models import NodeDescription, Task
+from shoal.dispatcher.protocol import DispatcherClient, EngineHealth, LogMessage, LogOptions, SessionInfo, TaskStats
+from shoal.models import NodeDescription, Task, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class Agent:
         report_max_batch: int = 100,
         engine: EngineMonitor | None = None,
         hostname: str | None = None,
+        stats_interval_s: float = STATS_INTERVAL_S,
     ) -> None:
         self.client = client
         # The node's name in the swarm when the daemon was given one (--hostname): it replaces the
@@ -70,6 +73,12 @@ class Agent:
         self._description: NodeDescription | None = None
         self.session: SessionInfo | None = None
         self.connected = asyncio.Event()  # set while a session is up (tests and the daemon wait on it)
+        # Usage samples of the running tasks, for the leader (agent/stats.py). The hollow executor
+        # has no engine to sample: scale tests run without.
+        self.stats: StatsCollector | None = None
+        if hasattr(executor, "container_stats") and stats_interval_s > 0:
+            self.stats = StatsCollector(executor, self._running_containers, self._send_stats,  # type: ignore[arg-type]
+                                        interval_s=stats_interval_s)
 
     @property
     def log_source(self) -> Agent:
@@ -84,6 +93,7 @@ class Agent:
         """Until cancelled. Containers keep running when it ends; call :meth:`close` afterwards."""
         monitor = asyncio.create_task(self.engine.run(), name=f"engine-monitor-{self.node_id}")
         reporter = asyncio.create_task(self._keep_reporting(), name=f"status-reporter-{self.node_id}")
+        stats = asyncio.create_task(self.stats.run(), name=f"stats-{self.node_id}") if self.stats else None
         backoff = BACKOFF_MIN_S
         try:
             await self._start_worker()
@@ -112,9 +122,10 @@ class Agent:
                 await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
         finally:
-            for t in (monitor, reporter):
+            background = [t for t in (monitor, reporter, stats) if t is not None]
+            for t in background:
                 t.cancel()
-            await asyncio.gather(monitor, reporter, return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
             if self.worker is not None:
                 await self.worker.close()
 
@@ -133,6 +144,18 @@ class Agent:
             except Exception:
                 log.exception("agent %s: status reporter failed; restarting it", self.node_id)
             await asyncio.sleep(RESTART_REPORTER_S)
+
+    def _running_containers(self) -> list[tuple[Task, str]]:
+        worker = self.worker
+        if worker is None:
+            return []
+        return [(c.task, c.container_id) for c in list(worker.controllers.values())
+                if c.state == TaskState.RUNNING and c.container_id]
+
+    async def _send_stats(self, stats: list[TaskStats]) -> None:
+        session = self.session
+        if session is not None and self.connected.is_set():
+            await self.client.report_stats(session.session_id, stats)
 
     def engine_health(self) -> EngineHealth:
         """What the manager is told: the probe's verdict, but an engine that answers pings and not

@@ -185,6 +185,9 @@ def swarm_message(ev: Event, now_ns: int | None = None) -> dict[str, Any] | None
                     attrs["updatestate.new"] = us_new.State
                 elif us_old.State != us_new.State:
                     attrs["updatestate.old"], attrs["updatestate.new"] = us_old.State, us_new.State
+            as_new, as_old = obj.AutoscaleStatus, old.AutoscaleStatus
+            if as_new is not None and (as_old is None or as_new.Decisions != as_old.Decisions):
+                attrs["autoscale.reason"] = as_new.Reason  # the autoscaler's decision (orchestrator/autoscale.py)
     if action == "create":
         ns = _ts_ns(obj.CreatedAt)
     elif action == "update":

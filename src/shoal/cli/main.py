@@ -160,6 +160,8 @@ def daemon(
     tlskey: Annotated[str | None, typer.Option("--tlskey", help="Server certificate's key")] = None,
     insecure_tcp: Annotated[bool, typer.Option(
         "--insecure-tcp", help="Allow -H tcp://... without TLS: anyone who reaches it controls the swarm")] = False,
+    stats_interval: Annotated[float, typer.Option(
+        "--stats-interval", min=0, help="Seconds between samples of the tasks' CPU/memory (0: none)")] = 10.0,
 ) -> None:
     """Run the Shoal daemon (manager and agent) in the foreground."""
     from shoal.api.tls import TLSConfigError, TLSOptions
@@ -177,6 +179,7 @@ def daemon(
             log_level=log_level,
             tls=options,
             insecure_tcp=insecure_tcp,
+            stats_interval_s=stats_interval,
         )
         if inspect.iscoroutine(result):
             try:

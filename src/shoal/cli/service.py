@@ -382,7 +382,7 @@ def ps(
         for t in tasks:
             print(t["ID"])
         return
-    for line in update_status_lines(found):
+    for line in [*update_status_lines(found), *autoscale_lines(found)]:
         print(line)
     nodes = c.node_names() if tasks else {}
     headers = ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"]
@@ -475,6 +475,59 @@ def inspect(
         print("\n\n".join(_pretty_service(s) for s in found))
     else:
         fmt.print_json(found)
+
+
+STATS_REFRESH_S = 2.0
+
+
+def stats_rows(stats: dict[str, Any]) -> tuple[list[list[str]], str]:
+    """`docker stats`-like rows, one per task, and the service's line under them."""
+    rows = [[f"{stats['Name']}.{t['Slot'] or t['NodeID'][:12]}", t["TaskID"][:12], t["NodeID"][:12],
+             f"{t['CPUPercent']:.2f}%", f"{t['CPULimitPercent']:.2f}%",
+             f"{fmt.size(t['MemoryBytes'])} / {fmt.size(t['MemoryLimitBytes'])}",
+             f"{fmt.size(t['NetworkRxBytes'])} / {fmt.size(t['NetworkTxBytes'])}", str(t["Pids"])]
+            for t in stats["Tasks"]]
+    u = stats.get("Usage")
+    if u is None:
+        return rows, f"{stats['Name']}: no running task has reported yet"
+    total = (f"{stats['Name']}: {u['Tasks']} task(s), CPU {u['CPUPercentSum']:.2f}% "
+             f"(avg {u['CPUPercentAvg']:.2f}%, {u['CPULimitPercentAvg']:.2f}% of limit), "
+             f"memory {fmt.size(u['MemoryBytesSum'])} (avg {fmt.size(int(u['MemoryBytesAvg']))})")
+    return rows, total
+
+
+@app.command()
+def stats(
+    ctx: typer.Context,
+    services: Annotated[list[str], typer.Argument(metavar="SERVICE...")],
+    no_stream: Annotated[bool, typer.Option("--no-stream", help="Print once instead of refreshing")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the raw figures as JSON (once)")] = False,
+) -> None:
+    """Live CPU, memory and network of a service's tasks, and the service's total (sampled by the
+    agents every --stats-interval seconds)."""
+    c = client_of(ctx)
+    ids = [c.get("/services/{0}", s)["ID"] for s in services]
+    headers = ["TASK", "ID", "NODE", "CPU %", "CPU % OF LIMIT", "MEM USAGE / LIMIT", "NET I/O", "PIDS"]
+    while True:
+        figures = [c.get("/shoal/services/{0}/stats", i) for i in ids]
+        if json_:
+            fmt.print_json(figures)
+            return
+        if not no_stream and sys.stdout.isatty():
+            sys.stdout.write("\x1b[2J\x1b[H")  # clear, as `docker stats` redraws
+        rows: list[list[str]] = []
+        totals = []
+        for f in figures:
+            r, total = stats_rows(f)
+            rows.extend(r)
+            totals.append(total)
+        fmt.print_table(headers, rows)
+        for line in totals:
+            print(line)
+        if no_stream:
+            return
+        sys.stdout.flush()
+        time.sleep(STATS_REFRESH_S)
 
 
 # --------------------------------------------------------------------------- scale / update / rm
@@ -650,6 +703,63 @@ def update_status_lines(services: list[dict[str, Any]]) -> list[str]:
         head = "update" if len(services) == 1 else f"{svc['Spec'].get('Name', svc['ID'])} update"
         line = f"{head}: {st['State'].replace('_', ' ')}"
         out.append(f"{line} — {st['Message']}" if st.get("Message") else line)
+    return out
+
+
+@app.command()
+def autoscale(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(metavar="SERVICE")],
+    min_: Annotated[int | None, typer.Option("--min", help="Fewest replicas (default 1)")] = None,
+    max_: Annotated[int | None, typer.Option("--max", help="Most replicas (required)")] = None,
+    cpu_target: Annotated[float | None, typer.Option("--cpu-target", help="Average CPU, % of a task's limit")] = None,
+    memory_target: Annotated[float | None, typer.Option("--memory-target", help="Average memory, % of limit")] = None,
+    step: Annotated[int | None, typer.Option("--step", help="Tasks added or removed at once (default 1)")] = None,
+    window: Annotated[str | None, typer.Option("--window", help="How long past the target before acting "
+                                                                "(default 30s)")] = None,
+    cooldown: Annotated[str | None, typer.Option("--cooldown", help="After scaling, how long before scaling in "
+                                                                    "(default 2m)")] = None,
+    off: Annotated[bool, typer.Option("--off", help="Stop autoscaling the service (its replicas stay)")] = False,
+) -> None:
+    """Scale a replicated service on its tasks' CPU or memory, between --min and --max."""
+    from shoal import autoscalepolicy as policy
+
+    given = {policy.MIN: min_, policy.MAX: max_, policy.CPU_TARGET: cpu_target, policy.MEMORY_TARGET: memory_target,
+             policy.STEP: step, policy.WINDOW: window, policy.COOLDOWN: cooldown}
+    if off and any(v is not None for v in given.values()):
+        raise CLIError("shoal service autoscale: --off takes no other option")
+    if not off and all(v is None for v in given.values()):
+        raise CLIError("shoal service autoscale: nothing to set (give --max and --cpu-target or --memory-target, "
+                       "or --off)")
+    c = client_of(ctx)
+    svc = c.get("/services/{0}", service)
+    spec = svc["Spec"]
+    labels = {k: v for k, v in (spec.get("Labels") or {}).items()
+              if not k.startswith((policy.PREFIX, policy.ALIYUN_PREFIX))}
+    if not off:
+        labels.update({k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in given.items() if v is not None})
+        try:
+            policy.parse_autoscale(labels)
+        except ValueError as e:
+            msg = str(e)
+            for label in policy.SHOAL_LABELS:  # name the flag, not the label
+                msg = msg.replace(f"label {label}", "--" + label.removeprefix(policy.PREFIX))
+                msg = msg.replace(label, "--" + label.removeprefix(policy.PREFIX))
+            raise CLIError(f"shoal service autoscale: {msg}") from None
+    spec["Labels"] = labels
+    _warnings(c.post("/services/{0}/update", svc["ID"], body=spec, params={"version": svc["Version"]["Index"]}))
+    print(f"{spec.get('Name', service)}: autoscaling {'off' if off else 'on'}")
+
+
+def autoscale_lines(services: list[dict[str, Any]]) -> list[str]:
+    """What `service ps` says of the autoscaler's last decision on each service."""
+    out = []
+    for s in services:
+        st = s.get("AutoscaleStatus")
+        if st:
+            when = fmt.ago(st["At"]) if st.get("At") else ""
+            out.append(f"{s['Spec'].get('Name', s['ID'])}: autoscaled {st.get('PreviousReplicas', 0)} → "
+                       f"{st.get('Replicas', 0)} {when}: {st.get('Reason', '')}")
     return out
 
 

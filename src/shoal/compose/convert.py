@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from .. import models as m
+from . import autoscale as compose_autoscale
 from . import health as compose_health
 from . import hostcfg
 from . import schedule as compose_schedule
@@ -270,6 +271,7 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
         mode = m.ServiceMode(Replicated=m.ReplicatedService(Replicas=int(replicas) if replicas is not None else 1))
     mode, schedule_labels = compose_schedule.apply(project, name, svc, mode)  # x-shoal-schedule: a job
     deploy_labels.update(schedule_labels)
+    deploy_labels.update(compose_autoscale.labels(project, name, svc))  # x-shoal-autoscale, aliyun.auto_scaling.*
     endpoint = None
     if ports or deploy.get("endpoint_mode"):
         endpoint = m.EndpointSpec(Mode=deploy.get("endpoint_mode", ""), Ports=ports or None)

@@ -130,7 +130,7 @@ class _Loader:
             return self.files[path]
         src = parse(path)
         fmt, version = detect_format(src.data)
-        data = interpolate(src, self.env, self.warnings, self.budget)
+        data = _numbers_in_labels(interpolate(src, self.env, self.warnings, self.budget))
         if fmt == "v1":
             schema.validate(rancher_health.lift(data, src, ()), schema.V1, src)
             # v1: services at the top level; shift the line map under "services" too.
@@ -191,6 +191,26 @@ class _Loader:
 
 # Keys of the Compose Specification newer than the schema docker-compose 1.29.2 ships: checked
 # here, then hidden from that schema. (secrets/configs from an environment variable; inline configs.)
+def _numbers_in_labels(data: Any) -> Any:
+    """Label values written as numbers (``aliyun.auto_scaling.max_cpu: 70``, as Aliyun's files do)
+    become strings before validation, as docker-compose 1.29 takes them (its schema allows numbers;
+    1.26's v3.0-3.x schemas did not). Services at the top level (v1) or under ``services``."""
+    if not isinstance(data, dict):
+        return data
+    services = data.get("services") if isinstance(data.get("services"), dict) else data
+    for svc in services.values():
+        if not isinstance(svc, dict):
+            continue
+        deploy = svc.get("deploy")
+        for holder in (svc, deploy if isinstance(deploy, dict) else None):
+            labels = holder.get("labels") if holder is not None else None
+            if isinstance(labels, dict):
+                for k, v in labels.items():
+                    if isinstance(v, int | float) and not isinstance(v, bool):
+                        labels[k] = str(v)
+    return data
+
+
 _NEWER_SPEC_KEYS = {"secrets": ("environment",), "configs": ("environment", "content")}
 
 

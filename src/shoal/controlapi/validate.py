@@ -11,6 +11,7 @@ import re
 
 import msgspec
 
+from shoal.autoscalepolicy import parse_autoscale
 from shoal.controlapi.bluegreen import check_update_strategy
 from shoal.controlapi.errors import invalid
 from shoal.controlapi.health import check_health_labels
@@ -363,6 +364,16 @@ def _check_job(spec: ServiceSpec) -> None:
         raise InvalidArgument("Jobs may not have an update config")
 
 
+def check_autoscale_labels(spec: ServiceSpec, mode: ServiceMode) -> None:
+    """400 for a bad autoscaling policy (autoscalepolicy.py), or one on a service it cannot scale."""
+    try:
+        policy = parse_autoscale(spec.Labels)
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
+    if policy is not None and mode.Replicated is None:
+        raise InvalidArgument("autoscaling is for replicated services only (a global service runs one task per node)")
+
+
 def validate_service_spec(spec: ServiceSpec) -> ServiceSpec:
     """Check a spec as swarmkit (and moby's conversion) would; return it with ``Mode`` made explicit."""
     _check_name(spec.Name)
@@ -376,4 +387,5 @@ def validate_service_spec(spec: ServiceSpec) -> ServiceSpec:
     _check_job(msgspec.structs.replace(spec, Mode=mode))
     check_update_strategy(spec, mode)  # shoal.update-strategy (controlapi/bluegreen.py)
     check_schedule_labels(msgspec.structs.replace(spec, Mode=mode))  # shoal.schedule* (controlapi/schedule.py)
+    check_autoscale_labels(spec, mode)  # shoal.autoscale.*, aliyun.auto_scaling.* (autoscalepolicy.py)
     return spec if mode is spec.Mode else msgspec.structs.replace(spec, Mode=mode)

@@ -30,9 +30,11 @@ from shoal.dispatcher.protocol import (
     LogSource,
     NetworkState,
     SessionInfo,
+    TaskStats,
     TaskStatusUpdate,
 )
 from shoal.dispatcher.sanity import MAX_REASON, check_description
+from shoal.dispatcher.stats import StatsBook
 from shoal.errors import Conflict, NotFound, Unavailable
 from shoal.ids import new_id
 from shoal.models import (
@@ -143,6 +145,7 @@ class Dispatcher:
         # Created here, not in run(), so a session opened before run() starts misses nothing.
         self._watcher: Watcher | None = store.watch(*_WATCHED)
         self.networks = NetworkIndex(store)
+        self.stats = StatsBook()  # the latest usage sample of every running task, as agents send them
         self._stopped = False  # run() ended: no new sessions (nothing would feed their streams)
         # How often each node was marked down for missed heartbeats (the scale benchmark checks it
         # against the agents it knows were alive: a manager must never mistake its stall for theirs).
@@ -510,6 +513,20 @@ class Dispatcher:
         if not changed and not removed:
             return None
         return Assignments(full=False, tasks=list(changed.values()), removed=list(removed))
+
+    # ------------------------------------------------------------------ task stats
+
+    def report_stats(self, session_id: str, stats: list[TaskStats]) -> None:
+        """Keep a node's latest usage samples (dispatcher/stats.py); only of its own running tasks:
+        a node must not make another's service look busy or idle to the autoscaler."""
+        sess = self._session(session_id)
+        own = []
+        for s in stats:
+            task: Task | None = self.store.get("task", s.task_id)
+            if task is None or task.NodeID != sess.node_id or task.ServiceID != s.service_id:
+                continue
+            own.append(msgspec.structs.replace(s, node_id=sess.node_id, slot=task.Slot))
+        self.stats.record(own)
 
     # ------------------------------------------------------------------ task status
 

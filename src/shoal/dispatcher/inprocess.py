@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 from shoal.dispatcher.dispatcher import Dispatcher
-from shoal.dispatcher.protocol import Assignments, EngineHealth, SessionInfo, TaskStatusUpdate
+from shoal.dispatcher.protocol import Assignments, EngineHealth, SessionInfo, TaskStats, TaskStatusUpdate
 from shoal.errors import Unavailable
 from shoal.models import NodeDescription
 
@@ -45,3 +45,6 @@ class InProcessClient:
 
     async def update_task_status(self, session_id: str, updates: list[TaskStatusUpdate]) -> None:
         await self.dispatcher.update_task_status(session_id, updates)
+
+    async def report_stats(self, session_id: str, stats: list[TaskStats]) -> None:
+        self.dispatcher.report_stats(session_id, stats)

@@ -154,6 +154,10 @@ class DispatcherClient(Protocol):
 
     async def update_task_status(self, session_id: str, updates: list[TaskStatusUpdate]) -> None: ...
 
+    async def report_stats(self, session_id: str, stats: list[TaskStats]) -> None:
+        """The latest usage sample of the node's running tasks (agent/stats.py); best effort."""
+        ...
+
 
 class LogSource(Protocol):
     """What the manager asks an agent for when a client wants a service's logs."""

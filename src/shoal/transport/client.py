@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 
 from shoal.ca.certs import generate_key_and_csr
-from shoal.dispatcher.protocol import Assignments, EngineHealth, LogSource, SessionInfo, TaskStatusUpdate
+from shoal.dispatcher.protocol import Assignments, EngineHealth, LogSource, SessionInfo, TaskStats, TaskStatusUpdate
 from shoal.errors import Unavailable
 from shoal.models import NodeDescription, NodeRole
 from shoal.transport import messages as m
@@ -153,6 +153,9 @@ class GrpcDispatcherClient:
 
     async def update_task_status(self, session_id: str, updates: list[TaskStatusUpdate]) -> None:
         await self._unary("UpdateTaskStatus", m.UpdateTaskStatusRequest(session_id, updates), m.Empty)
+
+    async def report_stats(self, session_id: str, stats: list[TaskStats]) -> None:
+        await self._unary("ReportStats", m.ReportStatsRequest(session_id, stats), m.Empty)
 
     async def promote(self, listen_port: int = 0, etcd_port: int = 0) -> m.ManagerJoin:
         """This node was promoted: its part of the store (a swarm on etcd), from the leader."""

@@ -15,7 +15,14 @@ from pathlib import Path
 
 from shoal.dispatcher.dispatcher import Dispatcher
 from shoal.dispatcher.inprocess import InProcessClient
-from shoal.dispatcher.protocol import Assignments, DispatcherClient, EngineHealth, SessionInfo, TaskStatusUpdate
+from shoal.dispatcher.protocol import (
+    Assignments,
+    DispatcherClient,
+    EngineHealth,
+    SessionInfo,
+    TaskStats,
+    TaskStatusUpdate,
+)
 from shoal.errors import Unavailable
 from shoal.models import NodeDescription
 from shoal.transport.bootstrap import NodeCredentials
@@ -80,6 +87,9 @@ class LeaderClient:
 
     async def update_task_status(self, session_id: str, updates: list[TaskStatusUpdate]) -> None:
         await self._session_client().update_task_status(session_id, updates)
+
+    async def report_stats(self, session_id: str, stats: list[TaskStats]) -> None:
+        await self._session_client().report_stats(session_id, stats)
 
     async def serve_tunnels(self, engine_url: str) -> None:
         """Until cancelled: while this manager follows, open the pipes to its engine that the leader

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from shoal.dispatcher.protocol import EngineHealth, LogMessage, LogOptions, SessionInfo, TaskStatusUpdate
+from shoal.dispatcher.protocol import EngineHealth, LogMessage, LogOptions, SessionInfo, TaskStats, TaskStatusUpdate
 from shoal.models import NodeDescription, Task
 
 
@@ -132,6 +132,11 @@ class HeartbeatResponse(msgspec.Struct):
 class UpdateTaskStatusRequest(msgspec.Struct):
     session_id: str
     updates: list[TaskStatusUpdate]
+
+
+class ReportStatsRequest(msgspec.Struct):
+    session_id: str
+    stats: list[TaskStats]
 
 
 class RenewRequest(msgspec.Struct):

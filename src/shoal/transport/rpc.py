@@ -21,6 +21,7 @@ DISPATCHER_METHODS: dict[str, tuple[type[Any], type[Any]]] = {
     "Heartbeat": (m.HeartbeatRequest, m.HeartbeatResponse),
     "Assignments": (m.SessionRequest, Assignments),
     "UpdateTaskStatus": (m.UpdateTaskStatusRequest, m.Empty),
+    "ReportStats": (m.ReportStatsRequest, m.Empty),
     "RenewCertificate": (m.RenewRequest, m.RenewResponse),
     "LogSubscriptions": (m.SessionRequest, m.LogSubscription),
     "PublishLogs": (m.PublishLogsMessage, m.Empty),

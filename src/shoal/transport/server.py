@@ -238,6 +238,7 @@ class ClusterServer:
             "Heartbeat": handler(_unary, self._heartbeat, "Heartbeat"),
             "Assignments": handler(_server_stream, self._assignments, "Assignments"),
             "UpdateTaskStatus": handler(_unary, self._update_task_status, "UpdateTaskStatus"),
+            "ReportStats": handler(_unary, self._report_stats, "ReportStats"),
             "RenewCertificate": handler(_unary, self._renew, "RenewCertificate"),
             "LogSubscriptions": handler(_server_stream, self._log_subscriptions, "LogSubscriptions"),
             "PublishLogs": handler(_client_stream, self._publish_logs, "PublishLogs"),
@@ -387,6 +388,11 @@ class ClusterServer:
     async def _update_task_status(self, req: m.UpdateTaskStatusRequest, ctx: grpc.aio.ServicerContext) -> m.Empty:
         self._session_owner(ctx, req.session_id)
         await self.dispatcher.update_task_status(req.session_id, req.updates)
+        return m.Empty()
+
+    async def _report_stats(self, req: m.ReportStatsRequest, ctx: grpc.aio.ServicerContext) -> m.Empty:
+        self._session_owner(ctx, req.session_id)
+        self.dispatcher.report_stats(req.session_id, req.stats)
         return m.Empty()
 
     async def _renew(self, req: m.RenewRequest, ctx: grpc.aio.ServicerContext) -> m.RenewResponse:

@@ -197,6 +197,9 @@ def node_description(info: dict[str, Any]) -> NodeDescription:
     )
 
 
+STATS_TIMEOUT_S = 10.0  # a one-shot sample waits for the engine's next collection tick (about 1 s)
+
+
 class DockerExecutor:
     """Executes tasks on a Docker-compatible engine. One per node (agent)."""
 
@@ -489,6 +492,17 @@ class DockerExecutor:
             ports=_bound_ports(net.get("Ports")),
             ip=_first_ip(net.get("Networks")) or net.get("IPAddress", ""),
         )
+
+    async def container_stats(self, container_id: str) -> dict[str, Any] | None:
+        """One ``docker stats`` sample (agent/stats.py); None when the container is gone."""
+        try:
+            out = await self._call("GET", f"containers/{container_id}/stats", {"stream": "false", "one-shot": "true"},
+                                   http_timeout=aiohttp.ClientTimeout(total=STATS_TIMEOUT_S))
+        except DockerError as e:
+            if e.status == 404:
+                return None
+            raise ExecutorError(e.message) from None
+        return out if isinstance(out, dict) else None
 
     async def stop(self, container_id: str, grace_s: float, signal: str = "") -> None:
         t = max(0, math.ceil(grace_s))

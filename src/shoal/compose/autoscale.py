@@ -1,0 +1,60 @@
+"""Autoscaling in Compose files: ``x-shoal-autoscale`` and Aliyun's ``aliyun.auto_scaling.*`` labels.
+
+``x-shoal-autoscale`` is a mapping in a service — ``min``, ``max``, ``cpu-target``,
+``memory-target``, ``step``, ``window``, ``cooldown`` — and becomes the service's
+``shoal.autoscale.*`` labels (autoscalepolicy.py), which is what the API checks and the autoscaler
+reads. Aliyun's files put ``aliyun.auto_scaling.*`` among a service's ``labels:`` (container
+labels in Compose); Aliyun's platform read them from there, so here they are copied onto the
+service's labels as they are. A bad value is an error naming the service and key, at its line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shoal import autoscalepolicy as policy
+from shoal.compose.loader import Project
+from shoal.compose.merge import to_mapping
+
+EXTENSION_KEY = "x-shoal-autoscale"
+_LABELS = {
+    "min": policy.MIN, "max": policy.MAX, "cpu-target": policy.CPU_TARGET, "memory-target": policy.MEMORY_TARGET,
+    "step": policy.STEP, "window": policy.WINDOW, "cooldown": policy.COOLDOWN,
+}
+
+
+def _labels(cfg: Any) -> dict[str, str]:
+    if not isinstance(cfg, dict):
+        raise ValueError("must be a mapping")
+    out: dict[str, str] = {}
+    for key, value in cfg.items():
+        if key not in _LABELS:
+            raise ValueError(f"unsupported key {key!r} (known: {', '.join(_LABELS)})")
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(f"{key}: must be a number or a string")
+        out[_LABELS[key]] = str(value)
+    return out
+
+
+def labels(project: Project, name: str, svc: dict[str, Any]) -> dict[str, str]:
+    """The service labels that carry its autoscaling policy (none without one)."""
+    out: dict[str, str] = {}
+    where: tuple[str, ...] = ("services", name, "labels")
+    for key, value in to_mapping(svc.get("labels")).items():
+        if str(key).startswith(policy.ALIYUN_PREFIX):
+            out[str(key)] = "" if value is None else str(value)
+    if EXTENSION_KEY in svc:
+        where = ("services", name, EXTENSION_KEY)
+        try:
+            out.update(_labels(svc[EXTENSION_KEY]))
+        except ValueError as e:
+            raise project.error(f"{name}: {EXTENSION_KEY}: {e}", where) from None
+    if out:
+        try:
+            policy.parse_autoscale(out)
+        except ValueError as e:
+            msg = str(e)
+            for key, label in _LABELS.items():  # name the Compose key, not the label
+                msg = msg.replace(label, key)
+            raise project.error(f"{name}: {msg}", where) from None
+    return out
