@@ -30,6 +30,7 @@ from shoal.lab import DEFAULT_PRELOAD, Lab, LabError, missing_requirements
 
 STATE_DIR = Path(os.environ.get("SHOAL_LAB_TEST_STATE", "/run/shoal-lab-test"))
 MAIN_ENGINE_SOCK = "/var/run/docker.sock"
+LAB_DAEMON_ARGS = ("--stats-interval", "2")  # task stats within seconds, not the default 10
 
 
 def lab_unavailable() -> str | None:
@@ -70,7 +71,7 @@ class LabPool:
         # A lab left at *our* state dir by an interrupted session is ours to remove.
         if (self.state_dir / "lab.json").exists():
             Lab(self.state_dir).down()
-        lab = Lab(self.state_dir, hosts, preload, join=join, managers=managers)
+        lab = Lab(self.state_dir, hosts, preload, join=join, managers=managers, daemon_args=LAB_DAEMON_ARGS)
         try:
             lab.up()
         except LabError as e:

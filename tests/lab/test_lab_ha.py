@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterator
+from typing import Any
 
 import docker
 import pytest
@@ -215,3 +216,25 @@ def test_every_manager_reaches_every_engine(lab: Lab, clients: dict[int, docker.
             c.remove(force=True)
     finally:
         wait_for(lambda: ask(lambda: net.remove() or True), within=30)
+
+
+def test_stats_of_every_host_through_a_follower(lab: Lab, clients: dict[int, docker.DockerClient]) -> None:
+    """Issue 14: every host's agent sends its tasks' samples to the leader over the cluster port
+    (workers and following managers alike), and a follower's `shoal service stats` is the leader's."""
+    lead = wait_for(lambda: leader(lab, clients), within=60)
+    follower = next(n for n in MANAGERS if n != lead)
+    svc = clients[lead].services.create("busybox:latest", ["sleep", "600"], name="hastats",
+                                        mode={"Replicated": {"Replicas": 5}}, stop_grace_period=10**9,
+                                        maxreplicas=1)
+    try:
+        def reported() -> dict[str, Any] | None:
+            out = clients[follower].api._result(
+                clients[follower].api._get(clients[follower].api._url("/shoal/services/{0}/stats", svc.id)), json=True)
+            return out if out["Usage"] and out["Usage"]["Tasks"] == 5 else None
+
+        figures = wait_for(lambda: ask(reported), within=60, why=lambda: LAST_ERROR[0])
+        nodes = {t["NodeID"] for t in figures["Tasks"]}
+        assert nodes == {lab.host(n).node_id for n in range(1, 6)}  # one per host: every agent reported
+        assert all(t["MemoryBytes"] > 0 and t["ContainerID"] for t in figures["Tasks"])
+    finally:
+        svc.remove()
