@@ -1,6 +1,5 @@
 """Assigns pending tasks to nodes: filter pipeline, strategies, preferences, preemption, batched writes."""
 
-from shoal.extensions import ClusterSettings
 from shoal.scheduler.constraints import parse_constraints
 from shoal.scheduler.expressions import parse_rules
 from shoal.scheduler.filters import Filter, Pipeline, register_filter
@@ -8,7 +7,6 @@ from shoal.scheduler.plan import Placement, plan
 from shoal.scheduler.scheduler import Scheduler
 
 __all__ = [
-    "ClusterSettings",
     "Filter",
     "Pipeline",
     "Placement",
