@@ -11,18 +11,9 @@ import msgspec
 import pytest
 
 from shoal.agent.executor.hollow import HollowExecutor
-from shoal.agent.health import (
-    HEALTHY,
-    STARTING,
-    UNHEALTHY,
-    AgentCheck,
-    AgentHealthMonitor,
-    CheckState,
-    parse_check,
-    parse_duration_s,
-    probe,
-)
+from shoal.agent.health import HEALTHY, STARTING, UNHEALTHY, AgentHealthMonitor, CheckState, probe
 from shoal.agent.task import TaskController
+from shoal.extensions import HealthCheck, parse_duration_s, parse_health_check
 from shoal.models import ContainerSpec, Task, TaskHealth, TaskSpec, TaskState, TaskStatus, Version, now_ts
 
 # --------------------------------------------------------------------------- labels
@@ -39,11 +30,11 @@ def test_durations_are_go_durations_or_rancher_milliseconds() -> None:
 
 
 def test_parse_check_defaults_and_values() -> None:
-    assert parse_check({"other": "x"}) is None
-    c = parse_check({"shoal.health.port": "8080"})
-    assert c == AgentCheck(port=8080)
+    assert parse_health_check({"other": "x"}) is None
+    c = parse_health_check({"shoal.health.port": "8080"})
+    assert c == HealthCheck(port=8080)
     assert c is not None and c.kind == "tcp" and c.healthy_threshold == 2 and c.strategy == "recreate"
-    c = parse_check(
+    c = parse_health_check(
         {
             "shoal.health.port": "80",
             "shoal.health.request-line": "GET /healthz HTTP/1.0",
@@ -56,7 +47,7 @@ def test_parse_check_defaults_and_values() -> None:
             "shoal.health.strategy": "none",
         }
     )
-    assert c == AgentCheck(80, "GET /healthz HTTP/1.0", 2.0, 0.5, 3, 4, 60.0, 30.0, "none")
+    assert c == HealthCheck(80, "GET /healthz HTTP/1.0", 2.0, 0.5, 3, 4, 60.0, 30.0, "none")
     assert c.kind == "http"
 
 
@@ -77,7 +68,7 @@ def test_parse_check_defaults_and_values() -> None:
 )
 def test_parse_check_rejects_bad_labels(labels: dict[str, str], fragment: str) -> None:
     with pytest.raises(ValueError) as exc:
-        parse_check(labels)
+        parse_health_check(labels)
     assert fragment in str(exc.value)
 
 
@@ -120,9 +111,9 @@ async def free_port() -> int:
 
 async def test_tcp_probe_connects_and_reports_refusal() -> None:
     async with server(silent) as port:
-        ok, out = await probe("127.0.0.1", AgentCheck(port=port))
+        ok, out = await probe("127.0.0.1", HealthCheck(port=port))
         assert ok and out == f"connected to 127.0.0.1:{port}"
-    ok, out = await probe("127.0.0.1", AgentCheck(port=await free_port()))
+    ok, out = await probe("127.0.0.1", HealthCheck(port=await free_port()))
     assert (ok, out) == (False, "connection refused")
 
 
@@ -130,7 +121,7 @@ async def test_http_probe_counts_2xx_and_3xx_as_healthy() -> None:
     seen: list[bytes] = []
     for status, healthy in ((200, True), (301, True), (404, False), (503, False)):
         async with server(http(status, seen)) as port:
-            check = AgentCheck(port=port, request_line="GET /healthz HTTP/1.1")
+            check = HealthCheck(port=port, request_line="GET /healthz HTTP/1.1")
             assert await probe("127.0.0.1", check) == (healthy, f"HTTP {status}")
     assert seen[0].startswith(b"GET /healthz HTTP/1.1\r\n")
     assert b"\r\nHost: 127.0.0.1:" in seen[0]
@@ -138,7 +129,7 @@ async def test_http_probe_counts_2xx_and_3xx_as_healthy() -> None:
 
 async def test_http_probe_times_out_on_a_silent_server() -> None:
     async with server(silent) as port:
-        check = AgentCheck(port=port, request_line="GET /", response_timeout_s=0.1)
+        check = HealthCheck(port=port, request_line="GET /", response_timeout_s=0.1)
         assert await probe("127.0.0.1", check) == (False, "timed out after 0.1s")
 
 
@@ -146,7 +137,7 @@ async def test_http_probe_times_out_on_a_silent_server() -> None:
 
 
 def test_initializing_until_healthy_threshold() -> None:
-    st = CheckState(AgentCheck(port=1, healthy_threshold=2, initializing_timeout_s=10), now=100.0)
+    st = CheckState(HealthCheck(port=1, healthy_threshold=2, initializing_timeout_s=10), now=100.0)
     assert st.status == STARTING
     st.record(False, "connection refused", 100, 100)
     assert st.status == STARTING and st.failures == 1  # failures while initializing count no verdict
@@ -157,18 +148,18 @@ def test_initializing_until_healthy_threshold() -> None:
 
 
 def test_initializing_timeout_makes_it_unhealthy() -> None:
-    st = CheckState(AgentCheck(port=1, initializing_timeout_s=5, reinitializing_timeout_s=50), now=0.0)
+    st = CheckState(HealthCheck(port=1, initializing_timeout_s=5, reinitializing_timeout_s=50), now=0.0)
     st.record(False, "connection refused", 1, 1)
     assert not st.expire(4.9) and st.status == STARTING
     assert st.expire(5.0) and st.status == UNHEALTHY
     # After an agent restart the other timeout applies.
-    check = AgentCheck(port=1, initializing_timeout_s=5, reinitializing_timeout_s=50)
+    check = HealthCheck(port=1, initializing_timeout_s=5, reinitializing_timeout_s=50)
     st = CheckState(check, now=0.0, reinitializing=True)
     assert not st.expire(10) and st.expire(50)
 
 
 def test_healthy_to_unhealthy_and_back() -> None:
-    st = CheckState(AgentCheck(port=1, healthy_threshold=1, unhealthy_threshold=3), now=0.0)
+    st = CheckState(HealthCheck(port=1, healthy_threshold=1, unhealthy_threshold=3), now=0.0)
     st.record(True, "HTTP 200", 0, 0)
     assert st.status == HEALTHY
     assert st.record(False, "HTTP 500", 1, 1)  # the failing streak changed: report it
@@ -191,7 +182,7 @@ async def test_monitor_on_a_fake_clock() -> None:
     changes: list[TaskHealth] = []
     done = asyncio.Event()
 
-    async def prober(host: str, check: AgentCheck) -> tuple[bool, str]:
+    async def prober(host: str, check: HealthCheck) -> tuple[bool, str]:
         try:
             ok = next(results)
         except StopIteration:
@@ -203,7 +194,7 @@ async def test_monitor_on_a_fake_clock() -> None:
     async def sleep(s: float) -> None:
         now[0] += s
 
-    check = AgentCheck(port=1, interval_s=2, healthy_threshold=2, unhealthy_threshold=2, initializing_timeout_s=60)
+    check = HealthCheck(port=1, interval_s=2, healthy_threshold=2, unhealthy_threshold=2, initializing_timeout_s=60)
     mon = AgentHealthMonitor(check, "10.0.0.5", changes.append, clock=lambda: now[0], sleep=sleep, prober=prober)
     runner = asyncio.create_task(mon.run())
     await asyncio.wait_for(done.wait(), 2)

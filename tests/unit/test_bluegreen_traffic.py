@@ -10,6 +10,7 @@ from shoal.allocator import NetworkAllocator
 from shoal.controlapi.networks import create_network, ingress_spec
 from shoal.dispatcher.dispatcher import Dispatcher
 from shoal.dispatcher.netstate import NetworkIndex
+from shoal.extensions import STANDBY, STANDBY_LABEL, is_standby
 from shoal.models import (
     ContainerSpec,
     Endpoint,
@@ -21,7 +22,6 @@ from shoal.models import (
     TaskSpec,
     TaskState,
 )
-from shoal.orchestrator.bluegreen import STANDBY, STANDBY_LABEL, is_standby
 from shoal.orchestrator.task import new_task
 from shoal.orchestrator.testutils import make_node, make_service, make_store
 from shoal.store import Action, Event

@@ -7,6 +7,7 @@ import msgspec
 import pytest
 
 from shoal.errors import InvalidArgument
+from shoal.extensions import STANDBY_LABEL, UPDATE_STRATEGY_LABEL, is_standby
 from shoal.models import (
     SECOND,
     GlobalService,
@@ -16,7 +17,6 @@ from shoal.models import (
     UpdateConfig,
 )
 from shoal.orchestrator import ReplicatedOrchestrator
-from shoal.orchestrator.bluegreen import STANDBY_LABEL, STRATEGY_LABEL, is_standby
 from shoal.orchestrator.testutils import (
     FakeAgent,
     make_node,
@@ -32,7 +32,7 @@ from shoal.orchestrator.testutils import (
 from shoal.scheduler import Scheduler
 from shoal.store import MemoryStore
 
-BG = {STRATEGY_LABEL: "blue-green"}
+BG = {UPDATE_STRATEGY_LABEL: "blue-green"}
 
 
 def image(store: MemoryStore, sid: str, img: str):
@@ -137,7 +137,7 @@ async def test_failed_new_task_removes_new_keeps_old_and_rolls_the_spec_back():
         assert "blue-green release failed" in st.Message and new[1].ID in st.Message and "non-zero exit" in st.Message
         cur = store.get("service", svc.ID)
         assert cur.Spec.TaskTemplate.ContainerSpec.Image == "busybox:latest"
-        assert cur.Spec.Labels[STRATEGY_LABEL] == "blue-green"  # the strategy stays
+        assert cur.Spec.Labels[UPDATE_STRATEGY_LABEL] == "blue-green"  # the strategy stays
         assert cur.PreviousSpec is None
         # The new tasks are gone from the wanted set, the old ones never stopped.
         assert tasks_of(store, svc.ID, "busybox:broken") == []
@@ -250,9 +250,9 @@ def test_strategy_label_is_validated():
         )
 
     validate_service_spec(spec(BG))
-    validate_service_spec(spec({STRATEGY_LABEL: "rolling"}))
+    validate_service_spec(spec({UPDATE_STRATEGY_LABEL: "rolling"}))
     with pytest.raises(InvalidArgument, match="unknown update strategy 'purple'"):
-        validate_service_spec(spec({STRATEGY_LABEL: "purple"}))
+        validate_service_spec(spec({UPDATE_STRATEGY_LABEL: "purple"}))
     with pytest.raises(InvalidArgument, match="replicated services only"):
         validate_service_spec(spec(BG, ServiceMode(Global=GlobalService())))
     with pytest.raises(InvalidArgument, match="reserved"):
@@ -271,9 +271,9 @@ def test_compose_extension_key_and_deploy_labels(tmp_path):
     path = tmp_path / "compose.yml"
     path.write_text(text)
     specs = to_service_specs(load([path], env={}), "app")
-    assert specs["web"].Labels[STRATEGY_LABEL] == "blue-green"
-    assert specs["api"].Labels[STRATEGY_LABEL] == "blue-green"
-    assert STRATEGY_LABEL not in (specs["db"].Labels or {})
+    assert specs["web"].Labels[UPDATE_STRATEGY_LABEL] == "blue-green"
+    assert specs["api"].Labels[UPDATE_STRATEGY_LABEL] == "blue-green"
+    assert UPDATE_STRATEGY_LABEL not in (specs["db"].Labels or {})
 
 
 def test_cli_progress_reports_a_failed_release_instead_of_waiting():

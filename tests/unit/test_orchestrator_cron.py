@@ -9,8 +9,10 @@ from zoneinfo import ZoneInfo
 import msgspec
 import pytest
 
-from shoal.controlapi.schedule import check_schedule_labels, parse_cron, parse_schedule
+from shoal.controlapi.extensions import check_schedule_labels
+from shoal.cronexpr import parse_cron
 from shoal.errors import InvalidArgument
+from shoal.extensions import parse_schedule
 from shoal.ids import new_id
 from shoal.models import (
     ContainerSpec,

@@ -3,8 +3,9 @@
 Rancher (cattle) probed each container from outside it, with HAProxy: a TCP connect to a port, or an
 HTTP request line whose answer must be 2xx/3xx. The agent does the same from the node, against the
 container's address on its network, so nothing has to be installed in the image. A check is
-configured on the service with ``shoal.health.*`` labels (the Docker API has no word for it; labels
-survive the docker CLI's read-modify-write of a spec). The states follow Rancher's: a new container
+configured on the service with ``shoal.health.*`` labels (shoal/extensions.py parses them into a
+:class:`~shoal.extensions.HealthCheck`; the Docker API has no word for it, and labels survive the
+docker CLI's read-modify-write of a spec). The states follow Rancher's: a new container
 is *initializing* until ``healthy_threshold`` probes in a row pass (the task stays STARTING, like a
 task with an engine health check), and is unhealthy if that takes longer than
 ``initializing_timeout``; a healthy one turns unhealthy after ``unhealthy_threshold`` failures in a
@@ -23,150 +24,23 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from shoal.duration import parse_go_duration
-from shoal.models import SECOND, HealthResult, TaskHealth
+from shoal.extensions import HealthCheck, parse_health_check
+from shoal.models import HealthResult, TaskHealth
 
 log = logging.getLogger(__name__)
 
-PREFIX = "shoal.health."
-PORT = PREFIX + "port"
-REQUEST_LINE = PREFIX + "request-line"
-INTERVAL = PREFIX + "interval"
-RESPONSE_TIMEOUT = PREFIX + "response-timeout"
-HEALTHY_THRESHOLD = PREFIX + "healthy-threshold"
-UNHEALTHY_THRESHOLD = PREFIX + "unhealthy-threshold"
-INITIALIZING_TIMEOUT = PREFIX + "initializing-timeout"
-REINITIALIZING_TIMEOUT = PREFIX + "reinitializing-timeout"
-STRATEGY = PREFIX + "strategy"
-KEYS = (
-    PORT,
-    REQUEST_LINE,
-    INTERVAL,
-    RESPONSE_TIMEOUT,
-    HEALTHY_THRESHOLD,
-    UNHEALTHY_THRESHOLD,
-    INITIALIZING_TIMEOUT,
-    REINITIALIZING_TIMEOUT,
-    STRATEGY,
-)
-STRATEGIES = ("recreate", "none")
 LOG_KEEP = 5  # probe results kept in TaskHealth.Log, as the engine keeps in State.Health.Log
-_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT")
 
 STARTING, HEALTHY, UNHEALTHY = "starting", "healthy", "unhealthy"
 
 
-def parse_duration_s(value: str | int | float) -> float:
-    """A Go duration (``2s``, ``1m30s``, ``500ms``) or, as rancher-compose.yml wrote them, a bare
-    integer of milliseconds (``2000``) → seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}")
-    if isinstance(value, int | float):
-        return float(value) / 1000
-    text = str(value).strip()
-    if re.fullmatch(r"\d+", text):
-        return int(text) / 1000
-    try:
-        return parse_go_duration(text) / SECOND
-    except ValueError:
-        raise ValueError(f"invalid duration {value!r}: use a Go duration (2s, 500ms) or milliseconds") from None
-
-
-@dataclass(frozen=True, slots=True)
-class AgentCheck:
-    """One service's agent-run check. Defaults are Rancher's UI defaults."""
-
-    port: int
-    request_line: str = ""  # empty: a TCP connect
-    interval_s: float = 2.0
-    response_timeout_s: float = 2.0
-    healthy_threshold: int = 2
-    unhealthy_threshold: int = 3
-    initializing_timeout_s: float = 60.0
-    reinitializing_timeout_s: float = 60.0
-    strategy: str = "recreate"
-
-    @property
-    def kind(self) -> str:
-        return "http" if self.request_line else "tcp"
-
-
-def _positive_int(key: str, value: str) -> int:
-    try:
-        n = int(value.strip())
-    except ValueError:
-        raise ValueError(f"{key}={value!r}: must be a whole number") from None
-    if n < 1:
-        raise ValueError(f"{key}={value!r}: must be at least 1")
-    return n
-
-
-def _duration(key: str, value: str) -> float:
-    try:
-        s = parse_duration_s(value)
-    except ValueError as e:
-        raise ValueError(f"{key}={value!r}: {e}") from None
-    if s <= 0:
-        raise ValueError(f"{key}={value!r}: must be more than 0")
-    return s
-
-
-def check_request_line(line: str) -> None:
-    """``METHOD /path [HTTP/1.x]``, as HAProxy's ``option httpchk`` takes it."""
-    parts = line.split()
-    if not (2 <= len(parts) <= 3) or parts[0].upper() not in _METHODS or not parts[1].startswith("/"):
-        raise ValueError(f"{REQUEST_LINE}={line!r}: expected 'METHOD /path [HTTP/1.0|HTTP/1.1]'")
-    if len(parts) == 3 and parts[2].upper() not in ("HTTP/1.0", "HTTP/1.1"):
-        raise ValueError(f"{REQUEST_LINE}={line!r}: the version must be HTTP/1.0 or HTTP/1.1")
-
-
-def parse_check(labels: dict[str, str] | None) -> AgentCheck | None:
-    """The check the service's labels describe, or None when they name no port. Raises ValueError
-    with a message fit for a 400 (the key, the value and what is expected)."""
-    labels = labels or {}
-    mine = {k: v for k, v in labels.items() if k.startswith(PREFIX)}
-    if not mine:
-        return None
-    unknown = sorted(set(mine) - set(KEYS))
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown health check setting (known: {', '.join(KEYS)})")
-    if PORT not in mine:
-        raise ValueError(f"{PORT} is required with the other {PREFIX}* labels")
-    port = _positive_int(PORT, mine[PORT])
-    if port > 65535:
-        raise ValueError(f"{PORT}={mine[PORT]!r}: must be a port number (1-65535)")
-    kw: dict[str, object] = {"port": port}
-    line = mine.get(REQUEST_LINE, "").strip()
-    if line:
-        check_request_line(line)
-        kw["request_line"] = line
-    for key, attr in (
-        (INTERVAL, "interval_s"),
-        (RESPONSE_TIMEOUT, "response_timeout_s"),
-        (INITIALIZING_TIMEOUT, "initializing_timeout_s"),
-        (REINITIALIZING_TIMEOUT, "reinitializing_timeout_s"),
-    ):
-        if key in mine:
-            kw[attr] = _duration(key, mine[key])
-    for key, attr in ((HEALTHY_THRESHOLD, "healthy_threshold"), (UNHEALTHY_THRESHOLD, "unhealthy_threshold")):
-        if key in mine:
-            kw[attr] = _positive_int(key, mine[key])
-    if STRATEGY in mine:
-        strategy = mine[STRATEGY].strip().lower()
-        if strategy not in STRATEGIES:
-            raise ValueError(f"{STRATEGY}={mine[STRATEGY]!r}: must be one of {', '.join(STRATEGIES)}")
-        kw["strategy"] = strategy
-    return AgentCheck(**kw)  # type: ignore[arg-type]
-
-
-def task_check(service_labels: dict[str, str] | None) -> AgentCheck | None:
+def task_check(service_labels: dict[str, str] | None) -> HealthCheck | None:
     """The check for a task, leniently: labels were validated at create time, so a bad one here
     (a spec stored before validation existed) is logged and means no check, not a failed task."""
     try:
-        return parse_check(service_labels)
+        return parse_health_check(service_labels)
     except ValueError as e:
         log.warning("ignoring the agent health check: %s", e)
         return None
@@ -175,7 +49,7 @@ def task_check(service_labels: dict[str, str] | None) -> AgentCheck | None:
 # --------------------------------------------------------------------------- probes
 
 
-async def probe(host: str, check: AgentCheck) -> tuple[bool, str]:
+async def probe(host: str, check: HealthCheck) -> tuple[bool, str]:
     """One probe: (passed, output). TCP: the port accepts a connection. HTTP: the request line is
     answered with a 2xx or 3xx status. Output is short, e.g. ``HTTP 200`` or ``connection refused``."""
     writer: asyncio.StreamWriter | None = None
@@ -234,7 +108,7 @@ class CheckState:
     first. ``healthy`` → ``unhealthy`` after ``unhealthy_threshold`` failures in a row; ``unhealthy``
     → ``healthy`` again after ``healthy_threshold`` passes (only visible with strategy none)."""
 
-    def __init__(self, check: AgentCheck, now: float, reinitializing: bool = False) -> None:
+    def __init__(self, check: HealthCheck, now: float, reinitializing: bool = False) -> None:
         self.check = check
         self.status = STARTING
         timeout = check.reinitializing_timeout_s if reinitializing else check.initializing_timeout_s
@@ -280,14 +154,14 @@ class AgentHealthMonitor:
 
     def __init__(
         self,
-        check: AgentCheck,
+        check: HealthCheck,
         host: str,
         on_change: Callable[[TaskHealth], None],
         *,
         reinitializing: bool = False,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
-        prober: Callable[[str, AgentCheck], Awaitable[tuple[bool, str]]] = probe,
+        prober: Callable[[str, HealthCheck], Awaitable[tuple[bool, str]]] = probe,
     ) -> None:
         self.check = check
         self.host = host

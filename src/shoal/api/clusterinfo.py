@@ -26,9 +26,9 @@ from shoal.api.common import json_response
 from shoal.api.engines import EngineError, engine_call, fan_out, node_name
 from shoal.api.volumes import merge_volumes
 from shoal.errors import ShoalError, Unavailable
+from shoal.extensions import DEFAULT_PLACEMENT_STRATEGY, PLACEMENT_STRATEGY_LABEL
 from shoal.models import Node, NodeState, TaskState
 from shoal.scheduler.filters import _REGISTRY as FILTER_REGISTRY
-from shoal.scheduler.settings import STRATEGY_LABEL
 
 INFO_TIMEOUT_S = 2.0  # one engine's /info for the cluster's /info; a slower one is shown with an error
 CACHE_S = 1.5
@@ -75,7 +75,7 @@ def status_lines(m: engines.EngineManager, nodes: list[Node], answers: dict[str,
     labels = (cluster.Spec.Labels or {}) if cluster is not None else {}
     terms = getattr(m, "terms", None)
     out = [["Role", "replica" if terms is not None and not terms.is_leader else "primary"],
-           ["Strategy", labels.get(STRATEGY_LABEL, "spread")],
+           ["Strategy", labels.get(PLACEMENT_STRATEGY_LABEL, DEFAULT_PLACEMENT_STRATEGY)],
            ["Filters", ", ".join(name for name, _ in FILTER_REGISTRY)],
            ["Nodes", str(len(nodes))]]
     for node in nodes:

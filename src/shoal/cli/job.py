@@ -1,6 +1,6 @@
 """`shoal job`: scheduled jobs (create, ls, runs, run, rm).
 
-A scheduled job is a replicated-job service with ``shoal.schedule*`` labels (controlapi/schedule.py);
+A scheduled job is a replicated-job service with ``shoal.schedule*`` labels (shoal/extensions.py);
 these commands are a thin layer over the service API, so `docker service ls/ps/inspect` see the same
 objects. The spec comes from cli/spec.py's builder (the one `service create` uses) with the job mode
 and the labels added; the daemon validates the schedule (a bad one is its 400, printed as is).
@@ -19,14 +19,14 @@ from shoal.cli import format as fmt
 from shoal.cli.client import Client, CLIError, client_of, delete_each
 from shoal.cli.parse import flag, parse_choice, parse_env, parse_label, parse_uint
 from shoal.cli.spec import ServiceOptions, SpecError, build_spec, spec_to_json
-from shoal.controlapi.schedule import (
-    CONCURRENCY_LABEL,
+from shoal.extensions import (
     CONCURRENCY_POLICIES,
-    HISTORY_LABEL,
-    MISSED_LABEL,
     MISSED_POLICIES,
+    SCHEDULE_CONCURRENCY_LABEL,
+    SCHEDULE_HISTORY_LABEL,
     SCHEDULE_LABEL,
-    TIMEZONE_LABEL,
+    SCHEDULE_MISSED_LABEL,
+    SCHEDULE_TIMEZONE_LABEL,
     parse_schedule,
 )
 from shoal.models import parse_ts
@@ -41,8 +41,8 @@ def scheduled_labels(
 ) -> list[str]:
     """The ``--label`` strings that carry a schedule (only the settings given; the daemon has defaults)."""
     out = [f"{SCHEDULE_LABEL}={schedule}"]
-    for key, value in ((TIMEZONE_LABEL, timezone), (CONCURRENCY_LABEL, concurrency), (HISTORY_LABEL, history),
-                       (MISSED_LABEL, missed)):
+    for key, value in ((SCHEDULE_TIMEZONE_LABEL, timezone), (SCHEDULE_CONCURRENCY_LABEL, concurrency),
+                       (SCHEDULE_HISTORY_LABEL, history), (SCHEDULE_MISSED_LABEL, missed)):
         if value is not None:
             out.append(f"{key}={value}")
     return out
@@ -152,7 +152,8 @@ def ls(ctx: typer.Context) -> None:
         last = parse_ts(js.get("LastExecution", ""))
         current = int((js.get("JobIteration") or {}).get("Index", 0))
         tasks = [t for t in c.get("/tasks", params={"filters": {"service": [svc["ID"]]}}) if _iteration(t) == current]
-        sched = labels[SCHEDULE_LABEL] + (f" ({labels[TIMEZONE_LABEL]})" if TIMEZONE_LABEL in labels else "")
+        tz_name = labels.get(SCHEDULE_TIMEZONE_LABEL)
+        sched = labels[SCHEDULE_LABEL] + (f" ({tz_name})" if tz_name is not None else "")
         try:
             tz = parse_schedule(labels).tz  # type: ignore[union-attr]
         except ValueError:

@@ -44,6 +44,7 @@ from shoal.cli.spec import (
     spec_from_json,
     spec_to_json,
 )
+from shoal.extensions import UPDATE_STRATEGY_LABEL
 from shoal.models import NetworkAttachmentConfig
 
 app = typer.Typer(help="Manage services.", no_args_is_help=True)
@@ -71,7 +72,7 @@ Strategy = Annotated[str | None, typer.Option("--strategy", help='Update strateg
 
 
 def _strategy_label(strategy: str | None) -> list[str]:
-    return [] if strategy is None else [f"shoal.update-strategy={strategy}"]
+    return [] if strategy is None else [f"{UPDATE_STRATEGY_LABEL}={strategy}"]
 FailureAction = Annotated[str | None, typer.Option(parser=flag(parse_choice("pause", "continue", "rollback")))]
 Ratio = Annotated[float | None, typer.Option(parser=flag(parse_ratio))]
 Bool = Annotated[bool | None, typer.Option()]

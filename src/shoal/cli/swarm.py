@@ -11,6 +11,7 @@ import typer
 from shoal.cli import format as fmt
 from shoal.cli.client import Client, client_of
 from shoal.cli.parse import flag, parse_choice, parse_duration
+from shoal.extensions import CPU_OVERCOMMIT_LABEL, MEMORY_OVERCOMMIT_LABEL, PLACEMENT_STRATEGY_LABEL
 
 app = typer.Typer(help="Manage Swarm.", no_args_is_help=True)
 
@@ -164,8 +165,8 @@ def update(
     swarm = c.get("/swarm")
     spec = swarm["Spec"]
     labels = dict(spec.get("Labels") or {})
-    for key, value in (("shoal.strategy", strategy), ("shoal.cpu-overcommit", cpu_overcommit),
-                       ("shoal.memory-overcommit", memory_overcommit)):
+    for key, value in ((PLACEMENT_STRATEGY_LABEL, strategy), (CPU_OVERCOMMIT_LABEL, cpu_overcommit),
+                       (MEMORY_OVERCOMMIT_LABEL, memory_overcommit)):
         if value is not None:
             labels[key] = f"{value:g}" if isinstance(value, float) else value
     spec["Labels"] = labels

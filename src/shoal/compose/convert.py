@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from .. import models as m
+from ..extensions import UPDATE_STRATEGY_LABEL
 from . import autoscale as compose_autoscale
 from . import health as compose_health
 from . import hostcfg
@@ -228,8 +229,8 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
     # The autoscaler reads aliyun.auto_scaling.* from the service's labels, wherever the file put them.
     deploy_labels.update({k: v for k, v in labels.items() if k.startswith(AUTOSCALE_PREFIX)})
     deploy_labels.update(compose_health.labels(svc))  # Rancher's health_check / x-shoal-healthcheck
-    if "x-shoal-update-strategy" in svc:  # rolling | blue-green (orchestrator/bluegreen.py); checked by the manager
-        deploy_labels["shoal.update-strategy"] = str(svc["x-shoal-update-strategy"])
+    if "x-shoal-update-strategy" in svc:  # rolling | blue-green (shoal/extensions.py); checked by the manager
+        deploy_labels[UPDATE_STRATEGY_LABEL] = str(svc["x-shoal-update-strategy"])
     placement_cfg = deploy.get("placement") or {}
     placement = None
     if placement_cfg:

@@ -6,29 +6,29 @@ reinitializing_timeout in milliseconds, healthy_threshold, unhealthy_threshold, 
 Compose schema knows the key, so the loader lifts it out of the copy it validates (after checking
 it here, with the file and line of a bad value) and keeps it in the service. ``x-shoal-healthcheck``
 takes the same keys wherever the file's version allows extension keys in a service. Both become the
-service's ``shoal.health.*`` labels (agent/health.py), which is what the API and the agents read.
+service's ``shoal.health.*`` labels (shoal/extensions.py), which is what the API and the agents read.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from shoal.agent import health
+from shoal import extensions as ext
 
 from .source import Source
 
 RANCHER_KEY = "health_check"
 EXTENSION_KEY = "x-shoal-healthcheck"
 _LABELS = {
-    "port": health.PORT,
-    "request_line": health.REQUEST_LINE,
-    "interval": health.INTERVAL,
-    "response_timeout": health.RESPONSE_TIMEOUT,
-    "healthy_threshold": health.HEALTHY_THRESHOLD,
-    "unhealthy_threshold": health.UNHEALTHY_THRESHOLD,
-    "initializing_timeout": health.INITIALIZING_TIMEOUT,
-    "reinitializing_timeout": health.REINITIALIZING_TIMEOUT,
-    "strategy": health.STRATEGY,
+    "port": ext.HEALTH_PORT_LABEL,
+    "request_line": ext.HEALTH_REQUEST_LINE_LABEL,
+    "interval": ext.HEALTH_INTERVAL_LABEL,
+    "response_timeout": ext.HEALTH_RESPONSE_TIMEOUT_LABEL,
+    "healthy_threshold": ext.HEALTH_HEALTHY_THRESHOLD_LABEL,
+    "unhealthy_threshold": ext.HEALTH_UNHEALTHY_THRESHOLD_LABEL,
+    "initializing_timeout": ext.HEALTH_INITIALIZING_TIMEOUT_LABEL,
+    "reinitializing_timeout": ext.HEALTH_REINITIALIZING_TIMEOUT_LABEL,
+    "strategy": ext.HEALTH_STRATEGY_LABEL,
 }
 
 
@@ -46,12 +46,12 @@ def _labels(cfg: Any) -> dict[str, str]:
             continue  # Rancher's way of saying "TCP"
         out[_LABELS[key]] = str(value)
     try:
-        health.parse_check(out)
+        ext.parse_health_check(out)
     except ValueError as e:  # name the Compose key, not the label
         msg = str(e)
         for key, label in _LABELS.items():
             msg = msg.replace(label, key)
-        raise ValueError(msg.replace(f"{health.PREFIX}*", "health check").replace("labels", "keys")) from None
+        raise ValueError(msg.replace(f"{ext.HEALTH_PREFIX}*", "health check").replace("labels", "keys")) from None
     return out
 
 

@@ -2,7 +2,7 @@
 
 Either a cron expression (``x-shoal-schedule: "*/5 * * * *"``) or a mapping with ``cron`` and the
 optional ``timezone``, ``concurrency``, ``history`` and ``missed``. It becomes the service's
-``shoal.schedule*`` labels (controlapi/schedule.py defines them; the daemon checks them again) and
+``shoal.schedule*`` labels (shoal/extensions.py defines them; the daemon checks them again) and
 turns the service's mode into a job: replicated-job with ``deploy.replicas`` completions per run
 (one by default), or global-job for ``deploy.mode: global``. A bad value is an error at its file
 and line, before anything is sent.
@@ -12,18 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from shoal import extensions as ext
 from shoal import models as m
-from shoal.controlapi import schedule
 
 from .loader import Project
 
 EXTENSION_KEY = "x-shoal-schedule"
 _KEYS = {
-    "cron": schedule.SCHEDULE_LABEL,
-    "timezone": schedule.TIMEZONE_LABEL,
-    "concurrency": schedule.CONCURRENCY_LABEL,
-    "history": schedule.HISTORY_LABEL,
-    "missed": schedule.MISSED_LABEL,
+    "cron": ext.SCHEDULE_LABEL,
+    "timezone": ext.SCHEDULE_TIMEZONE_LABEL,
+    "concurrency": ext.SCHEDULE_CONCURRENCY_LABEL,
+    "history": ext.SCHEDULE_HISTORY_LABEL,
+    "missed": ext.SCHEDULE_MISSED_LABEL,
 }
 
 
@@ -39,10 +39,10 @@ def _labels(cfg: Any) -> dict[str, str]:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise ValueError(f"{key}: must be a string or a number")
         out[_KEYS[key]] = str(value)
-    if schedule.SCHEDULE_LABEL not in out:
+    if ext.SCHEDULE_LABEL not in out:
         raise ValueError("a cron key is required")
     try:
-        schedule.parse_schedule(out)
+        ext.parse_schedule(out)
     except ValueError as e:  # name the Compose key, not the label
         msg = str(e)
         for key, label in sorted(_KEYS.items(), key=lambda kv: -len(kv[1])):

@@ -12,11 +12,10 @@ import re
 import msgspec
 
 from shoal.autoscalepolicy import parse_autoscale
-from shoal.controlapi.bluegreen import check_update_strategy
 from shoal.controlapi.errors import invalid
-from shoal.controlapi.health import check_health_labels
-from shoal.controlapi.schedule import check_schedule_labels
+from shoal.controlapi.extensions import check_health_labels, check_schedule_labels, check_update_strategy
 from shoal.errors import InvalidArgument
+from shoal.extensions import ClusterSettings, parse_cluster_settings, parse_scheduling
 from shoal.models import (
     Cluster,
     ContainerSpec,
@@ -32,16 +31,6 @@ from shoal.models import (
 )
 from shoal.scheduler import expressions
 from shoal.scheduler.constraints import parse_constraints
-from shoal.scheduler.settings import (
-    CPU_OVERCOMMIT_LABEL,
-    MEMORY_OVERCOMMIT_LABEL,
-    PRIORITY_LABEL,
-    STRATEGY_LABEL,
-    ClusterSettings,
-    parse_overcommit,
-    parse_priority,
-    parse_strategy,
-)
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-_.]*[a-zA-Z0-9])?$")
 
@@ -128,12 +117,8 @@ def _check_preferences(ts: TaskSpec) -> None:
 
 def check_scheduling_labels(spec: ServiceSpec) -> None:
     """Shoal's scheduling service labels and the classic Swarm / Rancher expressions (400 if bad)."""
-    labels = spec.Labels or {}
     try:
-        if PRIORITY_LABEL in labels:
-            parse_priority(labels[PRIORITY_LABEL])
-        if STRATEGY_LABEL in labels:
-            parse_strategy(labels[STRATEGY_LABEL])
+        parse_scheduling(spec.Labels)  # shoal.priority, shoal.strategy
     except ValueError as e:
         raise InvalidArgument(f"label {e}") from None
     try:
@@ -144,13 +129,8 @@ def check_scheduling_labels(spec: ServiceSpec) -> None:
 
 def check_swarm_labels(labels: dict[str, str] | None) -> None:
     """The swarm spec's scheduling labels (strategy, overcommit ratios): for swarm init/update."""
-    labels = labels or {}
     try:
-        if STRATEGY_LABEL in labels:
-            parse_strategy(labels[STRATEGY_LABEL])
-        for key in (CPU_OVERCOMMIT_LABEL, MEMORY_OVERCOMMIT_LABEL):
-            if key in labels:
-                parse_overcommit(labels[key])
+        parse_cluster_settings(labels)
     except ValueError as e:
         raise InvalidArgument(f"label {e}") from None
 
@@ -385,7 +365,7 @@ def validate_service_spec(spec: ServiceSpec) -> ServiceSpec:
     check_health_labels(spec)
     mode = _normalise_mode(spec.Mode)
     _check_job(msgspec.structs.replace(spec, Mode=mode))
-    check_update_strategy(spec, mode)  # shoal.update-strategy (controlapi/bluegreen.py)
-    check_schedule_labels(msgspec.structs.replace(spec, Mode=mode))  # shoal.schedule* (controlapi/schedule.py)
+    check_update_strategy(spec, mode)  # shoal.update-strategy (controlapi/extensions.py)
+    check_schedule_labels(msgspec.structs.replace(spec, Mode=mode))  # shoal.schedule* (controlapi/extensions.py)
     check_autoscale_labels(spec, mode)  # shoal.autoscale.*, aliyun.auto_scaling.* (autoscalepolicy.py)
     return spec if mode is spec.Mode else msgspec.structs.replace(spec, Mode=mode)

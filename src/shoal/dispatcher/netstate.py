@@ -18,8 +18,8 @@ import msgspec
 
 from shoal.allocator.ingress import service_ingress_ports
 from shoal.dispatcher.protocol import NetworkState, PublishedPort, ServiceRecord
+from shoal.extensions import is_standby
 from shoal.models import Network, NodeState, Task, TaskState
-from shoal.orchestrator.bluegreen import is_standby
 from shoal.store import Action, Event, MemoryStore
 
 _ASSIGNED = TaskState.ASSIGNED.order

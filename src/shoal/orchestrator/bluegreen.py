@@ -43,6 +43,7 @@ from typing import Any
 
 import msgspec
 
+from shoal.extensions import BLUE_GREEN, STANDBY, STANDBY_LABEL, UPDATE_STRATEGY_LABEL, is_blue_green, is_standby
 from shoal.models import SECOND, Service, Task, TaskSpec, TaskState, UpdateStatus
 from shoal.orchestrator.restart import Schedule, SlotPart
 from shoal.orchestrator.task import age_key, is_running, is_up_to_date, raise_desired
@@ -56,29 +57,10 @@ from shoal.orchestrator.update import (
 )
 from shoal.store import Action, Event, MemoryStore, Tx
 
-STRATEGY_LABEL = "shoal.update-strategy"
-ROLLING = "rolling"
-BLUE_GREEN = "blue-green"
-STRATEGIES = (ROLLING, BLUE_GREEN)
-
-STANDBY_LABEL = "shoal.bluegreen"  # on tasks only; reserved on services
-STANDBY = "standby"
-
 DEFAULT_DEADLINE_S = 60.0
 
 # States in which a task ended on its own (SHUTDOWN is the orchestrator's doing, not a failure).
 _ENDED = frozenset({TaskState.FAILED, TaskState.REJECTED, TaskState.COMPLETE, TaskState.ORPHANED})
-
-
-def is_blue_green(service: Service) -> bool:
-    labels = service.Spec.Labels
-    return bool(labels) and labels.get(STRATEGY_LABEL) == BLUE_GREEN  # type: ignore[union-attr]
-
-
-def is_standby(task: Task) -> bool:
-    """A new-version task of a release in progress: running, but not to be sent traffic yet."""
-    labels = task.Labels
-    return bool(labels) and labels.get(STANDBY_LABEL) == STANDBY  # type: ignore[union-attr]
 
 
 def deadline_s(service: Service) -> float:
@@ -330,7 +312,7 @@ def _rolled_back(store: MemoryStore, cur: Service) -> Service | None:
     if prev is None or endpoint is None:
         return None  # nothing to go back to, or its old ports are taken meanwhile: pause instead
     labels = dict(prev.Labels or {})
-    labels[STRATEGY_LABEL] = BLUE_GREEN
+    labels[UPDATE_STRATEGY_LABEL] = BLUE_GREEN
     spec = msgspec.structs.replace(prev, Labels=labels)
     return msgspec.structs.replace(cur, Spec=spec, PreviousSpec=None, Endpoint=endpoint)
 

@@ -1,6 +1,6 @@
 """The cron scheduler: starts a new iteration of each scheduled job at its scheduled times.
 
-A scheduled job is a job-mode service with ``shoal.schedule*`` labels (controlapi/schedule.py).
+A scheduled job is a job-mode service with ``shoal.schedule*`` labels (shoal/extensions.py).
 A run is what ``docker service update --force`` does to a Swarm job: the task template's
 ForceUpdate goes up by one through ``controlapi.update_service``, which starts a new JobIteration,
 and the jobs orchestrator runs it. So the scheduler writes nothing the API could not write, and a
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from shoal.controlapi.schedule import MISSED_AFTER_S, Schedule, is_job_mode, parse_schedule
+from shoal.extensions import MISSED_AFTER_S, Schedule, parse_schedule
 from shoal.models import Service, Task, TaskState, parse_ts
 from shoal.orchestrator.base import ReconcileLoop
 from shoal.store import Action, Event, MemoryStore
@@ -168,7 +168,7 @@ class CronScheduler(ReconcileLoop):
         """(Re)compute a service's entry. At start (``resumed``) the next time follows the last run,
         so times missed while no manager ran are due at once; a changed schedule starts from now."""
         try:
-            sched = parse_schedule(svc.Spec.Labels) if is_job_mode(svc.Spec.Mode) else None
+            sched = parse_schedule(svc.Spec.Labels) if svc.Spec.Mode is not None and svc.Spec.Mode.is_job else None
         except ValueError as e:  # only possible for a spec stored before validation existed
             log.warning("service %s: ignoring its schedule: %s", svc.Spec.Name, e)
             sched = None

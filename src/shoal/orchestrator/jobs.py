@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from shoal.controlapi.schedule import SCHEDULE_LABEL
+from shoal.extensions import SCHEDULE_LABEL
 from shoal.models import (
     DEFAULT_RESTART_DELAY,
     Node,

@@ -5,10 +5,8 @@ from shoal.scheduler.expressions import parse_rules
 from shoal.scheduler.filters import Filter, Pipeline, register_filter
 from shoal.scheduler.plan import Placement, plan
 from shoal.scheduler.scheduler import Scheduler
-from shoal.scheduler.settings import ClusterSettings
 
 __all__ = [
-    "ClusterSettings",
     "Filter",
     "Pipeline",
     "Placement",

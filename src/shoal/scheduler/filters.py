@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from shoal.extensions import ClusterSettings
 from shoal.models import NodeAvailability, NodeState, Task, engine_unavailable
 from shoal.scheduler.constraints import Constraint, constraints_of, node_matches, parse_constraints
 from shoal.scheduler.expressions import rules_of
 from shoal.scheduler.nodeinfo import NodeInfo, PortKey, generic_reservations, host_ports, reservations
-from shoal.scheduler.settings import ClusterSettings
 
 __all__ = [
     "CPUFilter",

@@ -26,11 +26,11 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from shoal.extensions import task_priority
 from shoal.models import Task, TaskState
 from shoal.scheduler.expressions import Rule, rules_of
 from shoal.scheduler.filters import Pipeline
 from shoal.scheduler.nodeinfo import MAX_FAILURES, NodeInfo, failure_key, reservations
-from shoal.scheduler.settings import task_priority
 
 Key = tuple[Any, ...]
 _RUNNING_ORDER = TaskState.RUNNING.order

@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from shoal.extensions import ClusterSettings, task_priority, task_strategy
 from shoal.models import Node, Task, TaskState, TaskStatus, now_ts
 from shoal.orchestrator.base import ReconcileLoop
 from shoal.scheduler.filters import Pipeline
 from shoal.scheduler.nodeinfo import MAX_FAILURES, MONITOR_FAILURES_S, NodeInfo, claim_generic, occupies
 from shoal.scheduler.placement import GroupPlacer, find_preemption, preemption_message
-from shoal.scheduler.settings import ClusterSettings, task_priority, task_strategy
 from shoal.store import Action, Event, MemoryStore
 
 if TYPE_CHECKING:
