@@ -20,7 +20,7 @@ all at once.
 - Update strategy (orchestrator/bluegreen.py): ``shoal.update-strategy``, and ``shoal.bluegreen`` on
   standby tasks (reserved on services).
 - Schedule (orchestrator/cron.py): ``shoal.schedule*``, a job-mode service run on a cron schedule.
-- Autoscaling: see the marked section below (not parsed here yet).
+- Autoscaling (orchestrator/autoscale.py): ``shoal.autoscale.*``, or Aliyun's ``aliyun.auto_scaling.*``.
 """
 
 from __future__ import annotations
@@ -445,11 +445,152 @@ def parse_schedule(labels: Labels) -> Schedule | None:
 
 
 # =========================================================================== autoscaling
-# Reserved for the autoscaling policy (``shoal.autoscale.*`` and Aliyun's ``aliyun.auto_scaling.*``):
-# its label constants, a frozen ``Autoscale`` value, ``parse_autoscale(labels) -> Autoscale | None``
-# raising ValueError like the others, and an ``autoscale`` field in ServiceExtensions below. Other
-# platforms' labels (Rancher ``io.rancher.*``, Aliyun ``aliyun.*``) that map onto an extension above
-# are translated where they are read (compose/), into the ``shoal.*`` labels this module parses.
+# A service's autoscaling policy, from its labels: Shoal's ``shoal.autoscale.*`` or Aliyun's
+# ``aliyun.auto_scaling.*``. Parsed here, at the bottom, because three layers read it: the control
+# API refuses a bad policy (400), the orchestrator's autoscaler acts on it, the CLI writes it.
+#
+# Shoal's labels (also written by ``shoal service autoscale`` and Compose's ``x-shoal-autoscale``):
+#
+# - ``shoal.autoscale.min`` / ``.max``: the replica bounds (max required; min defaults to 1).
+# - ``shoal.autoscale.cpu-target``: percent of each task's CPU limit (its ``--limit-cpu``, else its
+#   node's CPUs) the service's average should stay at; above it for a window → scale out.
+# - ``shoal.autoscale.memory-target``: the same for memory, in percent of the memory limit.
+# - ``shoal.autoscale.step``: tasks added or removed at once (default 1).
+# - ``shoal.autoscale.window``: how long the average must stay past a threshold (default 30s).
+# - ``shoal.autoscale.cooldown``: after any scaling, how long before a scale-in (default 2m).
+#
+# A target is one number: out when the average is above it; in when the same load spread over one
+# step fewer tasks would still stay under it (so a scale-in never causes the next scale-out).
+#
+# Aliyun's labels (Container Service for Swarm): ``max_cpu`` / ``max_memory`` (out above), ``min_cpu``
+# / ``min_memory`` (in below; when absent, the projected rule above), ``step``, ``max_instances``,
+# ``min_instances`` (defaults 1 and 10 here). A service carries one family or the other, not both.
+
+AUTOSCALE_PREFIX = "shoal.autoscale."
+AUTOSCALE_MIN_LABEL = AUTOSCALE_PREFIX + "min"
+AUTOSCALE_MAX_LABEL = AUTOSCALE_PREFIX + "max"
+AUTOSCALE_CPU_TARGET_LABEL = AUTOSCALE_PREFIX + "cpu-target"
+AUTOSCALE_MEMORY_TARGET_LABEL = AUTOSCALE_PREFIX + "memory-target"
+AUTOSCALE_STEP_LABEL = AUTOSCALE_PREFIX + "step"
+AUTOSCALE_WINDOW_LABEL = AUTOSCALE_PREFIX + "window"
+AUTOSCALE_COOLDOWN_LABEL = AUTOSCALE_PREFIX + "cooldown"
+AUTOSCALE_LABELS = (AUTOSCALE_MIN_LABEL, AUTOSCALE_MAX_LABEL, AUTOSCALE_CPU_TARGET_LABEL, AUTOSCALE_MEMORY_TARGET_LABEL,
+                    AUTOSCALE_STEP_LABEL, AUTOSCALE_WINDOW_LABEL, AUTOSCALE_COOLDOWN_LABEL)
+
+ALIYUN_AUTOSCALE_PREFIX = "aliyun.auto_scaling."
+ALIYUN_AUTOSCALE_KEYS = ("max_cpu", "min_cpu", "max_memory", "min_memory", "step", "max_instances", "min_instances")
+ALIYUN_AUTOSCALE_LABELS = tuple(ALIYUN_AUTOSCALE_PREFIX + k for k in ALIYUN_AUTOSCALE_KEYS)
+
+AUTOSCALE_DEFAULT_STEP = 1
+AUTOSCALE_DEFAULT_WINDOW_S = 30.0
+AUTOSCALE_DEFAULT_COOLDOWN_S = 120.0
+ALIYUN_AUTOSCALE_DEFAULT_MAX = 10
+AUTOSCALE_MAX_REPLICAS = 10_000  # a typo (100000) must not be able to place that many tasks
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalePolicy:
+    min_replicas: int
+    max_replicas: int
+    cpu_high: float | None = None  # % of limit: out above
+    cpu_low: float | None = None  # % of limit: in below (None: the projected rule on cpu_high)
+    mem_high: float | None = None
+    mem_low: float | None = None
+    step: int = AUTOSCALE_DEFAULT_STEP
+    window_s: float = AUTOSCALE_DEFAULT_WINDOW_S
+    cooldown_s: float = AUTOSCALE_DEFAULT_COOLDOWN_S
+    source: str = "shoal"  # which labels it came from: "shoal" or "aliyun"
+
+
+def _autoscale_int(labels: Mapping[str, str], key: str, default: int | None, lo: int = 0) -> int | None:
+    raw = labels.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise ValueError(f"label {key}={raw!r}: expected a whole number") from None
+    if not lo <= value <= AUTOSCALE_MAX_REPLICAS:
+        raise ValueError(f"label {key}={raw!r}: expected {lo} to {AUTOSCALE_MAX_REPLICAS}")
+    return value
+
+
+def _autoscale_percent(labels: Mapping[str, str], key: str) -> float | None:
+    raw = labels.get(key)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(str(raw).strip().rstrip("%"))
+    except ValueError:
+        raise ValueError(f"label {key}={raw!r}: expected a percentage such as 70") from None
+    if not 0 < value <= 1000:  # a target over 100 % makes sense for tasks allowed several CPUs
+        raise ValueError(f"label {key}={raw!r}: expected a percentage above 0 and at most 1000")
+    return value
+
+
+def _autoscale_seconds(labels: Mapping[str, str], key: str, default: float) -> float:
+    raw = labels.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        ns = parse_go_duration(str(raw).strip())
+    except ValueError:
+        raise ValueError(f"label {key}={raw!r}: expected a duration such as 30s or 2m") from None
+    if ns <= 0:
+        raise ValueError(f"label {key}={raw!r}: expected a duration above 0")
+    return ns / 1e9
+
+
+def parse_autoscale(labels: Mapping[str, str] | None) -> AutoscalePolicy | None:
+    """The policy these service labels describe; None without one; ValueError if bad."""
+    labels = labels or {}
+    ours = [k for k in labels if k.startswith(AUTOSCALE_PREFIX)]
+    theirs = [k for k in labels if k.startswith(ALIYUN_AUTOSCALE_PREFIX)]
+    if not ours and not theirs:
+        return None
+    unknown = (sorted(k for k in ours if k not in AUTOSCALE_LABELS)
+               + sorted(k for k in theirs if k not in ALIYUN_AUTOSCALE_LABELS))
+    if unknown:
+        raise ValueError(f"unknown autoscaling label {unknown[0]} (known: "
+                         f"{', '.join(AUTOSCALE_LABELS if unknown[0] in ours else ALIYUN_AUTOSCALE_LABELS)})")
+    if ours and theirs:
+        raise ValueError(f"a service takes {AUTOSCALE_PREFIX}* or {ALIYUN_AUTOSCALE_PREFIX}* labels, not both")
+    step = _autoscale_int(labels, AUTOSCALE_STEP_LABEL if ours else ALIYUN_AUTOSCALE_PREFIX + "step",
+                          AUTOSCALE_DEFAULT_STEP, lo=1) or AUTOSCALE_DEFAULT_STEP
+    if ours:
+        policy = AutoscalePolicy(
+            min_replicas=_autoscale_int(labels, AUTOSCALE_MIN_LABEL, 1) or 0,
+            max_replicas=_autoscale_int(labels, AUTOSCALE_MAX_LABEL, None, lo=1) or 0,
+            cpu_high=_autoscale_percent(labels, AUTOSCALE_CPU_TARGET_LABEL),
+            mem_high=_autoscale_percent(labels, AUTOSCALE_MEMORY_TARGET_LABEL),
+            step=step,
+            window_s=_autoscale_seconds(labels, AUTOSCALE_WINDOW_LABEL, AUTOSCALE_DEFAULT_WINDOW_S),
+            cooldown_s=_autoscale_seconds(labels, AUTOSCALE_COOLDOWN_LABEL, AUTOSCALE_DEFAULT_COOLDOWN_S),
+        )
+        if AUTOSCALE_MAX_LABEL not in labels:
+            raise ValueError(f"label {AUTOSCALE_MAX_LABEL} is required with autoscaling "
+                             "(the most replicas it may run)")
+        if policy.cpu_high is None and policy.mem_high is None:
+            raise ValueError(f"autoscaling needs {AUTOSCALE_CPU_TARGET_LABEL} or {AUTOSCALE_MEMORY_TARGET_LABEL}")
+    else:
+        a = ALIYUN_AUTOSCALE_PREFIX
+        policy = AutoscalePolicy(
+            min_replicas=_autoscale_int(labels, a + "min_instances", 1) or 0,
+            max_replicas=(_autoscale_int(labels, a + "max_instances", ALIYUN_AUTOSCALE_DEFAULT_MAX, lo=1)
+                          or ALIYUN_AUTOSCALE_DEFAULT_MAX),
+            cpu_high=_autoscale_percent(labels, a + "max_cpu"), cpu_low=_autoscale_percent(labels, a + "min_cpu"),
+            mem_high=_autoscale_percent(labels, a + "max_memory"), mem_low=_autoscale_percent(labels, a + "min_memory"),
+            step=step, source="aliyun",
+        )
+        if policy.cpu_high is None and policy.mem_high is None:
+            raise ValueError(f"autoscaling needs {a}max_cpu or {a}max_memory")
+        for low, high, what in ((policy.cpu_low, policy.cpu_high, "cpu"), (policy.mem_low, policy.mem_high, "memory")):
+            if low is not None and high is not None and low >= high:
+                raise ValueError(f"label {a}min_{what}={low:g} must be below {a}max_{what}={high:g}")
+    if policy.min_replicas > policy.max_replicas:
+        raise ValueError(f"autoscaling: the minimum ({policy.min_replicas}) is above the maximum "
+                         f"({policy.max_replicas})")
+    return policy
 
 
 # =========================================================================== all at once
@@ -463,6 +604,7 @@ class ServiceExtensions:
     health: HealthCheck | None
     update: UpdateStrategy
     schedule: Schedule | None
+    autoscale: AutoscalePolicy | None
 
 
 def service_extensions(labels: Labels) -> ServiceExtensions:
@@ -474,4 +616,5 @@ def service_extensions(labels: Labels) -> ServiceExtensions:
         health=parse_health_check(labels),
         update=parse_update_strategy(labels),
         schedule=parse_schedule(labels),
+        autoscale=parse_autoscale(labels),
     )

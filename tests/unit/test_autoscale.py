@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from shoal.api.events import swarm_message
-from shoal.autoscalepolicy import AutoscalePolicy, parse_autoscale
 from shoal.controlapi.validate import validate_service_spec
 from shoal.dispatcher.stats import ServiceUsage
 from shoal.errors import InvalidArgument
+from shoal.extensions import AutoscalePolicy, parse_autoscale
 from shoal.models import ContainerSpec, GlobalService, ServiceMode, ServiceSpec, TaskSpec
 from shoal.orchestrator.autoscale import Autoscaler, _Watch, decide
 from shoal.orchestrator.testutils import make_service, make_store

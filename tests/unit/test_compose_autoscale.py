@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from shoal import models as m
-from shoal.autoscalepolicy import parse_autoscale
 from shoal.compose import ComposeError, load, to_service_specs
+from shoal.extensions import parse_autoscale
 
 
 def specs(tmp_path: Path, text: str) -> dict[str, m.ServiceSpec]:

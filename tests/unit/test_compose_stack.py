@@ -115,7 +115,6 @@ def test_order_autoscale_and_extensions(stack) -> None:
         "web": {"api": "service_started"},
         "api": {"db": "service_started", "cache": "service_started"},
     }
-    assert res.autoscale == {"web": {"max_cpu": "80", "min_instances": "1", "max_instances": "5"}}
     assert res.services["web"].Labels["aliyun.auto_scaling.max_cpu"] == "80"
     assert project.extensions == {"x-shoal-policy": {"spread": "zone"}}
     doc = normalised(project)

@@ -22,7 +22,7 @@ def test_ext_no_labels_means_defaults() -> None:
     got = ext.service_extensions(None)
     assert got == ext.ServiceExtensions(
         scheduling=ext.Scheduling(priority=0, strategy=None), health=None, update=ext.UpdateStrategy("rolling"),
-        schedule=None,
+        schedule=None, autoscale=None,
     )
     assert not got.update.blue_green
     assert ext.service_extensions({"unrelated": "x", "shoal.team": "a"}) == got

@@ -723,10 +723,11 @@ def autoscale(
     off: Annotated[bool, typer.Option("--off", help="Stop autoscaling the service (its replicas stay)")] = False,
 ) -> None:
     """Scale a replicated service on its tasks' CPU or memory, between --min and --max."""
-    from shoal import autoscalepolicy as policy
+    from shoal import extensions as ext
 
-    given = {policy.MIN: min_, policy.MAX: max_, policy.CPU_TARGET: cpu_target, policy.MEMORY_TARGET: memory_target,
-             policy.STEP: step, policy.WINDOW: window, policy.COOLDOWN: cooldown}
+    given = {ext.AUTOSCALE_MIN_LABEL: min_, ext.AUTOSCALE_MAX_LABEL: max_, ext.AUTOSCALE_CPU_TARGET_LABEL: cpu_target,
+             ext.AUTOSCALE_MEMORY_TARGET_LABEL: memory_target, ext.AUTOSCALE_STEP_LABEL: step,
+             ext.AUTOSCALE_WINDOW_LABEL: window, ext.AUTOSCALE_COOLDOWN_LABEL: cooldown}
     if off and any(v is not None for v in given.values()):
         raise CLIError("shoal service autoscale: --off takes no other option")
     if not off and all(v is None for v in given.values()):
@@ -736,16 +737,16 @@ def autoscale(
     svc = c.get("/services/{0}", service)
     spec = svc["Spec"]
     labels = {k: v for k, v in (spec.get("Labels") or {}).items()
-              if not k.startswith((policy.PREFIX, policy.ALIYUN_PREFIX))}
+              if not k.startswith((ext.AUTOSCALE_PREFIX, ext.ALIYUN_AUTOSCALE_PREFIX))}
     if not off:
         labels.update({k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in given.items() if v is not None})
         try:
-            policy.parse_autoscale(labels)
+            ext.parse_autoscale(labels)
         except ValueError as e:
             msg = str(e)
-            for label in policy.SHOAL_LABELS:  # name the flag, not the label
-                msg = msg.replace(f"label {label}", "--" + label.removeprefix(policy.PREFIX))
-                msg = msg.replace(label, "--" + label.removeprefix(policy.PREFIX))
+            for label in ext.AUTOSCALE_LABELS:  # name the flag, not the label
+                msg = msg.replace(f"label {label}", "--" + label.removeprefix(ext.AUTOSCALE_PREFIX))
+                msg = msg.replace(label, "--" + label.removeprefix(ext.AUTOSCALE_PREFIX))
             raise CLIError(f"shoal service autoscale: {msg}") from None
     spec["Labels"] = labels
     _warnings(c.post("/services/{0}/update", svc["ID"], body=spec, params={"version": svc["Version"]["Index"]}))

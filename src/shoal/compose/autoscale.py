@@ -2,7 +2,7 @@
 
 ``x-shoal-autoscale`` is a mapping in a service — ``min``, ``max``, ``cpu-target``,
 ``memory-target``, ``step``, ``window``, ``cooldown`` — and becomes the service's
-``shoal.autoscale.*`` labels (autoscalepolicy.py), which is what the API checks and the autoscaler
+``shoal.autoscale.*`` labels (shoal/extensions.py), which is what the API checks and the autoscaler
 reads. Aliyun's files put ``aliyun.auto_scaling.*`` among a service's ``labels:`` (container
 labels in Compose); Aliyun's platform read them from there, so here they are copied onto the
 service's labels as they are. A bad value is an error naming the service and key, at its line.
@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from shoal import autoscalepolicy as policy
+from shoal import extensions as ext
 from shoal.compose.loader import Project
 from shoal.compose.merge import to_mapping
 
 EXTENSION_KEY = "x-shoal-autoscale"
 _LABELS = {
-    "min": policy.MIN, "max": policy.MAX, "cpu-target": policy.CPU_TARGET, "memory-target": policy.MEMORY_TARGET,
-    "step": policy.STEP, "window": policy.WINDOW, "cooldown": policy.COOLDOWN,
+    "min": ext.AUTOSCALE_MIN_LABEL, "max": ext.AUTOSCALE_MAX_LABEL, "cpu-target": ext.AUTOSCALE_CPU_TARGET_LABEL,
+    "memory-target": ext.AUTOSCALE_MEMORY_TARGET_LABEL, "step": ext.AUTOSCALE_STEP_LABEL,
+    "window": ext.AUTOSCALE_WINDOW_LABEL, "cooldown": ext.AUTOSCALE_COOLDOWN_LABEL,
 }
 
 
@@ -41,7 +42,7 @@ def labels(project: Project, name: str, svc: dict[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     where: tuple[str, ...] = ("services", name, "labels")
     for key, value in to_mapping(svc.get("labels")).items():
-        if str(key).startswith(policy.ALIYUN_PREFIX):
+        if str(key).startswith(ext.ALIYUN_AUTOSCALE_PREFIX):
             out[str(key)] = "" if value is None else str(value)
     if EXTENSION_KEY in svc:
         where = ("services", name, EXTENSION_KEY)
@@ -51,7 +52,7 @@ def labels(project: Project, name: str, svc: dict[str, Any]) -> dict[str, str]:
             raise project.error(f"{name}: {EXTENSION_KEY}: {e}", where) from None
     if out:
         try:
-            policy.parse_autoscale(out)
+            ext.parse_autoscale(out)
         except ValueError as e:
             msg = str(e)
             for key, label in _LABELS.items():  # name the Compose key, not the label

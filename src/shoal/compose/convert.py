@@ -28,7 +28,6 @@ from .errors import ComposeError
 from .loader import Project, env_values
 from .merge import to_mapping
 from .stack import (
-    AUTOSCALE_PREFIX,
     NAMESPACE_LABEL,
     StackResources,
     attachments,
@@ -226,8 +225,6 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
     ns = {NAMESPACE_LABEL: stack}
     labels = {k: "" if v is None else str(v) for k, v in to_mapping(svc.get("labels")).items()}
     deploy_labels = {k: "" if v is None else str(v) for k, v in to_mapping(deploy.get("labels")).items()}
-    # The autoscaler reads aliyun.auto_scaling.* from the service's labels, wherever the file put them.
-    deploy_labels.update({k: v for k, v in labels.items() if k.startswith(AUTOSCALE_PREFIX)})
     deploy_labels.update(compose_health.labels(svc))  # Rancher's health_check / x-shoal-healthcheck
     if "x-shoal-update-strategy" in svc:  # rolling | blue-green (shoal/extensions.py); checked by the manager
         deploy_labels[UPDATE_STRATEGY_LABEL] = str(svc["x-shoal-update-strategy"])
@@ -303,10 +300,6 @@ def to_stack(project: Project, stack_name: str) -> StackResources:
         except ValueError as e:
             raise project.error(str(e), ("services", name)) from None
         res.services[name] = spec
-        scaling = {k.removeprefix(AUTOSCALE_PREFIX): v for k, v in (spec.Labels or {}).items()
-                   if k.startswith(AUTOSCALE_PREFIX)}
-        if scaling:
-            res.autoscale[name] = scaling
     start_order(project, res)
     return res
 

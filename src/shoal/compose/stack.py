@@ -22,7 +22,6 @@ from .merge import to_mapping
 from .units import size
 
 NAMESPACE_LABEL = "com.docker.stack.namespace"
-AUTOSCALE_PREFIX = "aliyun.auto_scaling."
 DEFAULT_NETWORK = "default"
 SERVICE_STARTED = "service_started"
 
@@ -34,8 +33,6 @@ class StackResources:
     ``order`` lists waves of Compose service names: a wave depends only on earlier waves, so the
     deployer may create a wave's services together. ``wait_for`` says what each service waits for
     (``{dependency: condition}``); swarm ignores ``depends_on``, Shoal's deployer does not.
-    ``autoscale`` holds each service's ``aliyun.auto_scaling.*`` labels with the prefix removed
-    (``{"max_cpu": "80", ...}``); the labels themselves stay on the service spec as well.
     """
 
     services: dict[str, m.ServiceSpec] = field(default_factory=dict)
@@ -47,7 +44,6 @@ class StackResources:
     external_configs: list[str] = field(default_factory=list)
     order: list[list[str]] = field(default_factory=list)
     wait_for: dict[str, dict[str, str]] = field(default_factory=dict)
-    autoscale: dict[str, dict[str, str]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 

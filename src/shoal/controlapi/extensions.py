@@ -14,6 +14,7 @@ from shoal.extensions import (
     BLUE_GREEN,
     SCHEDULE_LABEL,
     UPDATE_STRATEGY_LABEL,
+    parse_autoscale,
     parse_health_check,
     parse_schedule,
     parse_update_strategy,
@@ -49,3 +50,13 @@ def check_schedule_labels(spec: ServiceSpec) -> None:
         raise invalid(f"label {e}") from None
     if sched is not None and not (spec.Mode is not None and spec.Mode.is_job):
         raise invalid(f"label {SCHEDULE_LABEL} needs a job mode (replicated-job or global-job)")
+
+
+def check_autoscale_labels(spec: ServiceSpec, mode: ServiceMode) -> None:
+    """400 for a bad autoscaling policy (shoal/extensions.py), or one on a service it cannot scale."""
+    try:
+        policy = parse_autoscale(spec.Labels)
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
+    if policy is not None and mode.Replicated is None:
+        raise InvalidArgument("autoscaling is for replicated services only (a global service runs one task per node)")

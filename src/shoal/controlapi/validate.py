@@ -11,9 +11,13 @@ import re
 
 import msgspec
 
-from shoal.autoscalepolicy import parse_autoscale
 from shoal.controlapi.errors import invalid
-from shoal.controlapi.extensions import check_health_labels, check_schedule_labels, check_update_strategy
+from shoal.controlapi.extensions import (
+    check_autoscale_labels,
+    check_health_labels,
+    check_schedule_labels,
+    check_update_strategy,
+)
 from shoal.errors import InvalidArgument
 from shoal.extensions import ClusterSettings, parse_cluster_settings, parse_scheduling
 from shoal.models import (
@@ -344,16 +348,6 @@ def _check_job(spec: ServiceSpec) -> None:
         raise InvalidArgument("Jobs may not have an update config")
 
 
-def check_autoscale_labels(spec: ServiceSpec, mode: ServiceMode) -> None:
-    """400 for a bad autoscaling policy (autoscalepolicy.py), or one on a service it cannot scale."""
-    try:
-        policy = parse_autoscale(spec.Labels)
-    except ValueError as e:
-        raise InvalidArgument(str(e)) from None
-    if policy is not None and mode.Replicated is None:
-        raise InvalidArgument("autoscaling is for replicated services only (a global service runs one task per node)")
-
-
 def validate_service_spec(spec: ServiceSpec) -> ServiceSpec:
     """Check a spec as swarmkit (and moby's conversion) would; return it with ``Mode`` made explicit."""
     _check_name(spec.Name)
@@ -367,5 +361,5 @@ def validate_service_spec(spec: ServiceSpec) -> ServiceSpec:
     _check_job(msgspec.structs.replace(spec, Mode=mode))
     check_update_strategy(spec, mode)  # shoal.update-strategy (controlapi/extensions.py)
     check_schedule_labels(msgspec.structs.replace(spec, Mode=mode))  # shoal.schedule* (controlapi/extensions.py)
-    check_autoscale_labels(spec, mode)  # shoal.autoscale.*, aliyun.auto_scaling.* (autoscalepolicy.py)
+    check_autoscale_labels(spec, mode)  # shoal.autoscale.*, aliyun.auto_scaling.* (controlapi/extensions.py)
     return spec if mode is spec.Mode else msgspec.structs.replace(spec, Mode=mode)

@@ -1,6 +1,6 @@
 """The autoscaler: scales replicated services with an autoscaling policy on their tasks' usage.
 
-Every ``eval_s`` it looks at each service whose labels carry a policy (autoscalepolicy.py) and at
+Every ``eval_s`` it looks at each service whose labels carry a policy (shoal/extensions.py) and at
 its usage now — the average over its running tasks' latest samples (dispatcher/stats.py), in
 percent of each task's limit. Out when the average stays above the target for the policy's window;
 in when the same load over one step fewer tasks would still stay under it (or, with Aliyun's
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import msgspec
 
-from shoal.autoscalepolicy import AutoscalePolicy, parse_autoscale
 from shoal.dispatcher.stats import ServiceUsage
 from shoal.errors import Conflict
+from shoal.extensions import AutoscalePolicy, parse_autoscale
 from shoal.models import AutoscaleStatus, ReplicatedService, Service, ServiceMode, parse_ts
 from shoal.orchestrator.cron import format_ts
 from shoal.store import MemoryStore
