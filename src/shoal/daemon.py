@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
+from aiohttp import web
 
 from shoal.agent.agent import Agent
 from shoal.agent.executor.docker import DockerExecutor
@@ -30,6 +31,7 @@ from shoal.dispatcher.protocol import DispatcherClient
 from shoal.errors import ShoalError
 from shoal.looplag import trace_slow_callbacks
 from shoal.manager import SWARM_PORT, Manager, Membership, listen_of, split_listen
+from shoal.metrics import Metrics, parse_metrics_addr, start_metrics_server
 from shoal.models import JoinRequest, NodeRole
 from shoal.transport.bootstrap import NodeCredentials, join_cluster, load_credentials
 from shoal.transport.client import GrpcDispatcherClient
@@ -61,8 +63,12 @@ class Daemon:
     """Wires the pieces together and owns their lifetimes."""
 
     def __init__(self, hosts: list[str], data_root: str, engine: str, advertise_addr: str | None,
-                 hostname: str | None = None, tls: TLSOptions | None = None, insecure_tcp: bool = False) -> None:
+                 hostname: str | None = None, tls: TLSOptions | None = None, insecure_tcp: bool = False,
+                 metrics_addr: str | None = None) -> None:
         self.hosts = hosts
+        self.metrics = Metrics()  # this daemon's registry: the API's /metrics and --metrics-addr serve it
+        self.metrics_addr = metrics_addr
+        self._metrics_runner: web.AppRunner | None = None
         self.tls_options = tls or TLSOptions()
         self.insecure_tcp = insecure_tcp
         self.tls: ServerTLS | None = None
@@ -107,6 +113,8 @@ class Daemon:
 
     async def start(self) -> None:
         security = self._security()
+        if self.metrics_addr:  # first: a bad address stops the daemon before anything else started
+            self._metrics_runner = await start_metrics_server(self.metrics, self.metrics_addr)
         # A host whose engine is down still serves the API and, on a manager, the cluster: only
         # this node runs nothing (its agent reports the engine down) until the engine answers.
         try:
@@ -118,7 +126,8 @@ class Daemon:
             info["Name"] = self.hostname  # the node's name in the swarm, as --hostname says
         else:
             self.hostname = str((info or {}).get("Name") or socket.gethostname())
-        self.manager = Manager(self.data_root, engine_info=info or {}, advertise_addr=self.advertise_addr)
+        self.manager = Manager(self.data_root, engine_info=info or {}, advertise_addr=self.advertise_addr,
+                               metrics=self.metrics)
         self.manager.engine_url = self.engine
         if info is None:
             self._engine_task = asyncio.create_task(self._await_engine(), name="engine-info")
@@ -281,13 +290,17 @@ class Daemon:
             await self.manager.stop()
         with contextlib.suppress(Exception):
             await self._runner.cleanup()
+        if self._metrics_runner is not None:
+            with contextlib.suppress(Exception):
+                await self._metrics_runner.cleanup()
         if self.manager is not None:
             await self.manager.close()
 
 
 async def _amain(hosts: list[str], data_root: str, engine: str, advertise_addr: str | None,
-                 hostname: str | None = None, tls: TLSOptions | None = None, insecure_tcp: bool = False) -> None:
-    daemon = Daemon(hosts, data_root, engine, advertise_addr, hostname, tls, insecure_tcp)
+                 hostname: str | None = None, tls: TLSOptions | None = None, insecure_tcp: bool = False,
+                 metrics_addr: str | None = None) -> None:
+    daemon = Daemon(hosts, data_root, engine, advertise_addr, hostname, tls, insecure_tcp, metrics_addr)
     await daemon.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -309,9 +322,11 @@ def _raise_open_files_limit() -> None:
 
 def run_daemon(hosts: list[str], data_root: str, engine: str, advertise_addr: str | None = None,
                hostname: str | None = None, log_level: str = "info", tls: TLSOptions | None = None,
-               insecure_tcp: bool = False) -> None:
+               insecure_tcp: bool = False, metrics_addr: str | None = None) -> None:
+    if metrics_addr:
+        parse_metrics_addr(metrics_addr)  # MetricsAddrError: the CLI says it in one line
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _raise_open_files_limit()
     if os.environ.get("SHOAL_TRACE_SLOW_MS"):
         trace_slow_callbacks(float(os.environ["SHOAL_TRACE_SLOW_MS"]) / 1000, log)
-    asyncio.run(_amain(hosts, data_root, engine, advertise_addr, hostname, tls, insecure_tcp))
+    asyncio.run(_amain(hosts, data_root, engine, advertise_addr, hostname, tls, insecure_tcp, metrics_addr))

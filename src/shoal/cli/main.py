@@ -160,10 +160,14 @@ def daemon(
     tlskey: Annotated[str | None, typer.Option("--tlskey", help="Server certificate's key")] = None,
     insecure_tcp: Annotated[bool, typer.Option(
         "--insecure-tcp", help="Allow -H tcp://... without TLS: anyone who reaches it controls the swarm")] = False,
+    metrics_addr: Annotated[str | None, typer.Option(
+        "--metrics-addr", metavar="HOST:PORT",
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP, /metrics only)")] = None,
 ) -> None:
     """Run the Shoal daemon (manager and agent) in the foreground."""
     from shoal.api.tls import TLSConfigError, TLSOptions
     from shoal.daemon import run_daemon  # the daemon pulls in the whole manager: load it only here
+    from shoal.metrics import MetricsAddrError
 
     options = TLSOptions(tls=tls or tlsverify, verify=tlsverify, cacert=tlscacert, cert=tlscert, key=tlskey)
     try:
@@ -177,13 +181,14 @@ def daemon(
             log_level=log_level,
             tls=options,
             insecure_tcp=insecure_tcp,
+            metrics_addr=metrics_addr,
         )
         if inspect.iscoroutine(result):
             try:
                 asyncio.run(result)
             except KeyboardInterrupt:
                 pass
-    except TLSConfigError as e:
+    except (TLSConfigError, MetricsAddrError) as e:
         raise CLIError(f"shoal daemon: {e}") from None
 
 
