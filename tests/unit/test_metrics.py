@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import pytest
+import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
@@ -32,6 +35,8 @@ from shoal.metrics import (
 from shoal.models import InitRequest, NodeDescription, TaskState, UserSpec
 from shoal.orchestrator.replicated import ReplicatedOrchestrator
 from shoal.orchestrator.testutils import make_node, make_service, make_store, set_task_state, wait_for
+from tests.unit.test_cli_commands import FakeDaemon, fake  # noqa: F401 (a fixture)
+from tests.unit.test_cli_commands import run as run_cli
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -305,3 +310,73 @@ def test_scrape_targets_one_group_per_node_with_an_address() -> None:
     assert groups[0]["labels"] == {"shoal_node_id": "a", "shoal_node": "m1", "shoal_role": "manager",
                                    "shoal_leader": "true"}
     assert msgspec.json.decode(msgspec.json.encode(groups)) == groups  # plain JSON, as file_sd reads it
+
+
+def test_metrics_targets_cli_writes_file_sd(fake: tuple[FakeDaemon, str], tmp_path: Path) -> None:  # noqa: F811
+    _, host = fake
+    out = tmp_path / "shoal-targets.json"
+    result = run_cli(host, "metrics", "targets", "--port", "9400", "-o", str(out))
+    assert result.exit_code == 0, result.stderr
+    groups = json.loads(out.read_text())
+    assert [(g["targets"], g["labels"]["shoal_node"], g["labels"]["shoal_role"]) for g in groups] == [
+        (["10.0.0.1:9400"], "alpha", "manager"), (["10.0.0.1:9400"], "beta", "worker")]
+    assert [p.name for p in tmp_path.iterdir()] == ["shoal-targets.json"]  # no temporary left behind
+    printed = run_cli(host, "metrics", "targets")
+    assert json.loads(printed.stdout)[0]["targets"] == ["10.0.0.1:9323"]  # dockerd's usual port by default
+    bad = run_cli(host, "metrics", "targets", "-o", str(tmp_path / "nodir" / "t.json"))
+    assert bad.exit_code == 1 and bad.stderr.startswith(f"cannot write {tmp_path}/nodir/t.json: ")
+    assert bad.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------- deploy/
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+async def test_grafana_dashboard_panels_query_metrics_shoal_exports(manager: Manager) -> None:
+    """Every panel's expression names only series a Shoal daemon serves (from a real registry: a
+    leading manager with a placed service, and an agent's task stats)."""
+    store = manager.store
+    make_node(store, "metworker")
+    svc = make_service(store, "metdash", replicas=1)
+    await wait_for(lambda: any(t.NodeID for t in store.tasks_of_service(svc.ID)), what="placement")
+    await store.wait_durable(within=10)
+    manager.metrics.register(TaskStatsCollector(lambda: [
+        TaskStats(task_id="t1", service_id=svc.ID, node_id="n1", at=1.0, mem_limit_bytes=1)]))
+    manager.metrics.observe_api("GET", "/_ping", 200, 0.001)
+    exported = {s.name for family in manager.metrics.registry.collect() for s in family.samples}
+    assert "shoal_dispatcher_heartbeats_total" in exported and "shoal_task_cpu_percent" in exported
+
+    dash = json.loads((DEPLOY / "grafana" / "shoal-dashboard.json").read_text())
+    assert isinstance(dash["schemaVersion"], int) and dash["title"] and dash["uid"]
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    used: set[str] = set()
+    for p in dash["panels"]:
+        assert p["type"] in {"row", "stat", "timeseries"} and p["title"]
+        assert {"h", "w", "x", "y"} <= p["gridPos"].keys() and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
+        if p["type"] == "row":
+            continue
+        assert p["targets"], p["title"]
+        for t in p["targets"]:
+            names = set(re.findall(r"\bshoal_[a-z0-9_]+", t["expr"]))
+            assert names, t["expr"]
+            assert names <= exported, (p["title"], names - exported)
+            used |= names
+    # ... and the dashboard shows every kind of metric the brief asks for.
+    for family in ("shoal_tasks", "shoal_task_placement_seconds_bucket", "shoal_reconcile_pass_seconds_bucket",
+                   "shoal_event_loop_lag_seconds_bucket", "shoal_store_commit_seconds_bucket",
+                   "shoal_dispatcher_heartbeats_total", "shoal_dispatcher_sessions", "shoal_manager_leader",
+                   "shoal_api_request_duration_seconds_bucket", "shoal_task_cpu_percent", "shoal_task_memory_bytes",
+                   "shoal_task_network_receive_bytes_total"):
+        assert family in used, family
+    variables = {v["name"] for v in dash["templating"]["list"]}
+    assert {"datasource", "service"} <= variables
+
+
+def test_prometheus_config_scrapes_the_file_sd_targets() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and job["scheme"] == "http"
+    assert job["file_sd_configs"][0]["files"] == ["/etc/prometheus/shoal-targets.json"]
