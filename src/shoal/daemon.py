@@ -15,6 +15,7 @@ import resource
 import shutil
 import signal
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,11 @@ from shoal.api.auth import ANONYMOUS_ADMIN, AuditLog, Security
 from shoal.api.server import create_app, serve
 from shoal.api.tls import ServerTLS, TLSOptions, tcp_hosts_need_tls
 from shoal.dispatcher.inprocess import InProcessClient
-from shoal.dispatcher.protocol import DispatcherClient
+from shoal.dispatcher.protocol import DispatcherClient, TaskStats
 from shoal.errors import ShoalError
 from shoal.looplag import trace_slow_callbacks
 from shoal.manager import SWARM_PORT, Manager, Membership, listen_of, split_listen
-from shoal.metrics import Metrics, parse_metrics_addr, start_metrics_server
+from shoal.metrics import Metrics, TaskStatsCollector, parse_metrics_addr, start_metrics_server
 from shoal.models import JoinRequest, NodeRole
 from shoal.transport.bootstrap import NodeCredentials, join_cluster, load_credentials
 from shoal.transport.client import GrpcDispatcherClient
@@ -69,6 +70,7 @@ class Daemon:
         self.metrics = Metrics()  # this daemon's registry: the API's /metrics and --metrics-addr serve it
         self.metrics_addr = metrics_addr
         self._metrics_runner: web.AppRunner | None = None
+        self.metrics.register(TaskStatsCollector(self._task_stats))
         self.tls_options = tls or TLSOptions()
         self.insecure_tcp = insecure_tcp
         self.tls: ServerTLS | None = None
@@ -88,6 +90,11 @@ class Daemon:
         self._engine_task: asyncio.Task[None] | None = None
         self.hostname = hostname or socket.gethostname()
         self._fixed_hostname = bool(hostname)
+
+    def _task_stats(self) -> Iterable[TaskStats]:
+        """The latest stats sample of each task this host's agent runs, for /metrics (read at each
+        scrape). The seam for the agent's stats collector (agent/stats.py): none until it is wired."""
+        return ()
 
     @property
     def cert_dir(self) -> Path:

@@ -3,8 +3,10 @@ parsed with prometheus_client's own parser while a real service runs on the real
 
 from __future__ import annotations
 
+import shutil
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
@@ -12,8 +14,14 @@ import requests
 from docker.types import ServiceMode
 from prometheus_client.parser import text_string_to_metric_families
 
+from shoal.metrics import Metrics
+from shoal.store import MemoryStore, NullBackend
+from shoal.store.election import LeaderElection
+from shoal.store.etcd import etcd_client
+from shoal.store.replica import EtcdReplica
 from tests.integration.conftest import wait_for
 from tests.integration.shoal_process import ShoalProcess
+from tests.integration.test_store_etcd import running, service
 from tests.integration.transport_env import listen_addr
 
 pytestmark = pytest.mark.integration
@@ -95,3 +103,31 @@ def test_a_service_moves_the_metrics(metd: tuple[ShoalProcess, str]) -> None:
         assert requests.get(url.replace("/metrics", "/info"), timeout=10).status_code == 404
     finally:
         svc.remove()
+
+
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server is not installed")
+async def test_store_commit_latency_on_etcd(tmp_path: Path) -> None:
+    """The leader of a store on a real etcd reports each durable batch as backend="etcd" (the
+    daemon's metrics set the same hook: Manager.store's setter)."""
+    async with running(tmp_path, 1) as (etcd,):
+        url = [etcd.client_url]
+        store = MemoryStore(NullBackend())
+        metrics = Metrics()
+        store.observe_persist = metrics.observe_store_commit
+        replica = EtcdReplica(store, url, timeout_s=3)
+        client = etcd_client(url)
+        election = LeaderElection(client, member_id="metleader", ttl_s=5)
+        try:
+            await replica.lead((await election.campaign()).fence, lambda _e: None)
+            with store.tx() as tx:
+                tx.create("service", service(1))
+                tx.create("service", service(2))
+            await store.wait_durable(within=10)
+            s = parse(metrics.render().decode())
+            assert value(s, "shoal_store_commit_seconds_count", backend="etcd") >= 1
+            assert value(s, "shoal_store_commit_seconds_sum", backend="etcd") > 0
+            assert value(s, "shoal_store_committed_objects_total", backend="etcd") >= 2
+        finally:
+            await election.close()
+            await replica.close()
+            await client.close()

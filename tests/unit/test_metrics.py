@@ -380,3 +380,16 @@ def test_prometheus_config_scrapes_the_file_sd_targets() -> None:
     (job,) = config["scrape_configs"]
     assert job["metrics_path"] == "/metrics" and job["scheme"] == "http"
     assert job["file_sd_configs"][0]["files"] == ["/etc/prometheus/shoal-targets.json"]
+
+
+def test_store_commit_backend_label_names_the_backend(tmp_path: Path) -> None:
+    """sqlite for one manager, etcd for HA (the leader persists through its fenced writer)."""
+    from shoal.store import NullBackend, SqliteBackend
+    from shoal.store.etcd import EtcdBackend
+    from shoal.store.replica import FencedWriter
+    from shoal.store.writer import backend_name
+
+    assert backend_name(SqliteBackend(tmp_path / "s.db")) == "sqlite"
+    assert backend_name(NullBackend()) == "null"
+    assert backend_name(FencedWriter.__new__(FencedWriter)) == "etcd"
+    assert backend_name(EtcdBackend.__new__(EtcdBackend)) == "etcd"
