@@ -15,10 +15,12 @@ import resource
 import shutil
 import signal
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import aiodocker
+from aiohttp import web
 
 from shoal.agent.agent import Agent
 from shoal.agent.executor.docker import DockerExecutor
@@ -27,10 +29,11 @@ from shoal.api.auth import ANONYMOUS_ADMIN, AuditLog, Security
 from shoal.api.server import create_app, serve
 from shoal.api.tls import ServerTLS, TLSOptions, tcp_hosts_need_tls
 from shoal.dispatcher.inprocess import InProcessClient
-from shoal.dispatcher.protocol import DispatcherClient
+from shoal.dispatcher.protocol import DispatcherClient, TaskStats
 from shoal.errors import ShoalError
 from shoal.looplag import trace_slow_callbacks
 from shoal.manager import SWARM_PORT, Manager, Membership, listen_of, split_listen
+from shoal.metrics import Metrics, TaskStatsCollector, parse_metrics_addr, start_metrics_server
 from shoal.models import JoinRequest, NodeRole
 from shoal.transport.bootstrap import NodeCredentials, join_cluster, load_credentials
 from shoal.transport.client import GrpcDispatcherClient
@@ -62,8 +65,13 @@ class Daemon:
     """Wires the pieces together and owns their lifetimes."""
 
     def __init__(self, hosts: list[str], data_root: str, engine: str, advertise_addr: str | None,
-                 hostname: str | None = None, tls: TLSOptions | None = None, insecure_tcp: bool = False) -> None:
+                 hostname: str | None = None, tls: TLSOptions | None = None, insecure_tcp: bool = False,
+                 metrics_addr: str | None = None) -> None:
         self.hosts = hosts
+        self.metrics = Metrics()  # this daemon's registry: the API's /metrics and --metrics-addr serve it
+        self.metrics_addr = metrics_addr
+        self._metrics_runner: web.AppRunner | None = None
+        self.metrics.register(TaskStatsCollector(self._task_stats))
         self.tls_options = tls or TLSOptions()
         self.insecure_tcp = insecure_tcp
         self.tls: ServerTLS | None = None
@@ -84,6 +92,12 @@ class Daemon:
         self.hostname = hostname or socket.gethostname()
         self._fixed_hostname = bool(hostname)
         self.stats_interval_s = STATS_INTERVAL_S  # how often the agent samples its tasks' usage (0: never)
+
+    def _task_stats(self) -> Iterable[TaskStats]:
+        """The latest stats sample of each task this host's agent runs (agent/stats.py), for /metrics
+        (read at each scrape): each host exports its own tasks, so no manager has to hold them all."""
+        stats = self.agent.stats if self.agent is not None else None
+        return list(stats.latest.values()) if stats is not None else ()
 
     @property
     def cert_dir(self) -> Path:
@@ -109,6 +123,8 @@ class Daemon:
 
     async def start(self) -> None:
         security = self._security()
+        if self.metrics_addr:  # first: a bad address stops the daemon before anything else started
+            self._metrics_runner = await start_metrics_server(self.metrics, self.metrics_addr)
         # A host whose engine is down still serves the API and, on a manager, the cluster: only
         # this node runs nothing (its agent reports the engine down) until the engine answers.
         try:
@@ -120,7 +136,8 @@ class Daemon:
             info["Name"] = self.hostname  # the node's name in the swarm, as --hostname says
         else:
             self.hostname = str((info or {}).get("Name") or socket.gethostname())
-        self.manager = Manager(self.data_root, engine_info=info or {}, advertise_addr=self.advertise_addr)
+        self.manager = Manager(self.data_root, engine_info=info or {}, advertise_addr=self.advertise_addr,
+                               metrics=self.metrics)
         self.manager.engine_url = self.engine
         if info is None:
             self._engine_task = asyncio.create_task(self._await_engine(), name="engine-info")
@@ -284,14 +301,17 @@ class Daemon:
             await self.manager.stop()
         with contextlib.suppress(Exception):
             await self._runner.cleanup()
+        if self._metrics_runner is not None:
+            with contextlib.suppress(Exception):
+                await self._metrics_runner.cleanup()
         if self.manager is not None:
             await self.manager.close()
 
 
 async def _amain(hosts: list[str], data_root: str, engine: str, advertise_addr: str | None,
                  hostname: str | None = None, tls: TLSOptions | None = None, insecure_tcp: bool = False,
-                 stats_interval_s: float = STATS_INTERVAL_S) -> None:
-    daemon = Daemon(hosts, data_root, engine, advertise_addr, hostname, tls, insecure_tcp)
+                 metrics_addr: str | None = None, stats_interval_s: float = STATS_INTERVAL_S) -> None:
+    daemon = Daemon(hosts, data_root, engine, advertise_addr, hostname, tls, insecure_tcp, metrics_addr)
     daemon.stats_interval_s = stats_interval_s
     await daemon.start()
     stop = asyncio.Event()
@@ -314,9 +334,13 @@ def _raise_open_files_limit() -> None:
 
 def run_daemon(hosts: list[str], data_root: str, engine: str, advertise_addr: str | None = None,
                hostname: str | None = None, log_level: str = "info", tls: TLSOptions | None = None,
-               insecure_tcp: bool = False, stats_interval_s: float = STATS_INTERVAL_S) -> None:
+               insecure_tcp: bool = False, metrics_addr: str | None = None,
+               stats_interval_s: float = STATS_INTERVAL_S) -> None:
+    if metrics_addr:
+        parse_metrics_addr(metrics_addr)  # MetricsAddrError: the CLI says it in one line
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _raise_open_files_limit()
     if os.environ.get("SHOAL_TRACE_SLOW_MS"):
         trace_slow_callbacks(float(os.environ["SHOAL_TRACE_SLOW_MS"]) / 1000, log)
-    asyncio.run(_amain(hosts, data_root, engine, advertise_addr, hostname, tls, insecure_tcp, stats_interval_s))
+    asyncio.run(_amain(hosts, data_root, engine, advertise_addr, hostname, tls, insecure_tcp, metrics_addr,
+                       stats_interval_s))

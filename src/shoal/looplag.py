@@ -15,6 +15,7 @@ import logging
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable
 
 PERIOD_S = 0.05
 KEEP = 100_000  # samples (over an hour at 20 per second)
@@ -27,6 +28,7 @@ class LoopLagMonitor:
         self.samples: deque[float] = deque(maxlen=KEEP)  # seconds late, one per wake-up
         self.max_s = 0.0
         self.gc_stats = gc_stats
+        self.on_sample: Callable[[float], None] | None = None  # the daemon's metrics (20 a second)
 
     async def run(self) -> None:
         while True:
@@ -35,6 +37,8 @@ class LoopLagMonitor:
             late = max(0.0, time.monotonic() - before - self.period_s)
             self.samples.append(late)
             self.max_s = max(self.max_s, late)
+            if self.on_sample is not None:
+                self.on_sample(late)
             if self.gc_stats is not None:
                 self.gc_stats.tick()
 

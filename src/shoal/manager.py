@@ -41,6 +41,7 @@ from shoal.errors import Conflict, InvalidArgument, NotInSwarm, ShoalError, Stor
 from shoal.ha import ManagerReachability, ManagerTerms, StoreSettings, init_settings
 from shoal.ids import new_id
 from shoal.looplag import GcStats, LoopLagMonitor
+from shoal.metrics import ManagerCollector, Metrics, observe_components
 from shoal.models import (
     DEFAULT_HEARTBEAT,
     DEFAULT_TASK_HISTORY,
@@ -158,7 +159,10 @@ class Manager:
         advertise_addr: str | None = None,
         backend: Backend | None = None,
         heartbeat_s: float = DEFAULT_HEARTBEAT / SECOND,
+        metrics: Metrics | None = None,
     ) -> None:
+        # This daemon's Prometheus registry (shoal/metrics.py): set first, the store setter uses it.
+        self.metrics = metrics or Metrics()
         self.data_root = Path(data_root)
         private_dir(self.data_root)  # the store, ca.key and store.key: nobody else's business
         # Only with a store of its own: ``shoal store rotate-key`` refuses while it runs.
@@ -201,11 +205,24 @@ class Manager:
         self._tasks: list[asyncio.Task[None]] = []
         self.gc_stats = GcStats(freeze=True)
         self.loop_lag = LoopLagMonitor(gc_stats=self.gc_stats)
+        self.loop_lag.on_sample = self.metrics.observe_loop_lag
+        self.metrics.register(ManagerCollector(self))
         self._lag_task: asyncio.Task[None] | None = None
         self.broken = ""  # why this manager cannot serve its swarm (its state could not be read)
         self.loading = ""  # set while a manager on etcd loads its first view (the API says 503)
         self._loading_task: asyncio.Task[None] | None = None
         self._role_task: asyncio.Task[None] | None = None  # a manager on etcd: notices a demotion
+
+    @property
+    def store(self) -> MemoryStore:
+        return self._store
+
+    @store.setter
+    def store(self, store: MemoryStore) -> None:
+        """Every store this manager opens (they change with membership and role) reports its
+        commit latency to the daemon's metrics."""
+        self._store = store
+        store.observe_persist = self.metrics.observe_store_commit
 
     # ------------------------------------------------------------------ membership
 
@@ -928,6 +945,8 @@ class Manager:
         ]
         if self.terms is not None:  # `node ls`: Leader / Reachable / Unreachable, from etcd
             components.append(ManagerReachability(self.store, self.terms, node_id))
+        observe_components(self.metrics, components)
+        self.scheduler.observe_placement = self.metrics.observe_placement
         for c in components:
             self._tasks.append(asyncio.create_task(self._supervise(c), name=type(c).__name__))
         self._start_autolock_keeper()

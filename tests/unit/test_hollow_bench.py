@@ -34,5 +34,5 @@ def test_peak_rss_of_this_process_and_the_summary_line() -> None:
                     services_ms=[1.0], nodes_ms=[2.0], rss_mb=99.6, false_down=2,
                     loop_lag={"p50_ms": 1.0, "p99_ms": 12.34, "max_ms": 40.0})
     assert r.line().startswith("scale: nodes=3 tasks=10 all_running_s=1.2 placements_per_s=8 place_p99_ms=")
-    assert r.line().endswith("rss_mb=100 false_down=2 loop_lag_p99_ms=12.3")
+    assert r.line().endswith("rss_mb=100 false_down=2 loop_lag_p99_ms=12.3 metrics_p99_ms=0.0")
     assert "GET /nodes" in r.report()

@@ -34,6 +34,7 @@ from shoal.api.engines import ENGINE_INDEX, EngineIndex
 from shoal.api.forward import REVISION, is_engine, is_local, to_leader
 from shoal.api.limits import STREAM_SLOTS, StreamSlots
 from shoal.errors import InvalidArgument, ShoalError
+from shoal.metrics import METRICS_KEY, Metrics, metrics_middleware, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ _ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/shoal/plan", extensions.placement_plan),
     ("GET", "/shoal/debug/manager", extensions.manager_health),
     ("GET", "/shoal/services/{id}/stats", stats.service_stats),
+    ("GET", "/metrics", serve_metrics),  # Prometheus text (shoal/metrics.py)
     *containers.ROUTES,
     *images.ROUTES,
     *networks.ROUTES,
@@ -170,9 +172,13 @@ def create_app(manager: ManagerAPI, security: Security | None = None) -> web.App
 
     Without ``security`` every caller is an admin (in-process test clients); the daemon always
     passes one (see api/auth.py). Authorization runs before a write is forwarded to the leader."""
-    middlewares = [errors_middleware, version_middleware, auth_middleware, forward_middleware, durable_middleware]
+    middlewares = [metrics_middleware, errors_middleware, version_middleware, auth_middleware, forward_middleware,
+                   durable_middleware]
     app = web.Application(middlewares=middlewares, client_max_size=16 * 1024**2)
     app[MANAGER] = manager
+    # The manager's registry (the daemon's); a test double without one gets its own.
+    metrics = getattr(manager, "metrics", None)
+    app[METRICS_KEY] = metrics if isinstance(metrics, Metrics) else Metrics()
     app[SECURITY] = security or Security()
     app[STREAM_SLOTS] = StreamSlots()
     app[ENGINE_INDEX] = EngineIndex()

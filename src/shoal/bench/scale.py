@@ -69,6 +69,7 @@ class ScaleResult:
     place_ms: list[float] = field(default_factory=list)
     services_ms: list[float] = field(default_factory=list)
     nodes_ms: list[float] = field(default_factory=list)
+    metrics_ms: list[float] = field(default_factory=list)  # GET /metrics (Prometheus scrape)
     rss_mb: float = 0.0
     false_down: int = 0  # nodes the manager marked Down while their agent was alive
     loop_lag: dict[str, float] = field(default_factory=dict)  # the manager's event-loop lag (ms)
@@ -86,6 +87,7 @@ class ScaleResult:
             f"p99 {pct(self.place_ms, 99):.1f} ms ({len(self.place_ms)} samples)",
             f"GET /services: p50 {pct(self.services_ms, 50):.1f} ms, p99 {pct(self.services_ms, 99):.1f} ms",
             f"GET /nodes:    p50 {pct(self.nodes_ms, 50):.1f} ms, p99 {pct(self.nodes_ms, 99):.1f} ms",
+            f"GET /metrics:  p50 {pct(self.metrics_ms, 50):.1f} ms, p99 {pct(self.metrics_ms, 99):.1f} ms",
             f"manager peak RSS: {self.rss_mb:.0f} MiB",
             f"manager event-loop lag: p50 {self.loop_lag.get('p50_ms', 0):.1f} ms, "
             f"p99 {self.loop_lag.get('p99_ms', 0):.1f} ms, max {self.loop_lag.get('max_ms', 0):.1f} ms",
@@ -97,7 +99,7 @@ class ScaleResult:
         return (f"scale: nodes={self.nodes} tasks={self.tasks} all_running_s={self.all_running_s:.1f} "
                 f"placements_per_s={self.placements_per_s:.0f} place_p99_ms={pct(self.place_ms, 99):.1f} "
                 f"api_p99_ms={pct(self.api_ms, 99):.1f} rss_mb={self.rss_mb:.0f} false_down={self.false_down} "
-                f"loop_lag_p99_ms={self.loop_lag.get('p99_ms', 0):.1f}"
+                f"loop_lag_p99_ms={self.loop_lag.get('p99_ms', 0):.1f} metrics_p99_ms={pct(self.metrics_ms, 99):.1f}"
                 + (f" store={self.store} managers={self.managers}" if self.store != "sqlite" else ""))
 
 
@@ -367,9 +369,10 @@ def run_scale(cfg: ScaleConfig) -> ScaleResult:
             say(f"placing {cfg.place_samples} extra single-replica services ...")
             result.place_ms = [place_one(client, cfg, f"probe-{i}") for i in range(cfg.place_samples)]
             say("  placements (ms, in order): " + " ".join(f"{ms:.0f}" for ms in result.place_ms))
-            say(f"timing GET /services and GET /nodes ({cfg.api_samples} each) ...")
+            say(f"timing GET /services, GET /nodes and GET /metrics ({cfg.api_samples} each) ...")
             result.services_ms = [timed_get(client, "/services") for _ in range(cfg.api_samples)]
             result.nodes_ms = [timed_get(client, "/nodes") for _ in range(cfg.api_samples)]
+            result.metrics_ms = [timed_get(client, "/metrics") for _ in range(cfg.api_samples)]
             health = manager_health(client)
             result.loop_lag = health["LoopLag"] or {}
             say(f"  manager GC: {health.get('GC')}")

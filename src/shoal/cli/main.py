@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_exc  # type: ignore[no-redef]
 
 from shoal import API_VERSION, __version__
-from shoal.cli import bench, job, lab, node, service, stack, store, swarm, user
+from shoal.cli import bench, job, lab, metrics, node, service, stack, store, swarm, user
 from shoal.cli.client import DEFAULT_HOST, Client, CLIError, TLSSettings, describe_error, resolve_host
 from shoal.cli.parse import flag, parse_choice
 from shoal.cli.secret import config_app, secret_app
@@ -113,6 +113,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(job.app, name="job")
 app.add_typer(store.app, name="store")
 app.add_typer(user.app, name="user")
+app.add_typer(metrics.app, name="metrics")
 app.command("audit")(user.audit)
 
 
@@ -162,10 +163,14 @@ def daemon(
         "--insecure-tcp", help="Allow -H tcp://... without TLS: anyone who reaches it controls the swarm")] = False,
     stats_interval: Annotated[float, typer.Option(
         "--stats-interval", min=0, help="Seconds between samples of the tasks' CPU/memory (0: none)")] = 10.0,
+    metrics_addr: Annotated[str | None, typer.Option(
+        "--metrics-addr", metavar="HOST:PORT",
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP, /metrics only)")] = None,
 ) -> None:
     """Run the Shoal daemon (manager and agent) in the foreground."""
     from shoal.api.tls import TLSConfigError, TLSOptions
     from shoal.daemon import run_daemon  # the daemon pulls in the whole manager: load it only here
+    from shoal.metrics import MetricsAddrError
 
     options = TLSOptions(tls=tls or tlsverify, verify=tlsverify, cacert=tlscacert, cert=tlscert, key=tlskey)
     try:
@@ -180,13 +185,14 @@ def daemon(
             tls=options,
             insecure_tcp=insecure_tcp,
             stats_interval_s=stats_interval,
+            metrics_addr=metrics_addr,
         )
         if inspect.iscoroutine(result):
             try:
                 asyncio.run(result)
             except KeyboardInterrupt:
                 pass
-    except TLSConfigError as e:
+    except (TLSConfigError, MetricsAddrError) as e:
         raise CLIError(f"shoal daemon: {e}") from None
 
 

@@ -152,8 +152,14 @@ class Dispatcher:
         self.marked_down: dict[str, int] = {}
         self._deferrals = 0  # mass expiries put off in a row (see _manager_behind)
         self._late_by: deque[float] = deque(maxlen=500)  # how late recent heartbeats were handled (s)
+        self.heartbeats_received = 0  # /metrics (shoal/metrics.py)
 
     # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def session_count(self) -> int:
+        """Live agent sessions (/metrics)."""
+        return len(self._sessions)
 
     def heartbeat_period(self) -> float:
         """The cluster's configured period (``docker swarm update --dispatcher-heartbeat``) or ours."""
@@ -342,6 +348,7 @@ class Dispatcher:
         return node
 
     async def heartbeat(self, session_id: str, engine: EngineHealth | None = None) -> float:
+        self.heartbeats_received += 1
         sess = self._session(session_id)
         node: Node | None = self.store.get("node", sess.node_id)
         if node is None:  # removed with `docker node rm --force`

@@ -36,6 +36,8 @@ class ReconcileLoop:
         self._timers: set[asyncio.TimerHandle] = set()
         self._failed_passes = 0  # consecutive failed passes: the retry backs off
         self._retry: asyncio.TimerHandle | None = None
+        # Told each pass's duration (seconds): the daemon's metrics set it (shoal/metrics.py).
+        self.observe_pass: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------------ hooks
 
@@ -98,6 +100,7 @@ class ReconcileLoop:
         """Run one pass. A failing pass (a bug, a write the store refused) must neither stop
         orchestration for the whole cluster nor be forgotten: it is logged, and a full reconcile is
         retried with back-off (0.1 s doubling to 5 s) until one succeeds."""
+        t0 = time.perf_counter()
         try:
             fn(*args)
         except Exception:
@@ -116,6 +119,9 @@ class ReconcileLoop:
         else:
             if fn == self.reconcile_all:
                 self._failed_passes = 0
+        finally:
+            if self.observe_pass is not None:
+                self.observe_pass(time.perf_counter() - t0)
 
 
 class RestartingLoop(ReconcileLoop):

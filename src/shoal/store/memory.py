@@ -131,6 +131,12 @@ class MemoryStore:
         # Per service: [running, completed, desired running] task counts, kept up to date on every
         # write so `service ls` (which asks for them on every call) never walks the tasks.
         self._task_counts: dict[str, list[int]] = {}
+        # Per service: task count by current state, for /metrics (shoal/metrics.py) at the same cost.
+        self._state_counts: dict[str, dict[str, int]] = {}
+        # Told how long each durable batch took (backend name, seconds, objects): the daemon's
+        # metrics; called on the writer's thread. Kept here because the writer is replaced on
+        # every change of leadership.
+        self.observe_persist: Callable[[str, float, int], None] | None = None
         self._watchers: set[Watcher] = set()
         self._history: deque[Event] = deque(maxlen=_REPLAY)
         snapshot = snapshot if snapshot is not None else backend.load()
@@ -139,7 +145,8 @@ class MemoryStore:
         self.problems: list[Problem] = list(snapshot.bad)
         for p in snapshot.bad:
             log.error("store: %s; skipped (the row is left as it is)", p)
-        self.writer = WriteBehind(backend, snapshot.revision, on_problem=self.problems.append)
+        self.writer = WriteBehind(backend, snapshot.revision, on_problem=self.problems.append,
+                                  on_persisted=self._persisted)
         # Set on a manager that is not the leader of a replicated store (see store/replica.py): it
         # applies the leader's batches and refuses commits of its own, with this message.
         self.refuse_writes = ""
@@ -169,6 +176,16 @@ class MemoryStore:
         """(running, completed, desired running) tasks of a service, from counters."""
         c = self._task_counts.get(service_id)
         return (c[0], c[1], c[2]) if c else (0, 0, 0)
+
+    def task_state_counts(self) -> dict[str, dict[str, int]]:
+        """Service ID → current task state → how many tasks (never zero), from counters kept on
+        every write; the caller must not change what it gets."""
+        return self._state_counts
+
+    def _persisted(self, backend: str, seconds: float, objects: int) -> None:
+        observe = self.observe_persist
+        if observe is not None:
+            observe(backend, seconds, objects)
 
     def service_by_name(self, name: str) -> Any | None:
         sid = self._service_by_name.get(name)
@@ -263,7 +280,8 @@ class MemoryStore:
     def lead(self, backend: Backend, on_fenced: Callable[[FencedOut], None]) -> None:
         """This manager became the leader: commits are accepted again and persist through
         ``backend`` (the leader's fenced writer), from the current revision on."""
-        self.writer = WriteBehind(backend, self.revision, on_problem=self.problems.append, on_fenced=on_fenced)
+        self.writer = WriteBehind(backend, self.revision, on_problem=self.problems.append, on_fenced=on_fenced,
+                                  on_persisted=self._persisted)
         self.refuse_writes = ""
 
     async def follow(self, why: str, backend: Backend) -> None:
@@ -331,6 +349,14 @@ class MemoryStore:
 
     def _count(self, task: Any, sign: int) -> None:
         state, desired = task.Status.State, task.DesiredState
+        by_state = self._state_counts.setdefault(task.ServiceID, {})
+        n = by_state.get(state, 0) + sign
+        if n:
+            by_state[state] = n
+        else:  # a removed service's tasks leave nothing behind
+            by_state.pop(state, None)
+            if not by_state:
+                del self._state_counts[task.ServiceID]
         running = state == "running" and desired in ("running", "complete")
         completed = state == "complete"
         wanted = desired == "running"

@@ -38,6 +38,8 @@ class FencedWriter:
     carries the term's fence. It opens its own etcd client on first use, because a gRPC channel
     belongs to the event loop that made it and the writer runs on a loop of its own."""
 
+    name = "etcd"  # the backend label of store metrics (shoal/metrics.py)
+
     def __init__(self, endpoints: Sequence[str], prefix: str, fence: Fence, timeout_s: float,
                  limits: dict[str, int] | None = None, sealer: Sealer | None = None) -> None:
         self.endpoints = list(endpoints)

@@ -47,6 +47,13 @@ RETRY_MAX_S = 5.0
 _LOG_EVERY_S = 30.0  # a persisting failure is logged when it changes, and then this often
 
 
+def backend_name(backend: object) -> str:
+    """``SqliteBackend`` → ``sqlite``; a wrapper (the leader's fenced etcd writer) may say its own
+    ``name``."""
+    name = getattr(backend, "name", None)
+    return name if isinstance(name, str) else type(backend).__name__.removesuffix("Backend").lower()
+
+
 class WriteBehind:
     """The ordered, coalescing persister between a :class:`MemoryStore` and its :class:`Backend`.
 
@@ -60,8 +67,12 @@ class WriteBehind:
         revision: int,
         on_problem: Callable[[Problem], None] | None = None,
         on_fenced: Callable[[FencedOut], None] | None = None,
+        on_persisted: Callable[[str, float, int], None] | None = None,
     ) -> None:
         self.backend = backend
+        # Told of each durable batch (backend name, seconds, objects), on the writer's thread.
+        self._on_persisted = on_persisted
+        self._backend_name = backend_name(backend)
         self.durable = revision  # every revision up to this one is in the backend
         self.error: Exception | None = None  # the last write's failure, None once one succeeds
         # A leader's write refused because its term is over (etcd): this writer stops for good and
@@ -262,6 +273,7 @@ class WriteBehind:
                 self._done(self._queued)
                 continue
             rev, puts, deletes = self._take()
+            t0 = time.perf_counter()
             try:
                 rejected = await self.backend.persist(rev, puts, deletes)
             except FencedOut as e:  # our term is over: retrying cannot help, and must not
@@ -278,6 +290,11 @@ class WriteBehind:
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
             delay = RETRY_FIRST_S
+            if self._on_persisted is not None:
+                try:
+                    self._on_persisted(self._backend_name, time.perf_counter() - t0, len(puts) + len(deletes))
+                except Exception:  # metrics must never stop the store's writes
+                    log.exception("store: recording a write's duration failed")
             for problem in rejected:
                 self._report(problem)
             if self.error is not None:
