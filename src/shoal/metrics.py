@@ -18,7 +18,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -27,9 +27,6 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from shoal.dispatcher.protocol import TaskStats
-
-if TYPE_CHECKING:
-    from shoal.manager import Manager
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +127,9 @@ class ManagerCollector(Collector):
     state (from the store's counters, never a walk over the tasks), nodes, agent sessions and
     heartbeats (the dispatcher's), leadership, and how far durable writes lag behind."""
 
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: Any) -> None:
+        # The Manager, read duck-typed: the API (below the manager) serves these metrics, so this
+        # module sits below both and may not import the manager, not even for typing.
         self.manager = manager
 
     def describe(self) -> Iterable[Metric]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import shoal_cli, wait_for
 from tests.integration.shoal_process import ShoalProcess
@@ -66,6 +67,11 @@ def test_a_busy_service_scales_out_and_back_in(sampled: ShoalProcess, tmp_path: 
         assert figures["Usage"]["CPULimitPercentAvg"] > 50 and figures["Usage"]["MemoryBytesSum"] > 0
         table = shoal_cli(sampled, "service", "stats", NAME, "--no-stream").stdout
         assert "CPU % OF LIMIT" in table and f"{NAME}: 3 task(s)" in table
+        # The host's /metrics has the same samples, per task.
+        text = client.api._result(client.api._get(client.api._url("/metrics")))
+        series = [s for f in text_string_to_metric_families(text) if f.name == "shoal_task_cpu_limit_percent"
+                  for s in f.samples if s.labels.get("service") == NAME]
+        assert len(series) == 3 and all(s.value >= 0 for s in series)
         cid = figures["Tasks"][0]["ContainerID"]
         line = sampled.docker_cli("stats", "--no-stream", "--format", "{{.ID}} {{.CPUPerc}}", cid).stdout
         assert line.startswith(cid[:12]) and line.strip().endswith("%")

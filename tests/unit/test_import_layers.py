@@ -44,7 +44,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("daemon", "bench", "lab"),
     ("manager",),
     ("api", "agent", "compose"),
-    ("transport",),
+    ("transport", "metrics"),
     ("orchestrator",),
     ("controlapi",),
     ("dispatcher", "ca.authority"),
