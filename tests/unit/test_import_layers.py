@@ -44,7 +44,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("daemon", "bench", "lab"),
     ("manager",),
     ("api", "agent", "compose"),
-    ("transport", "metrics"),
+    ("transport", "metrics", "logstore"),
     ("orchestrator",),
     ("controlapi",),
     ("dispatcher", "ca.authority"),
