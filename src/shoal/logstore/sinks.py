@@ -40,7 +40,8 @@ def loki_push(records: Sequence[LogRecord]) -> bytes:
     streams: dict[tuple[tuple[str, str], ...], list[list[str]]] = {}
     for r in records:
         key = tuple(sorted(loki_labels(r).items()))
-        streams.setdefault(key, []).append([str(int(r.time * 1e9)), r.line])
+        # Microseconds, as the files keep them: a float of Unix seconds holds no more.
+        streams.setdefault(key, []).append([str(round(r.time * 1e6) * 1000), r.line])
     return _json({"streams": [{"stream": dict(k), "values": v} for k, v in streams.items()]})
 
 
