@@ -39,8 +39,8 @@ def task(labels: dict[str, str], tid: str = "t1", node: str = "n1") -> Task:
                 ServiceAnnotations={"Name": "lgs_web"})
 
 
-async def until(pred: Any, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.01)):
+async def until(pred: Any, tries: int = 500) -> None:
+    for _ in range(tries):
         if pred():
             return
         await asyncio.sleep(0.01)
