@@ -19,7 +19,7 @@ from shoal.api.common import decode_body, empty_response, json_response, swarm_m
 from shoal.api.forward import to_leader
 from shoal.controlapi import logsinks
 from shoal.controlapi.users import TEAM_LABEL
-from shoal.errors import Forbidden, InvalidArgument
+from shoal.errors import Forbidden, InvalidArgument, Unavailable
 from shoal.logstore.files import safe_name
 from shoal.logstore.query import DEFAULT_LIMIT, MAX_LIMIT, LogQuery, parse_time, run_query
 from shoal.models import LogSinkSpec
@@ -68,8 +68,10 @@ async def query_logs(request: web.Request) -> web.Response:
             raise Forbidden(f"{ident.role} {ident.name!r} may not read the logs of service {q.service!r}: "
                             f"only of its teams' services")
         allowed = lambda name: ident.can_read_logs(teams.get(name))  # noqa: E731
-    root = Path(getattr(manager, "logstore_root", Path(manager.data_root) / "logstore"))
-    records: list[dict[str, Any]] = await asyncio.to_thread(run_query, root, q, allowed)
+    root = getattr(manager, "logstore_root", None)  # the manager's own files (ManagerAPI does not name it)
+    if root is None:
+        raise Unavailable("this manager keeps no collected logs")
+    records: list[dict[str, Any]] = await asyncio.to_thread(run_query, Path(root), q, allowed)
     return json_response(records)
 
 
