@@ -618,3 +618,47 @@ def service_extensions(labels: Labels) -> ServiceExtensions:
         schedule=parse_schedule(labels),
         autoscale=parse_autoscale(labels),
     )
+
+
+# =========================================================================== log stores
+
+# Aliyun's ``aliyun.log_store_<name>: stdout`` (the container's output) or ``...: /var/log/app/*.log``
+# (files inside the container, a glob): the node's agent collects that stream and ships it to the
+# leader (agent/logship.py), which writes it to its sinks (logstore/). Aliyun's files put them among
+# a service's container labels (Compose ``labels:``); service labels (``--label``) are read too.
+LOG_STORE_PREFIX = "aliyun.log_store_"
+LOG_STORE_STDOUT = "stdout"
+LOG_STORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+LOG_STORE_MAX = 16  # stores per service: each file glob is a tailer on every node running a task
+
+
+def parse_log_stores(*label_sets: Labels) -> dict[str, str]:
+    """Store name → ``stdout`` or an absolute glob inside the container, from the labels given
+    (later sets win); ValueError naming the label when one is bad."""
+    out: dict[str, str] = {}
+    for labels in label_sets:
+        for key, value in (labels or {}).items():
+            if not key.startswith(LOG_STORE_PREFIX):
+                continue
+            name, source = key[len(LOG_STORE_PREFIX):], str(value).strip()
+            if not LOG_STORE_NAME.fullmatch(name):
+                raise ValueError(f"{key}: the store name must be 1-63 letters, digits, '_', '.' or '-'")
+            if source != LOG_STORE_STDOUT and not source.startswith("/"):
+                raise ValueError(f"{key}: must be 'stdout' or an absolute path (a glob) inside the "
+                                 f"container, not {source!r}")
+            if "\x00" in source or "/../" in source + "/":
+                raise ValueError(f"{key}: the path may not contain '..' or NUL")
+            out[name] = source
+    if len(out) > LOG_STORE_MAX:
+        raise ValueError(f"{LOG_STORE_PREFIX}*: at most {LOG_STORE_MAX} log stores per service, not {len(out)}")
+    return out
+
+
+def task_log_stores(task: Task) -> dict[str, str]:
+    """The log stores of a task's service, leniently (a label stored before the check: skipped)."""
+    ann = task.ServiceAnnotations or {}
+    cs = task.Spec.ContainerSpec
+    try:
+        return parse_log_stores(ann.get("Labels"), cs.Labels if cs is not None else None)
+    except ValueError:
+        return {}

@@ -40,6 +40,7 @@ from shoal.dispatcher.protocol import LogMessage, LogOptions
 from shoal.errors import Conflict, InvalidArgument, NotInSwarm, ShoalError, StoreUnavailable, Unavailable
 from shoal.ha import ManagerReachability, ManagerTerms, StoreSettings, init_settings
 from shoal.ids import new_id
+from shoal.logstore.collector import LogCollector
 from shoal.looplag import GcStats, LoopLagMonitor
 from shoal.metrics import ManagerCollector, Metrics, observe_components
 from shoal.models import (
@@ -164,6 +165,8 @@ class Manager:
         # This daemon's Prometheus registry (shoal/metrics.py): set first, the store setter uses it.
         self.metrics = metrics or Metrics()
         self.data_root = Path(data_root)
+        self.logstore_root = self.data_root / "logstore"  # the built-in file sink (logstore/files.py)
+        self.log_collector: LogCollector | None = None  # while leading
         private_dir(self.data_root)  # the store, ca.key and store.key: nobody else's business
         # Only with a store of its own: ``shoal store rotate-key`` refuses while it runs.
         self._lock = DataRootLock(self.data_root) if backend is None else None
@@ -629,6 +632,7 @@ class Manager:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         self.dispatcher = None
+        self.log_collector = None
         self.ca = None
         self.scheduler = None
 
@@ -914,6 +918,8 @@ class Manager:
         assert self.membership is not None
         node_id = self.membership.node_id
         self.dispatcher = Dispatcher(self.store, heartbeat_period_s=self.heartbeat_s)
+        self.log_collector = LogCollector(self.store, self.logstore_root)
+        self.dispatcher.log_sink = self.log_collector.add
         if self.local_agent is not None:
             self.dispatcher.register_log_source(node_id, self.local_agent)
         self.ca = ClusterCA(self.store, self.data_root, local_node_id=node_id, vault=self.vault)
@@ -942,6 +948,7 @@ class Manager:
             StackDeployer(self.store),
             CronScheduler(self.store, clock=clock_from_env()),  # scheduled jobs (shoal.schedule)
             Autoscaler(self.store, self.dispatcher.stats.usage),  # shoal.autoscale.*, aliyun.auto_scaling.*
+            self.log_collector,  # aliyun.log_store_*: lines agents ship, to the files and the user's sinks
         ]
         if self.terms is not None:  # `node ls`: Leader / Reachable / Unreachable, from etcd
             components.append(ManagerReachability(self.store, self.terms, node_id))

@@ -618,6 +618,30 @@ class Config(Obj):
     Spec: ConfigSpec
 
 
+# --------------------------------------------------------------------------- log sinks (Shoal)
+
+
+class LogSinkSpec(Spec):
+    """Where the leader sends the log lines agents collect (``aliyun.log_store_<name>`` labels):
+    ``Type`` loki (``POST <URL>/loki/api/v1/push``), elasticsearch (``POST <URL>/_bulk`` into
+    ``Index``) or file (a directory on the leading manager). The built-in file sink under
+    ``<data-root>/logstore`` needs no spec. Kept in the store so a new leader keeps sending."""
+
+    Name: str = ""
+    Type: str = ""
+    URL: str = ""
+    Index: str = ""  # elasticsearch only: the index written (default "shoal-logs")
+    Labels: dict[str, str] | None = None
+
+
+class LogSink(Obj):
+    ID: str
+    Version: Version
+    CreatedAt: str
+    UpdatedAt: str
+    Spec: LogSinkSpec
+
+
 # --------------------------------------------------------------------------- stacks (Shoal)
 
 

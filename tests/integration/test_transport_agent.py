@@ -17,7 +17,7 @@ import pytest
 
 from shoal.agent.agent import Agent
 from shoal.agent.executor.docker import DockerExecutor
-from shoal.dispatcher.protocol import LogOptions
+from shoal.dispatcher.protocol import LogOptions, LogRecord
 from shoal.ids import new_id
 from shoal.models import SECOND, ContainerSpec, NodeState, Task, TaskSpec, TaskState, TaskStatus, Version
 from shoal.transport.bootstrap import join_cluster
@@ -30,7 +30,8 @@ pytestmark = pytest.mark.integration
 
 def echo_task(node_id: str) -> Task:
     spec = ContainerSpec(Image="busybox:latest", Command=["sh", "-c", "echo hello from $HOSTNAME; sleep 300"],
-                         Hostname="transport-test", StopGracePeriod=1 * SECOND)
+                         Hostname="transport-test", StopGracePeriod=1 * SECOND,
+                         Labels={"aliyun.log_store_lgs": "stdout"})  # collected: shipped over gRPC too
     return Task(
         ID=new_id(), Version=Version(), CreatedAt="", UpdatedAt="", Spec=TaskSpec(ContainerSpec=spec),
         ServiceID="svc-transport", Slot=1, NodeID=node_id, DesiredState=TaskState.RUNNING,
@@ -47,6 +48,8 @@ async def test_remote_agent_runs_a_task_and_serves_its_logs(tmp_path: Path) -> N
         agent = Agent(client, DockerExecutor(), creds.node_id, "127.0.0.1")
         running = asyncio.create_task(agent.run())
         serving = asyncio.create_task(client.serve_logs(agent))
+        collected: list[LogRecord] = []
+        mgr.dispatcher.log_sink = collected.extend
         engine = docker.from_env()
         try:
             await asyncio.wait_for(agent.connected.wait(), 15)
@@ -66,6 +69,11 @@ async def test_remote_agent_runs_a_task_and_serves_its_logs(tmp_path: Path) -> N
 
             line = await wait_until_async(first_line)
             assert line == b"hello from transport-test\n"
+            # The log store the task's labels name arrived with the agent's ShipLogs call.
+            await wait_until(lambda: bool(collected), within=10)
+            got = collected[0]
+            assert (got.line, got.store, got.source, got.task_id, got.node_id, got.service) == \
+                ("hello from transport-test", "lgs", "stdout", task.ID, creds.node_id, "transporttest")
 
             with mgr.store.tx() as tx:  # the task is deleted: the agent removes its container
                 tx.delete("task", task.ID)

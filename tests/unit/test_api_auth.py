@@ -44,6 +44,8 @@ ADMIN_ONLY = {
     ("GET", "/shoal/users"), ("POST", "/shoal/users"), ("GET", "/shoal/users/{name}"),
     ("DELETE", "/shoal/users/{name}"), ("POST", "/shoal/users/{name}/tokens"),
     ("DELETE", "/shoal/users/{name}/tokens/{id}"), ("POST", "/shoal/users/{name}/cert"), ("GET", "/shoal/audit"),
+    # Log sinks: their URLs may carry a receiver's credentials, and they receive every team's lines.
+    ("GET", "/shoal/logs/sinks"), ("POST", "/shoal/logs/sinks"), ("DELETE", "/shoal/logs/sinks/{name}"),
 }
 
 

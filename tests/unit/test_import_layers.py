@@ -8,7 +8,8 @@ name wins, so ``ca.authority`` is its own unit and the rest of ``ca`` another):
  3. manager                               assembles the store and the leader's components
  4. api · agent · compose                 the manager's HTTP API; the node's agent; Compose files (client
                                           side). Siblings: none of them imports another
- 5. transport                             gRPC between hosts (serves the dispatcher and the CA)
+ 5. transport · metrics · logstore         gRPC between hosts (serves the dispatcher and the CA); Prometheus
+                                          metrics; the leader's collected logs and their sinks
  6. orchestrator                          reconcilers; the cron scheduler writes through controlapi
  7. controlapi                            validation and the writes behind each API call
  8. dispatcher · ca.authority             agent sessions; the cluster's root CA (siblings)
@@ -44,7 +45,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("daemon", "bench", "lab"),
     ("manager",),
     ("api", "agent", "compose"),
-    ("transport", "metrics"),
+    ("transport", "metrics", "logstore"),
     ("orchestrator",),
     ("controlapi",),
     ("dispatcher", "ca.authority"),

@@ -25,13 +25,22 @@ import msgspec
 from shoal.agent.engine import EngineMonitor
 from shoal.agent.executor.base import Executor
 from shoal.agent.executor.docker import DockerExecutor
+from shoal.agent.logship import LogShipper
 from shoal.agent.network.plumbing import NetworkAgent
 from shoal.agent.reporter import StatusReporter
 from shoal.agent.stats import INTERVAL_S as STATS_INTERVAL_S
 from shoal.agent.stats import StatsCollector
 from shoal.agent.worker import Worker
 from shoal.dispatcher.merge import merge_streams
-from shoal.dispatcher.protocol import DispatcherClient, EngineHealth, LogMessage, LogOptions, SessionInfo, TaskStats
+from shoal.dispatcher.protocol import (
+    DispatcherClient,
+    EngineHealth,
+    LogMessage,
+    LogOptions,
+    LogRecord,
+    SessionInfo,
+    TaskStats,
+)
 from shoal.models import NodeDescription, Task, TaskState
 
 log = logging.getLogger(__name__)
@@ -79,6 +88,11 @@ class Agent:
         if hasattr(executor, "container_stats") and stats_interval_s > 0:
             self.stats = StatsCollector(executor, self._running_containers, self._send_stats,  # type: ignore[arg-type]
                                         interval_s=stats_interval_s)
+        # The log stores (aliyun.log_store_*) of the running tasks, shipped to the leader
+        # (agent/logship.py); like stats, only with a real engine to read them from.
+        self.logs: LogShipper | None = None
+        if hasattr(executor, "container_stats"):
+            self.logs = LogShipper(executor, self._running_containers, self._send_logs, node_id)
 
     @property
     def log_source(self) -> Agent:
@@ -94,6 +108,7 @@ class Agent:
         monitor = asyncio.create_task(self.engine.run(), name=f"engine-monitor-{self.node_id}")
         reporter = asyncio.create_task(self._keep_reporting(), name=f"status-reporter-{self.node_id}")
         stats = asyncio.create_task(self.stats.run(), name=f"stats-{self.node_id}") if self.stats else None
+        logs = asyncio.create_task(self.logs.run(), name=f"logship-{self.node_id}") if self.logs else None
         backoff = BACKOFF_MIN_S
         try:
             await self._start_worker()
@@ -122,7 +137,7 @@ class Agent:
                 await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
         finally:
-            background = [t for t in (monitor, reporter, stats) if t is not None]
+            background = [t for t in (monitor, reporter, stats, logs) if t is not None]
             for t in background:
                 t.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -156,6 +171,12 @@ class Agent:
         session = self.session
         if session is not None and self.connected.is_set():
             await self.client.report_stats(session.session_id, stats)
+
+    async def _send_logs(self, records: list[LogRecord]) -> None:
+        session = self.session
+        if session is None or not self.connected.is_set():
+            raise ConnectionError("no session with a manager")  # the shipper keeps the batch
+        await self.client.ship_logs(session.session_id, records)
 
     def engine_health(self) -> EngineHealth:
         """What the manager is told: the probe's verdict, but an engine that answers pings and not

@@ -328,6 +328,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/shoal/plan"): _read,  # a placement plan writes nothing
     ("GET", "/shoal/debug/manager"): _read,
     ("GET", "/shoal/services/{id}/stats"): _read,
+    ("GET", "/shoal/logs/query"): _read,  # lines of the caller's teams' services only (api/logstore.py)
     ("GET", "/metrics"): _read,  # counts and latencies: no names beyond what `service ls` shows a viewer
     ("GET", "/containers/json"): _read,
     # The cluster's images as views; pulling, loading, tagging, removing, saving are admin's (engine calls).

@@ -16,6 +16,7 @@ from shoal.extensions import (
     UPDATE_STRATEGY_LABEL,
     parse_autoscale,
     parse_health_check,
+    parse_log_stores,
     parse_schedule,
     parse_update_strategy,
 )
@@ -60,3 +61,13 @@ def check_autoscale_labels(spec: ServiceSpec, mode: ServiceMode) -> None:
         raise InvalidArgument(str(e)) from None
     if policy is not None and mode.Replicated is None:
         raise InvalidArgument("autoscaling is for replicated services only (a global service runs one task per node)")
+
+
+def check_log_store_labels(spec: ServiceSpec) -> None:
+    """400 for a bad ``aliyun.log_store_<name>`` label, on the service or its containers (where
+    Aliyun's Compose files put it): a store that silently collects nothing is worse than a refusal."""
+    cs = spec.TaskTemplate.ContainerSpec
+    try:
+        parse_log_stores(spec.Labels, cs.Labels if cs is not None else None)
+    except ValueError as e:
+        raise InvalidArgument(f"label {e}") from None

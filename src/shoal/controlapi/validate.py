@@ -15,6 +15,7 @@ from shoal.controlapi.errors import invalid
 from shoal.controlapi.extensions import (
     check_autoscale_labels,
     check_health_labels,
+    check_log_store_labels,
     check_schedule_labels,
     check_update_strategy,
 )
@@ -362,4 +363,5 @@ def validate_service_spec(spec: ServiceSpec) -> ServiceSpec:
     check_update_strategy(spec, mode)  # shoal.update-strategy (controlapi/extensions.py)
     check_schedule_labels(msgspec.structs.replace(spec, Mode=mode))  # shoal.schedule* (controlapi/extensions.py)
     check_autoscale_labels(spec, mode)  # shoal.autoscale.*, aliyun.auto_scaling.* (controlapi/extensions.py)
+    check_log_store_labels(spec)  # aliyun.log_store_*
     return spec if mode is spec.Mode else msgspec.structs.replace(spec, Mode=mode)

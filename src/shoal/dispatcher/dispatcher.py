@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -27,6 +27,7 @@ from shoal.dispatcher.protocol import (
     EngineHealth,
     LogMessage,
     LogOptions,
+    LogRecord,
     LogSource,
     NetworkState,
     SessionInfo,
@@ -137,6 +138,8 @@ class Dispatcher:
         # restart): they get one grace period to come back before they are marked down.
         self._unknown: dict[str, float] = {}
         self._log_sources: dict[str, LogSource] = {}
+        # Where collected log lines go (the manager sets it: logstore/collector.py); None drops them.
+        self.log_sink: Callable[[list[LogRecord]], None] | None = None
         # Reports waiting for the next batch, by (reporting node, task): one node's report never
         # replaces another's (a worker could otherwise cancel the real owner's report).
         self._pending: dict[tuple[str, str], TaskStatus] = {}
@@ -534,6 +537,33 @@ class Dispatcher:
                 continue
             own.append(msgspec.structs.replace(s, node_id=sess.node_id, slot=task.Slot))
         self.stats.record(own)
+
+    # ------------------------------------------------------------------ collected logs
+
+    async def ship_logs(self, session_id: str, records: list[LogRecord]) -> None:
+        """Lines a node's agent collected (``aliyun.log_store_*``), handed to the log sink. Only of
+        the node's own tasks, with the node and service as the store knows them: a node must not
+        write into another's service's logs."""
+        sess = self._session(session_id)
+        sink = self.log_sink
+        if sink is None or not records:
+            return
+        own: list[LogRecord] = []
+        tasks: dict[str, Task | None] = {}
+        for r in records:
+            if r.task_id not in tasks:
+                tasks[r.task_id] = self.store.get("task", r.task_id)
+            task = tasks[r.task_id]
+            if task is None or task.NodeID != sess.node_id:
+                continue
+            if r.node_id != sess.node_id or r.service_id != task.ServiceID:
+                r = msgspec.structs.replace(r, node_id=sess.node_id, service_id=task.ServiceID)
+            own.append(r)
+        if len(own) < len(records):
+            log.warning("node %s shipped %d log line(s) of tasks not its own; dropped", sess.node_id,
+                        len(records) - len(own))
+        if own:
+            sink(own)
 
     # ------------------------------------------------------------------ task status
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 from shoal.dispatcher.dispatcher import Dispatcher
-from shoal.dispatcher.protocol import Assignments, EngineHealth, SessionInfo, TaskStats, TaskStatusUpdate
+from shoal.dispatcher.protocol import Assignments, EngineHealth, LogRecord, SessionInfo, TaskStats, TaskStatusUpdate
 from shoal.errors import Unavailable
 from shoal.models import NodeDescription
 
@@ -48,3 +48,6 @@ class InProcessClient:
 
     async def report_stats(self, session_id: str, stats: list[TaskStats]) -> None:
         self.dispatcher.report_stats(session_id, stats)
+
+    async def ship_logs(self, session_id: str, records: list[LogRecord]) -> None:
+        await self.dispatcher.ship_logs(session_id, records)

@@ -136,6 +136,22 @@ class LogMessage(msgspec.Struct):
     data: bytes  # one line, newline included
 
 
+class LogRecord(msgspec.Struct, frozen=True, gc=False):
+    """One collected log line (``aliyun.log_store_<name>``): what the agent read, where from.
+
+    ``source`` is ``stdout``/``stderr`` or the file's path inside the container; ``time`` is the
+    engine's timestamp of the line (stdout) or when the agent read it (files), Unix seconds."""
+
+    time: float
+    service_id: str
+    service: str  # the service's name when the task was made
+    task_id: str
+    node_id: str
+    store: str
+    source: str
+    line: str  # without its newline; cut at the agent's line limit
+
+
 class DispatcherClient(Protocol):
     """What an agent calls. The in-process transport and the gRPC one both implement it."""
 
@@ -156,6 +172,10 @@ class DispatcherClient(Protocol):
 
     async def report_stats(self, session_id: str, stats: list[TaskStats]) -> None:
         """The latest usage sample of the node's running tasks (agent/stats.py); best effort."""
+        ...
+
+    async def ship_logs(self, session_id: str, records: list[LogRecord]) -> None:
+        """Collected log lines of the node's tasks (agent/logship.py), for the leader's sinks."""
         ...
 
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from shoal.models import Cluster, Config, Network, Node, Secret, Service, Stack, Task, User
+from shoal.models import Cluster, Config, LogSink, Network, Node, Secret, Service, Stack, Task, User
 
 Kind = str
 KINDS: dict[Kind, type] = {
@@ -30,6 +30,7 @@ KINDS: dict[Kind, type] = {
     "config": Config,
     "stack": Stack,
     "user": User,
+    "logsink": LogSink,
 }
 
 

@@ -38,7 +38,7 @@ from shoal.store.autolock import KeyVault, is_wrapped
 
 log = logging.getLogger(__name__)
 
-SEALED_KINDS = frozenset({"secret", "config", "cluster"})
+SEALED_KINDS = frozenset({"secret", "config", "cluster", "logsink"})  # a sink URL may carry credentials
 MAGIC = b"\xc1SL1"
 KEY_ID_BYTES = 8
 NONCE_BYTES = 12

@@ -26,7 +26,15 @@ from typing import Any
 import grpc
 
 from shoal.ca.certs import generate_key_and_csr
-from shoal.dispatcher.protocol import Assignments, EngineHealth, LogSource, SessionInfo, TaskStats, TaskStatusUpdate
+from shoal.dispatcher.protocol import (
+    Assignments,
+    EngineHealth,
+    LogRecord,
+    LogSource,
+    SessionInfo,
+    TaskStats,
+    TaskStatusUpdate,
+)
 from shoal.errors import Unavailable
 from shoal.models import NodeDescription, NodeRole
 from shoal.transport import messages as m
@@ -156,6 +164,9 @@ class GrpcDispatcherClient:
 
     async def report_stats(self, session_id: str, stats: list[TaskStats]) -> None:
         await self._unary("ReportStats", m.ReportStatsRequest(session_id, stats), m.Empty)
+
+    async def ship_logs(self, session_id: str, records: list[LogRecord]) -> None:
+        await self._unary("ShipLogs", m.ShipLogsRequest(session_id, records), m.Empty)
 
     async def promote(self, listen_port: int = 0, etcd_port: int = 0) -> m.ManagerJoin:
         """This node was promoted: its part of the store (a swarm on etcd), from the leader."""

@@ -19,6 +19,7 @@ from shoal.dispatcher.protocol import (
     Assignments,
     DispatcherClient,
     EngineHealth,
+    LogRecord,
     SessionInfo,
     TaskStats,
     TaskStatusUpdate,
@@ -90,6 +91,9 @@ class LeaderClient:
 
     async def report_stats(self, session_id: str, stats: list[TaskStats]) -> None:
         await self._session_client().report_stats(session_id, stats)
+
+    async def ship_logs(self, session_id: str, records: list[LogRecord]) -> None:
+        await self._session_client().ship_logs(session_id, records)
 
     async def serve_tunnels(self, engine_url: str) -> None:
         """Until cancelled: while this manager follows, open the pipes to its engine that the leader

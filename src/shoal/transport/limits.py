@@ -23,7 +23,7 @@ KIB, MIB = 1024, 1024 * 1024
 BOOTSTRAP_LIMITS: dict[str, int] = {"GetRootCA": 1 * KIB, "Join": 64 * KIB}
 CLUSTER_LIMITS: dict[str, int] = {
     "Register": 1 * MIB, "Heartbeat": 16 * KIB, "Assignments": 16 * KIB, "UpdateTaskStatus": 16 * MIB,
-    "ReportStats": 4 * MIB,
+    "ReportStats": 4 * MIB, "ShipLogs": 4 * MIB,  # the agent sends at most 1 MiB of lines a batch
     "RenewCertificate": 64 * KIB, "LogSubscriptions": 16 * KIB, "PublishLogs": 4 * MIB,
     "Forward": 17 * MIB, "Promote": 16 * KIB,
     # Engine pipes carry bytes in chunks of at most 64 KiB (transport/tunnel.py CHUNK).

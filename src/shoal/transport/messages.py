@@ -11,7 +11,15 @@ from typing import Any
 
 import msgspec
 
-from shoal.dispatcher.protocol import EngineHealth, LogMessage, LogOptions, SessionInfo, TaskStats, TaskStatusUpdate
+from shoal.dispatcher.protocol import (
+    EngineHealth,
+    LogMessage,
+    LogOptions,
+    LogRecord,
+    SessionInfo,
+    TaskStats,
+    TaskStatusUpdate,
+)
 from shoal.models import NodeDescription, Task
 
 
@@ -137,6 +145,11 @@ class UpdateTaskStatusRequest(msgspec.Struct):
 class ReportStatsRequest(msgspec.Struct):
     session_id: str
     stats: list[TaskStats]
+
+
+class ShipLogsRequest(msgspec.Struct):
+    session_id: str
+    records: list[LogRecord]
 
 
 class RenewRequest(msgspec.Struct):

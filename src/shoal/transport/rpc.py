@@ -22,6 +22,7 @@ DISPATCHER_METHODS: dict[str, tuple[type[Any], type[Any]]] = {
     "Assignments": (m.SessionRequest, Assignments),
     "UpdateTaskStatus": (m.UpdateTaskStatusRequest, m.Empty),
     "ReportStats": (m.ReportStatsRequest, m.Empty),
+    "ShipLogs": (m.ShipLogsRequest, m.Empty),
     "RenewCertificate": (m.RenewRequest, m.RenewResponse),
     "LogSubscriptions": (m.SessionRequest, m.LogSubscription),
     "PublishLogs": (m.PublishLogsMessage, m.Empty),

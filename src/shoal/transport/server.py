@@ -239,6 +239,7 @@ class ClusterServer:
             "Assignments": handler(_server_stream, self._assignments, "Assignments"),
             "UpdateTaskStatus": handler(_unary, self._update_task_status, "UpdateTaskStatus"),
             "ReportStats": handler(_unary, self._report_stats, "ReportStats"),
+            "ShipLogs": handler(_unary, self._ship_logs, "ShipLogs"),
             "RenewCertificate": handler(_unary, self._renew, "RenewCertificate"),
             "LogSubscriptions": handler(_server_stream, self._log_subscriptions, "LogSubscriptions"),
             "PublishLogs": handler(_client_stream, self._publish_logs, "PublishLogs"),
@@ -393,6 +394,11 @@ class ClusterServer:
     async def _report_stats(self, req: m.ReportStatsRequest, ctx: grpc.aio.ServicerContext) -> m.Empty:
         self._session_owner(ctx, req.session_id)
         self.dispatcher.report_stats(req.session_id, req.stats)
+        return m.Empty()
+
+    async def _ship_logs(self, req: m.ShipLogsRequest, ctx: grpc.aio.ServicerContext) -> m.Empty:
+        self._session_owner(ctx, req.session_id)
+        await self.dispatcher.ship_logs(req.session_id, req.records)
         return m.Empty()
 
     async def _renew(self, req: m.RenewRequest, ctx: grpc.aio.ServicerContext) -> m.RenewResponse:
