@@ -177,3 +177,12 @@ def test_conflicting_checks_are_refused(tmp_path: Path) -> None:
         stack(tmp_path, service("aliyun.probe.url: tcp://container:80", extra="    health_check:\n      port: 80\n"))
     with pytest.raises(ComposeError, match="takes no count"):
         stack(tmp_path, service("aliyun.scale: 2", extra="    deploy:\n      mode: global\n", version="3.8"))
+
+
+def test_a_cycle_closed_by_the_label_names_it_even_if_depends_on_starts_it(tmp_path: Path) -> None:
+    text = ('version: "2"\nservices:\n  a:\n    image: busybox\n    depends_on: [b]\n'
+            "  b:\n    image: busybox\n    labels:\n      - aliyun.depends=a\n")
+    with pytest.raises(ComposeError) as e:
+        stack(tmp_path, text)
+    assert (e.value.line, e.value.key) == (9, "services.b.labels[0]")
+    assert "b: aliyun.depends: circular dependency: a -> b -> a" in str(e.value)

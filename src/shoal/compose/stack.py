@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -399,10 +400,11 @@ def start_order(project: Project, res: StackResources) -> None:
         if not wave:
             left = {n: [d for d in ds if d not in placed] for n, ds in deps.items() if n not in placed}
             cycle = _cycle(left)
-            first = project.services[cycle[0]]
-            if cycle[1] in aliyun.depends(first) and cycle[1] not in to_mapping(first.get("depends_on")):
-                raise project.error(f"{cycle[0]}: {aliyun.DEPENDS}: circular dependency: " + " -> ".join(cycle),
-                                    aliyun.label_path(first, cycle[0], aliyun.DEPENDS))
+            for a, b in pairwise(cycle):  # an edge only the Aliyun label makes: name it
+                svc = project.services[a]
+                if b in aliyun.depends(svc) and b not in to_mapping(svc.get("depends_on")):
+                    raise project.error(f"{a}: {aliyun.DEPENDS}: circular dependency: " + " -> ".join(cycle),
+                                        aliyun.label_path(svc, a, aliyun.DEPENDS))
             raise project.error("circular depends_on: " + " -> ".join(cycle), ("services", cycle[0], "depends_on"))
         res.order.append(wave)
         placed.update(wave)
