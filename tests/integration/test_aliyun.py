@@ -55,7 +55,7 @@ def test_aliyun_template_deploys_in_dependency_order(shoal: ShoalProcess, swarm:
     bad.write_text(COMPOSE.replace("aliyun.scale: 2", "aliyun.scael: 2"))
     res = shoal_cli(shoal, "stack", "deploy", "-c", str(bad), STACK, check=False)
     assert res.returncode != 0 and "Traceback" not in res.stderr
-    assert f"{bad}:17: services.web.labels.aliyun.scael: web: aliyun.scael: unknown Aliyun label" in res.stderr
+    assert f"{bad}:15: services.web.labels.aliyun.scael: web: aliyun.scael: unknown Aliyun label" in res.stderr
     assert swarm.api.services() == []
 
     f = tmp_path / "docker-compose.yml"
