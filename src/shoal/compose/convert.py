@@ -20,6 +20,7 @@ import msgspec
 
 from .. import models as m
 from ..extensions import UPDATE_STRATEGY_LABEL
+from . import aliyun as compose_aliyun
 from . import autoscale as compose_autoscale
 from . import health as compose_health
 from . import hostcfg
@@ -204,8 +205,9 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
                             (*where, "build"))
     if "build" in svc:
         project.warnings.append(f"{project.where((*where, 'build'))}: {name}: build is ignored, using image")
-    mode_name = deploy.get("mode", "replicated")
-    replicas = deploy.get("replicas", svc.get("scale"))
+    aliyun = compose_aliyun.settings(project, name, svc)  # aliyun.scale/global/rolling_updates/probe.*
+    mode_name = "global" if aliyun.global_mode else deploy.get("mode", "replicated")
+    replicas = aliyun.replicas if aliyun.replicas is not None else deploy.get("replicas", svc.get("scale"))
     if "container_name" in svc:
         why = f"with {replicas} replicas " if mode_name != "global" and (replicas or 1) > 1 else ""
         project.warnings.append(f"{project.where((*where, 'container_name'))}: {name}: container_name is ignored "
@@ -226,6 +228,7 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
     labels = {k: "" if v is None else str(v) for k, v in to_mapping(svc.get("labels")).items()}
     deploy_labels = {k: "" if v is None else str(v) for k, v in to_mapping(deploy.get("labels")).items()}
     deploy_labels.update(compose_health.labels(svc))  # Rancher's health_check / x-shoal-healthcheck
+    deploy_labels.update(aliyun.health_labels)  # aliyun.probe.url: the same agent-run check
     if "x-shoal-update-strategy" in svc:  # rolling | blue-green (shoal/extensions.py); checked by the manager
         deploy_labels[UPDATE_STRATEGY_LABEL] = str(svc["x-shoal-update-strategy"])
     placement_cfg = deploy.get("placement") or {}
@@ -251,7 +254,7 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
         User=str(svc.get("user", "")),
         StopSignal=svc.get("stop_signal", ""),
         StopGracePeriod=duration(svc["stop_grace_period"]) if "stop_grace_period" in svc else None,
-        Healthcheck=_healthcheck(svc.get("healthcheck")),
+        Healthcheck=aliyun.healthcheck or _healthcheck(svc.get("healthcheck")),
         ReadOnly=bool(svc.get("read_only", False)),
         TTY=bool(svc.get("tty", False)),
         OpenStdin=bool(svc.get("stdin_open", False)),
@@ -281,7 +284,7 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
                                 LogDriver=hostcfg.log_driver(project, name, svc),
                                 Networks=attachments(project, name, svc, stack)),
         Mode=mode,
-        UpdateConfig=_update(deploy.get("update_config")),
+        UpdateConfig=aliyun.update or _update(deploy.get("update_config")),
         RollbackConfig=_update(deploy.get("rollback_config")),
         EndpointSpec=endpoint,
     )

@@ -194,7 +194,8 @@ class _Loader:
 def _numbers_in_labels(data: Any) -> Any:
     """Label values written as numbers (``aliyun.auto_scaling.max_cpu: 70``, as Aliyun's files do)
     become strings before validation, as docker-compose 1.29 takes them (its schema allows numbers;
-    1.26's v3.0-3.x schemas did not). Services at the top level (v1) or under ``services``."""
+    1.26's v3.0-3.x schemas did not). Booleans too (``aliyun.global: true``), spelled ``true``/``false``
+    as docker compose v2 writes them. Services at the top level (v1) or under ``services``."""
     if not isinstance(data, dict):
         return data
     services = data.get("services") if isinstance(data.get("services"), dict) else data
@@ -206,7 +207,9 @@ def _numbers_in_labels(data: Any) -> Any:
             labels = holder.get("labels") if holder is not None else None
             if isinstance(labels, dict):
                 for k, v in labels.items():
-                    if isinstance(v, int | float) and not isinstance(v, bool):
+                    if isinstance(v, bool):
+                        labels[k] = "true" if v else "false"
+                    elif isinstance(v, int | float):
                         labels[k] = str(v)
     return data
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import base64
 import os
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from .. import models as m
+from . import aliyun
 from .files import MAX_CONFIG_BYTES, MAX_SECRET_BYTES, FileTooLarge, human_size, read_bounded
 from .loader import Project
 from .merge import to_mapping
@@ -375,11 +377,16 @@ def mounts(project: Project, name: str, svc: dict[str, Any], stack: str) -> list
 
 
 def dependencies(svc: dict[str, Any]) -> dict[str, str]:
-    """``{dependency: condition}`` from ``depends_on`` (list or long form)."""
+    """``{dependency: condition}`` from ``depends_on`` (list or long form) and Aliyun's
+    ``aliyun.depends`` label (compose/aliyun.py checks its names; depends_on's condition wins)."""
     deps = svc.get("depends_on") or []
     if isinstance(deps, list):
-        return dict.fromkeys((str(d) for d in deps), SERVICE_STARTED)
-    return {str(k): str((v or {}).get("condition", SERVICE_STARTED)) for k, v in deps.items()}
+        out = dict.fromkeys((str(d) for d in deps), SERVICE_STARTED)
+    else:
+        out = {str(k): str((v or {}).get("condition", SERVICE_STARTED)) for k, v in deps.items()}
+    for dep in aliyun.depends(svc):
+        out.setdefault(dep, aliyun.DEPENDS_CONDITION)
+    return out
 
 
 def start_order(project: Project, res: StackResources) -> None:
@@ -393,6 +400,11 @@ def start_order(project: Project, res: StackResources) -> None:
         if not wave:
             left = {n: [d for d in ds if d not in placed] for n, ds in deps.items() if n not in placed}
             cycle = _cycle(left)
+            for a, b in pairwise(cycle):  # an edge only the Aliyun label makes: name it
+                svc = project.services[a]
+                if b in aliyun.depends(svc) and b not in to_mapping(svc.get("depends_on")):
+                    raise project.error(f"{a}: {aliyun.DEPENDS}: circular dependency: " + " -> ".join(cycle),
+                                        aliyun.label_path(svc, a, aliyun.DEPENDS))
             raise project.error("circular depends_on: " + " -> ".join(cycle), ("services", cycle[0], "depends_on"))
         res.order.append(wave)
         placed.update(wave)
