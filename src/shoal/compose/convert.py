@@ -22,7 +22,7 @@ from .. import models as m
 from ..extensions import UPDATE_STRATEGY_LABEL
 from . import autoscale as compose_autoscale
 from . import health as compose_health
-from . import hostcfg
+from . import hostcfg, rancher
 from . import schedule as compose_schedule
 from .errors import ComposeError
 from .loader import Project, env_values
@@ -224,6 +224,9 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
 
     ns = {NAMESPACE_LABEL: stack}
     labels = {k: "" if v is None else str(v) for k, v in to_mapping(svc.get("labels")).items()}
+    # Rancher's labels on every container of a stack: what a rancher-compose file's affinity rules
+    # (container_label_ne: io.rancher.stack_service.name=${stack_name}/${service_name}) look for.
+    labels.update(rancher.task_labels(stack, name))
     deploy_labels = {k: "" if v is None else str(v) for k, v in to_mapping(deploy.get("labels")).items()}
     deploy_labels.update(compose_health.labels(svc))  # Rancher's health_check / x-shoal-healthcheck
     if "x-shoal-update-strategy" in svc:  # rolling | blue-green (shoal/extensions.py); checked by the manager
