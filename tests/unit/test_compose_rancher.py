@@ -3,12 +3,17 @@ io.rancher.* labels on every task, and the seed's self anti-affinity through the
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import yaml
+from typer.testing import CliRunner, Result
 
 from shoal import models as m
+from shoal.cli.main import app
 from shoal.compose import ComposeError, load, to_stack
+from shoal.compose.rancher import KNOWN_KEYS
 from shoal.orchestrator.testutils import make_node, make_store
 from shoal.scheduler import plan
 
@@ -180,3 +185,60 @@ def test_bad_rancher_files_name_file_line_and_key(tmp_path: Path, rancher: str, 
     assert (e.value.file, e.value.line, e.value.key) == (rc, line, key)
     assert fragment in e.value.message
     assert str(e.value).startswith(f"{rc}:{line}: {key}: ")
+
+
+# --------------------------------------------------------------------------- shoal compose (no daemon)
+
+
+def cli(*args: str, cwd: Path | None = None) -> Result:
+    # No daemon: what the files say is printed or refused before any request is made.
+    old = Path.cwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        return CliRunner().invoke(app, ["-H", "unix:///nonexistent/shoal.sock", *args],
+                                  env={"SHOAL_HOST": None, "DOCKER_HOST": None})
+    finally:
+        os.chdir(old)
+
+
+def test_global_options_before_the_subcommand_and_the_files_found_here(tmp_path: Path) -> None:
+    project_files(tmp_path)
+    # Found in the working directory, rancher-compose.yml beside it merged in, -p names the stack.
+    out = cli("compose", "-p", "dockercoins", "config", cwd=tmp_path)
+    assert out.exit_code == 0, out.output
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["name"] == "dockercoins" and cfg["services"]["rng"]["deploy"]["replicas"] == 3
+    assert cfg["services"]["rng"]["labels"][AFFINITY] == "io.rancher.stack_service.name=dockercoins/rng"
+    # --project-directory from elsewhere; --env-file instead of .env; -f repeatable (later files win).
+    (tmp_path / "rch.env").write_text("TAG=1.29\n")
+    (tmp_path / "override.yml").write_text("services:\n  worker:\n    image: busybox:${TAG}\n")
+    out = cli("compose", "--project-directory", str(tmp_path), "--env-file", str(tmp_path / "rch.env"),
+              "-f", str(tmp_path / "docker-compose.yml"), "-f", str(tmp_path / "override.yml"), "-p", "rchx",
+              "config")
+    assert out.exit_code == 0, out.output
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["services"]["worker"]["image"] == "busybox:1.29" and cfg["services"]["rng"]["deploy"]["replicas"] == 3
+    assert cli("compose", "config", "--services", cwd=tmp_path).stdout.split() == [
+        "rng", "hasher", "webui", "redis", "worker"]
+    # -r names another rancher file; a bad one is one line with its file, line and key.
+    (tmp_path / "other.yml").write_text("version: '2'\nservices:\n  rng:\n    scale: 2\n    metadata: {}\n")
+    out = cli("compose", "-r", str(tmp_path / "other.yml"), "config", "-q", cwd=tmp_path)
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert out.stderr == f"{tmp_path / 'other.yml'}:5: services.rng.metadata: unsupported key 'metadata' " \
+                         f"(Shoal maps {', '.join(KNOWN_KEYS)})\n"
+
+
+def test_no_file_and_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
+    out = cli("compose", "ps", cwd=tmp_path)
+    assert out.exit_code == 1 and out.stderr.startswith("no configuration file provided: not found")
+    assert len(out.stderr.splitlines()) == 1
+    out = cli("compose", "--env-file", str(tmp_path / "nope.env"), "-p", "rchx", "config", cwd=tmp_path)
+    assert out.exit_code == 1
+    project_files(tmp_path)
+    out = cli("compose", "--env-file", str(tmp_path / "nope.env"), "config", cwd=tmp_path)
+    assert out.exit_code == 1 and out.stderr == f"{tmp_path / 'nope.env'}: couldn't find env file\n"
+    out = cli("compose", "-p", "rchx", "scale", "rng=three", cwd=tmp_path)
+    assert out.exit_code == 2 and "expected SERVICE=REPLICAS" in out.stderr
+    out = cli("compose", "-p", "rchx", "upgrade", "rng", "--batch-size", "0", cwd=tmp_path)
+    assert out.exit_code == 2 and "Traceback" not in out.output

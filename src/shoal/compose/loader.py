@@ -269,19 +269,24 @@ def load(
     project_name: str | None = None,
     allow_outside_files: bool = False,
     rancher_file: Path | None = None,
+    env_file: Path | None = None,
 ) -> Project:
     """Load and merge ``files`` into a :class:`Project`; any bad input raises one ComposeError.
 
     Files the Compose files name (``.env``, ``env_file``, ``extends``, secrets' and configs' ``file``)
     must resolve inside ``project_dir`` (the first file's folder by default) unless
     ``allow_outside_files``; the files given here are the user's own choice and are not checked.
-    ``rancher_file``: a rancher-compose.yml merged into the services (compose/rancher.py)."""
+    ``rancher_file``: a rancher-compose.yml merged into the services (compose/rancher.py).
+    ``env_file``: read instead of the project's ``.env`` (``--env-file``; the user's choice, not confined)."""
     if not files:
         raise ComposeError("no Compose file given")
     files = [Path(f) for f in files]
     project_dir = Path(project_dir) if project_dir else files[0].resolve().parent
     base_env = dict(os.environ if env is None else env)
-    merged_env = _dotenv(project_dir / ".env", project_dir, allow_outside_files)
+    if env_file is not None and not Path(env_file).is_file():
+        raise ComposeError("couldn't find env file", env_file)
+    merged_env = (_dotenv(project_dir / ".env", project_dir, allow_outside_files) if env_file is None
+                  else _dotenv(Path(env_file), project_dir, True))
     merged_env.update(base_env)  # the shell wins over .env, as in Compose
     warnings: list[str] = []
     given = project_name or merged_env.get("COMPOSE_PROJECT_NAME")
