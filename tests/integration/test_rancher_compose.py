@@ -1,7 +1,7 @@
 """The seed's dockercoins as a Rancher user runs it, on one real engine: `shoal compose -p rchcoins up -d`
 with docker-compose.yml + rancher-compose.yml found in the working directory (busybox standing in for
 the images), `scale rng=3` under rng's self anti-affinity (one runs, two wait and say why), `logs`,
-an in-service `upgrade`, a service-to-service `upgrade`, `ps` and `rm`."""
+an in-service `upgrade` (and `up --upgrade`), a service-to-service `upgrade`, `ps` and `rm`."""
 
 from __future__ import annotations
 
@@ -121,6 +121,8 @@ def test_dockercoins_with_rancher_compose(shoal: ShoalProcess, cluster: docker.D
     assert spec["UpdateConfig"]["Order"] == "start-first" and spec["Mode"]["Replicated"]["Replicas"] == 2
     envs = env_of(engine, "worker")
     assert len(envs) == 2 and all("VERSION=2" in e for e in envs)
+    # rancher-compose's spelling (up --upgrade) of the same: nothing changed, nothing rolls.
+    assert f"{STACK}_worker is up to date" in rc(shoal, tmp_path, "up", "--upgrade", "worker")
 
     # Service-to-service upgrade: worker2 takes worker's scale batch by batch, then worker goes.
     (tmp_path / "docker-compose.yml").write_text(COMPOSE.format(version="2") + WORKER2)

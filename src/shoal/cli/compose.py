@@ -95,7 +95,7 @@ def main(
     ctx: typer.Context,
     file: Annotated[list[Path] | None, typer.Option("--file", "-f", help="Compose file(s), merged in order")] = None,
     project_name: Annotated[str | None, typer.Option("--project-name", "-p", help="Project (stack) name")] = None,
-    env_file: Annotated[Path | None, typer.Option("--env-file", help="Variables file instead of .env")] = None,
+    env_file: Annotated[Path | None, typer.Option("--env-file", "-e", help="Variables file instead of .env")] = None,
     project_directory: Annotated[Path | None, typer.Option(
         "--project-directory", help="Where the files are looked for and relative paths start (default: here)")] = None,
     rancher_file: Annotated[Path | None, typer.Option(
@@ -122,6 +122,8 @@ def _with(ctx: typer.Context, file: list[Path] | None, project_name: str | None)
 @app.command()
 def up(
     ctx: typer.Context,
+    names: Annotated[list[str] | None, typer.Argument(
+        metavar="[SERVICE...]", help="With --upgrade: these only")] = None,
     file: Annotated[list[Path] | None, typer.Option("--file", "-f", help="Compose file(s)", hidden=True)] = None,
     project_name: Annotated[str | None, typer.Option("--project-name", "-p", hidden=True)] = None,
     profile: Annotated[list[str] | None, typer.Option("--profile", help="Profiles to enable")] = None,
@@ -129,9 +131,30 @@ def up(
     remove_orphans: Annotated[bool, typer.Option("--remove-orphans", help="Remove services not in the file")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change and where tasks would go")] = False,
     allow_outside_files: stack_cli.AllowOutsideFiles = False,
+    upgrade_: Annotated[bool, typer.Option(
+        "--upgrade", "-u", "--recreate", help="rancher-compose's in-service upgrade of changed services")] = False,
+    force_upgrade: Annotated[bool, typer.Option(
+        "--force-upgrade", "--force-recreate", help="Upgrade even the services that did not change")] = False,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=1, help="With --upgrade: tasks per batch")] = None,
+    interval: Annotated[int | None, typer.Option(
+        "--interval", min=0, help="With --upgrade: ms between batches")] = None,
+    confirm_upgrade: Annotated[bool, typer.Option(
+        "--confirm-upgrade", "-c", help="Accepted: Shoal removes the old tasks as it goes")] = False,
+    pull: Annotated[bool, typer.Option("--pull", help="Accepted: each engine pulls the image it lacks")] = False,
 ) -> None:
-    """Deploy the project across the cluster (the same as `shoal stack deploy`)."""
+    """Deploy the project across the cluster (the same as `shoal stack deploy`); with --upgrade,
+    Rancher's in-service upgrade of the named (or all) services, batch by batch."""
     opts = _with(ctx, file, project_name)
+    opts.allow_outside_files = opts.allow_outside_files or allow_outside_files
+    if upgrade_ or force_upgrade:
+        c = client_of(ctx)
+        for name in names or list(opts.project().services):
+            old = _services(c, opts.stack(), [name])[0]
+            _in_service(c, opts, old, name, batch_size, interval, not detach, -1, force_upgrade)
+        return
+    if names:
+        raise CLIError("up deploys the whole project; name services with --upgrade only")
     stack_cli._deploy(ctx, opts.compose_files(), opts.project_name, remove_orphans, dry_run, detach,
                       profiles=(profile or opts.profiles) or None,
                       allow_outside_files=allow_outside_files or opts.allow_outside_files, **opts.load_options())
@@ -287,9 +310,23 @@ def _wait_running(c: Client, svc: dict[str, Any], want: int, old_ids: set[str] |
         time.sleep(stack_cli.POLL_SECONDS)
 
 
+def _changed(c: Client, opts: Options, full_name: str) -> bool:
+    """Whether the file changes the tasks of ``full_name`` (the manager's own diff, by a dry run)."""
+    _, spec = stack_cli.load_stack(opts.compose_files(), opts.project_name, opts.profiles or None,
+                                   opts.allow_outside_files, **opts.load_options())
+    result = c.post("/shoal/stacks/{0}/update", opts.stack(), body=msgspec.to_builtins(spec),
+                    params={"dryRun": True})
+    return any(ch["Kind"] == "service" and ch["Name"] == full_name and ch["Action"] == "update"
+               and "TaskTemplate" in ch["Detail"] for ch in result["Changes"])
+
+
 def _in_service(c: Client, opts: Options, svc: dict[str, Any], name: str, batch_size: int | None,
-                interval: int | None, wait: bool, scale: int) -> None:
+                interval: int | None, wait: bool, scale: int, force: bool = False) -> None:
     spec = _spec_of(opts, name)
+    if not force and not _changed(c, opts, svc["Spec"]["Name"]):
+        # Nothing to roll: waiting for new tasks would wait for ever (rancher-compose says the same).
+        print(f"{svc['Spec']['Name']} is up to date (--force-upgrade replaces its tasks anyway)")
+        return
     upd = dict(spec.get("UpdateConfig") or {"Parallelism": 1, "Delay": 2_000_000_000, "Order": "stop-first"})
     if batch_size is not None:
         upd["Parallelism"] = batch_size
@@ -299,7 +336,7 @@ def _in_service(c: Client, opts: Options, svc: dict[str, Any], name: str, batch_
     keep = _replicas(svc) if scale < 0 else scale  # Rancher keeps the service's scale unless told
     if "Replicated" in (spec.get("Mode") or {}):
         spec["Mode"] = {"Replicated": {"Replicas": keep}}
-    spec["TaskTemplate"]["ForceUpdate"] = (svc["Spec"].get("TaskTemplate") or {}).get("ForceUpdate", 0)
+    spec["TaskTemplate"]["ForceUpdate"] = (svc["Spec"].get("TaskTemplate") or {}).get("ForceUpdate", 0) + force
     before = {t["ID"] for t in stack_cli._running_tasks(c, [svc["ID"]])}
     c.post("/services/{0}/update", svc["ID"], body=spec, params={"version": svc["Version"]["Index"]})
     print(f"Upgrading {svc['Spec']['Name']} (batch size {upd['Parallelism']}, interval "
@@ -359,12 +396,14 @@ def upgrade(
     cleanup: Annotated[bool, typer.Option(
         "--cleanup", "-c", help="Remove the old service once upgraded (service-to-service; implies --wait)")] = False,
     pull: Annotated[bool, typer.Option("--pull", help="Accepted: each engine pulls the image it lacks")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="In-service: replace the tasks even if nothing changed")] = False,
 ) -> None:
     """Rancher's upgrade: SERVICE to its definition in the file, or SERVICE → NEW_SERVICE batch by batch."""
     opts = options(ctx)
     c = client_of(ctx)
     old = _services(c, opts.stack(), [service])[0]
     if new_service is None:
-        _in_service(c, opts, old, service, batch_size, interval, wait or cleanup, scale)
+        _in_service(c, opts, old, service, batch_size, interval, wait or cleanup, scale, force)
     else:
         _service_to_service(c, opts, old, new_service, batch_size, interval, scale, cleanup)
