@@ -34,7 +34,7 @@ services:
   worker:
     image: busybox:latest
     command: {SLEEPER}
-    environment: {{SVC: worker, VERSION: "{{version}}"}}
+    environment: {{SVC: worker, VERSION: "@VERSION@"}}
 """
 WORKER2 = f"""\
   worker2:
@@ -93,7 +93,7 @@ def env_of(engine: docker.DockerClient, service: str) -> list[list[str]]:
 
 def test_dockercoins_with_rancher_compose(shoal: ShoalProcess, cluster: docker.DockerClient, tmp_path: Path) -> None:
     engine = docker.from_env()
-    (tmp_path / "docker-compose.yml").write_text(COMPOSE.format(version="1"))
+    (tmp_path / "docker-compose.yml").write_text(COMPOSE.replace("@VERSION@", "1"))
     (tmp_path / "rancher-compose.yml").write_text(RANCHER)
 
     out = rc(shoal, tmp_path, "up", "-d")
@@ -114,7 +114,7 @@ def test_dockercoins_with_rancher_compose(shoal: ShoalProcess, cluster: docker.D
     rc(shoal, tmp_path, "scale", "rng=1", "-d")
 
     # In-service upgrade: worker to the file's new definition, batch and order from upgrade_strategy.
-    (tmp_path / "docker-compose.yml").write_text(COMPOSE.format(version="2"))
+    (tmp_path / "docker-compose.yml").write_text(COMPOSE.replace("@VERSION@", "2"))
     out = rc(shoal, tmp_path, "upgrade", "worker", "--wait")
     assert "batch size 2, interval 100 ms, start-first" in out
     spec = cluster.api.inspect_service(f"{STACK}_worker")["Spec"]
@@ -125,7 +125,7 @@ def test_dockercoins_with_rancher_compose(shoal: ShoalProcess, cluster: docker.D
     assert f"{STACK}_worker is up to date" in rc(shoal, tmp_path, "up", "--upgrade", "worker")
 
     # Service-to-service upgrade: worker2 takes worker's scale batch by batch, then worker goes.
-    (tmp_path / "docker-compose.yml").write_text(COMPOSE.format(version="2") + WORKER2)
+    (tmp_path / "docker-compose.yml").write_text(COMPOSE.replace("@VERSION@", "2") + WORKER2)
     out = rc(shoal, tmp_path, "upgrade", "worker", "worker2", "--batch-size", "1", "--interval", "0", "--cleanup")
     assert f"{STACK}_worker2: 2/2, {STACK}_worker: 0" in out
     assert len(tasks(cluster, "worker2", "running")) == 2
