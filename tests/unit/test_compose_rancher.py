@@ -242,3 +242,12 @@ def test_no_file_and_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
     assert out.exit_code == 2 and "expected SERVICE=REPLICAS" in out.stderr
     out = cli("compose", "-p", "rchx", "upgrade", "rng", "--batch-size", "0", cwd=tmp_path)
     assert out.exit_code == 2 and "Traceback" not in out.output
+
+
+def test_rancher_global_label_makes_a_global_service(tmp_path: Path) -> None:
+    compose = ("version: '2'\nservices:\n  agent:\n    image: busybox\n    labels:\n"
+               "      io.rancher.scheduler.global: 'true'\n  other:\n    image: busybox\n    labels: [a=b]\n")
+    dc, rc = project_files(tmp_path, "version: '2'\nservices:\n  other:\n    scale: 2\n", compose)
+    specs = to_stack(load([dc], env={}, project_name="rchg", rancher_file=rc), "rchg").services
+    assert specs["agent"].Mode.Global is not None and specs["agent"].Mode.Replicated is None
+    assert specs["other"].Mode.Replicated is not None and specs["other"].Mode.Replicated.Replicas == 2

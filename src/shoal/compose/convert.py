@@ -205,6 +205,8 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
     if "build" in svc:
         project.warnings.append(f"{project.where((*where, 'build'))}: {name}: build is ignored, using image")
     mode_name = deploy.get("mode", "replicated")
+    if rancher.is_global(svc.get("labels"), deploy):  # io.rancher.scheduler.global: one task per host
+        mode_name = "global"
     replicas = deploy.get("replicas", svc.get("scale"))
     if "container_name" in svc:
         why = f"with {replicas} replicas " if mode_name != "global" and (replicas or 1) > 1 else ""

@@ -10,6 +10,7 @@ file) whose services hold what Docker's file had no word for. Each key maps onto
   (order start-first/stop-first, parallelism, delay): what a rolling update and ``compose upgrade`` use;
 - ``retain_ip`` → accepted with a warning when true: a service keeps its name and virtual IP, tasks
   get new addresses;
+- ``io.rancher.scheduler.global: 'true'`` (a label in docker-compose.yml) → a global service;
 - ``lb_config`` of a Rancher load balancer service (``port_rules``) → the routing mesh: each rule
   publishes ``source_port`` on the target service's ``target_port`` and the balancer service itself
   is not run (the mesh balances). Host/path rules and TLS need an L7 proxy and are refused.
@@ -40,6 +41,19 @@ _MESH_PROTOCOLS = ("tcp", "http", "udp")
 def task_labels(stack: str, service: str) -> dict[str, str]:
     """The labels Rancher put on each container of a stack's service, which Shoal's tasks carry too."""
     return {STACK_LABEL: stack, STACK_SERVICE_LABEL: f"{stack}/{service}"}
+
+
+GLOBAL_LABEL = "io.rancher.scheduler.global"
+
+
+def is_global(labels: Any, deploy: dict[str, Any]) -> bool:
+    """Rancher's ``io.rancher.scheduler.global: 'true'`` label: a task on every host, which is a global
+    service (``deploy.mode`` given in the file wins; ``scale`` means nothing for it, as in Rancher)."""
+    if "mode" in deploy:
+        return False
+    if isinstance(labels, list):
+        labels = dict(str(item).partition("=")[::2] for item in labels)
+    return isinstance(labels, dict) and str(labels.get(GLOBAL_LABEL, "")).lower() == "true"
 
 
 def beside(compose_file: Path) -> Path | None:
