@@ -23,7 +23,8 @@ def test_v3_deploy_mapping() -> None:
     c = s.TaskTemplate.ContainerSpec
     assert c.Image == "busybox:latest"
     assert c.Command == ["/bin/sh"] and c.Args == ["httpd", "-f", "-p", "80"]
-    assert c.Labels == {"team": "blue", "com.docker.stack.namespace": "vote"}
+    assert c.Labels == {"team": "blue", "com.docker.stack.namespace": "vote",
+                        "io.rancher.stack.name": "vote", "io.rancher.stack_service.name": "vote/vote"}
     assert c.Env == ["PRICE=$5", "TAG=t"]
     assert (c.Hostname, c.User, c.Dir, c.StopSignal) == ("vote", "1000", "/srv", "SIGINT")
     assert c.StopGracePeriod == 90 * m.SECOND

@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_exc  # type: ignore[no-redef]
 
 from shoal import API_VERSION, __version__
-from shoal.cli import bench, job, lab, logs, metrics, node, service, stack, store, swarm, user
+from shoal.cli import bench, compose, job, lab, logs, metrics, node, service, stack, store, swarm, user
 from shoal.cli.client import DEFAULT_HOST, Client, CLIError, TLSSettings, describe_error, resolve_host
 from shoal.cli.parse import flag, parse_choice
 from shoal.cli.secret import config_app, secret_app
@@ -107,7 +107,7 @@ app.add_typer(swarm.app, name="swarm")
 app.add_typer(lab.app, name="lab")
 app.add_typer(bench.app, name="bench")
 app.add_typer(stack.app, name="stack")
-app.add_typer(stack.compose_app, name="compose")
+app.add_typer(compose.app, name="compose")
 app.add_typer(secret_app, name="secret")
 app.add_typer(config_app, name="config")
 app.add_typer(job.app, name="job")

@@ -1,4 +1,4 @@
-"""`shoal stack ...` (deploy, upgrade, ls, services, ps, scale, rm) and `shoal compose up/down`.
+"""`shoal stack ...` (deploy, upgrade, ls, services, ps, scale, rm); `shoal compose` (cli/compose.py) builds on it.
 
 The Compose file is loaded here, in the client, because only the client can read what it names
 (``.env``, ``env_file``, secret and config files); the manager receives the resulting objects and
@@ -25,7 +25,6 @@ from shoal.controlapi.users import TEAM_LABEL
 from shoal.models import StackResources, StackSpec
 
 app = typer.Typer(help="Manage stacks (Compose files deployed across the cluster).", no_args_is_help=True)
-compose_app = typer.Typer(help="Compose commands, for people coming from docker-compose.", no_args_is_help=True)
 
 NAMESPACE = "com.docker.stack.namespace"
 POLL_SECONDS = 0.5
@@ -43,14 +42,26 @@ AllowOutsideFiles = Annotated[bool, typer.Option(
          "so that a Compose file cannot send this machine's other files into the cluster.")]
 
 
-def load_stack(files: list[Path], name: str | None, profiles: list[str] | None = None,
-               allow_outside_files: bool = False) -> tuple[str, StackSpec]:
-    """Load, validate and convert Compose files; warnings go to stderr. Errors name file and line."""
-    for f in files:
+def load_project(files: list[Path], name: str | None, profiles: list[str] | None = None,
+                 allow_outside_files: bool = False, env_file: Path | None = None, project_dir: Path | None = None,
+                 rancher_file: Path | None = None) -> compose.Project:
+    """Load and validate Compose files (and a rancher-compose.yml); errors name file and line."""
+    for f in [*files, *([rancher_file] if rancher_file else [])]:
         if str(f) != "-" and not f.is_file():
             raise CLIError(f"open {f}: no such file or directory")
     try:
-        project = compose.load(files, profiles=profiles, project_name=name, allow_outside_files=allow_outside_files)
+        return compose.load(files, project_dir=project_dir, profiles=profiles, project_name=name,
+                            allow_outside_files=allow_outside_files, env_file=env_file, rancher_file=rancher_file)
+    except compose.ComposeError as e:
+        raise CLIError(str(e)) from None
+
+
+def load_stack(files: list[Path], name: str | None, profiles: list[str] | None = None,
+               allow_outside_files: bool = False, **options: Any) -> tuple[str, StackSpec]:
+    """Load, validate and convert Compose files; warnings go to stderr. Errors name file and line.
+    ``options``: load_project's env_file, project_dir and rancher_file."""
+    project = load_project(files, name, profiles, allow_outside_files, **options)
+    try:
         res = compose.to_stack(project, name or project.name)
     except compose.ComposeError as e:
         raise CLIError(str(e)) from None
@@ -155,11 +166,11 @@ def wait_stack(c: Client, stack: str, old_tasks: dict[str, set[str]] | None = No
 
 def _deploy(ctx: typer.Context, files: list[Path], name: str | None, prune: bool, dry_run: bool, detach: bool,
             must_exist: bool = False, profiles: list[str] | None = None, allow_outside_files: bool = False,
-            team: str | None = None) -> None:
+            team: str | None = None, **options: Any) -> None:
     if not files:
         raise CLIError("Please specify a Compose file (with --compose-file).")
     c = client_of(ctx)
-    stack, spec = load_stack(files, name, profiles, allow_outside_files)
+    stack, spec = load_stack(files, name, profiles, allow_outside_files, **options)
     if team:  # the stack, and everything it makes, belongs to the team (api/auth.py, docs/security.md)
         spec = msgspec.structs.replace(spec, Labels={**(spec.Labels or {}), TEAM_LABEL: team})
     body = msgspec.to_builtins(spec)
@@ -286,41 +297,3 @@ def rm(ctx: typer.Context, stacks: Annotated[list[str], typer.Argument(metavar="
             print(f"warning: {w}", file=sys.stderr)
 
     delete_each(client_of(ctx), "/shoal/stacks/{0}", stacks, done=removed)
-
-
-# --------------------------------------------------------------------------- shoal compose
-
-
-@compose_app.command()
-def up(
-    ctx: typer.Context,
-    file: Annotated[list[Path] | None, typer.Option("--file", "-f", help="Compose file(s)")] = None,
-    project_name: Annotated[str | None, typer.Option("--project-name", "-p", help="Project (stack) name")] = None,
-    profile: Annotated[list[str] | None, typer.Option("--profile", help="Profiles to enable")] = None,
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return without waiting for convergence")] = False,
-    remove_orphans: Annotated[bool, typer.Option("--remove-orphans", help="Remove services not in the file")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change and where tasks would go")] = False,
-    allow_outside_files: AllowOutsideFiles = False,
-) -> None:
-    """Deploy a Compose project across the cluster (the same as `shoal stack deploy`)."""
-    files = file or [p for p in (Path("compose.yaml"), Path("compose.yml"), Path("docker-compose.yml"),
-                                 Path("docker-compose.yaml")) if p.is_file()][:1]
-    if not files:
-        raise CLIError("no configuration file provided: not found (compose.yaml or docker-compose.yml)")
-    _deploy(ctx, files, project_name, remove_orphans, dry_run, detach, profiles=profile,
-            allow_outside_files=allow_outside_files)
-
-
-@compose_app.command()
-def down(
-    ctx: typer.Context,
-    file: Annotated[list[Path] | None, typer.Option("--file", "-f", help="Compose file(s)")] = None,
-    project_name: Annotated[str | None, typer.Option("--project-name", "-p", help="Project (stack) name")] = None,
-    allow_outside_files: AllowOutsideFiles = False,
-) -> None:
-    """Remove a Compose project's services, networks, secrets and configs (`shoal stack rm`)."""
-    name = project_name
-    if name is None:
-        files = file or [Path("docker-compose.yml")]
-        name, _ = load_stack(files, None, allow_outside_files=allow_outside_files)
-    rm(ctx, [name])

@@ -23,7 +23,7 @@ from ..extensions import UPDATE_STRATEGY_LABEL
 from . import aliyun as compose_aliyun
 from . import autoscale as compose_autoscale
 from . import health as compose_health
-from . import hostcfg
+from . import hostcfg, rancher
 from . import schedule as compose_schedule
 from .errors import ComposeError
 from .loader import Project, env_values
@@ -207,6 +207,8 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
         project.warnings.append(f"{project.where((*where, 'build'))}: {name}: build is ignored, using image")
     aliyun = compose_aliyun.settings(project, name, svc)  # aliyun.scale/global/rolling_updates/probe.*
     mode_name = "global" if aliyun.global_mode else deploy.get("mode", "replicated")
+    if rancher.is_global(svc.get("labels"), deploy):  # io.rancher.scheduler.global: one task per host
+        mode_name = "global"
     replicas = aliyun.replicas if aliyun.replicas is not None else deploy.get("replicas", svc.get("scale"))
     if "container_name" in svc:
         why = f"with {replicas} replicas " if mode_name != "global" and (replicas or 1) > 1 else ""
@@ -226,6 +228,9 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
 
     ns = {NAMESPACE_LABEL: stack}
     labels = {k: "" if v is None else str(v) for k, v in to_mapping(svc.get("labels")).items()}
+    # Rancher's labels on every container of a stack: what a rancher-compose file's affinity rules
+    # (container_label_ne: io.rancher.stack_service.name=${stack_name}/${service_name}) look for.
+    labels.update(rancher.task_labels(stack, name))
     deploy_labels = {k: "" if v is None else str(v) for k, v in to_mapping(deploy.get("labels")).items()}
     deploy_labels.update(compose_health.labels(svc))  # Rancher's health_check / x-shoal-healthcheck
     deploy_labels.update(aliyun.health_labels)  # aliyun.probe.url: the same agent-run check

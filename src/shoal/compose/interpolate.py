@@ -3,11 +3,18 @@
 Supported: ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?err}``,
 ``${VAR?err}``, ``${VAR:+alt}``, ``${VAR+alt}`` (defaults may nest) and ``$$`` for a literal ``$``.
 Only values are interpolated, never keys, as in Compose.
+
+Rancher's built-in variables (rancher-compose): ``${stack_name}`` is the project (stack) name and
+``${service_name}`` the name of the service whose value it is, so that a label such as
+``io.rancher.scheduler.affinity:container_label_ne: io.rancher.stack_service.name=${stack_name}/${service_name}``
+names the service itself. They win over the environment: that label must match the label every task
+of the stack carries (compose/convert.py), whatever the shell happens to export.
 """
 
 from __future__ import annotations
 
 import re
+from collections import ChainMap
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -128,11 +135,31 @@ def _convert(key: str | int, value: str) -> Any:
     return value
 
 
+STACK_NAME_VAR = "stack_name"
+SERVICE_NAME_VAR = "service_name"
+
+
 def interpolate(src: Source, env: Mapping[str, str], warnings: list[str],
-                budget: Budget | None = None) -> dict[str, Any]:
-    """A copy of ``src.data`` with every string value interpolated. Raises a located ComposeError."""
+                budget: Budget | None = None, stack_name: str | None = None,
+                services_at: KeyPath | None = ("services",)) -> dict[str, Any]:
+    """A copy of ``src.data`` with every string value interpolated. Raises a located ComposeError.
+
+    ``stack_name`` (when known) is Rancher's ``${stack_name}``; under ``services_at`` (``()`` for v1
+    files, whose services are at the top level; None for none) each service's values also see
+    ``${service_name}``."""
     warned: set[str] = set()
     budget = budget or Budget()
+    if stack_name is not None:
+        env = ChainMap({STACK_NAME_VAR: stack_name}, env)  # type: ignore[arg-type]
+    per_service: dict[str, Mapping[str, str]] = {}
+
+    def scope(path: KeyPath) -> Mapping[str, str]:
+        if services_at is None or len(path) <= len(services_at) or tuple(path[:len(services_at)]) != services_at:
+            return env
+        name = str(path[len(services_at)])
+        if name not in per_service:
+            per_service[name] = ChainMap({SERVICE_NAME_VAR: name}, env)  # type: ignore[arg-type]
+        return per_service[name]
 
     def unset(name: str) -> None:
         if name not in warned:
@@ -146,7 +173,7 @@ def interpolate(src: Source, env: Mapping[str, str], warnings: list[str],
             return [walk(v, (*path, i)) for i, v in enumerate(value)]
         if isinstance(value, str) and "$" in value:
             try:
-                out = interpolate_str(value, env, unset, budget)
+                out = interpolate_str(value, scope(path), unset, budget)
             except InterpolationError as e:
                 raise src.error(str(e), path) from None
             return _convert(path[-1], out) if path else out

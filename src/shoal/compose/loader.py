@@ -20,7 +20,7 @@ from dotenv.parser import parse_stream
 from dotenv.variables import parse_variables
 
 from . import health as rancher_health
-from . import schema
+from . import rancher, schema
 from .errors import ComposeError
 from .files import MAX_FILE_BYTES, FileTooLarge, human_size, read_text, refusal
 from .interpolate import Budget, interpolate
@@ -109,8 +109,13 @@ def detect_format(data: dict[str, Any]) -> tuple[str, str | None]:
 
 
 class _Loader:
-    def __init__(self, env: dict[str, str], warnings: list[str], root: Path, allow_outside_files: bool) -> None:
+    def __init__(self, env: dict[str, str], warnings: list[str], root: Path, allow_outside_files: bool,
+                 stack_name: str, name_given: bool = True) -> None:
         self.env = env
+        # Rancher's ${stack_name}: the project name, which a file's own top-level ``name:`` sets when
+        # neither -p nor COMPOSE_PROJECT_NAME does (only a literal one: it is read before interpolation).
+        self.stack_name = stack_name
+        self.name_given = name_given
         self.warnings = warnings
         self.root = root
         self.allow_outside_files = allow_outside_files
@@ -130,7 +135,11 @@ class _Loader:
             return self.files[path]
         src = parse(path)
         fmt, version = detect_format(src.data)
-        data = _numbers_in_labels(interpolate(src, self.env, self.warnings, self.budget))
+        top = src.data.get("name") if fmt != "v1" else None
+        if not self.name_given and isinstance(top, str) and "$" not in top:
+            self.stack_name = _project_name(top)
+        data = _numbers_in_labels(interpolate(src, self.env, self.warnings, self.budget, stack_name=self.stack_name,
+                                              services_at=() if fmt == "v1" else ("services",)))
         if fmt == "v1":
             schema.validate(rancher_health.lift(data, src, ()), schema.V1, src)
             # v1: services at the top level; shift the line map under "services" too.
@@ -262,21 +271,30 @@ def load(
     profiles: list[str] | None = None,
     project_name: str | None = None,
     allow_outside_files: bool = False,
+    rancher_file: Path | None = None,
+    env_file: Path | None = None,
 ) -> Project:
     """Load and merge ``files`` into a :class:`Project`; any bad input raises one ComposeError.
 
     Files the Compose files name (``.env``, ``env_file``, ``extends``, secrets' and configs' ``file``)
     must resolve inside ``project_dir`` (the first file's folder by default) unless
-    ``allow_outside_files``; the files given here are the user's own choice and are not checked."""
+    ``allow_outside_files``; the files given here are the user's own choice and are not checked.
+    ``rancher_file``: a rancher-compose.yml merged into the services (compose/rancher.py).
+    ``env_file``: read instead of the project's ``.env`` (``--env-file``; the user's choice, not confined)."""
     if not files:
         raise ComposeError("no Compose file given")
     files = [Path(f) for f in files]
     project_dir = Path(project_dir) if project_dir else files[0].resolve().parent
     base_env = dict(os.environ if env is None else env)
-    merged_env = _dotenv(project_dir / ".env", project_dir, allow_outside_files)
+    if env_file is not None and not Path(env_file).is_file():
+        raise ComposeError("couldn't find env file", env_file)
+    merged_env = (_dotenv(project_dir / ".env", project_dir, allow_outside_files) if env_file is None
+                  else _dotenv(Path(env_file), project_dir, True))
     merged_env.update(base_env)  # the shell wins over .env, as in Compose
     warnings: list[str] = []
-    loader = _Loader(merged_env, warnings, project_dir, allow_outside_files)
+    given = project_name or merged_env.get("COMPOSE_PROJECT_NAME")
+    loader = _Loader(merged_env, warnings, project_dir, allow_outside_files,
+                     _project_name(given or project_dir.resolve().name), name_given=bool(given))
 
     sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     origin: dict[str, Path] = {}
@@ -294,8 +312,10 @@ def load(
         if fmt != "v1":
             extensions = deep_merge(extensions, {k: v for k, v in data.items() if k.startswith("x-")})
 
-    name = project_name or merged_env.get("COMPOSE_PROJECT_NAME") or top_name or project_dir.resolve().name
-    name = re.sub(r"[^a-z0-9_-]", "", name.lower())
+    name = _project_name(project_name or merged_env.get("COMPOSE_PROJECT_NAME") or top_name
+                         or project_dir.resolve().name)
+    if rancher_file is not None:
+        rancher.apply(Path(rancher_file), sections["services"], merged_env, name, warnings, loader.budget)
     project = Project(name=name, working_dir=project_dir, files=files, format=fmt, env=merged_env,
                       warnings=warnings, sources=[loader.files[f.resolve()][0] for f in files], origin=origin,
                       extensions=extensions, allow_outside_files=allow_outside_files,
@@ -303,6 +323,10 @@ def load(
     _apply_profiles(project, sections["services"], profiles or [])
     _check_dependencies(project)
     return project
+
+
+def _project_name(name: str) -> str:
+    return re.sub(r"[^a-z0-9_-]", "", name.lower())
 
 
 def _dotenv(path: Path, root: Path, allow_outside_files: bool) -> dict[str, str]:
