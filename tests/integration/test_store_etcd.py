@@ -23,6 +23,7 @@ from shoal.models import (
     Cluster,
     Config,
     ContainerStatus,
+    LogSink,
     Network,
     Node,
     Secret,
@@ -130,6 +131,8 @@ def one_of_each_kind() -> dict[str, list[Any]]:
                                    "Status": {"State": "deployed"}}, Stack)],
         "user": [msgspec.convert({"ID": "usr1", **stamp, "Spec": {"Name": "olga", "Role": "operator", "Teams": ["web"]},
                                   "Tokens": [{"ID": "tok1", "Hash": "ab" * 32}]}, User)],
+        "logsink": [msgspec.convert({"ID": "lsk1", **stamp, "Spec": {"Name": "loki", "Type": "loki",
+                                                                     "URL": "http://127.0.0.1:3100"}}, LogSink)],
     }
 
 
