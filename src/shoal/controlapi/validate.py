@@ -14,6 +14,7 @@ import msgspec
 from shoal.controlapi.bluegreen import check_update_strategy
 from shoal.controlapi.errors import invalid
 from shoal.controlapi.health import check_health_labels
+from shoal.controlapi.lbroute import check_routing_labels
 from shoal.controlapi.schedule import check_schedule_labels
 from shoal.errors import InvalidArgument
 from shoal.models import (
@@ -372,6 +373,7 @@ def validate_service_spec(spec: ServiceSpec) -> ServiceSpec:
     _check_endpoint(spec.EndpointSpec)
     check_scheduling_labels(spec)
     check_health_labels(spec)
+    check_routing_labels(spec)  # aliyun.lb.port_* / aliyun.routing.* (controlapi/lbroute.py)
     mode = _normalise_mode(spec.Mode)
     _check_job(msgspec.structs.replace(spec, Mode=mode))
     check_update_strategy(spec, mode)  # shoal.update-strategy (controlapi/bluegreen.py)
