@@ -13,6 +13,7 @@ import pytest
 
 from shoal import controlapi
 from shoal.api.testing import add_task
+from shoal.compose import ComposeError, load, to_service_specs
 from shoal.controlapi.networks import create_network, ingress_spec
 from shoal.errors import InvalidArgument
 from shoal.lbroute.keeper import LoadBalancerKeeper
@@ -267,3 +268,52 @@ async def test_keeper_applies_changes_only_and_stops_when_nothing_is_left(store:
     finally:
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
+
+
+# ------------------------------------------------------------------ Compose
+
+
+SEED = """\
+version: "3.0"
+services:
+  nginx:
+    image: nginx:latest
+    deploy:
+      mode: replicated
+      replicas: 3
+    ports:
+      - 8080:80
+    labels:
+      aliyun.lb.port_8080: tcp://slbtest:8080
+      aliyun.routing.port_80: http://www.lbr.test;http://lbr.test/shop
+      aliyun.routing.session_sticky: "true"
+      aliyun.log_store_dbstdout: stdout
+"""
+
+
+def test_compose_seed_labels_become_service_labels(tmp_path: Path) -> None:
+    (tmp_path / "docker-compose.yml").write_text(SEED)
+    spec = to_service_specs(load([tmp_path / "docker-compose.yml"], env={}), "lbr")["nginx"]
+    assert {k: v for k, v in (spec.Labels or {}).items() if k.startswith("aliyun.")} == {
+        "aliyun.lb.port_8080": "tcp://slbtest:8080",
+        "aliyun.routing.port_80": "http://www.lbr.test;http://lbr.test/shop",
+        "aliyun.routing.session_sticky": "true",
+    }
+    cfg = parse(spec.Labels)
+    assert cfg.bindings == (LbBinding(8080, "tcp", "slbtest", 8080),) and cfg.sticky
+
+
+@pytest.mark.parametrize(("old", "new", "line", "message"), [
+    ("tcp://slbtest:8080", "tcp://slbtest", 11, "expected <scheme>://"),
+    ("aliyun.lb.port_8080: tcp", "aliyun.lb.port_9999: tcp", 11, "the service publishes no TCP port 9999"),
+    ("http://www.lbr.test;", "http://www.lbr.test:81;", 12, "takes no port"),
+    ('"true"', "maybe", 13, "'maybe' is not true or false"),
+])
+def test_compose_bad_label_names_file_line_and_key(tmp_path: Path, old: str, new: str, line: int,
+                                                   message: str) -> None:
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(SEED.replace(old, new))
+    with pytest.raises(ComposeError) as e:
+        to_service_specs(load([path], env={}), "lbr")
+    assert e.value.file == path and e.value.line == line, str(e.value)
+    assert e.value.key.startswith("services.nginx.labels.aliyun.") and message in e.value.message
