@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -16,9 +19,10 @@ from shoal.api.testing import add_task
 from shoal.compose import ComposeError, load, to_service_specs
 from shoal.controlapi.networks import create_network, ingress_spec
 from shoal.errors import InvalidArgument
+from shoal.lbroute.haproxy import Haproxy, leftover_pid
 from shoal.lbroute.keeper import LoadBalancerKeeper
 from shoal.lbroute.labels import LabelError, LbBinding, Route, parse
-from shoal.lbroute.plan import Plan, build, render
+from shoal.lbroute.plan import Listener, Plan, Server, build, render
 from shoal.models import (
     ContainerSpec,
     EndpointSpec,
@@ -317,3 +321,54 @@ def test_compose_bad_label_names_file_line_and_key(tmp_path: Path, old: str, new
         to_service_specs(load([path], env={}), "lbr")
     assert e.value.file == path and e.value.line == line, str(e.value)
     assert e.value.key.startswith("services.nginx.labels.aliyun.") and message in e.value.message
+
+
+# ------------------------------------------------------------------ the real haproxy process
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+async def _until(pred: Callable[[], bool]) -> None:
+    """Poll a condition about another process (no event to wait on): 5 s at most."""
+    for _ in range(100):
+        if pred():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met within 5 s")
+
+
+def _cfg(tmp_path: Path, front: int) -> str:
+    plan = Plan(listeners=(Listener("lbr", front, "tcp", "lbr-svc", (Server("node-a", "127.0.0.1", 9),)),))
+    return render(plan, router_port=80, bind="127.0.0.1", admin_socket=str(tmp_path / "admin.sock"))
+
+
+async def test_haproxy_starts_reloads_refuses_bad_configs_and_replaces_a_leftover(tmp_path: Path) -> None:
+    a, b = _free_port(), _free_port()
+    first = Haproxy(tmp_path)
+    second = Haproxy(tmp_path)  # the same daemon, started again after being killed
+    try:
+        assert await first.apply(_cfg(tmp_path, a))
+        await _until(lambda: _answers(a))
+        pid = first.proc.pid if first.proc else 0
+        assert await first.apply(_cfg(tmp_path, b)) and first.reloads == 1 and first.running
+        await _until(lambda: _answers(b) and not _answers(a))
+        assert not await first.apply("global\n    nonsense-keyword 1\n")  # refused: the old config keeps serving
+        assert _answers(b) and first.proc and first.proc.pid == pid
+        assert leftover_pid(second.pidfile, second.cfg) == pid
+        assert await second.apply(_cfg(tmp_path, a))  # stops the leftover first: never two on one port
+        await _until(lambda: first.proc is not None and first.proc.returncode is not None)
+        await _until(lambda: _answers(a) and not _answers(b))
+    finally:
+        await first.stop()
+        await second.stop()
+    assert not _answers(a)

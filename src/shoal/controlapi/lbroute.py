@@ -10,7 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from shoal.errors import InvalidArgument
-from shoal.lbroute.labels import LB_PREFIX, ROUTING_PREFIX, LabelError, ServiceRouting, parse, router_port
+from shoal.lbroute.labels import (
+    LB_PREFIX,
+    ROUTING_PREFIX,
+    LabelError,
+    ServiceRouting,
+    is_routing_label,
+    parse,
+    router_port,
+)
 from shoal.lbroute.plan import match_port
 from shoal.models import ServiceSpec
 from shoal.store import MemoryStore
@@ -44,7 +52,9 @@ def check_routing_labels(spec: ServiceSpec) -> None:
 def check_routing_conflicts(store: MemoryStore, specs: Iterable[ServiceSpec]) -> None:
     """400 if one of ``specs`` (about to be written; they replace the stored services of their names)
     wants a load balancer port or a hostname another service holds, or the router's own port."""
-    specs = list(specs)
+    specs = [s for s in specs if any(is_routing_label(k) for k in s.Labels or ())]
+    if not specs:  # the common case costs nothing: no walk over every service
+        return
     writing = {s.Name for s in specs}
     fronts: dict[int, tuple[str, str]] = {}  # front port -> (lb, service)
     hosts: dict[tuple[str, str], str] = {}  # (host, path) -> service

@@ -43,6 +43,7 @@ class Haproxy:
         self.binary = binary
         self.cfg = workdir / "haproxy.cfg"
         self.admin_socket = workdir / "admin.sock"
+        self.pidfile = workdir / "haproxy.pid"
         self.proc: asyncio.subprocess.Process | None = None
         self.reloads = 0
 
@@ -78,11 +79,13 @@ class Haproxy:
         return True
 
     async def _start(self) -> None:
+        await self._stop_leftover()
         err = await asyncio.to_thread(open, self.workdir / "haproxy.log", "ab")
         with err:
-            # -W master-worker, -db: stay in the foreground (our child, so we see it exit).
+            # -W master-worker, -db: stay in the foreground (our child, so we see it exit); -p: the
+            # master's PID, so a daemon killed without stopping it finds it at its next start.
             self.proc = await asyncio.create_subprocess_exec(
-                self._bin(), "-W", "-db", "-f", str(self.cfg),
+                self._bin(), "-W", "-db", "-p", str(self.pidfile), "-f", str(self.cfg),
                 stdin=asyncio.subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
         log.info("load balancers: haproxy started (pid %d, config %s)", self.proc.pid, self.cfg)
 
@@ -101,7 +104,43 @@ class Haproxy:
             await proc.wait()
         log.info("load balancers: haproxy stopped")
 
+    async def _stop_leftover(self) -> None:
+        """Stop the haproxy a previous run of this daemon started and could not stop (it was killed):
+        Linux lets both bind the same ports (SO_REUSEPORT) and would split connections between an
+        old config and the new. Only a process whose command line names our own config file."""
+        pid = leftover_pid(self.pidfile, self.cfg)
+        if pid is None:
+            return
+        log.warning("load balancers: stopping haproxy pid %d left by a previous run", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(int(STOP_GRACE_S / 0.05)):
+            if _gone(pid):
+                return
+            await asyncio.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
     def _bin(self) -> str:
         if self.binary is None:
             self.binary = find_binary()
         return self.binary
+
+
+def leftover_pid(pidfile: Path, cfg: Path) -> int | None:
+    """The PID in ``pidfile`` if it is a live haproxy running ``cfg`` (reads of /proc: no blocking)."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    if not argv[0].endswith(b"haproxy") or str(cfg).encode() not in argv or _gone(pid):
+        return None
+    return pid
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return b") Z" in Path(f"/proc/{pid}/stat").read_bytes()  # a zombie is gone too
+    except OSError:
+        return True
