@@ -83,7 +83,8 @@ def test_lbr_routes_two_hostnames_to_two_services(cluster: Cluster) -> None:
     c = cluster
     try:
         c.client.services.create(IMAGE, _serve("one"), name="lbr-one", networks=[NET],
-                                 labels={"aliyun.routing.port_80": "http://one.lbr.test"})
+                                 labels={"aliyun.routing.port_80": "http://one.lbr.test",
+                                         "aliyun.routing.session_sticky": "true"})
         c.client.services.create(IMAGE, _serve("two"), name="lbr-two", networks=[NET],
                                  labels={"aliyun.routing.port_80": "http://two.lbr.test;deux.lbr.test"})
         wait_for(lambda: curl(c.router, "one.lbr.test") == (200, "one"), timeout=30)
@@ -91,10 +92,15 @@ def test_lbr_routes_two_hostnames_to_two_services(cluster: Cluster) -> None:
         assert curl(c.router, "deux.lbr.test:8080") == (200, "two")  # the Host's port is not part of the name
         assert curl(c.router, "ONE.lbr.test") == (200, "one")  # nor its case
         assert curl(c.router, "three.lbr.test")[0] == 404  # an unknown host: the router's 404
+        sticky = subprocess.run(["curl", "-s", "-m", "3", "-D", "-", "-o", "/dev/null", "-H", "Host: one.lbr.test",
+                                 f"http://127.0.0.1:{c.router}/"], capture_output=True, text=True, check=False)
+        assert "set-cookie: shoal_route=task-" in sticky.stdout.lower()  # session_sticky: a cookie per task
         # removing the service removes its route; the other keeps its own
         c.client.services.get("lbr-two").remove()
         wait_for(lambda: curl(c.router, "two.lbr.test")[0] == 404, timeout=15)
         assert curl(c.router, "one.lbr.test") == (200, "one")
+        c.client.services.get("lbr-one").scale(0)  # a known host without a task: 503
+        wait_for(lambda: curl(c.router, "one.lbr.test")[0] == 503, timeout=15)
     finally:
         _remove(c, "lbr-one", "lbr-two")
 
