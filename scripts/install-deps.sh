@@ -27,6 +27,8 @@ needs=(
   etcdctl:etcd-client
   # the routing mesh and VIPs: the node's kernel balancers (agent/network/mesh.py)
   nft:nftables
+  # load balancers and the HTTP router of aliyun.lb.* / aliyun.routing.* labels (shoal/lbroute)
+  haproxy:haproxy
 )
 
 missing=()

@@ -40,6 +40,7 @@ from shoal.dispatcher.protocol import LogMessage, LogOptions
 from shoal.errors import Conflict, InvalidArgument, NotInSwarm, ShoalError, StoreUnavailable, Unavailable
 from shoal.ha import ManagerReachability, ManagerTerms, StoreSettings, init_settings
 from shoal.ids import new_id
+from shoal.lbroute.keeper import LoadBalancerKeeper
 from shoal.logstore.collector import LogCollector
 from shoal.looplag import GcStats, LoopLagMonitor
 from shoal.metrics import ManagerCollector, Metrics, observe_components
@@ -949,6 +950,8 @@ class Manager:
             CronScheduler(self.store, clock=clock_from_env()),  # scheduled jobs (shoal.schedule)
             Autoscaler(self.store, self.dispatcher.stats.usage),  # shoal.autoscale.*, aliyun.auto_scaling.*
             self.log_collector,  # aliyun.log_store_*: lines agents ship, to the files and the user's sinks
+            # haproxy for aliyun.lb.port_* / aliyun.routing.* labels; nothing runs without them
+            LoadBalancerKeeper(self.store, self.data_root / "lb"),
         ]
         if self.terms is not None:  # `node ls`: Leader / Reachable / Unreachable, from etcd
             components.append(ManagerReachability(self.store, self.terms, node_id))

@@ -19,8 +19,10 @@ MESH_NAME = "shoal-test"
 class ShoalProcess:
     """One daemon with its own socket and data root; can be stopped and started again."""
 
-    def __init__(self, root: Path, engine: str | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(self, root: Path, engine: str | None = None, args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.root = root
+        self.env = env or {}  # more environment for the daemon (after the defaults: it may override them)
         self.engine = engine  # --engine; None: the daemon's default (the machine's dockerd)
         self.args = args  # more `shoal daemon` options (e.g. --hostname)
         self.sock = root / "shoal.sock"
@@ -37,7 +39,7 @@ class ShoalProcess:
                 [str(shoal), "daemon", "-H", self.host, "--data-root", str(self.data), "--log-level", "info", *engine,
                  *self.args],
                 stdout=out, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "SHOAL_MESH_NAME": MESH_NAME},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "SHOAL_MESH_NAME": MESH_NAME, **self.env},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

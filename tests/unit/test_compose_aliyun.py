@@ -114,7 +114,7 @@ def test_probe_settings_without_a_probe_are_ignored_with_a_warning(tmp_path: Pat
 def test_other_helpers_labels_pass_through(tmp_path: Path) -> None:
     res = stack(tmp_path, service("aliyun.lb.port_8080: tcp://slbtest:8080\naliyun.routing.port_80: http://a.test\n"
                                   "aliyun.log_store_dbstdout: stdout\naliyun.auto_scaling.max_cpu: 70\n"
-                                  "aliyun.gpu: 2"))
+                                  "aliyun.gpu: 2", extra='    ports: ["8080:80"]\n'))
     labels = res.services["web"].TaskTemplate.ContainerSpec.Labels or {}
     assert labels["aliyun.lb.port_8080"] == "tcp://slbtest:8080"
 

@@ -48,7 +48,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("transport", "metrics", "logstore"),
     ("orchestrator",),
     ("controlapi",),
-    ("dispatcher", "ca.authority"),
+    ("dispatcher", "ca.authority", "lbroute"),
     ("scheduler",),
     ("allocator",),
     ("ha",),

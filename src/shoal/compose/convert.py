@@ -24,6 +24,7 @@ from . import aliyun as compose_aliyun
 from . import autoscale as compose_autoscale
 from . import health as compose_health
 from . import hostcfg, rancher
+from . import lbroute as compose_lbroute
 from . import schedule as compose_schedule
 from .errors import ComposeError
 from .loader import Project, env_values
@@ -248,6 +249,8 @@ def _service(project: Project, name: str, svc: dict[str, Any], stack: str) -> m.
         placement = m.Placement(Platforms=platforms) if placement is None else msgspec.structs.replace(
             placement, Platforms=platforms)
     ports = [pc for p in svc.get("ports") or [] for pc in parse_port(p)]
+    # aliyun.lb.port_* / aliyun.routing.*: the manager's load balancers read the service's labels
+    deploy_labels.update(compose_lbroute.service_labels(project, name, labels, deploy_labels, ports))
     container = m.ContainerSpec(
         Image=svc.get("image", ""),
         Labels={**labels, **ns},

@@ -6,6 +6,7 @@ import msgspec
 
 from shoal.controlapi.errors import already_exists, invalid, precondition, unimplemented
 from shoal.controlapi.filters import Filters, match_labels, match_prefix
+from shoal.controlapi.lbroute import check_routing_conflicts
 from shoal.controlapi.names import random_name
 from shoal.controlapi.networks import resolve_service_networks
 from shoal.controlapi.ports import allocate_endpoint
@@ -53,6 +54,7 @@ def create_service(store: MemoryStore, spec: ServiceSpec) -> Service:
     check_reservation_fits(spec, store.list("node"), store.cluster())
     if store.service_by_name(spec.Name) is not None:
         raise already_exists(f"name conflicts with an existing object: service {spec.Name} already exists")
+    check_routing_conflicts(store, [spec])
     endpoint = allocate_endpoint(store, spec, None)
     svc = Service(ID=new_id(), Version=Version(), CreatedAt="", UpdatedAt="", Spec=spec, Endpoint=endpoint)
     if mode_kind(spec).endswith("-job"):
@@ -87,6 +89,7 @@ def update_service(
             raise unimplemented("renaming services is not supported")
         if mode_kind(new_spec) != mode_kind(cur.Spec):
             raise invalid("service mode change is not allowed")
+        check_routing_conflicts(store, [new_spec])
         prev_spec, status = cur.Spec, None
         new_spec = _same_template_kept(new_spec, cur.Spec)
     endpoint = allocate_endpoint(store, new_spec, cur)

@@ -20,6 +20,7 @@ import msgspec
 from shoal.controlapi import networks as netapi
 from shoal.controlapi import secrets as secretapi
 from shoal.controlapi.errors import invalid
+from shoal.controlapi.lbroute import check_routing_conflicts
 from shoal.controlapi.services import create_service, remove_service, service_status, update_service
 from shoal.controlapi.users import TEAM_LABEL
 from shoal.controlapi.validate import check_reservation_fits, validate_service_spec
@@ -186,6 +187,8 @@ def _check_references(store: MemoryStore, res: StackResources) -> None:
             for ref in _references(svc, kind):
                 if ref not in known and _by_name(store, kind, ref) is None and store.get(kind, ref) is None:
                     raise NotFound(f"service {key}: {kind} {ref} not found")
+    # A load balancer port or routed hostname another service holds (or two of the stack's own).
+    check_routing_conflicts(store, (res.Services or {}).values())
 
 
 def _references(svc: ServiceSpec, kind: str) -> list[str]:

@@ -19,6 +19,7 @@ from shoal.controlapi.extensions import (
     check_schedule_labels,
     check_update_strategy,
 )
+from shoal.controlapi.lbroute import check_routing_labels
 from shoal.errors import InvalidArgument
 from shoal.extensions import ClusterSettings, parse_cluster_settings, parse_scheduling
 from shoal.models import (
@@ -358,6 +359,7 @@ def validate_service_spec(spec: ServiceSpec) -> ServiceSpec:
     _check_endpoint(spec.EndpointSpec)
     check_scheduling_labels(spec)
     check_health_labels(spec)
+    check_routing_labels(spec)  # aliyun.lb.port_* / aliyun.routing.* (controlapi/lbroute.py)
     mode = _normalise_mode(spec.Mode)
     _check_job(msgspec.structs.replace(spec, Mode=mode))
     check_update_strategy(spec, mode)  # shoal.update-strategy (controlapi/extensions.py)
