@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from shoal import extensions as ext
+from shoal.compose.keymap import in_compose_words, mapping_values
 from shoal.compose.loader import Project
 from shoal.compose.merge import to_mapping
 
@@ -22,19 +23,6 @@ _LABELS = {
     "memory-target": ext.AUTOSCALE_MEMORY_TARGET_LABEL, "step": ext.AUTOSCALE_STEP_LABEL,
     "window": ext.AUTOSCALE_WINDOW_LABEL, "cooldown": ext.AUTOSCALE_COOLDOWN_LABEL,
 }
-
-
-def _labels(cfg: Any) -> dict[str, str]:
-    if not isinstance(cfg, dict):
-        raise ValueError("must be a mapping")
-    out: dict[str, str] = {}
-    for key, value in cfg.items():
-        if key not in _LABELS:
-            raise ValueError(f"unsupported key {key!r} (known: {', '.join(_LABELS)})")
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ValueError(f"{key}: must be a number or a string")
-        out[_LABELS[key]] = str(value)
-    return out
 
 
 def labels(project: Project, name: str, svc: dict[str, Any]) -> dict[str, str]:
@@ -47,15 +35,12 @@ def labels(project: Project, name: str, svc: dict[str, Any]) -> dict[str, str]:
     if EXTENSION_KEY in svc:
         where = ("services", name, EXTENSION_KEY)
         try:
-            out.update(_labels(svc[EXTENSION_KEY]))
+            out.update({_LABELS[k]: v for k, v in mapping_values(svc[EXTENSION_KEY], _LABELS, (int, float)).items()})
         except ValueError as e:
             raise project.error(f"{name}: {EXTENSION_KEY}: {e}", where) from None
     if out:
         try:
             ext.parse_autoscale(out)
         except ValueError as e:
-            msg = str(e)
-            for key, label in _LABELS.items():  # name the Compose key, not the label
-                msg = msg.replace(label, key)
-            raise project.error(f"{name}: {msg}", where) from None
+            raise project.error(f"{name}: {in_compose_words(str(e), _LABELS)}", where) from None
     return out

@@ -15,6 +15,7 @@ from typing import Any
 
 from shoal import extensions as ext
 
+from .keymap import in_compose_words, mapping_values
 from .source import Source
 
 RANCHER_KEY = "health_check"
@@ -34,23 +35,14 @@ _LABELS = {
 
 def _labels(cfg: Any) -> dict[str, str]:
     """The labels one check mapping stands for; ValueError (with the key) if it is malformed."""
-    if not isinstance(cfg, dict):
-        raise ValueError("must be a mapping")
-    out: dict[str, str] = {}
-    for key, value in cfg.items():
-        if key not in _LABELS:
-            raise ValueError(f"unsupported key {key!r} (known: {', '.join(_LABELS)})")
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ValueError(f"{key}: must be a number or a string")
-        if key == "request_line" and value == "":
-            continue  # Rancher's way of saying "TCP"
-        out[_LABELS[key]] = str(value)
+    values = mapping_values(cfg, _LABELS)
+    if values.get("request_line") == "":
+        del values["request_line"]  # Rancher's way of saying "TCP"
+    out = {_LABELS[k]: v for k, v in values.items()}
     try:
         ext.parse_health_check(out)
     except ValueError as e:  # name the Compose key, not the label
-        msg = str(e)
-        for key, label in _LABELS.items():
-            msg = msg.replace(label, key)
+        msg = in_compose_words(str(e), _LABELS)
         raise ValueError(msg.replace(f"{ext.HEALTH_PREFIX}*", "health check").replace("labels", "keys")) from None
     return out
 
