@@ -40,22 +40,7 @@ def lab_unavailable() -> str | None:
     return why
 
 
-def _shape(item: pytest.Item) -> tuple[object, ...] | None:
-    marker = item.get_closest_marker("lab")
-    if marker is None:
-        return None
-    kw = marker.kwargs
-    return (kw.get("hosts", 4), kw.get("join", True), tuple(kw.get("preload", DEFAULT_PRELOAD)), kw.get("managers", 1))
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Tests of one lab shape run together (in their files' order otherwise): the machine holds one
-    # lab at a time, and each change of shape builds a new one (10-20 s).
-    first_seen: dict[object, int] = {}
-    for item in items:
-        first_seen.setdefault(_shape(item), len(first_seen))
-    order = {id(item): i for i, item in enumerate(items)}
-    items.sort(key=lambda it: (first_seen[_shape(it)] if _shape(it) is not None else -1, order[id(it)]))
     why = lab_unavailable()
     if why is None:
         return
