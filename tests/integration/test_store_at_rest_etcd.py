@@ -20,7 +20,7 @@ from shoal.store.election import LeaderElection
 from shoal.store.etcd import EtcdBackend, etcd_client, prefix_end
 from shoal.store.etcdproc import ManagedEtcd
 from shoal.store.replica import EtcdReplica
-from shoal.store.sealing import MAGIC, FileKeySource, Keyring, Sealer, StoreKeyError
+from shoal.store.sealing import MAGIC, SEALED_KINDS, FileKeySource, Keyring, Sealer, StoreKeyError
 from tests.integration.test_store_etcd import one_of_each_kind, running
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server is not installed")
@@ -77,7 +77,7 @@ async def test_sealed_kinds_are_not_plain_in_etcd_nor_in_its_snapshot(etcd1: Man
                 assert plain not in blob, plain
         for k, v in raw.items():
             kind = k.split(b"/")[2].decode()
-            if kind in ("secret", "config", "cluster"):
+            if kind in SEALED_KINDS:
                 assert v.startswith(MAGIC), k
             elif kind != "meta":
                 assert not v.startswith(MAGIC), k  # tasks and services: as before
@@ -216,10 +216,10 @@ async def test_rotate_key_on_a_single_manager_swarm_on_etcd(etcd1: ManagedEtcd, 
     assert Keyring.from_json((root / KEY_FILE).read_text()).current == old
 
     new, n = await rotate_store_key(root)
-    assert n == 3 and new != old
+    assert n == len(SEALED_KINDS) and new != old  # one sealed object of each sealed kind
     assert Keyring.from_json((root / KEY_FILE).read_text()).keys.keys() == {new}
     raw = await raw_values(etcd1.client_url)
-    assert {key_id(v) for k, v in raw.items() if k.split(b"/")[2] in (b"secret", b"config", b"cluster")} == {new}
+    assert {key_id(v) for k, v in raw.items() if k.split(b"/")[2].decode() in SEALED_KINDS} == {new}
     fresh = EtcdBackend.from_endpoints([etcd1.client_url], timeout_s=3,
                                        sealer=Sealer(FileKeySource(root / KEY_FILE)))
     try:
@@ -274,7 +274,7 @@ async def test_a_swarm_on_etcd_from_before_sealing_runs_on_plain_until_rotate_ke
         await client.close()
 
     kid, n = await rotate_store_key(root)
-    assert n == 3 and Keyring.from_json((root / KEY_FILE).read_text()).current == kid
+    assert n == len(SEALED_KINDS) and Keyring.from_json((root / KEY_FILE).read_text()).current == kid
     raw = await raw_values(etcd1.client_url)
-    assert {key_id(v) for k, v in raw.items() if k.split(b"/")[2] in (b"secret", b"config", b"cluster")} == {kid}
+    assert {key_id(v) for k, v in raw.items() if k.split(b"/")[2].decode() in SEALED_KINDS} == {kid}
     assert SECRET_B64.encode() not in b"".join(raw.values())
