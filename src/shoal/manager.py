@@ -114,6 +114,7 @@ CERT_DIR = "certificates"  # <data-root>/certificates: this node's key, certific
 DURABLE_INIT_S = 15.0
 # A write arriving mid-election (or while this manager takes office) waits this long for a leader.
 ELECTION_WAIT_S = 10.0
+TUNNEL_WAIT_S = 5.0  # how long an engine call waits for a ready node's tunnel to open
 ELECTION_POLL_S = 0.1
 
 Hook = Callable[[str], Awaitable[None]]
@@ -806,6 +807,16 @@ class Manager:
             return await source.open()
         node = self.store.get("node", node_id)
         name = node.Description.Hostname if node is not None and node.Description is not None else node_id
+        if self.leads and node is not None and node.Status.State == NodeState.READY:
+            # Ready, but its agent's tunnel stream is not open yet (it opens just after the agent
+            # registers, e.g. right after its daemon restarted): a moment's wait, not a refusal.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + TUNNEL_WAIT_S
+            while source is None and loop.time() < deadline:
+                await asyncio.sleep(0.1)
+                source = self.engine_source(node_id)
+            if source is not None:
+                return await source.open()
         if self.leads:
             raise Unavailable(f"node {name} is not connected to the manager: its engine cannot be reached")
         leader = await self.leader_api()

@@ -57,6 +57,9 @@ def test_service_on_host_network(shoal: ShoalProcess, swarm: docker.DockerClient
     assert container.attrs["HostConfig"]["NetworkMode"] == "host"
     pid = container.attrs["State"]["Pid"]
     assert os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    # The ports come with the agent's report of the started task, which may land after it serves.
+    task = wait_for(lambda: next((t for t in swarm.api.tasks(filters={"service": "onhost", "desired-state": "running"})
+                                  if (t["Status"].get("PortStatus") or {}).get("Ports")), None), timeout=30)
     assert task["Status"]["PortStatus"]["Ports"][0]["PublishedPort"] == port
 
     # `service inspect` as Swarm shows it: the predefined network's ID, which resolves to "host".
