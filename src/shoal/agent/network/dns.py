@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import socket
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 TTL_S = 1  # records change with every task start/stop; nothing should hold them for long
 UPSTREAM_TIMEOUT_S = 2.0
 _TCP_MAX = 65535
+PICK_ATTEMPTS = 8  # port 0: tries for a UDP port whose TCP twin is free too
 
 
 def _norm(name: str) -> str:
@@ -205,17 +207,23 @@ class DnsResponder:
         port (useful with ``port=0``). Listening again on the same network moves it."""
         await self.unlisten(network_id)
         loop = asyncio.get_running_loop()
-        udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self, network_id), local_addr=(host, port))
-        bound = udp.get_extra_info("sockname")[1]
-        try:
-            tcp = await asyncio.start_server(
-                lambda r, w: self._tcp_client(r, w, network_id), host, bound, reuse_address=True
-            )
-        except OSError:
-            udp.close()
-            raise
-        self._listeners[network_id] = _Listener(udp, tcp, bound)
-        return int(bound)
+        # With port 0 the kernel picks the UDP port; the same TCP port may be another process's:
+        # then pick again (a fixed port, 53, is the caller's to have free).
+        for attempt in range(1 if port else PICK_ATTEMPTS):
+            udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self, network_id), local_addr=(host, port))
+            bound = udp.get_extra_info("sockname")[1]
+            try:
+                tcp = await asyncio.start_server(
+                    lambda r, w: self._tcp_client(r, w, network_id), host, bound, reuse_address=True
+                )
+            except OSError as e:
+                udp.close()
+                if port or e.errno != errno.EADDRINUSE or attempt == PICK_ATTEMPTS - 1:
+                    raise
+                continue
+            self._listeners[network_id] = _Listener(udp, tcp, bound)
+            return int(bound)
+        raise AssertionError("unreachable")
 
     async def unlisten(self, network_id: str) -> None:
         lst = self._listeners.pop(network_id, None)
