@@ -87,8 +87,17 @@ def test_lbr_routes_two_hostnames_to_two_services(cluster: Cluster) -> None:
                                          "aliyun.routing.session_sticky": "true"})
         c.client.services.create(IMAGE, _serve("two"), name="lbr-two", networks=[NET],
                                  labels={"aliyun.routing.port_80": "http://two.lbr.test;deux.lbr.test"})
-        wait_for(lambda: curl(c.router, "one.lbr.test") == (200, "one"), timeout=30)
-        wait_for(lambda: curl(c.router, "two.lbr.test") == (200, "two"), timeout=30)
+        seen: dict[str, tuple[int, str]] = {}
+
+        def answers(host: str, body: str) -> bool:
+            seen[host] = curl(c.router, host)
+            return seen[host] == (200, body)
+
+        for host, body in (("one.lbr.test", "one"), ("two.lbr.test", "two")):
+            try:
+                wait_for(lambda h=host, b=body: answers(h, b), timeout=60)  # bounds for a loaded CI run
+            except AssertionError as e:
+                raise AssertionError(f"{e}; the router last answered {host}: {seen.get(host)}") from None
         assert curl(c.router, "deux.lbr.test:8080") == (200, "two")  # the Host's port is not part of the name
         assert curl(c.router, "ONE.lbr.test") == (200, "one")  # nor its case
         assert curl(c.router, "three.lbr.test")[0] == 404  # an unknown host: the router's 404
