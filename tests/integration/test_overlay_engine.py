@@ -215,3 +215,34 @@ async def test_stale_network_with_the_same_subnet_gives_way_and_leave_removes_ou
     assert not link_exists(vxlan_name(net.ID))
     with pytest.raises(docker.errors.NotFound):
         engine.networks.get(engine_network_name(net.ID))
+
+
+async def test_a_network_left_for_a_moment_stays_while_a_created_container_names_it(plumbed: tuple) -> None:
+    """docker-compose disconnects and reconnects each container just before starting it, so a node
+    whose only container that is leaves the network and joins it again at once: the network waits
+    a moment before it goes (the same engine network is still there when the node is back). And
+    the engine would remove a network that only created (not running) containers name, their start
+    then failing "network ... not found": the agent keeps it while any container is on it."""
+    agent, executor, net, prefix, engine = plumbed
+    state = NetworkState(network=net, node_address=f"{prefix}.250/24")
+    agent.apply([state], [], full=True)
+    t = task(agent.node_id, net, "delta", 1, f"{prefix}.8/24")
+    cid = await asyncio.wait_for(executor.create(t), 30)  # created, not started
+    first = engine.networks.get(engine_network_name(net.ID)).id
+    agent.apply([], [net.ID])  # the node leaves and is back at once: nothing is torn down
+    await asyncio.sleep(0.2)
+    agent.apply([state], [])
+    assert engine.networks.get(engine_network_name(net.ID)).id == first
+
+    agent.apply([], [net.ID])  # it leaves for longer: the removal is tried, and refused ...
+    await wait_for_value(lambda: net.ID in agent._held_since, True, 10)
+    assert engine.networks.get(engine_network_name(net.ID)).id == first  # ... while the container names it
+    agent.apply([state], [])  # back: the container starts on it
+    await executor.start(t, cid)
+    assert engine.containers.get(cid).status == "running"
+
+    agent.apply([], [net.ID])  # left with the container gone: the network goes
+    await executor.remove(cid)
+    await wait_gone(vxlan_name(net.ID), 15)
+    with pytest.raises(docker.errors.NotFound):
+        engine.networks.get(engine_network_name(net.ID))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -95,6 +96,8 @@ def lab_pool() -> Iterator[LabPool]:
 
 
 LOG_LINES_ON_FAILURE = 25
+# Set, a failed lab test's hosts' whole daemon logs are copied there (<dir>/<test>/<host>.log).
+KEEP_LOGS = os.environ.get("SHOAL_LAB_KEEP_LOGS", "")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -108,6 +111,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return
     for h in lab.hosts:
         log = Path(h.path) / "shoal.log"
+        if KEEP_LOGS:
+            with contextlib.suppress(OSError):
+                keep = Path(KEEP_LOGS) / item.name
+                keep.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, keep / f"{h.name}.log")
+                shutil.copyfile(Path(h.path) / "dockerd.log", keep / f"{h.name}-dockerd.log")
         with contextlib.suppress(OSError):
             lines = [ln for ln in log.read_text(errors="replace").splitlines()[-2000:]
                      if " WARNING " in ln or " ERROR " in ln or "Traceback" in ln]

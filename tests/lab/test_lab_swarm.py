@@ -130,10 +130,30 @@ def test_docker_compose_spreads_a_project_over_the_hosts(lab: Lab, tmp_path: Pat
         one = next(c for c in web if where[c.id] == "host-1")
         far = next(c for c in web if where[c.id] == "host-2")
         far_ip = next(iter(far.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
-        assert one.exec_run(["ping", "-c", "1", "-W", "3", far_ip]).exit_code == 0  # across the VXLAN
+        ping = one.exec_run(["ping", "-c", "1", "-W", "3", far_ip])
+        assert ping.exit_code == 0, overlay_state(lab, web)  # across the VXLAN
         assert far_ip in one.exec_run(["nslookup", far.name.split("/")[-1]]).output.decode()
     finally:  # also after a failed `up`: what it made must not stay on the lab for the next tests
         compose("down", "-t", "1", check=False)
+
+
+def overlay_state(lab: Lab, containers: list[Any]) -> str:
+    """What a failed ping across the overlay needs to be understood: each host's VXLAN devices
+    and their peers, and each container's addresses and neighbours."""
+    out = []
+    for h in ("host-1", "host-2"):
+        for cmd in (["ip", "-d", "-br", "link"], ["ip", "-br", "addr"], ["bridge", "fdb", "show"]):
+            res = subprocess.run(lab.nsenter(h, *cmd), capture_output=True, text=True, timeout=10)
+            lines = [ln for ln in res.stdout.splitlines() if "shl-" in ln or "shv-" in ln]
+            out.append(f"{h} $ {' '.join(cmd)}\n" + "\n".join(lines))
+    for c in containers:
+        c.reload()
+        nets = {k: (v.get("IPAddress"), v.get("MacAddress")) for k, v in c.attrs["NetworkSettings"]["Networks"].items()}
+        out.append(f"{c.name} on {c.attrs['Node']['Name']}: {c.status} {nets}")
+        for cmd in (["ip", "addr", "show", "eth0"], ["ip", "neigh"]):
+            res = c.exec_run(cmd)
+            out.append(f"{c.name} $ {' '.join(cmd)}\n{res.output.decode(errors='replace')}")
+    return "\n".join(out)
 
 
 def test_a_pull_reaches_every_host_and_their_events_come_back_merged(lab: Lab) -> None:

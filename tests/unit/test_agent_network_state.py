@@ -68,7 +68,7 @@ def test_delta_adds_and_removes(agent: NetworkAgent) -> None:
     assert agent.directory.lookup("web", [NET_A.ID]) == ["10.0.1.9"]
     agent.apply([], [NET_A.ID])
     assert set(agent._desired) == {NET_B.ID}
-    assert agent._removing == {NET_A.ID}
+    assert set(agent._removing) == {NET_A.ID}
     assert agent.directory.lookup("web", [NET_A.ID]) is None
 
 
@@ -76,7 +76,7 @@ def test_full_set_removes_what_it_does_not_name_and_sweeps_the_engine(agent: Net
     agent.apply([state(NET_A, "10.0.1.250/24"), state(NET_B, "10.0.2.250/24")], [])
     agent.apply([state(NET_B, "10.0.2.250/24")], [], full=True)
     assert set(agent._desired) == {NET_B.ID}
-    assert agent._removing == {NET_A.ID}
+    assert set(agent._removing) == {NET_A.ID}
     assert agent._sweep is True
 
 
@@ -84,7 +84,7 @@ def test_a_network_named_again_is_no_longer_removed(agent: NetworkAgent) -> None
     agent.apply([state(NET_A, "10.0.1.250/24")], [])
     agent.apply([], [NET_A.ID])
     agent.apply([state(NET_A, "10.0.1.250/24")], [])
-    assert agent._removing == set()
+    assert not agent._removing
     assert NET_A.ID in agent._desired
 
 
@@ -199,3 +199,25 @@ async def test_without_nft_tasks_publishing_through_ingress_fail_with_a_clear_er
     assert not await agent._program_mesh()  # not retried: nft does not appear by itself
     with pytest.raises(OverlayError, match="routing mesh here: the routing mesh needs nftables"):
         await agent.configure(task((INGRESS, "10.255.0.5/24")), {})
+
+
+async def test_a_state_arriving_during_a_plumb_is_plumbed_even_with_the_shape_recorded_before(
+        agent: NetworkAgent) -> None:
+    """A node on the network leaves and joins again at once (docker-compose reconnects each container
+    before its start): this node hears peers [a], then [], then [a]. The [] arrives and its plumb
+    starts; the second [a] arrives while it runs. The kernel then holds [], and the [a] must be
+    plumbed again although [a] is the shape recorded before."""
+    plumbed: list[list[str]] = []
+
+    async def plumb(st: NetworkState) -> None:  # what the kernel holds, in order
+        plumbed.append(list(st.peers))
+        if not st.peers:  # the join arrives while this plumb runs
+            agent.apply([state(NET_A, "10.0.1.250/24", ["10.77.0.2"])], [])
+
+    agent._plumb = plumb  # type: ignore[method-assign]
+    agent.apply([state(NET_A, "10.0.1.250/24", ["10.77.0.2"])], [])
+    await agent._plumb_all()
+    agent.apply([state(NET_A, "10.0.1.250/24", [])], [])
+    await agent._plumb_all()
+    await agent._plumb_all()  # the pass the join's wake-up runs
+    assert plumbed == [["10.77.0.2"], [], ["10.77.0.2"]]

@@ -249,12 +249,14 @@ class EngineNetworks:
         if existing is not None:
             if _matches(existing, body):
                 return
-            if existing.get("Containers"):
+            if existing.get("Containers") or await self.containers_on(state.network.ID):
                 log.warning("engine network %s differs from %s but is in use; kept", name, state.network.Spec.Name)
                 return
+            log.info("engine network %s differs from %s (node address moved); made anew", name, state.network.Spec.Name)
             await self.remove(state.network.ID)
         try:
             await self._call("POST", "networks/create", body)
+            log.info("engine network %s made for %s", name, state.network.Spec.Name)
         except DockerError as e:
             # The engine refuses a subnet that overlaps one of its networks. One of ours that no
             # container uses is left from a network that is gone (a node that left the swarm, a
@@ -304,10 +306,23 @@ class EngineNetworks:
                 removed += 1
         return removed
 
+    async def containers_on(self, network_id: str) -> list[str]:
+        """IDs of the containers on the network in any state. The network's ``Containers`` lists
+        only running ones: a created or stopped container naming it is not there."""
+        filters = json.dumps({"network": [engine_network_name(network_id)]})
+        found = await self._call("GET", "containers/json", params={"all": "1", "filters": filters})
+        return [str(c.get("Id", "")) for c in found or ()]
+
     async def remove(self, network_id: str) -> bool:
-        """False while containers still use it (try again later)."""
+        """False while a container, in any state, is on it (try again later). The engine would
+        remove a network that a created or stopped container names, and that container's start
+        then fails "network ... not found": docker-compose disconnects and reconnects each container
+        just before starting it, so a node whose only container that is leaves the network for a
+        moment and the removal must not win that race."""
         name = engine_network_name(network_id)
         try:
+            if await self.containers_on(network_id):
+                return False
             await self._call("DELETE", f"networks/{name}")
         except DockerError as e:
             if e.status == 404:

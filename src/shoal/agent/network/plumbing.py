@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import aiodocker
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 2.0  # a failed step, or a network still in use, is tried again this much later
 READY_TIMEOUT_S = 60.0  # a create waits this long for its network's state to arrive and be plumbed
+LEAVE_GRACE_S = 3.0  # a network the node left stays this long: it may be back at once (see _plumb_all)
+HELD_FAST_S = 60.0  # a removed network still held by containers is retried every RETRY_S this long, then per refresh
 REFRESH_S = 30.0  # how often the mesh checks that what Docker may drop (its DOCKER-USER rule) is there
 
 
@@ -80,7 +83,8 @@ class NetworkAgent:
         self._desired: dict[str, NetworkState] = {}
         self._plumbed: dict[str, tuple[Any, ...]] = {}
         self._errors: dict[str, str] = {}
-        self._removing: set[str] = set()
+        self._removing: dict[str, float] = {}  # networks the node left -> when (time.monotonic())
+        self._held_since: dict[str, float] = {}  # removed networks containers still hold: since when
         self._sweep = False  # after a full set: remove our engine networks it does not name
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -105,7 +109,7 @@ class NetworkAgent:
         named = {st.network.ID for st in networks}
         for st in networks:
             self._desired[st.network.ID] = st
-            self._removing.discard(st.network.ID)
+            self._removing.pop(st.network.ID, None)
             self.directory.set_records(st.network.ID, st.records)
         gone = set(removed)
         if full:
@@ -115,7 +119,7 @@ class NetworkAgent:
             self._desired.pop(net_id, None)
             self._errors.pop(net_id, None)
             self.directory.remove_network(net_id)
-            self._removing.add(net_id)
+            self._removing.setdefault(net_id, time.monotonic())
         if networks or gone or full:
             self._kick()
 
@@ -204,12 +208,17 @@ class NetworkAgent:
         retry = False
         if self._sweep:
             ours = await self.engine.list_ours(self.node_id)
-            self._removing |= set(ours) - set(self._desired)
+            for net_id in set(ours) - set(self._desired) - set(self._removing):
+                self._removing[net_id] = 0.0  # left before this agent started: no grace
             self._sweep = False
         for net_id, st in list(self._desired.items()):
             shape = _shape(st)
             if self._plumbed.get(net_id) == shape:
                 continue
+            # The kernel is about to change: what was recorded no longer holds. (Kept, a state that
+            # arrives during this plumb with the recorded shape -- peers [a] -> [] -> [a] as a node
+            # leaves and joins at once -- would be taken as done while the kernel has [].)
+            self._plumbed.pop(net_id, None)
             try:
                 await self._plumb(st)
             except Exception as exc:
@@ -225,19 +234,34 @@ class NetworkAgent:
             if self._desired.get(net_id) is st:
                 self._plumbed[net_id] = shape
                 self._errors.pop(net_id, None)
-        for net_id in sorted(self._removing):
+        now = time.monotonic()
+        for net_id, left in sorted(self._removing.items()):
             if net_id in self._desired:
-                self._removing.discard(net_id)
+                del self._removing[net_id]
+                self._held_since.pop(net_id, None)
+                continue
+            if now - left < LEAVE_GRACE_S:
+                # docker-compose disconnects and reconnects each container just before starting it:
+                # a node whose only container that is leaves the network and joins it again within
+                # milliseconds. Tearing it down in between would race the reconnect (the manager
+                # may find the old engine network, connect to it, and the container's start then
+                # fails "network ... not found"), so a network the node left waits a moment.
+                retry = True
                 continue
             self._plumbed.pop(net_id, None)
             await self.responder.unlisten(net_id)
             try:
                 if await self.engine.remove(net_id):
                     await delete_vxlan(net_id)
-                    self._removing.discard(net_id)
+                    self._removing.pop(net_id, None)
+                    self._held_since.pop(net_id, None)
                     log.info("network %s removed from this node", net_id)
                 else:
-                    retry = True  # containers still on it (they are being removed)
+                    # Containers still on it: being removed (soon gone), or created/stopped ones
+                    # that may stay for long (a compose project stopped, not removed): after a
+                    # while, the refresh tries again instead of a pass every RETRY_S.
+                    since = self._held_since.setdefault(net_id, time.monotonic())
+                    retry = retry or time.monotonic() - since < HELD_FAST_S
             except Exception as exc:
                 log.warning("removing network %s: %s", net_id, exc)
                 retry = True
