@@ -110,6 +110,12 @@ def test_vol_stack_task_replaced_finds_its_data(node: tuple[ShoalProcess, docker
     binds = {m["Destination"]: m for m in running[0].attrs["Mounts"]}
     assert binds["/data"]["Type"] == "bind" and binds["/data"]["Source"] == mounts[0]
     assert not Path("/run/docker/plugins/nas.sock").exists()
+    # the daemon stops: the mounts stay with the running container; the restarted daemon takes up the
+    # record (the module's end checks that it unmounts once the stack's containers are removed)
+    proc.stop()
+    assert sorted(_fuse_mounts_under(proc.data)) == mounts
+    assert (Path(mounts[0]) / "log").read_text() == "run 1 saw 0\nrun 2 saw 1\n"
+    proc.start()
 
 
 def test_vol_unreachable_server_rejects_the_task_naming_the_volume(
