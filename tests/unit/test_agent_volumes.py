@@ -214,3 +214,16 @@ async def test_vol_a_mount_that_fails_says_which_volume_and_why(volumes: SharedV
     with pytest.raises(VolumeError, match="voldown"):
         await volumes.bind_mounts("t3", mounts)
     assert volumes.mounted() == [] and not volumes.uses("t3") and not volumes.uses("t")
+
+
+async def test_vol_a_full_assignment_set_sweeps_users_left_without_a_container(volumes: SharedVolumes,
+                                                                             sshd: NasSshd) -> None:
+    mp = await volumes.acquire("kept", "nas", "volsweep", _opts(sshd))
+    await volumes.acquire("running", "nas", "volsweep", _opts(sshd))
+    await volumes.acquire("killed", "nas", "volsweep", _opts(sshd))  # the agent died before its create
+    volumes.container_created("c-running", "running")
+    await volumes.sweep({"kept"})  # "running" is unassigned but its container still binds the mount
+    assert volumes.volumes["nas/volsweep"].users == {"kept", "running"}
+    await volumes.release("kept")
+    await volumes.container_removed("c-running")
+    assert volumes.mounted() == [] and not mp.exists()

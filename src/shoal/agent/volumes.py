@@ -145,6 +145,15 @@ class SharedVolumes:
         if task_id not in self._containers.values():  # an agent restarted mid-create may have made two
             await self.release(task_id)
 
+    async def sweep(self, assigned: set[str]) -> None:
+        """Let go of tasks neither assigned here (a full assignment set) nor holding a container: an
+        agent killed between the mount and the container's create leaves such a user behind."""
+        holding = set(self._containers.values())
+        stale = {u for v in self.volumes.values() for u in v.users} - assigned - holding
+        for task_id in sorted(stale):
+            log.info("shared volumes: task %s is gone from this node; releasing its mounts", task_id)
+            await self.release(task_id)
+
     # ------------------------------------------------------------------ mounts
 
     async def acquire(self, task_id: str, driver: str, name: str, opts: dict[str, str]) -> Path:
