@@ -163,3 +163,6 @@ def test_vol_bad_option_is_a_400_and_nothing_is_stored(node: tuple[ShoalProcess,
     assert res.returncode != 0 and "nas volume volupdvol: path 'rel' must be absolute" in res.stderr, res.stderr
     assert not client.services.get("volupd").attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Mounts")
     client.services.get("volupd").remove()
+    # `volume create -d nas`: the engines have no such plugin (they would search 15 s); said at once
+    res = proc.docker_cli("volume", "create", "-d", "nas", "volcreated", check=False, timeout=10)
+    assert res.returncode != 0 and "nas volumes are mounted by Shoal's agent for a service's tasks" in res.stderr
