@@ -29,6 +29,11 @@ needs=(
   nft:nftables
   # load balancers and the HTTP router of aliyun.lb.* / aliyun.routing.* labels (shoal/lbroute)
   haproxy:haproxy
+  # shared volumes of `driver: nas` / `ossfs` (agent/volumes.py): sshfs mounts; the tests run an sshd
+  sshfs:sshfs
+  fusermount:fuse3
+  sftp:openssh-client
+  sshd:openssh-server
 )
 
 missing=()
@@ -56,6 +61,18 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# openssh-server is here for the tests' own sshd: its package must not leave a system sshd listening.
+# A policy-rc.d that refuses every start (Debian's convention) while we install, unless one exists.
+own_policy=""
+if [[ " ${missing[*]} " == *" openssh-server "* ]] && [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own_policy=1
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [[ " ${missing[*]} " == *" openssh-server "* ]] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  # systemd starts units itself on boot: the sshd we just installed stays off (socket too)
+  systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+fi
+[ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d
 echo "system packages: installed ${missing[*]}"

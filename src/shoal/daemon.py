@@ -25,6 +25,7 @@ from aiohttp import web
 from shoal.agent.agent import Agent
 from shoal.agent.executor.docker import DockerExecutor
 from shoal.agent.stats import INTERVAL_S as STATS_INTERVAL_S
+from shoal.agent.volumes import SharedVolumes
 from shoal.api.auth import ANONYMOUS_ADMIN, AuditLog, Security
 from shoal.api.server import create_app, serve
 from shoal.api.tls import ServerTLS, TLSOptions, tcp_hosts_need_tls
@@ -85,6 +86,9 @@ class Daemon:
         self._logs_task: asyncio.Task[None] | None = None
         self._tunnels_task: asyncio.Task[None] | None = None  # pipes to this host's engine (transport/tunnel.py)
         self._executor: DockerExecutor | None = None
+        # The node's nas/ossfs mounts (agent/volumes.py): one record for every executor this daemon makes,
+        # so a restarted agent, and `swarm leave`'s clean-up, know what is mounted and for whom.
+        self.volumes = SharedVolumes(self.data_root / "volumes")
         self._grpc: GrpcDispatcherClient | None = None
         self._leader_client: LeaderClient | None = None
         self._promoting: asyncio.Task[None] | None = None
@@ -193,7 +197,7 @@ class Daemon:
 
     async def _start_agent(self, node_id: str) -> None:
         assert self.manager is not None
-        self._executor = DockerExecutor(self.engine)
+        self._executor = DockerExecutor(self.engine, volumes=self.volumes)
         manager = self.manager
         if manager.is_manager and manager.terms is not None:
             # On etcd a manager runs the dispatcher only while it leads; otherwise its agent goes to
@@ -280,7 +284,7 @@ class Daemon:
     async def _stop_agent_and_clean(self, node_id: str) -> None:
         """``swarm leave``: the node's tasks stop and their containers go, as in Swarm mode."""
         await self._stop_agent()
-        executor = DockerExecutor(self.engine)
+        executor = DockerExecutor(self.engine, volumes=self.volumes)
         try:
             await executor.remove_all(node_id)
         except Exception as e:  # the engine is down: leaving must still work (Swarm's --force)

@@ -20,7 +20,8 @@ name wins, so ``ca.authority`` is its own unit and the rest of ``ca`` another):
 13. ca · dispatcher.protocol · dispatcher.sanity
                                           certificate/token helpers and the agent protocol's types, which
                                           the store, the allocator, the transport and the agent share
-14. extensions · netmode · bounds         what labels mean (shoal.* extensions, network modes); API bounds
+14. extensions · netmode · bounds         what labels mean (shoal.* extensions, network modes); API bounds;
+    · sharedvolumes                       nas/ossfs volume options (the API checks, the agent mounts)
 15. models · cronexpr · duration · errors · ids · looplag · shoal (the package itself)
 
 Why this order: it is architecture.md's picture (clients → api → controlapi/orchestrator/scheduler →
@@ -54,7 +55,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ha",),
     ("store",),
     ("ca", "dispatcher.protocol", "dispatcher.sanity"),
-    ("extensions", "netmode", "bounds"),
+    ("extensions", "netmode", "bounds", "sharedvolumes"),
     ("models", "cronexpr", "duration", "errors", "ids", "looplag", ""),  # "": shoal/__init__.py
 )
 

@@ -45,6 +45,9 @@ class Worker:
         adopting = msg.full and self._existing is not None
         if msg.full:
             keep = {t.ID for t in msg.tasks}
+            volumes = getattr(self.executor, "volumes", None)  # agent/volumes.py (nas/ossfs mounts)
+            if volumes is not None:
+                self._spawn(volumes.sweep(keep))
             for tid, ctrl in list(self.controllers.items()):
                 if tid not in keep:
                     ctrl.remove()

@@ -33,6 +33,7 @@ from shoal.api.engines import EngineError, fan_out, node_by_ref, node_name
 from shoal.errors import Conflict, InvalidArgument, NotFound, ShoalError, Unavailable
 from shoal.models import ContainerSpec, Node, ServiceSpec, TaskSpec
 from shoal.scheduler.plan import candidates
+from shoal.sharedvolumes import DRIVERS
 
 VOLUME_FILTERS = ("dangling", "driver", "label", "name")  # and engines.NODE_FILTER
 CONSTRAINTS_LABEL = "com.docker.swarm.constraints"  # classic Swarm's: a JSON list of expressions
@@ -132,6 +133,13 @@ async def create(request: web.Request) -> web.Response:
     node_part, _, bare = name.rpartition("/")
     if "/" in node_part:
         raise InvalidArgument(f"invalid volume name {name!r}: use <name> or <node>/<name>")
+    if body.get("Driver") in DRIVERS:
+        # The engines have no such plugin (they would look for one for 15 s, then say "not found"):
+        # these volumes exist only as Shoal's own mounts for services' tasks (agent/volumes.py).
+        raise InvalidArgument(f"{body['Driver']} volumes are mounted by Shoal's agent for a service's tasks, "
+                              "not created on the engines: name the volume in the service's mount "
+                              f"(--mount type=volume,source=NAME,target=PATH,volume-driver={body['Driver']},"
+                              "volume-opt=...) or in a stack's volumes")
     nodes = _create_nodes(m, node_part, labels)
     if not nodes:
         raise Unavailable("no ready node: no engine to create the volume on")

@@ -37,6 +37,7 @@ from shoal.models import (
 )
 from shoal.scheduler import expressions
 from shoal.scheduler.constraints import parse_constraints
+from shoal.sharedvolumes import VolumeError, check_options, shared_driver
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-_.]*[a-zA-Z0-9])?$")
 
@@ -180,6 +181,13 @@ def _check_container(cs: ContainerSpec) -> None:
             raise invalid(f"ContainerSpec: duplicate mount point: {m.Target}")
         if m.Type == "bind" and not m.Source.startswith("/"):
             raise invalid(f"ContainerSpec: invalid bind mount source, must be an absolute path: {m.Source}")
+        shared = shared_driver(m.VolumeOptions) if m.Type == "volume" else None
+        if shared is not None and "{{" not in m.Source:  # a templated name is checked once expanded, on the node
+            try:
+                # the server may come from the node's SHOAL_VOLUME_OPTS: only the node knows it is missing
+                check_options(shared[0], m.Source, shared[1], need_server=False)
+            except VolumeError as e:
+                raise invalid(f"ContainerSpec: {e}") from None
         seen.add(m.Target)
     hc = cs.Healthcheck
     if hc is not None:

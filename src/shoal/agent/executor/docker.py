@@ -43,6 +43,7 @@ from shoal.agent.network.mesh import Mesh
 from shoal.agent.network.overlay import EngineNetworks, OverlayError
 from shoal.agent.network.plumbing import NetworkAgent
 from shoal.agent.secrets import TaskSecrets
+from shoal.agent.volumes import SharedVolumes, VolumeError
 from shoal.dispatcher.protocol import LogMessage, LogOptions
 from shoal.models import (
     SECOND,
@@ -57,6 +58,7 @@ from shoal.models import (
     TaskHealth,
     parse_ts,
 )
+from shoal.sharedvolumes import shared_driver
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +212,7 @@ class DockerExecutor:
         create_concurrency: int = CREATE_CONCURRENCY,
         start_concurrency: int = START_CONCURRENCY,
         default_stop_grace_ns: int = 10 * SECOND,
+        volumes: SharedVolumes | None = None,
     ) -> None:
         self.url = url
         self.hostname = ""
@@ -231,6 +234,8 @@ class DockerExecutor:
         self._pull_failures: dict[tuple[str, str], tuple[float, str]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.secrets = TaskSecrets()  # the node's secrets and configs, and their files (agent/secrets.py)
+        # nas/ossfs volumes, mounted here and bound (agent/volumes.py); the daemon's, shared by its executors
+        self.volumes = volumes
         self.network: NetworkAgent | None = None  # overlay networks (agent/network/); set by the Agent
         self._encryption: asyncio.Future[EncryptionSupport] | None = None
 
@@ -356,7 +361,13 @@ class DockerExecutor:
 
     async def create(self, task: Task) -> str:
         body = container_config(task, self.hostname, self.default_stop_grace_ns)
-        secret_mounts = await self.secrets.mounts(task)  # files on the node's tmpfs, bound read-only
+        shared = await self._shared_volumes(task, body)
+        try:
+            secret_mounts = await self.secrets.mounts(task)  # files on the node's tmpfs, bound read-only
+        except BaseException:
+            if shared:
+                await self._release_volumes(task)
+            raise
         if secret_mounts:
             body["HostConfig"]["Mounts"] = [*body["HostConfig"].get("Mounts", []), *secret_mounts]
         try:
@@ -364,10 +375,32 @@ class DockerExecutor:
         except BaseException:
             if secret_mounts:
                 self.secrets.release(task.ID, task.NodeID)
+            if shared:
+                await self._release_volumes(task)
             raise
         if secret_mounts:
             self.secrets.container_created(cid, task)
+        if shared and self.volumes is not None:
+            self.volumes.container_created(cid, task.ID)
         return cid
+
+    async def _shared_volumes(self, task: Task, body: dict[str, Any]) -> bool:
+        """Mount the task's nas/ossfs volumes on the node and bind them instead (agent/volumes.py);
+        whether it has any. The engine never sees these drivers."""
+        mounts = body["HostConfig"].get("Mounts") or []
+        if not any(m.get("Type") == "volume" and shared_driver(m.get("VolumeOptions")) for m in mounts):
+            return False
+        if self.volumes is None:
+            raise ExecutorError("nas/ossfs volumes are not available: this executor has no shared-volume root")
+        try:
+            body["HostConfig"]["Mounts"] = await self.volumes.bind_mounts(task.ID, mounts)
+        except VolumeError as e:
+            raise ExecutorError(str(e)) from None
+        return True
+
+    async def _release_volumes(self, task: Task) -> None:
+        if self.volumes is not None:
+            await asyncio.shield(self.volumes.release(task.ID))
 
     async def _create_networked(self, task: Task, body: dict[str, Any]) -> str:
         """Create on the task's overlay networks: the first in the body (once it is plumbed on this
@@ -527,6 +560,8 @@ class DockerExecutor:
                 raise ExecutorError(e.message) from None
         self._forget(container_id)
         self.secrets.container_removed(container_id)
+        if self.volumes is not None:  # its nas/ossfs mounts go with the last container that binds them
+            await self.volumes.container_removed(container_id)
 
     async def remove_all(self, node_id: str) -> int:
         """Remove every container of ``node_id`` (``swarm leave``); returns how many."""
