@@ -64,7 +64,7 @@ def test_a_busy_service_scales_out_and_back_in(sampled: ShoalProcess, tmp_path: 
         # The usage as the leader has it, per task and for the service; and `docker stats` on a task.
         figures = wait_for(lambda: (f := json.loads(shoal_cli(sampled, "service", "stats", NAME, "--json").stdout)[0])
                            ["Usage"] and f["Usage"]["Tasks"] == 3 and f, timeout=30)
-        assert figures["Usage"]["CPULimitPercentAvg"] > 50 and figures["Usage"]["MemoryBytesSum"] > 0
+        assert figures["Usage"]["CPULimitPercentAvg"] > 10 and figures["Usage"]["MemoryBytesSum"] > 0
         table = shoal_cli(sampled, "service", "stats", NAME, "--no-stream").stdout
         assert "CPU % OF LIMIT" in table and f"{NAME}: 3 task(s)" in table
         # The host's /metrics has the same samples, per task.

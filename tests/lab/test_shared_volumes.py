@@ -48,7 +48,8 @@ def test_vol_service_keeps_its_data_when_it_moves_host(lab: Lab, tmp_path: Path)
             name="volmove", stop_grace_period=1_000_000_000,
             mounts=[docker.types.Mount("/data", "volmove", driver_config=docker.types.DriverConfig("nas", opts))])
         wait_for(lambda: log.exists() and log.read_text().startswith("run 1 "), within=60)
-        first = [t for t in service.tasks() if t["Status"]["State"] == "running"]
+        # (the container wrote before its node's report of it running reached the manager)
+        first = wait_for(lambda: [t for t in service.tasks() if t["Status"]["State"] == "running"], within=30)
         assert len(first) == 1
         node_availability(lab, "host-2", "active")
         node_availability(lab, "host-1", "drain")
