@@ -6,8 +6,9 @@ name wins, so ``ca.authority`` is its own unit and the rest of ``ca`` another):
  1. cli                                   the shoal command (client side)
  2. daemon · bench · lab                  entry points: the daemon process, benchmarks, the multi-host lab
  3. manager                               assembles the store and the leader's components
- 4. api · agent · compose                 the manager's HTTP API; the node's agent; Compose files (client
-                                          side). Siblings: none of them imports another
+ 4. api · console · agent · compose       the manager's HTTP API; the web console (its routes are the
+                                          API's); the node's agent; Compose files (client side).
+                                          Siblings: none of them imports another
  5. transport · metrics · logstore         gRPC between hosts (serves the dispatcher and the CA); Prometheus
                                           metrics; the leader's collected logs and their sinks
  6. orchestrator                          reconcilers; the cron scheduler writes through controlapi
@@ -44,7 +45,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("daemon", "bench", "lab"),
     ("manager",),
-    ("api", "agent", "compose"),
+    ("api", "console", "agent", "compose"),
     ("transport", "metrics", "logstore"),
     ("orchestrator",),
     ("controlapi",),
@@ -68,6 +69,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("shoal.controlapi.tasks", "shoal.orchestrator.task"): "task predicates (is_runnable ...) live in orchestrator/",
     # `shoal store rotate-key` (offline) reads the etcd settings that ha.py defines.
     ("shoal.store.rotate", "shoal.ha"): "the offline key rotation reads ha.py's etcd settings",
+    # The console is part of the API (its routes are registered with the API's), kept in its own package
+    # so its static files and routes are found together; the API's app lists them.
+    ("shoal.api.app", "shoal.console.static_routes"): "the API's app registers the console's routes",
 }
 
 
