@@ -8,11 +8,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from shoal.api import create_app
 from shoal.api.auth import Security
 from shoal.api.testing import FakeManager
+from shoal.console import static_routes
 
 
 def _client() -> TestClient:
     # anonymous=None: a caller with no credentials is refused everywhere but the open routes
-    return TestClient(TestServer(create_app(FakeManager(), Security(anonymous=None))))
+    return TestClient(TestServer(static_routes.install(create_app(FakeManager(), Security(anonymous=None)))))
 
 
 async def test_cu_page_and_files_are_served_without_a_session_and_data_is_not() -> None:

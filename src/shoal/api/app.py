@@ -34,7 +34,6 @@ from shoal.api.common import MANAGER, ManagerAPI, json_response
 from shoal.api.engines import ENGINE_INDEX, EngineIndex
 from shoal.api.forward import REVISION, is_engine, is_local, to_leader
 from shoal.api.limits import STREAM_SLOTS, StreamSlots
-from shoal.console import static_routes as console_static
 from shoal.errors import InvalidArgument, ShoalError
 from shoal.metrics import METRICS_KEY, Metrics, metrics_middleware, serve_metrics
 
@@ -189,8 +188,6 @@ def create_app(manager: ManagerAPI, security: Security | None = None) -> web.App
     for method, path, handler in _ROUTES:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, r"/v{api_version:[0-9][0-9.]*}" + path, handler)
-    for method, path, handler in console_static.ROUTES:  # a browser's page: no API version prefix
-        app.router.add_route(method, path, handler)
     app.on_response_prepare.append(_server_header)
     app.on_startup.append(events.start_log)  # the swarm's events, for every /events stream
     app.on_cleanup.append(events.stop_log)

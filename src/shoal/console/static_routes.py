@@ -96,3 +96,11 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/console/", index),
     ("GET", "/console/static/{path:.+}", static),
 ]
+
+
+def install(app: web.Application) -> web.Application:
+    """Add the console's page and files to the API's ``app`` (a browser's paths: no version prefix).
+    The console sits above the API, so the daemon installs it; api/auth.py's RULES name the routes."""
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    return app
