@@ -29,6 +29,9 @@ needs=(
   nft:nftables
   # load balancers and the HTTP router of aliyun.lb.* / aliyun.routing.* labels (shoal/lbroute)
   haproxy:haproxy
+  # the web console's browser tests (tests/browser.py): headless Chromium driven by selenium
+  chromium:chromium
+  chromedriver:chromium-driver
 )
 
 missing=()

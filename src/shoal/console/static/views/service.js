@@ -120,7 +120,7 @@ export default function service(root, params, ctx) {
       ['Image', imageShort(spec.TaskTemplate.ContainerSpec?.Image), { 'data-k': 'image' }],
       ['Replicas', desired === null ? `${runningCount} running` : `${runningCount}/${desired}`, { 'data-k': 'replicas' }],
       ['Update', upd.State ? h('span', {}, stateBadge(upd.State), ' ', upd.Message || '', ' ',
-        h('small.muted', { text: ago(upd.CompletedAt || upd.StartedAt) })) : 'none', { 'data-k': 'update-state', 'data-state': upd.State || '' }],
+        h('small.muted', { text: ago(upd.CompletedAt || upd.StartedAt) })) : 'none', { 'data-k': 'update-state', 'data-state': upd.State || '', 'data-started': upd.StartedAt || '' }],
       ['Strategy', (spec.Labels || {})[STRATEGY_LABEL] === 'blue-green' ? 'blue-green' : 'rolling'],
       ['Ports', portsOf(s).join(', ') || 'none'],
       ['Networks', netNames.join(', ') || 'none'],
