@@ -34,11 +34,16 @@ services:
   vote:
     image: busybox:latest
     command: ["sh", "-c", "echo vote up; while true; do echo cu-vote-line; sleep 1; done"]
+    stop_grace_period: 1s
     deploy:
       replicas: 2
   worker:
     image: busybox:latest
     command: ["sleep", "3600"]
+    stop_grace_period: 1s
+    deploy:
+      update_config:
+        monitor: 1s
 """
 BROKEN = """\
 services:
@@ -79,8 +84,9 @@ class Console:
         return self.driver.find_element("css selector", selector)
 
     def text(self, selector: str) -> str:
-        els = self.driver.find_elements("css selector", selector)
-        return els[0].text if els else ""
+        # innerText read in the page, not through a WebElement: live refreshes redraw the elements
+        return str(self.driver.execute_script(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText.trim() : '';", selector))
 
     def wait_text(self, selector: str, predicate: Any, timeout: float = 60.0, what: str = "") -> str:
         return wait_until(self.driver, lambda d: (lambda t: t if predicate(t) else None)(self.text(selector)),
@@ -117,7 +123,9 @@ def _deploy_route(c: Console) -> bool:
 
 def test_cu_overview_numbers_are_the_apis(console: Console) -> None:
     c = console
-    c.client.services.create("busybox:latest", ["sleep", "3600"], name="cuov")
+    # sleep as PID 1 ignores SIGTERM: a short grace period and monitor keep the updates below quick
+    c.client.services.create("busybox:latest", ["sleep", "3600"], name="cuov", stop_grace_period=10**9,
+                             update_config=docker.types.UpdateConfig(monitor=10**9))
     wait_for(lambda: any(t["Status"]["State"] == "running" for t in c.client.api.tasks({"service": "cuov"})))
     c.open("overview")
     wait_until(c.driver, lambda d: c.text("[data-k=tasks-running]") not in ("", "0"), what="overview numbers")
@@ -182,12 +190,19 @@ def test_cu_scale_follows_live_without_reload(console: Console) -> None:
     assert c.driver.execute_script("return window.__cuNoReload") == 1
 
 
+def _update_attr(c: Console, attr: str) -> str:
+    # read in the page: the element is redrawn at every live refresh (a WebElement would go stale)
+    return str(c.driver.execute_script(
+        "const e = document.querySelector('[data-k=update-state]'); return e ? e.getAttribute(arguments[0]) : '';",
+        attr) or "")
+
+
 def _update_state(c: Console) -> str:
-    return str(c.css("[data-k=update-state]").get_attribute("data-state") or "")
+    return _update_attr(c, "data-state")
 
 
 def _update_started(c: Console) -> str:
-    return str(c.css("[data-k=update-state]").get_attribute("data-started") or "")
+    return _update_attr(c, "data-started")
 
 
 def _service_exists(c: Console, name: str) -> bool:
