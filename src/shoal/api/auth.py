@@ -356,6 +356,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/shoal/stacks/{name}/scale"): _change("stack", new_labels=False),
     ("DELETE", "/shoal/stacks/{name}"): _change("stack", new_labels=False),
     ("GET", "/shoal/whoami"): _read,
+    # The web console's files (no data in them; the UI's data comes from the routes above).
+    ("GET", "/console"): _read, ("GET", "/console/"): _read, ("GET", "/console/static/{path}"): _read,
 }
 # Everything else — swarm init/join/leave/update and the unlock key, node changes, users and the
 # audit log, the engine's /containers calls (a container can mount the host's /) — is admin's.
@@ -373,7 +375,9 @@ def _route_path(request: web.Request) -> str:
 _WRITES_EXEMPT = frozenset({"/shoal/plan"})
 # Answered to anyone who completed the TLS handshake: the docker CLI pings to negotiate the API
 # version first, and without the answer it reports a version mismatch instead of the real refusal.
-_OPEN = frozenset({"/_ping"})
+# The console's page and files too: a browser without a session gets the page, whose script says how
+# to log in (`shoal console --url`); the files hold no cluster data.
+_OPEN = frozenset({"/_ping", "/console", "/console/", "/console/static/{path}"})
 
 
 @web.middleware
