@@ -6,22 +6,25 @@ name wins, so ``ca.authority`` is its own unit and the rest of ``ca`` another):
  1. cli                                   the shoal command (client side)
  2. daemon · bench · lab                  entry points: the daemon process, benchmarks, the multi-host lab
  3. manager                               assembles the store and the leader's components
- 4. api · agent · compose                 the manager's HTTP API; the node's agent; Compose files (client
+ 4. console                               the web console's routes and sessions: over the API's helpers
+                                          and the Compose loader (a pasted file is converted on the manager);
+                                          the daemon installs it on the API's app
+ 5. api · agent · compose                 the manager's HTTP API; the node's agent; Compose files (client
                                           side). Siblings: none of them imports another
- 5. transport · metrics · logstore         gRPC between hosts (serves the dispatcher and the CA); Prometheus
+ 6. transport · metrics · logstore         gRPC between hosts (serves the dispatcher and the CA); Prometheus
                                           metrics; the leader's collected logs and their sinks
- 6. orchestrator                          reconcilers; the cron scheduler writes through controlapi
- 7. controlapi                            validation and the writes behind each API call
- 8. dispatcher · ca.authority             agent sessions; the cluster's root CA (siblings)
- 9. scheduler
-10. allocator                             IPAM, VIPs, ingress
-11. ha                                    managers with failover (etcd terms), over the store
-12. store
-13. ca · dispatcher.protocol · dispatcher.sanity
+ 7. orchestrator                          reconcilers; the cron scheduler writes through controlapi
+ 8. controlapi                            validation and the writes behind each API call
+ 9. dispatcher · ca.authority             agent sessions; the cluster's root CA (siblings)
+10. scheduler
+11. allocator                             IPAM, VIPs, ingress
+12. ha                                    managers with failover (etcd terms), over the store
+13. store
+14. ca · dispatcher.protocol · dispatcher.sanity
                                           certificate/token helpers and the agent protocol's types, which
                                           the store, the allocator, the transport and the agent share
-14. extensions · netmode · bounds         what labels mean (shoal.* extensions, network modes); API bounds
-15. models · cronexpr · duration · errors · ids · looplag · shoal (the package itself)
+15. extensions · netmode · bounds         what labels mean (shoal.* extensions, network modes); API bounds
+16. models · cronexpr · duration · errors · ids · looplag · shoal (the package itself)
 
 Why this order: it is architecture.md's picture (clients → api → controlapi/orchestrator/scheduler →
 store → models, the agent below the agent protocol) made strict. The agent sits high, beside api,
@@ -44,6 +47,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("daemon", "bench", "lab"),
     ("manager",),
+    ("console",),
     ("api", "agent", "compose"),
     ("transport", "metrics", "logstore"),
     ("orchestrator",),
@@ -188,7 +192,7 @@ def test_ext_the_walker_reports_upward_sibling_and_relative_imports(tmp_path: Pa
     ]
     assert found[("shoal.controlapi.health", "shoal.agent.health")] == [
         "shoal/controlapi/health.py:1: shoal.controlapi.health imports shoal.agent.health, a higher layer "
-        "(agent is in layer 4, controlapi in layer 7)"
+        "(agent is in layer 5, controlapi in layer 8)"
     ]
     assert "a sibling in its layer" in found[("shoal.api.bad", "shoal.agent.health")][0]
     assert found[("shoal.store.bad", "shoal.controlapi.health")][0].startswith("shoal/store/bad.py:5: ")
