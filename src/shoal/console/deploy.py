@@ -25,6 +25,7 @@ from aiohttp import web
 
 from shoal import compose
 from shoal.api.common import json_response, query_bool, swarm_manager
+from shoal.compose.files import OUTSIDE_HINT
 from shoal.compose.source import parse
 from shoal.controlapi import stacks, users
 from shoal.controlapi.users import TEAM_LABEL
@@ -55,7 +56,11 @@ def _load(text: str, name: str) -> tuple[Any, list[str], dict[tuple[Any, ...], i
             lines = parse(path).lines
         except compose.ComposeError as e:
             key = f"{e.key}: " if e.key else ""
-            raise ComposeRejected(f"{key}{e.message}".replace(tmp + "/", "").replace(tmp, "."), e.line) from None
+            # The CLI's advice (--allow-outside-files) does not apply: the manager reads no other file.
+            message = e.message.replace(f"is outside the project folder {Path(tmp).resolve()}: {OUTSIDE_HINT}",
+                                        "cannot be read: a Compose file deployed from the console can name no "
+                                        "other file (paste its content instead)")
+            raise ComposeRejected(f"{key}{message}".replace(tmp + "/", "").replace(tmp, "."), e.line) from None
     return spec, warnings, lines
 
 
