@@ -180,13 +180,15 @@ def test_cs_login_token_cookie_and_csrf_header(cs: tuple[ShoalProcess, docker.Do
     again = _get(proc, minted["Path"], allow_redirects=False)
     assert again.status_code == 401  # single use
     # A write with the cookie alone is refused; with the console's header it runs, audited as the console's.
-    refused = _post(proc, "/shoal/console/tokens", headers=jar)
+    refused = _deploy(proc, VOTE, "name=cs-csrf&dryRun=1", headers=jar)
     assert refused.status_code == 403 and "X-Shoal-Console" in refused.json()["message"]
-    ok = _post(proc, "/shoal/console/tokens", headers={**jar, "X-Shoal-Console": "1"})
-    assert ok.status_code == 200 and ok.json()["Token"]
+    ok = _deploy(proc, VOTE, "name=cs-csrf&dryRun=1", headers={**jar, "X-Shoal-Console": "1"})
+    assert ok.status_code == 200 and ok.json()["DryRun"]
     audit = [json.loads(line) for line in (proc.data / "audit.log").read_text().splitlines()]
-    mine = [e for e in audit if e["path"].endswith("/shoal/console/tokens") and e["via"] == "console"]
+    mine = [e for e in audit if e["path"].endswith("/shoal/console/deploy") and e["via"] == "console"]
     assert [e["status"] for e in mine[-2:]] == [403, 200] and mine[-1]["user"] == "local"
+    # A session makes no new credentials: a login token comes from the CLI's own.
+    assert _post(proc, "/shoal/console/tokens", headers={**jar, "X-Shoal-Console": "1"}).status_code == 403
     stale = _get(proc, "/shoal/console/overview", headers={"Cookie": "shoal_console=abc.def"})
     assert stale.status_code == 401 and "shoal console --url" in stale.json()["message"]
 
@@ -206,9 +208,9 @@ services:
 """
 
 
-def _deploy(proc: ShoalProcess, text: str, query: str) -> requests.Response:
+def _deploy(proc: ShoalProcess, text: str, query: str, headers: dict[str, str] | None = None) -> requests.Response:
     return _post(proc, f"/shoal/console/deploy?{query}", data=text.encode(),
-                 headers={"Content-Type": "application/yaml"})
+                 headers={"Content-Type": "application/yaml", **(headers or {})})
 
 
 def test_cs_deploy_dry_run_then_for_real_and_errors_at_their_line(cs: tuple[ShoalProcess, docker.DockerClient]) -> None:

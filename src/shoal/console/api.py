@@ -20,10 +20,10 @@ from shoal.api.auth import CONSOLE_COOKIE, CONSOLE_SESSIONS, identity
 from shoal.api.common import json_response, manager_of, swarm_manager
 from shoal.api.events import EVENT_LOG
 from shoal.console import deploy, stream
-from shoal.console.sessions import SESSION_IDLE_S, Sessions
+from shoal.console.sessions import SESSION_IDLE_S, VIA, Sessions
 from shoal.controlapi.services import service_status
 from shoal.controlapi.users import ADMIN, OPERATOR
-from shoal.errors import InvalidArgument, Unavailable
+from shoal.errors import Forbidden, InvalidArgument, Unavailable
 from shoal.models import NodeState, Service, TaskState
 
 NAMESPACE = "com.docker.stack.namespace"
@@ -187,6 +187,10 @@ async def visualizer(request: web.Request) -> web.Response:
     except ValueError:
         raise InvalidArgument(f"invalid per_node {raw!r}: a whole number from 0 to {MAX_PER_NODE}") from None
     names = {s.ID: s.Spec.Name for s in store.list("service")}
+    # Stable between refreshes (the page redraws in place): by service name, then slot. One integer
+    # key per task (the service's rank, then its slot): 100,000 tuple keys cost more than the sort.
+    rank = {sid: i << 32 for i, sid in enumerate(sorted(names, key=lambda sid: (names[sid], sid)))}
+    unknown = len(rank) << 32
     live = LIVE_DESIRED
     truncated = False
     rows = []
@@ -194,8 +198,7 @@ async def visualizer(request: web.Request) -> web.Response:
         tasks = [t for t in store.tasks_on_node(n.ID) if t.DesiredState in live]
         if len(tasks) > per_node:
             truncated = True
-        # Stable between refreshes (the page redraws in place): by service, then slot.
-        tasks.sort(key=lambda t: (names.get(t.ServiceID, ""), t.Slot, t.ID))
+        tasks.sort(key=lambda t: rank.get(t.ServiceID, unknown) + t.Slot)
         rows.append({
             "ID": n.ID, "Hostname": n.Description.Hostname, "State": n.Status.State,
             "Availability": n.Spec.Availability, "Role": n.Spec.Role, "Leader": bool(
@@ -215,8 +218,12 @@ async def mint_token(request: web.Request) -> web.Response:
     sessions = request.app.get(SESSIONS)
     if sessions is None:
         raise Unavailable("this daemon serves no console")
+    ident = identity(request)
+    if ident.via == VIA:  # a session stands for a credential; it does not make new ones
+        raise Forbidden("a console session cannot mint login tokens: run 'shoal console --url', or call this "
+                        "with your token or certificate")
     manager = manager_of(request)
-    token = sessions.mint(identity(request), manager.store if manager.in_swarm else None)
+    token = sessions.mint(ident, manager.store if manager.in_swarm else None)
     return json_response({"Token": token, "Path": f"/console/login?token={token}", "ExpiresIn": 60})
 
 

@@ -57,7 +57,8 @@ class Sessions:
         self._expire(self._tokens)
         while len(self._tokens) >= MAX_TOKENS:
             self._tokens.popitem(last=False)
-        user = users.find(store, ident.name) if store is not None and ident.via in ("token", "cert", VIA) else None
+        # Only these name a store user; the local admin, an operator's certificate and anonymous do not.
+        user = users.find(store, ident.name) if store is not None and ident.via in ("token", "cert") else None
         tid, secret = secrets.token_urlsafe(9), secrets.token_urlsafe(32)
         base = replace(ident, via=VIA)
         self._tokens[tid] = _Grant(secret, base, user.ID if user is not None else "", self._clock() + TOKEN_TTL_S)
