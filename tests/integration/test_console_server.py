@@ -32,11 +32,17 @@ pytestmark = pytest.mark.integration
 SHOAL = str(Path(sys.executable).with_name("shoal"))
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
 def cs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ShoalProcess, docker.DockerClient]]:
     """One daemon for the module in a one-node swarm, with a service that runs (cs-web, 2 replicas)
     and one that cannot be placed (cs-stuck: a constraint no node meets)."""
-    proc = ShoalProcess(tmp_path_factory.mktemp("console"))
+    proc = ShoalProcess(tmp_path_factory.mktemp("console"), args=("-H", f"tcp://127.0.0.1:{_free_port()}", "--tls"))
     proc.start()
     client = proc.client()
     try:
@@ -250,12 +256,6 @@ def test_cs_deploy_dry_run_then_for_real_and_errors_at_their_line(cs: tuple[Shoa
 # ---------------------------------------------------------------------------- shoal console
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_cs_shoal_console_url_proxies_and_streams(cs: tuple[ShoalProcess, docker.DockerClient]) -> None:
     proc, client = cs
     local = subprocess.Popen([SHOAL, "-H", proc.host, "console", "--url"], stdout=subprocess.PIPE,
@@ -308,3 +308,38 @@ def test_cs_shoal_console_errors_are_one_line(cs: tuple[ShoalProcess, docker.Doc
                               text=True, timeout=30)
     assert busy.returncode == 1 and len(busy.stderr.strip().splitlines()) == 1
     assert f"port {port} on 127.0.0.1 is taken" in busy.stderr
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # --tls: the daemon's own cert
+def test_cs_a_token_user_over_tls_on_the_manager_and_through_shoal_console(
+        cs: tuple[ShoalProcess, docker.DockerClient]) -> None:
+    """A user with an API token, over the daemon's --tls TCP listener: the manager's own login sets a
+    Secure cookie, and `shoal console` proxies over TLS with the token (its identity, not an admin's)."""
+    proc, _ = cs
+    tcp = proc.args[1].replace("tcp://", "https://")
+    assert _post(proc, "/shoal/users", json={"Name": "cs-olga", "Role": "viewer"}).status_code == 201
+    token = _post(proc, "/shoal/users/cs-olga/tokens").json()["Token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    minted = requests.post(tcp + "/shoal/console/tokens", headers=auth, verify=False, timeout=10).json()
+    login = requests.get(tcp + minted["Path"], allow_redirects=False, verify=False, timeout=10)
+    assert login.status_code == 303 and "Secure" in login.headers["Set-Cookie"]
+    me = requests.get(tcp + "/shoal/whoami", cookies={"shoal_console": login.cookies["shoal_console"]},
+                      verify=False, timeout=10).json()
+    assert (me["Name"], me["Role"], me["Via"]) == ("cs-olga", "viewer", "console")
+
+    local = subprocess.Popen([SHOAL, "-H", proc.args[1], "--tls", "console", "--url"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "SHOAL_TOKEN": token})
+    try:
+        assert local.stdout is not None
+        url = local.stdout.readline().strip()
+        base = url.split("/console/", 1)[0]
+        browser = requests.Session()
+        assert browser.get(url, allow_redirects=False, timeout=10).status_code == 303
+        me = browser.get(base + "/shoal/whoami", timeout=10).json()
+        assert (me["Name"], me["Role"], me["Via"]) == ("cs-olga", "viewer", "token")
+        refused = browser.post(base + "/shoal/console/deploy?name=cs-no", data=VOTE, timeout=10,
+                               headers={"X-Shoal-Console": "1"})
+        assert refused.status_code == 403  # the daemon's rule for a viewer, passed through
+    finally:
+        local.send_signal(signal.SIGTERM)
+        assert local.wait(timeout=10) == 0

@@ -26,7 +26,7 @@ import typer
 from aiohttp import web
 
 from shoal.api.auth import CONSOLE_HEADER
-from shoal.cli.client import Client, CLIError, client_of
+from shoal.cli.client import Client, CLIError, TLSSettings, client_of
 from shoal.console.sessions import Sessions
 from shoal.controlapi.users import Identity
 
@@ -45,8 +45,8 @@ class Upstream:
 
     def __init__(self, client: Client) -> None:
         self.host = client.host
-        self.token = getattr(client, "_token", "")
-        tls = getattr(client, "_tls", None)
+        self.token = client.token
+        tls = client.tls
         parts = urlsplit(self.host)
         self.ssl: ssl.SSLContext | bool = False
         if parts.scheme == "unix":
@@ -70,9 +70,9 @@ class Upstream:
                                      timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
 
 
-def _ssl_context(tls: object) -> ssl.SSLContext:
-    verify = bool(getattr(tls, "verify", False))
-    cacert, cert, key = getattr(tls, "cacert", None), getattr(tls, "cert", None), getattr(tls, "key", None)
+def _ssl_context(tls: TLSSettings | None) -> ssl.SSLContext:
+    verify = tls is not None and tls.verify
+    cacert, cert, key = (tls.cacert, tls.cert, tls.key) if tls is not None else (None, None, None)
     try:
         if verify:
             ctx = ssl.create_default_context(cafile=cacert) if cacert else ssl.create_default_context()
