@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from shoal.api import create_app
 from shoal.api.auth import Security
-from shoal.api.testing import FakeManager
+from shoal.api.testing import FakeManager, add_node
 from shoal.console import api as console
 from shoal.controlapi import secrets, users
 from shoal.models import InitRequest, SecretSpec, UserSpec
@@ -101,3 +101,16 @@ async def test_cs_the_stream_batches_changes_and_names_their_ids(cli: tuple[Test
     assert kind == "change" and data["kinds"] == ["service"]
     assert sorted(data["ids"]["service"]) == sorted(s.ID for s in svcs)  # one message for the burst
     resp.close()
+
+
+async def test_cs_the_visualizer_answers_each_revision_once(cli: tuple[TestClient, FakeManager]) -> None:
+    c, m = cli
+    jar = await _login(c, m, "ada", "admin")
+    first = await (await c.get("/shoal/console/visualizer", headers=jar)).read()
+    cache = c.server.app[console.VISUALIZER_CACHE]
+    assert list(cache.values()) == [first]
+    assert await (await c.get("/shoal/console/visualizer", headers=jar)).read() == first
+    add_node(m.store, "cs-node-2")  # a change: the next answer is computed again, and shows it
+    second = await (await c.get("/shoal/console/visualizer", headers=jar)).json()
+    assert [n["Hostname"] for n in second["Nodes"]] == ["cs-node-2", "manager-host"]
+    assert len(cache) == 1

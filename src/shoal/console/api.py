@@ -40,6 +40,9 @@ FAILED = frozenset({TaskState.FAILED, TaskState.REJECTED})
 LIVE_DESIRED = frozenset(s for s in TaskState if s.order <= TaskState.RUNNING.order)
 
 SESSIONS: web.AppKey[Sessions] = web.AppKey("shoal.console.sessions", Sessions)
+# The visualizer's last answer by (store, revision, per_node): the one route that walks tasks, and the
+# one every open page re-asks after each change; its answer holds nothing a viewer may not see.
+VISUALIZER_CACHE: web.AppKey[dict[tuple[int, int, int], bytes]] = web.AppKey("shoal.console.visualizer", dict)
 
 
 def _mode(svc: Service) -> str:
@@ -186,6 +189,10 @@ async def visualizer(request: web.Request) -> web.Response:
             raise ValueError
     except ValueError:
         raise InvalidArgument(f"invalid per_node {raw!r}: a whole number from 0 to {MAX_PER_NODE}") from None
+    cache = request.app.get(VISUALIZER_CACHE)
+    key = (id(store), store.revision, per_node)
+    if cache is not None and key in cache:  # nothing changed since: every open page asks after each change
+        return web.Response(body=cache[key], content_type="application/json")
     names = {s.ID: s.Spec.Name for s in store.list("service")}
     # Stable between refreshes (the page redraws in place): by service name, then slot. One integer
     # key per task (the service's rank, then its slot): 100,000 tuple keys cost more than the sort.
@@ -207,7 +214,11 @@ async def visualizer(request: web.Request) -> web.Response:
             "TaskCount": len(tasks),
             "Tasks": [[names.get(t.ServiceID, t.ServiceID), t.Status.State, t.ID] for t in tasks[:per_node]],
         })
-    return json_response({"Nodes": rows, "Truncated": truncated})
+    resp = json_response({"Nodes": rows, "Truncated": truncated})
+    if cache is not None:
+        cache.clear()  # one revision's answers only (a few MiB at 1,000 nodes)
+        cache[key] = resp.body  # type: ignore[assignment]
+    return resp
 
 
 # ---------------------------------------------------------------------------- login
@@ -275,5 +286,6 @@ def install(app: web.Application) -> web.Application:
     for method, path, handler in PAGE_ROUTES:
         app.router.add_route(method, path, handler)
     app[stream.STOPPING] = asyncio.Event()
+    app[VISUALIZER_CACHE] = {}
     app.on_shutdown.append(stream.stop_streams)
     return app
