@@ -29,7 +29,7 @@ from shoal.agent.volumes import SharedVolumes
 from shoal.api.auth import ANONYMOUS_ADMIN, AuditLog, Security
 from shoal.api.server import create_app, serve
 from shoal.api.tls import ServerTLS, TLSOptions, tcp_hosts_need_tls
-from shoal.console import static_routes as console_static
+from shoal.console import api as console
 from shoal.dispatcher.inprocess import InProcessClient
 from shoal.dispatcher.protocol import DispatcherClient, TaskStats
 from shoal.errors import ShoalError
@@ -151,7 +151,7 @@ class Daemon:
         self.manager.on_role_change = self._restart_agent
         self.manager.joiner = self._join
         tcp_ssl = self.tls.context if self.tls is not None else None
-        app = console_static.install(create_app(self.manager, security))  # the web console's page and files
+        app = console.install(create_app(self.manager, security))  # the web console's routes and sessions
         self._runner = await serve(app, self.hosts, ssl_context=tcp_ssl)
         if self.tls is not None:
             self._trust_task = asyncio.create_task(self._trust_cluster_root(), name="api-tls-trust")

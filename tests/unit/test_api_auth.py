@@ -19,6 +19,7 @@ from shoal.api.auth import RULES, AuditLog, Security
 from shoal.api.containers import _REF, CONTAINER_ACTIONS, EXEC_ACTIONS
 from shoal.api.testing import FakeManager
 from shoal.api.tls import ServerTLS, TLSConfigError, TLSOptions, ensure_generated, tcp_hosts_need_tls
+from shoal.console import api as console_api
 from shoal.console import static_routes as console_static
 from shoal.controlapi import stacks, users
 from shoal.models import ContainerSpec, ServiceSpec, StackResources, StackSpec, TaskSpec, UserSpec
@@ -55,7 +56,8 @@ def _canonical(path: str) -> str:
 
 
 def test_every_route_has_a_rule_or_is_knowingly_admin_only() -> None:
-    routes = {(m, _canonical(p)) for m, p, _ in [*_ROUTES, *console_static.ROUTES]}
+    routes = {(m, _canonical(p)) for m, p, _ in [*_ROUTES, *console_static.ROUTES, *console_api.ROUTES,
+                                                 *console_api.PAGE_ROUTES]}
     assert set(RULES) <= routes, set(RULES) - routes  # no rule for a route that does not exist
     assert routes - set(RULES) == ADMIN_ONLY
 

@@ -9,8 +9,11 @@ Identity, in order (docs/security.md has the threat model):
    dockerd grants such a certificate); from the cluster's root with OU ``shoal-user`` and this
    cluster's ID → that user, with the role the store gives it now (removing the user revokes the
    certificate). A node's certificate is refused: nodes have no business on the API.
-3. The unix socket: the local admin (opening it needs root or the socket's group, as Docker's).
-4. Anything else (plain TCP with ``--insecure-tcp``, or TLS without a client certificate):
+3. The web console's session cookie (``shoal_console``, from ``shoal console --url``'s one-time
+   token; console/sessions.py): the identity that minted the token, re-checked against the store.
+   A write with it must carry ``X-Shoal-Console: 1`` (a page of another site cannot set it), or 403.
+4. The unix socket: the local admin (opening it needs root or the socket's group, as Docker's).
+5. Anything else (plain TCP with ``--insecure-tcp``, or TLS without a client certificate):
    ``Security.anonymous``, which is admin only under ``--insecure-tcp`` and for an app built
    without a Security (the tests' in-process clients).
 
@@ -29,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from cryptography import x509
@@ -46,6 +49,7 @@ from shoal.controlapi import users
 from shoal.controlapi.resolve import get_service, get_task
 from shoal.controlapi.users import ADMIN, OPERATOR, Identity
 from shoal.errors import Forbidden, ShoalError, Unauthorized
+from shoal.store import MemoryStore
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +128,19 @@ class Security:
 
 SECURITY: web.AppKey[Security] = web.AppKey("security")
 
+CONSOLE_COOKIE = "shoal_console"
+CONSOLE_HEADER = "X-Shoal-Console"  # the CSRF guard a cookie-authenticated write must carry
+
+
+class ConsoleSessions(Protocol):
+    """What authentication needs of the console's sessions (console/sessions.py sits above the API)."""
+
+    def identity(self, cookie: str, store: MemoryStore | None) -> Identity | None: ...
+
+
+# Set by the console (console/api.py ``install``) on the daemon's app; absent, cookies mean nothing.
+CONSOLE_SESSIONS: web.AppKey[ConsoleSessions] = web.AppKey("shoal.console_sessions", ConsoleSessions)
+
 
 # ---------------------------------------------------------------------------- authentication
 
@@ -171,6 +188,13 @@ def authenticate(request: web.Request) -> Identity:
         ident = users.authenticate_token(manager.store, token.strip()) if manager.in_swarm else None
         if ident is None:
             raise Unauthorized("invalid or revoked API token")
+        return ident
+    cookie = request.cookies.get(CONSOLE_COOKIE)
+    sessions = request.app.get(CONSOLE_SESSIONS)
+    if cookie and sessions is not None:
+        ident = sessions.identity(cookie, manager.store if manager.in_swarm else None)
+        if ident is None:  # refused rather than ignored, as a bad token: never a silent fallback
+            raise Unauthorized("the console session expired or is unknown: open a new one with 'shoal console --url'")
         return ident
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
@@ -285,6 +309,25 @@ def _create(kind: str) -> Rule:
     return rule
 
 
+async def _console_deploy(request: web.Request, ident: Identity, manager: ManagerAPI) -> str | None:
+    """``POST /shoal/console/deploy?name=<stack>[&team=<team>]``: a stack deploy whose body is a
+    Compose file (YAML, not a StackSpec), so the stack's name and team come from the query. A dry
+    run writes nothing and is a view (as ``/shoal/plan``)."""
+    if request.query.get("dryRun", "").strip().lower() not in ("", "0", "no", "false", "none"):
+        return None
+    new_team = request.query.get("team") or None
+    if ident.is_admin:
+        return new_team
+    if ident.role != OPERATOR:
+        raise Forbidden(f"{_who(ident)} may not {_what(request)}: read-only access")
+    found, team = _existing_team("stack", manager, request.query.get("name", ""))
+    if found:
+        _check_team(ident, team, request)
+        if new_team is None:
+            return team
+    return _check_team(ident, new_team, request)
+
+
 def _change(kind: str, new_labels: bool) -> Rule:
     """Update or remove: the object must be the caller's team's, and an update may not move it to
     a team the caller has not. An object that does not exist is left to the handler's 404."""
@@ -358,6 +401,12 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/shoal/whoami"): _read,
     # The web console's files (no data in them; the UI's data comes from the routes above).
     ("GET", "/console"): _read, ("GET", "/console/"): _read, ("GET", "/console/static/{path}"): _read,
+    # The console's aggregates and its change stream: views (console/api.py); a login token for oneself;
+    # a deploy from the console is a stack deploy (the body is a Compose file: the handler checks the team).
+    ("GET", "/shoal/console/overview"): _read, ("GET", "/shoal/console/services"): _read,
+    ("GET", "/shoal/console/visualizer"): _read, ("GET", "/shoal/console/stream"): _read,
+    ("POST", "/shoal/console/tokens"): _read, ("GET", "/console/login"): _read,
+    ("POST", "/shoal/console/deploy"): _console_deploy,
 }
 # Everything else — swarm init/join/leave/update and the unlock key, node changes, users and the
 # audit log, the engine's /containers calls (a container can mount the host's /) — is admin's.
@@ -375,9 +424,10 @@ def _route_path(request: web.Request) -> str:
 _WRITES_EXEMPT = frozenset({"/shoal/plan"})
 # Answered to anyone who completed the TLS handshake: the docker CLI pings to negotiate the API
 # version first, and without the answer it reports a version mismatch instead of the real refusal.
-# The console's page and files too: a browser without a session gets the page, whose script says how
-# to log in (`shoal console --url`); the files hold no cluster data.
-_OPEN = frozenset({"/_ping", "/console", "/console/", "/console/static/{path}"})
+# The console's page and files hold no cluster data: a browser without a session gets the page, whose
+# script says how to log in (`shoal console --url`); the login swaps a one-time token (the credential)
+# for a cookie and needs no other.
+_OPEN = frozenset({"/_ping", "/console", "/console/", "/console/static/{path}", "/console/login"})
 
 
 @web.middleware
@@ -401,6 +451,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             return response
         request[IDENTITY_KEY] = ident
         request[USER_KEY] = ident.name
+        if (ident.via == "console" and request.method not in ("GET", "HEAD", "OPTIONS")
+                and request.headers.get(CONSOLE_HEADER) != "1"):
+            raise Forbidden(f"a console session's write must carry the header '{CONSOLE_HEADER}: 1' "
+                            "(a guard against other sites' pages posting with the cookie)")
         if not route:  # no such route: the router's 404/405, for anyone authenticated
             response = await handler(request)
             status = response.status

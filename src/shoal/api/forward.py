@@ -47,7 +47,8 @@ CATCH_UP_S = 5.0  # how long a follower waits for its view to show a forwarded w
 # Engine calls (api/engines.py) reach the node engines through this manager's own pipes.
 ENGINE_PATHS = ("/containers/", "/exec/", "/images/", "/volumes", "/events", "/system/df", "/build",
                 "/distribution/", "/commit", "/auth")
-_LOCAL = ("/swarm/init", "/swarm/join", "/swarm/leave", "/swarm/unlock", *ENGINE_PATHS)
+# A console login token is kept in the memory of the manager that minted it: the browser logs in there.
+_LOCAL = ("/swarm/init", "/swarm/join", "/swarm/leave", "/swarm/unlock", "/shoal/console/tokens", *ENGINE_PATHS)
 _PASS_HEADERS = ("Content-Type", "X-Registry-Auth", "X-Registry-Config")
 _BACK_HEADERS = ("Content-Type", REVISION)
 

@@ -98,6 +98,14 @@ class Client:
         self._token = token
 
     @property
+    def tls(self) -> TLSSettings | None:
+        return self._tls
+
+    @property
+    def token(self) -> str:
+        return self._token
+
+    @property
     def api(self) -> docker.APIClient:
         # Built on first use: `shoal daemon` and `--help` never need a client.
         if self._api is None:

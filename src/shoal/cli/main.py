@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_exc  # type: ignore[no-redef]
 
 from shoal import API_VERSION, __version__
-from shoal.cli import bench, compose, job, lab, logs, metrics, node, service, stack, store, swarm, user
+from shoal.cli import bench, compose, console, job, lab, logs, metrics, node, service, stack, store, swarm, user
 from shoal.cli.client import DEFAULT_HOST, Client, CLIError, TLSSettings, describe_error, resolve_host
 from shoal.cli.parse import flag, parse_choice
 from shoal.cli.secret import config_app, secret_app
@@ -116,6 +116,7 @@ app.add_typer(user.app, name="user")
 app.add_typer(metrics.app, name="metrics")
 app.add_typer(logs.app, name="logs")
 app.command("audit")(user.audit)
+app.command("console")(console.console)
 
 
 @app.callback()

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 import msgspec
 import typer
-import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shoal import compose
@@ -22,7 +21,7 @@ from shoal.cli import format as fmt
 from shoal.cli.client import Client, CLIError, client_of, delete_each
 from shoal.cli.service import _image, _mode_name, _replicas, task_rows
 from shoal.controlapi.users import TEAM_LABEL
-from shoal.models import StackResources, StackSpec
+from shoal.models import StackSpec
 
 app = typer.Typer(help="Manage stacks (Compose files deployed across the cluster).", no_args_is_help=True)
 
@@ -61,26 +60,14 @@ def load_stack(files: list[Path], name: str | None, profiles: list[str] | None =
     """Load, validate and convert Compose files; warnings go to stderr. Errors name file and line.
     ``options``: load_project's env_file, project_dir and rancher_file."""
     project = load_project(files, name, profiles, allow_outside_files, **options)
+    stack = name or project.name
     try:
-        res = compose.to_stack(project, name or project.name)
+        spec, warnings = compose.to_stack_spec(project, stack)
     except compose.ComposeError as e:
         raise CLIError(str(e)) from None
-    stack = name or project.name
-    for w in dict.fromkeys([*project.warnings, *res.warnings]):  # the same list today; never twice
+    for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    text = yaml.safe_dump(compose.normalised(project), sort_keys=False, default_flow_style=False)
-    resources = StackResources(
-        Services=res.services or None,
-        Networks=res.networks or None,
-        Secrets=res.secrets or None,
-        Configs=res.configs or None,
-        ExternalNetworks=res.external_networks or None,
-        ExternalSecrets=res.external_secrets or None,
-        ExternalConfigs=res.external_configs or None,
-        Order=res.order or None,
-        WaitFor=res.wait_for or None,
-    )
-    return stack, StackSpec(Name=stack, Compose=text, Resources=resources)
+    return stack, spec
 
 
 def _print_changes(result: dict[str, Any], dry_run: bool) -> None:

@@ -6,10 +6,11 @@ merges and profile-filters; ``to_stack()`` maps the project to what a stack depl
 close to ``docker-compose config``.
 """
 
-from .convert import to_service_specs, to_stack
+from .convert import to_service_specs, to_stack, to_stack_spec
 from .errors import ComposeError
 from .loader import Project, load
 from .normalise import normalised
 from .stack import StackResources
 
-__all__ = ["ComposeError", "Project", "StackResources", "load", "normalised", "to_service_specs", "to_stack"]
+__all__ = ["ComposeError", "Project", "StackResources", "load", "normalised", "to_service_specs", "to_stack",
+           "to_stack_spec"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import yaml
 
 from .. import models as m
 from ..extensions import UPDATE_STRATEGY_LABEL
@@ -318,3 +319,26 @@ def to_stack(project: Project, stack_name: str) -> StackResources:
 def to_service_specs(project: Project, stack_name: str) -> dict[str, m.ServiceSpec]:
     """One ServiceSpec per active service, keyed by the Compose service name."""
     return to_stack(project, stack_name).services
+
+
+def to_stack_spec(project: Project, stack_name: str) -> tuple[m.StackSpec, list[str]]:
+    """What ``/shoal/stacks`` takes for ``project``: the objects (:func:`to_stack`) and the
+    normalised file, plus the warnings (once each). ``shoal stack deploy`` and the web console's
+    deploy (the manager converts a pasted file itself) both build it here."""
+    from .normalise import normalised  # normalise.py imports this module
+
+    res = to_stack(project, stack_name)
+    text = yaml.safe_dump(normalised(project), sort_keys=False, default_flow_style=False)
+    resources = m.StackResources(
+        Services=res.services or None,
+        Networks=res.networks or None,
+        Secrets=res.secrets or None,
+        Configs=res.configs or None,
+        ExternalNetworks=res.external_networks or None,
+        ExternalSecrets=res.external_secrets or None,
+        ExternalConfigs=res.external_configs or None,
+        Order=res.order or None,
+        WaitFor=res.wait_for or None,
+    )
+    warnings = list(dict.fromkeys([*project.warnings, *res.warnings]))  # the same list today; never twice
+    return m.StackSpec(Name=stack_name, Compose=text, Resources=resources), warnings

@@ -83,6 +83,9 @@ def parse(path: Path) -> Source:
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
+        opened = getattr(e, "context_mark", None)
+        if opened is not None and (mark is None or mark.line >= raw.rstrip(b"\n").count(b"\n") + 1):
+            mark = opened  # found missing only at the end of the file: where the unclosed thing began says more
         problem = getattr(e, "problem", None) or str(e)
         context = getattr(e, "context", None)
         msg = f"YAML syntax error: {context + ', ' if context else ''}{problem}"
