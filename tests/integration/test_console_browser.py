@@ -1,10 +1,12 @@
 """The web console in a real headless Chromium against a real daemon and engine: one daemon (plain
 TCP, anonymous admin: --insecure-tcp, so no login step) and one browser for the module.
 
-What a user does: open the overview (its numbers are the API's), deploy a stack by pasting a Compose
-file (preview, confirm, converge), scale a service and watch the replicas follow without a reload,
-force an update and an image update and watch them finish, read a service's logs, and see a broken
-Compose file's error at its line. Screenshots go to docs/img/ for the README.
+What a user does: open the overview (its numbers are the API's), deploy the voting app
+(examples/voting-app, its images built offline by scripts/build-demo-images.sh) by pasting its
+Compose file (preview with the placement plan, confirm, converge), scale vote and watch the replicas
+follow without a reload, roll vote from v1 to v2 and watch the update finish, force an update, update
+an image and roll it back, cast a vote and read it in vote's and worker's followed logs, and see a
+broken Compose file's error at its line. Screenshots go to docs/img/ for the README.
 """
 
 from __future__ import annotations
@@ -28,23 +30,26 @@ pytestmark = pytest.mark.integration
 
 IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 STACK = "cuvote"
-# The voting app's shape with busybox stand-ins (its images are not on this offline machine).
-COMPOSE = """\
-services:
-  vote:
-    image: busybox:latest
-    command: ["sh", "-c", "echo vote up; while true; do echo cu-vote-line; sleep 1; done"]
-    stop_grace_period: 1s
-    deploy:
-      replicas: 2
-  worker:
-    image: busybox:latest
-    command: ["sleep", "3600"]
-    stop_grace_period: 1s
-    deploy:
-      update_config:
-        monitor: 1s
-"""
+VOTING_APP = Path(__file__).resolve().parents[2] / "examples" / "voting-app" / "docker-compose.yml"
+SERVICES = ("vote", "redis", "worker", "db", "result")
+IMAGES = [f"shoal-demo/voting-app-{s}:1" for s in SERVICES] + ["shoal-demo/voting-app-vote:2"]
+VOTE_PORT = 5000  # published by the voting app's Compose file
+
+
+def _missing_images() -> list[str]:
+    try:
+        have = {t for i in docker.from_env().images.list() for t in i.tags}
+    except docker.errors.DockerException:
+        return IMAGES
+    return [i for i in IMAGES if i not in have]
+
+
+def _need_voting_app() -> None:
+    missing = _missing_images()
+    if missing:
+        pytest.skip(f"the voting app's images are not built (scripts/build-demo-images.sh): {', '.join(missing)}")
+
+
 BROKEN = """\
 services:
   vote:
@@ -141,26 +146,30 @@ def test_cu_overview_numbers_are_the_apis(console: Console) -> None:
     assert not [e for e in js_errors(c.driver) if "404" not in e]  # 404s: aggregate routes not on this daemon
 
 
-def test_cu_deploy_a_stack_from_a_pasted_compose_file(console: Console) -> None:
+def test_cu_deploy_the_voting_app_from_a_pasted_compose_file(console: Console) -> None:
     c = console
-    if not _deploy_route(c):
-        pytest.skip("this daemon has no POST /shoal/console/deploy yet (the console server's part)")
+    _need_voting_app()
     c.open("deploy")
     c.css("#stack-name").send_keys(STACK)
     c.driver.execute_script("const t = document.getElementById('compose-text'); t.value = arguments[0];"
-                            "t.dispatchEvent(new Event('input'));", COMPOSE)
+                            "t.dispatchEvent(new Event('input'));", VOTING_APP.read_text())
     c.css("#deploy-preview-btn").click()
-    wait_until(c.driver, lambda d: d.find_elements("css selector", "[data-change='create:service:cuvote_vote']"),
+    # (services with depends_on are created once what they wait for runs: "wait" rather than "create")
+    wait_until(c.driver, lambda d: d.find_elements("css selector", f"[data-change$=':service:{STACK}_vote']"),
                what="the dry run's diff")
-    assert c.driver.find_elements("css selector", "[data-change='create:service:cuvote_worker']")
-    assert "cuvote_vote" in c.text("#deploy-plan")
-    assert not c.client.services.list(filters={"name": "cuvote_vote"})  # a preview writes nothing
+    for svc in SERVICES:
+        assert c.driver.find_elements("css selector", f"[data-change$=':service:{STACK}_{svc}']"), svc
+        assert f"{STACK}_{svc}" in c.text("#deploy-plan")
+    assert "after redis" in c.text(f"[data-change='wait:service:{STACK}_vote']")
+    assert not c.client.services.list(filters={"name": f"{STACK}_vote"})  # a preview writes nothing
     c.css("#deploy-confirm").click()
     c.wait_view("stack")
-    c.wait_text("[data-service=cuvote_vote] .replicas", lambda t: t.startswith("2/2"), what="vote 2/2")
-    c.wait_text("[data-service=cuvote_worker] .replicas", lambda t: t.startswith("1/1"), what="worker 1/1")
+    c.wait_text(f"[data-service={STACK}_vote] .replicas", lambda t: t.startswith("2/2"), 240, "vote 2/2")
+    for svc in ("redis", "worker", "db", "result"):
+        c.wait_text(f"[data-service={STACK}_{svc}] .replicas", lambda t: t.startswith("1/1"), 120, f"{svc} 1/1")
     c.open("overview")
-    wait_until(c.driver, lambda d: c.text("[data-k=services-total]") == "3", what="overview with the stack")
+    wait_until(c.driver, lambda d: c.text("[data-k=services-total]") == str(len(c.api("/services"))),
+               what="overview with the stack")
     c.driver.save_screenshot(str(IMG / "console-overview.png"))
 
 
@@ -172,7 +181,7 @@ def _service(c: Console, name: str) -> dict[str, Any]:
 
 def test_cu_scale_follows_live_without_reload(console: Console) -> None:
     c = console
-    name = "cuvote_vote" if _service_exists(c, "cuvote_vote") else "cuov"
+    name = f"{STACK}_vote" if _service_exists(c, f"{STACK}_vote") else "cuov"
     svc = _service(c, name)
     c.open(f"services/{svc['ID']}")
     c.wait_text("[data-k=replicas]", lambda t: "/" in t and t.split("/")[0] == t.split("/")[1], what="converged")
@@ -184,9 +193,8 @@ def test_cu_scale_follows_live_without_reload(console: Console) -> None:
     c.wait_text("[data-k=replicas]", lambda t: t == "3/3", what="3/3 live")
     assert c.driver.execute_script("return window.__cuNoReload") == 1  # the same page: no reload
     # a change made elsewhere (the API) shows up too
-    spec = c.client.services.get(svc["ID"])
-    spec.scale(1)
-    c.wait_text("[data-k=replicas]", lambda t: t == "1/1", what="1/1 after an API scale")
+    c.client.services.get(svc["ID"]).scale(2)
+    c.wait_text("[data-k=replicas]", lambda t: t == "2/2", 90, "2/2 after an API scale")
     assert c.driver.execute_script("return window.__cuNoReload") == 1
 
 
@@ -209,10 +217,34 @@ def _service_exists(c: Console, name: str) -> bool:
     return any(s["Spec"]["Name"] == name for s in c.api("/services"))
 
 
-def test_cu_force_update_and_image_update_finish(console: Console) -> None:
+def test_cu_a_rolling_update_of_vote_finishes(console: Console) -> None:
+    """vote v1 → v2 from the service page (rolling: one task at a time, each healthy before the next),
+    followed on the page until it completes."""
     c = console
-    name = "cuvote_worker" if _service_exists(c, "cuvote_worker") else "cuov"
-    svc = _service(c, name)
+    if not _service_exists(c, f"{STACK}_vote"):
+        pytest.skip("the voting app is not deployed (see the deploy test)")
+    svc = _service(c, f"{STACK}_vote")
+    c.open(f"services/{svc['ID']}")
+    c.wait_text("[data-k=replicas]", lambda t: t == "2/2", 60, "vote running")
+    image = c.css("#update-image")
+    image.clear()
+    image.send_keys("shoal-demo/voting-app-vote:2")
+    started = _update_started(c)
+    c.css("#update-apply").click()
+    wait_until(c.driver, lambda d: _update_started(c) != started and _update_state(c) == "updating", 30,
+               "the update under way")
+    wait_until(c.driver, lambda d: _update_state(c) == "completed", 180, "the rolling update finished")
+    assert c.text("[data-k=image]") == "shoal-demo/voting-app-vote:2"
+    c.wait_text("[data-k=replicas]", lambda t: t == "2/2", 60, "vote running again")
+    c.driver.save_screenshot(str(IMG / "console-service.png"))
+
+
+def test_cu_force_update_image_update_and_rollback(console: Console) -> None:
+    c = console
+    if not _service_exists(c, "cuov"):
+        c.client.services.create("busybox:latest", ["sleep", "3600"], name="cuov", stop_grace_period=10**9,
+                                 update_config=docker.types.UpdateConfig(monitor=10**9))
+    svc = _service(c, "cuov")
     c.open(f"services/{svc['ID']}")
     c.wait_text("[data-k=replicas]", lambda t: t == "1/1", what="running")
     started = _update_started(c)
@@ -228,22 +260,40 @@ def test_cu_force_update_and_image_update_finish(console: Console) -> None:
     wait_until(c.driver, lambda d: _update_started(c) != started and _update_state(c) == "completed", 90,
                "the image update finished")
     assert c.text("[data-k=image]") == "busybox"
-    c.driver.save_screenshot(str(IMG / "console-service.png"))
+    started = _update_started(c)
+    wait_until(c.driver, lambda d: not d.find_element("id", "rollback").get_attribute("disabled"), 10,
+               "rollback enabled (a previous spec)")
+    c.css("#rollback").click()
+    wait_until(c.driver, lambda d: d.find_elements("css selector", "dialog.confirm[open] button.danger"), 10,
+               "the confirmation")
+    c.css("dialog.confirm[open] button.danger").click()  # (its Cancel has the focus: Enter would not roll back)
+    wait_until(c.driver, lambda d: _update_started(c) != started and _update_state(c) == "rollback_completed", 90,
+               "the rollback finished")
+    assert c.text("[data-k=image]") == "busybox:latest"
 
 
-def test_cu_read_a_services_logs(console: Console) -> None:
+def _vote(choice: str) -> bool:
+    try:
+        resp = requests.post(f"http://127.0.0.1:{VOTE_PORT}/", data={"vote": choice}, timeout=5)
+    except requests.RequestException:
+        return False
+    return resp.status_code == 200
+
+
+def test_cu_a_vote_shows_in_the_followed_logs(console: Console) -> None:
     c = console
-    if not _service_exists(c, "cuvote_vote"):
-        c.client.services.create("busybox:latest", ["sh", "-c", "while true; do echo cu-vote-line; sleep 1; done"],
-                                 name="cuvote_vote")
-    svc = _service(c, "cuvote_vote")
-    c.open(f"logs/{svc['ID']}")
-    c.wait_text("#logs-output", lambda t: "cu-vote-line" in t, what="log lines")
-    first = c.text("#logs-output").count("cu-vote-line")
-    c.wait_text("#logs-output", lambda t: t.count("cu-vote-line") > first, what="followed lines")
-    assert "cuvote_vote." in c.text("#logs-output")  # each line says its task
+    if not _service_exists(c, f"{STACK}_vote"):
+        pytest.skip("the voting app is not deployed (see the deploy test)")
+    vote, worker = _service(c, f"{STACK}_vote"), _service(c, f"{STACK}_worker")
+    c.open(f"logs/{vote['ID']}")
+    c.wait_text("#logs-output", lambda t: "listening on" in t, what="vote's first lines")
+    assert f"{STACK}_vote." in c.text("#logs-output")  # each line says its task
+    wait_for(lambda: _vote("a"), timeout=60)  # through the routing mesh's published port
+    c.wait_text("#logs-output", lambda t: '"POST / HTTP' in t, what="the vote's request, followed")
     c.css("#logs-filter").send_keys("no-such-text")
-    wait_until(c.driver, lambda d: "cu-vote-line" not in c.text("#logs-output"), what="filtered")
+    wait_until(c.driver, lambda d: "listening on" not in c.text("#logs-output"), what="filtered")
+    c.open(f"logs/{worker['ID']}")
+    c.wait_text("#logs-output", lambda t: "processed vote for 'a'" in t, 60, "the worker's line for the vote")
 
 
 def test_cu_a_broken_compose_file_shows_its_line(console: Console) -> None:

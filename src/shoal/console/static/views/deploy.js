@@ -5,7 +5,7 @@ import { api } from '../api.js';
 import { field, h, replace, say, table } from '../dom.js';
 
 export default function deploy(root, params, ctx) {
-  const name = h('input', { id: 'stack-name', required: true, pattern: '[a-zA-Z0-9][a-zA-Z0-9_.-]*', autocomplete: 'off', value: params.name || '' });
+  const name = h('input', { id: 'stack-name', required: true, pattern: '[a-zA-Z0-9][a-zA-Z0-9_.\\-]*', autocomplete: 'off', value: params.name || '' });
   const prune = h('input', { type: 'checkbox', id: 'stack-prune' });
   const upload = h('input', { type: 'file', id: 'compose-upload', accept: '.yml,.yaml,text/yaml,application/x-yaml' });
   const text = h('textarea', { id: 'compose-text', rows: 18, spellcheck: 'false', wrap: 'off', placeholder: 'services:\n  web:\n    image: busybox\n' });
