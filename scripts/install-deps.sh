@@ -29,17 +29,14 @@ needs=(
   nft:nftables
   # load balancers and the HTTP router of aliyun.lb.* / aliyun.routing.* labels (shoal/lbroute)
   haproxy:haproxy
-<<<<<<< HEAD
   # shared volumes of `driver: nas` / `ossfs` (agent/volumes.py): sshfs mounts; the tests run an sshd
   sshfs:sshfs
   fusermount:fuse3
   sftp:openssh-client
   sshd:openssh-server
-=======
   # the web console's browser tests (tests/browser.py): headless Chromium driven by selenium
   chromium:chromium
   chromedriver:chromium-driver
->>>>>>> h-conui
 )
 
 missing=()

@@ -296,6 +296,59 @@ def test_cu_a_vote_shows_in_the_followed_logs(console: Console) -> None:
     c.wait_text("#logs-output", lambda t: "processed vote for 'a'" in t, 60, "the worker's line for the vote")
 
 
+def test_cu_create_from_the_form_label_a_node_and_remove_with_confirmation(console: Console) -> None:
+    """The everyday rest: a service from the form (its placement asked first), a node label added and
+    removed and the node paused and made active again, and the service removed after confirming."""
+    c = console
+    c.open("create")
+    c.css("#svc-name").send_keys("cuform")
+    c.css("#svc-image").send_keys("busybox:latest")
+    replicas = c.css("#svc-replicas")
+    replicas.clear()
+    replicas.send_keys("2")
+    c.css("#svc-command").send_keys('sh -c "sleep 3600"')
+    c.css("#svc-constraints").send_keys("node.labels.cu-zone==a")
+    c.css("#svc-plan").click()  # no node has the label yet: the plan says why nothing would run
+    wait_until(c.driver, lambda d: "cu-zone" in c.text("main"), what="the plan's reason")
+    c.css("#svc-create").click()
+    c.wait_view("service")
+    svc = _service(c, "cuform")
+    assert svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Args"][-1] == "sleep 3600"
+    assert svc["Spec"]["Mode"]["Replicated"]["Replicas"] == 2
+
+    node = c.api("/nodes")[0]
+    c.open(f"nodes/{node['ID']}")
+    c.css("#node-label-key").send_keys("cu-zone")
+    c.css("#node-label-value").send_keys("a")
+    c.css("#node-label-add").click()
+    wait_until(c.driver, lambda d: "cu-zone=a" in c.text("main"), what="the label shown")
+    assert c.api(f"/nodes/{node['ID']}")["Spec"]["Labels"]["cu-zone"] == "a"
+    wait_for(lambda: len([t for t in c.client.api.tasks({"service": "cuform"})
+                          if t["Status"]["State"] == "running"]) == 2, timeout=60)  # placeable now
+    c.driver.execute_script("const s = document.getElementById('node-availability'); s.value = 'pause';"
+                            "s.dispatchEvent(new Event('change'));")
+    c.css("#node-availability-apply").click()
+    c.wait_text("[data-k=node-availability]", lambda t: t == "pause", what="paused")
+    c.driver.execute_script("const s = document.getElementById('node-availability'); s.value = 'active';"
+                            "s.dispatchEvent(new Event('change'));")
+    c.css("#node-availability-apply").click()
+    c.wait_text("[data-k=node-availability]", lambda t: t == "active", what="active again")
+    c.css("button[aria-label='Remove label cu-zone']").click()
+    wait_until(c.driver, lambda d: "cu-zone" not in (c.api(f"/nodes/{node['ID']}")["Spec"].get("Labels") or {}),
+               what="the label removed")
+
+    c.open(f"services/{svc['ID']}")
+    c.css("#remove-service").click()
+    wait_until(c.driver, lambda d: d.find_elements("css selector", "dialog.confirm[open]"), 10, "the confirmation")
+    c.css("dialog.confirm[open] button:not(.danger)").click()  # Cancel: nothing happens
+    assert _service_exists(c, "cuform")
+    c.css("#remove-service").click()
+    wait_until(c.driver, lambda d: d.find_elements("css selector", "dialog.confirm[open] button.danger"), 10,
+               "the confirmation again")
+    c.css("dialog.confirm[open] button.danger").click()
+    wait_until(c.driver, lambda d: not _service_exists(c, "cuform"), what="the service removed")
+
+
 def test_cu_a_broken_compose_file_shows_its_line(console: Console) -> None:
     c = console
     if not _deploy_route(c):
