@@ -33,7 +33,9 @@ STACK = "cuvote"
 VOTING_APP = Path(__file__).resolve().parents[2] / "examples" / "voting-app" / "docker-compose.yml"
 SERVICES = ("vote", "redis", "worker", "db", "result")
 IMAGES = [f"shoal-demo/voting-app-{s}:1" for s in SERVICES] + ["shoal-demo/voting-app-vote:2"]
-VOTE_PORT = 5000  # published by the voting app's Compose file
+# The Compose file's 5000/5001, moved: the routing mesh takes a published port on every address of the
+# host, and the lab tests (run beside these in CI) keep their registry on the lab bridge's port 5000.
+VOTE_PORT, RESULT_PORT = 15010, 15011
 
 
 def _missing_images() -> list[str]:
@@ -152,7 +154,9 @@ def test_cu_deploy_the_voting_app_from_a_pasted_compose_file(console: Console) -
     c.open("deploy")
     c.css("#stack-name").send_keys(STACK)
     c.driver.execute_script("const t = document.getElementById('compose-text'); t.value = arguments[0];"
-                            "t.dispatchEvent(new Event('input'));", VOTING_APP.read_text())
+                            "t.dispatchEvent(new Event('input'));",
+                            VOTING_APP.read_text().replace('"5000:80"', f'"{VOTE_PORT}:80"')
+                            .replace('"5001:80"', f'"{RESULT_PORT}:80"'))
     c.css("#deploy-preview-btn").click()
     # (services with depends_on are created once what they wait for runs: "wait" rather than "create")
     wait_until(c.driver, lambda d: d.find_elements("css selector", f"[data-change$=':service:{STACK}_vote']"),

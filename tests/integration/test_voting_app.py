@@ -20,6 +20,14 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "examples" / "voting-app" / "docker-compose.yml"
+# Its ports 5000/5001, moved: the routing mesh takes a published port on every address of the host,
+# and the lab tests (run beside these in CI) keep their registry on the lab bridge's port 5000.
+VOTE, RESULT = 15000, 15001
+
+
+def compose_text(vote_image: str = "voting-app-vote:1") -> str:
+    return (COMPOSE.read_text().replace('"5000:80"', f'"{VOTE}:80"').replace('"5001:80"', f'"{RESULT}:80"')
+            .replace("voting-app-vote:1", vote_image))
 IMAGES = [f"shoal-demo/voting-app-{s}:1" for s in ("vote", "redis", "worker", "db", "result")]
 
 
@@ -43,14 +51,18 @@ def http(url: str, data: dict[str, str] | None = None) -> str:
 @pytest.mark.skipif(bool(_missing()), reason="demo images not built: run scripts/build-demo-images.sh")
 def test_voting_app(shoal: ShoalProcess, swarm: docker.DockerClient, tmp_path: Path) -> None:
     engine = docker.from_env()
+    vote_url, result_url = f"http://127.0.0.1:{VOTE}", f"http://127.0.0.1:{RESULT}"
     try:
-        out = shoal_cli(shoal, "stack", "deploy", "-c", str(COMPOSE), "vote").stdout
+        v1 = tmp_path / "v1" / "docker-compose.yml"
+        v1.parent.mkdir()
+        v1.write_text(compose_text())
+        out = shoal_cli(shoal, "stack", "deploy", "-c", str(v1), "vote").stdout
         assert "Creating network vote_front" in out and "Creating network vote_back" in out
         assert "Waiting to create service vote_worker" in out  # depends_on: redis, db
 
         for voter, choice in (("v1", "a"), ("v2", "b"), ("v3", "b")):
-            wait_for(lambda v=voter, c=choice: "error" not in http("http://127.0.0.1:5000/", {"vote": c, "voter": v}))
-        tally = wait_for(lambda: (t := json.loads(http("http://127.0.0.1:5001/json") or "{}")).get("total") == 3 and t,
+            wait_for(lambda v=voter, c=choice: "error" not in http(f"{vote_url}/", {"vote": c, "voter": v}))
+        tally = wait_for(lambda: (t := json.loads(http(f"{result_url}/json") or "{}")).get("total") == 3 and t,
                          timeout=60)
         assert tally["a"] == 1 and tally["b"] == 2
 
@@ -59,11 +71,11 @@ def test_voting_app(shoal: ShoalProcess, swarm: docker.DockerClient, tmp_path: P
 
         # Rolling upgrade of the vote front end only.
         v2 = tmp_path / "docker-compose.yml"
-        v2.write_text(COMPOSE.read_text().replace("voting-app-vote:1", "voting-app-vote:2"))
+        v2.write_text(compose_text("voting-app-vote:2"))
         out = shoal_cli(shoal, "stack", "upgrade", "vote", "-c", str(v2)).stdout
         assert "Updating service vote_vote" in out and "vote_db" not in out
-        assert "(v2)" in http("http://127.0.0.1:5000/")
-        assert json.loads(http("http://127.0.0.1:5001/json"))["total"] == 3
+        assert "(v2)" in http(f"{vote_url}/")
+        assert json.loads(http(f"{result_url}/json"))["total"] == 3
     finally:
         shoal_cli(shoal, "stack", "rm", "vote", check=False)
         wait_for(lambda: not engine.containers.list(

@@ -33,10 +33,12 @@ export default function create(root, params, ctx) {
     if (f.cpus.value) res.NanoCPUs = Math.round(Number(f.cpus.value) * 1e9);
     if (f.memory.value) res.MemoryBytes = Math.round(Number(f.memory.value) * 1024 * 1024);
     const labels = f.strategy.value === 'blue-green' ? { 'shoal.update-strategy': 'blue-green' } : {};
+    // The command goes in Args, as `docker service create IMAGE COMMAND...` puts it: the image's
+    // entrypoint stays (Command would replace it).
     return {
       Name: f.name.value.trim(), Labels: labels, Mode,
       TaskTemplate: {
-        ContainerSpec: { Image: f.image.value.trim(), ...(f.command.value.trim() ? { Command: words(f.command.value) } : {}),
+        ContainerSpec: { Image: f.image.value.trim(), ...(f.command.value.trim() ? { Args: words(f.command.value) } : {}),
           Env: f.env.value.split('\n').map((x) => x.trim()).filter(Boolean) },
         ...(Object.keys(res).length ? { Resources: { Reservations: res } } : {}),
         Placement: { Constraints: splitList(f.constraints.value) },
