@@ -91,6 +91,20 @@ def shoal_network(store: MemoryStore, ref: str) -> Network | None:
     return net
 
 
+def unknown_network(store: MemoryStore, ref: str) -> bool:
+    """Whether ``ref`` would name a user network that this manager's store does not hold (not an
+    engine's predefined one, not ``container:x``, not one of ours)."""
+    if not ref or ref in PREDEFINED or ":" in ref or ref.startswith(BRIDGE_PREFIX):
+        return False
+    try:
+        get_network(store, ref)
+    except NotFound:
+        return True
+    except InvalidArgument:
+        return False
+    return False
+
+
 def network_by_engine_name(store: MemoryStore, name: str) -> Network | None:
     if not name.startswith(BRIDGE_PREFIX):
         return None

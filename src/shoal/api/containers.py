@@ -193,7 +193,7 @@ async def create(request: web.Request) -> web.Response:
         raise InvalidArgument(f"invalid JSON: {e}") from None
     if not isinstance(cfg, dict):
         raise InvalidArgument("Config cannot be empty in order to create a container")
-    if _names_a_shoal_network(m, cfg) and getattr(m, "leader_api", None) is not None:
+    if getattr(m, "leader_api", None) is not None and _may_name_a_shoal_network(m, cfg):
         # Only the leader allocates a network address: a follower passes the whole create on.
         forwarded = await to_leader(request, m, user=str(request.get(USER_KEY, "")))
         if forwarded is not None:
@@ -233,13 +233,18 @@ async def create(request: web.Request) -> web.Response:
     return web.Response(status=ans.status, body=ans.body, content_type="application/json")
 
 
-def _names_a_shoal_network(m: engines.EngineManager, cfg: dict[str, Any]) -> bool:
+def _may_name_a_shoal_network(m: engines.EngineManager, cfg: dict[str, Any]) -> bool:
+    """Whether the container names one of the swarm's networks, or a network this manager does not
+    know yet: a follower's store trails the leader's by a moment, and a network just created through
+    the leader (`docker network create` then `docker run --network`) must not go to the engine as an
+    unknown name (the engine would create the container and fail its start, "network ... not found").
+    The leader decides; a name it does not know either is the engine's business there."""
     host = cfg.get("HostConfig")
     mode = host.get("NetworkMode") if isinstance(host, dict) else None
     netcfg = cfg.get("NetworkingConfig")
     eps = netcfg.get("EndpointsConfig") if isinstance(netcfg, dict) else None
-    names = [mode, *(eps if isinstance(eps, dict) else ())]
-    return any(isinstance(n, str) and n and attach.shoal_network(m.store, n) is not None for n in names)
+    names = [n for n in [mode, *(eps if isinstance(eps, dict) else ())] if isinstance(n, str) and n]
+    return any(attach.shoal_network(m.store, n) is not None or attach.unknown_network(m.store, n) for n in names)
 
 
 async def _join_networks(m: engines.EngineManager, node: Node, name: str, cfg: dict[str, Any]) -> list[Task] | None:
