@@ -367,6 +367,42 @@ def test_cu_a_broken_compose_file_shows_its_line(console: Console) -> None:
     assert c.css("#deploy-confirm").get_attribute("disabled") is not None
 
 
+def test_cu_keyboard_and_labels(console: Console) -> None:
+    """Usable from the keyboard: the skip link is reached (Enter puts the focus on the page and leaves the
+    view as it is), the navigation's links are reached and followed with Enter;
+    and every form control of the busiest pages has an accessible name."""
+    from selenium.webdriver.common.keys import Keys  # (here: the module skips, not fails, without selenium)
+
+    c = console
+    c.open("overview")  # a view puts the focus on the page (main); the skip link and the menu are before it
+
+    def back_to(pred_js: str) -> None:
+        for _ in range(40):
+            c.driver.switch_to.active_element.send_keys(Keys.SHIFT, Keys.TAB)
+            if c.driver.execute_script(pred_js):
+                return
+        raise AssertionError(f"not reached with Shift+Tab: {pred_js}")
+
+    back_to("return document.activeElement.classList.contains('skip')")
+    c.driver.switch_to.active_element.send_keys(Keys.ENTER)
+    assert c.driver.execute_script("return document.activeElement.id") == "main"
+    assert c.driver.execute_script("return document.querySelector('section.view').dataset.view") == "overview"
+    back_to("return document.activeElement.getAttribute('href') === '#/services'")
+    c.driver.switch_to.active_element.send_keys(Keys.ENTER)
+    c.wait_view("services")
+    unnamed = """
+        return [...document.querySelectorAll('main input, main select, main textarea, main button')]
+          .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                         && !e.getAttribute('aria-labelledby') && !(e.tagName === 'BUTTON' && e.innerText.trim()))
+          .map((e) => e.outerHTML);"""
+    service = f"services/{_service(c, 'cuov')['ID']}" if _service_exists(c, "cuov") else "services"
+    for route in ("create", "deploy", service, f"nodes/{c.api('/nodes')[0]['ID']}"):
+        c.open(route)
+        wait_until(c.driver, lambda d: d.find_elements("css selector", "main input, main select, main button"),
+                   what=f"the controls of {route}")
+        assert c.driver.execute_script(unnamed) == [], route
+
+
 def test_cu_narrow_screen_is_one_column(console: Console) -> None:
     c = console
     narrow = make_driver((390, 844))

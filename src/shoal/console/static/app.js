@@ -120,6 +120,11 @@ async function topbar() {
 }
 
 async function start() {
+  // The skip link moves the focus to the page, not the hash (a hash is a route here: "#main" is none).
+  document.querySelector('a.skip').addEventListener('click', (e) => {
+    e.preventDefault();
+    main.focus();
+  });
   document.getElementById('nav-toggle').addEventListener('click', () => {
     const open = document.body.classList.toggle('nav-open');
     document.getElementById('nav-toggle').setAttribute('aria-expanded', String(open));
