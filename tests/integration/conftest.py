@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -72,3 +73,19 @@ def shoal_cli(shoal: ShoalProcess, *args: str, check: bool = True) -> subprocess
     if check and res.returncode != 0:
         raise AssertionError(f"shoal {' '.join(args)} failed ({res.returncode}): {res.stderr}")
     return res
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a daemon's -H or --metrics-addr)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def leave_and_stop(proc: ShoalProcess) -> None:
+    """A module's own daemon at teardown: out of its swarm (its containers go), then stopped."""
+    try:
+        proc.client().swarm.leave(force=True)
+    except docker.errors.APIError:
+        pass
+    proc.stop()

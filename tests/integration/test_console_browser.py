@@ -12,7 +12,6 @@ broken Compose file's error at its line. Screenshots go to docs/img/ for the REA
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 import requests
 
 from tests.browser import js_errors, make_driver, wait_until
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import free_port, leave_and_stop, wait_for
 from tests.integration.shoal_process import ShoalProcess
 from tests.integration.transport_env import listen_addr
 
@@ -61,11 +60,6 @@ services:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 class Console:
     def __init__(self, proc: ShoalProcess, port: int, driver: Any) -> None:
@@ -102,7 +96,7 @@ class Console:
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    port = _free_port()
+    port = free_port()
     proc = ShoalProcess(tmp_path_factory.mktemp("cu"), args=("-H", f"tcp://127.0.0.1:{port}", "--insecure-tcp"))
     proc.start()
     driver = None
@@ -114,11 +108,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     finally:
         if driver is not None:
             driver.quit()
-        try:
-            proc.client().swarm.leave(force=True)
-        except docker.errors.APIError:
-            pass
-        proc.stop()
+        leave_and_stop(proc)
 
 
 def _deploy_route(c: Console) -> bool:

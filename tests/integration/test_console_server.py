@@ -23,7 +23,7 @@ import pytest
 import requests
 from docker.types import ServiceMode
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import free_port, leave_and_stop, wait_for
 from tests.integration.shoal_process import ShoalProcess
 from tests.integration.transport_env import listen_addr
 
@@ -32,17 +32,12 @@ pytestmark = pytest.mark.integration
 SHOAL = str(Path(sys.executable).with_name("shoal"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def cs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ShoalProcess, docker.DockerClient]]:
     """One daemon for the module in a one-node swarm, with a service that runs (cs-web, 2 replicas)
     and one that cannot be placed (cs-stuck: a constraint no node meets)."""
-    proc = ShoalProcess(tmp_path_factory.mktemp("console"), args=("-H", f"tcp://127.0.0.1:{_free_port()}", "--tls"))
+    proc = ShoalProcess(tmp_path_factory.mktemp("console"), args=("-H", f"tcp://127.0.0.1:{free_port()}", "--tls"))
     proc.start()
     client = proc.client()
     try:
@@ -53,11 +48,7 @@ def cs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ShoalProcess,
         wait_for(lambda: _get(proc, "/shoal/console/services").json()[1]["Running"] == 2, timeout=60)
         yield proc, client
     finally:
-        try:
-            client.swarm.leave(force=True)
-        except docker.errors.APIError:
-            pass
-        proc.stop()
+        leave_and_stop(proc)
 
 
 def _api(proc: ShoalProcess) -> Any:

@@ -4,11 +4,9 @@ parsed with prometheus_client's own parser while a real service runs on the real
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-import docker
 import pytest
 import requests
 from docker.types import ServiceMode
@@ -19,7 +17,7 @@ from shoal.store import MemoryStore, NullBackend
 from shoal.store.election import LeaderElection
 from shoal.store.etcd import etcd_client
 from shoal.store.replica import EtcdReplica
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import free_port, leave_and_stop, wait_for
 from tests.integration.shoal_process import ShoalProcess
 from tests.integration.test_store_etcd import running, service
 from tests.integration.transport_env import listen_addr
@@ -28,11 +26,6 @@ pytestmark = pytest.mark.integration
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def parse(text: str) -> Samples:
@@ -47,7 +40,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 @pytest.fixture(scope="module")
 def metd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ShoalProcess, str]]:
     """One daemon for the module, in a one-node swarm, serving metrics on a loopback port."""
-    addr = f"127.0.0.1:{_free_port()}"
+    addr = f"127.0.0.1:{free_port()}"
     proc = ShoalProcess(tmp_path_factory.mktemp("metrics"), args=("--metrics-addr", addr))
     proc.start()
     client = proc.client()
@@ -55,11 +48,7 @@ def metd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ShoalProces
         client.swarm.init(advertise_addr="127.0.0.1", listen_addr=listen_addr())
         yield proc, f"http://{addr}/metrics"
     finally:
-        try:
-            client.swarm.leave(force=True)
-        except docker.errors.APIError:
-            pass
-        proc.stop()
+        leave_and_stop(proc)
 
 
 def scrape_api(proc: ShoalProcess) -> Samples:

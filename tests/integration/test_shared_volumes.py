@@ -17,7 +17,7 @@ import docker
 import pytest
 
 from shoal.agent.volumes import available
-from tests.integration.conftest import shoal_cli, wait_for
+from tests.integration.conftest import leave_and_stop, shoal_cli, wait_for
 from tests.integration.shoal_process import ShoalProcess
 from tests.integration.transport_env import listen_addr
 from tests.nas_sshd import NasSshd, sshd_available, start_sshd
@@ -61,11 +61,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, sshd: NasSshd) -> Iterator[tu
             s.remove()
         wait_for(lambda: not _fuse_mounts_under(proc.data), timeout=30)
     finally:
-        try:
-            client.swarm.leave(force=True)
-        except docker.errors.APIError:
-            pass
-        proc.stop()
+        leave_and_stop(proc)
     assert _fuse_mounts_under(proc.data) == []
 
 
