@@ -18,14 +18,11 @@ Last line on stdout: console: nodes=N tasks=T overview_ms=<median>/<worst> servi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import pathlib
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -33,18 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from shoal.bench.fleet import FleetConfig, ProcessFleet  # noqa: E402
-from shoal.bench.scale import (  # noqa: E402
-    ManagerProcess,
-    ScaleConfig,
-    create_services,
-    free_port_pair,
-    init_swarm,
-    raise_nofile,
-    replicas_per_service,
-    wait_all_running,
-    wait_durable,
-)
+from shoal.bench.scale import ScaleConfig, hollow_cluster  # noqa: E402
 
 ROUTES = ("/shoal/console/overview", "/shoal/console/services", "/shoal/console/visualizer")
 
@@ -98,28 +84,8 @@ def main() -> int:
     args = p.parse_args()
     logging.basicConfig(level=logging.ERROR)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a killed run still stops its processes
-    raise_nofile()
     cfg = ScaleConfig(nodes=args.nodes, tasks=args.tasks, services=args.services)
-    say = cfg.progress
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix="shoal-bench-console-"))
-    manager = ManagerProcess(tmp / "manager", log_level=cfg.log_level)
-    fleet: ProcessFleet | None = None
-    try:
-        manager.start()
-        client = manager.client()
-        port = free_port_pair()
-        token = init_swarm(client, port)
-        fleet = ProcessFleet(FleetConfig(manager=f"127.0.0.1:{port}", token=token, cert_root=tmp / "nodes",
-                                         nodes=cfg.nodes, join_batch=cfg.join_batch, start_delay_s=cfg.start_delay_s),
-                             processes=args.fleet_processes)
-        say(f"joining {cfg.nodes} hollow nodes ...")
-        fleet.start()
-        counts = replicas_per_service(cfg.tasks, cfg.services)
-        say(f"creating {len(counts)} services, {cfg.tasks} replicas ...")
-        t0 = time.monotonic()
-        create_services(manager, cfg, counts)
-        say(f"  all running in {wait_all_running(client, cfg, t0):.1f} s")
-        wait_durable(client)
+    with hollow_cluster(cfg, args.fleet_processes, prefix="shoal-bench-console-") as (_, client):
         before = server_seconds(client)
         results: dict[str, tuple[list[float], int]] = {}
         for route in ROUTES:  # each call after a write: nothing is answered from a cache
@@ -141,12 +107,6 @@ def main() -> int:
         print(f"console: nodes={cfg.nodes} tasks={cfg.tasks} " + " ".join(fields)
               + f" visualizer_cached_ms={statistics.median(cached):.0f}/{max(cached):.0f}")
         return 0
-    finally:
-        manager.stop()
-        if fleet is not None:
-            with contextlib.suppress(Exception):
-                fleet.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

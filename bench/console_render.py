@@ -18,21 +18,9 @@ import shutil
 import socket
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from shoal.bench.fleet import FleetConfig, ProcessFleet
-from shoal.bench.scale import (
-    ManagerProcess,
-    ScaleConfig,
-    create_services,
-    free_port_pair,
-    init_swarm,
-    raise_nofile,
-    replicas_per_service,
-    wait_all_running,
-)
+from shoal.bench.scale import ScaleConfig, hollow_cluster
 
 
 def _port() -> int:
@@ -87,24 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=900.0, help="for all tasks to run (s)")
     args = p.parse_args(argv)
     cfg = ScaleConfig(nodes=args.nodes, tasks=args.tasks, services=args.services, timeout_s=args.timeout)
-    raise_nofile()
-    tmp = Path(tempfile.mkdtemp(prefix="shoal-console-bench-"))
     port = _port()
-    manager = ManagerProcess(tmp / "manager", ("-H", f"tcp://127.0.0.1:{port}", "--insecure-tcp"))
-    fleet = None
-    try:
-        manager.start()
-        client = manager.client()
-        cport = free_port_pair()
-        token = init_swarm(client, cport)
-        fleet = ProcessFleet(FleetConfig(manager=f"127.0.0.1:{cport}", token=token, cert_root=tmp / "nodes",
-                                         nodes=cfg.nodes, join_batch=50, start_delay_s=0.5, log_dir=None),
-                             processes=args.fleet_processes)
-        print(f"joining {cfg.nodes} hollow nodes ...", flush=True)
-        fleet.start()
-        t0 = time.monotonic()
-        create_services(manager, cfg, replicas_per_service(cfg.tasks, cfg.services))
-        print(f"all {cfg.tasks} tasks running in {wait_all_running(client, cfg, t0):.1f} s", flush=True)
+    with hollow_cluster(cfg, args.fleet_processes, ("-H", f"tcp://127.0.0.1:{port}", "--insecure-tcp"),
+                        prefix="shoal-console-bench-"):
         url = f"http://127.0.0.1:{port}/console/#/overview"
         runs = [load_once(url) for _ in range(max(3, args.loads))]
         for key in ("first_paint_ms", "first_contentful_paint_ms", "overview_shown_ms"):
@@ -116,14 +89,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{statistics.median(r['overview_shown_ms'] for r in runs):.0f} overview_worst_ms={worst:.0f} "
               f"tasks_running_shown={int(runs[-1]['tasks_running_shown'])} target_ms=2000")
         return 0 if worst < 2000 else 1
-    finally:
-        manager.stop()
-        if fleet is not None:
-            try:
-                fleet.stop()
-            except Exception:  # the fleet's processes end with the manager anyway
-                pass
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

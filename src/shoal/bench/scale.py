@@ -321,6 +321,42 @@ def profiler(pid: int, out: Path | None) -> Iterator[None]:
             proc.kill()
 
 
+@contextlib.contextmanager
+def hollow_cluster(cfg: ScaleConfig, fleet_processes: int = 2, manager_args: tuple[str, ...] = (),
+                   prefix: str = "shoal-bench-") -> Iterator[tuple[ManagerProcess, docker.DockerClient]]:
+    """A manager with ``cfg.nodes`` hollow nodes and ``cfg.tasks`` running tasks in ``cfg.services``
+    services, for benchmarks that measure something on a cluster of that size (the console's);
+    everything is stopped and removed on exit."""
+    raise_nofile()
+    say = cfg.progress
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    manager = ManagerProcess(tmp / "manager", manager_args, cfg.log_level)
+    fleet: ProcessFleet | None = None
+    try:
+        manager.start()
+        client = manager.client()
+        port = free_port_pair()
+        token = init_swarm(client, port)
+        fleet = ProcessFleet(FleetConfig(manager=f"127.0.0.1:{port}", token=token, cert_root=tmp / "nodes",
+                                         nodes=cfg.nodes, join_batch=cfg.join_batch, start_delay_s=cfg.start_delay_s),
+                             processes=fleet_processes)
+        say(f"joining {cfg.nodes} hollow nodes ...")
+        fleet.start()
+        counts = replicas_per_service(cfg.tasks, cfg.services)
+        say(f"creating {len(counts)} services, {cfg.tasks} replicas ...")
+        t0 = time.monotonic()
+        create_services(manager, cfg, counts)
+        say(f"  all {cfg.tasks} tasks running in {wait_all_running(client, cfg, t0):.1f} s")
+        wait_durable(client)
+        yield manager, client
+    finally:
+        manager.stop()  # first: a manager watching 1,000 sessions end would only reschedule
+        if fleet is not None:
+            with contextlib.suppress(Exception):
+                fleet.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run_scale(cfg: ScaleConfig) -> ScaleResult:
     raise_nofile()
     say = cfg.progress
