@@ -16,10 +16,10 @@ from pathlib import Path
 import docker
 import pytest
 
-from shoal.agent.executor.base import container_name
+from shoal.agent.executor.base import ExecutorError, container_name
 from shoal.agent.executor.docker import DockerExecutor
 from shoal.agent.network.overlay import bridge_name, engine_network_name, vxlan_name
-from shoal.agent.network.plumbing import NetworkAgent
+from shoal.agent.network.plumbing import LEAVE_GRACE_S, NetworkAgent
 from shoal.dispatcher.protocol import NetworkState, ServiceRecord
 from shoal.ids import new_id
 from shoal.models import (
@@ -246,3 +246,50 @@ async def test_a_network_left_for_a_moment_stays_while_a_created_container_names
     await wait_gone(vxlan_name(net.ID), 15)
     with pytest.raises(docker.errors.NotFound):
         engine.networks.get(engine_network_name(net.ID))
+
+
+async def test_what_holds_an_overlapping_subnet_is_named_when_it_cannot_go(plumbed: tuple) -> None:
+    """The engine refuses a network whose subnet overlaps one of its own. What Shoal cannot clear
+    away is named in the task's error, so that the user knows what to remove; once it is gone, the
+    network is made at the next try."""
+    agent, executor, net, prefix, engine = plumbed
+    state = NetworkState(network=net, node_address=f"{prefix}.250/24")
+    # Somebody's own network on the subnet: not Shoal's to remove.
+    theirs = engine.networks.create("ovtest-theirs-" + new_id()[:6], driver="bridge",
+                                    ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=f"{prefix}.0/24")]))
+    try:
+        agent.apply([state], [], full=True)
+        t = task(agent.node_id, net, "eps", 1, f"{prefix}.9/24")
+        said = rf"its subnet {prefix}\.0/24 overlaps engine network {theirs.name}, not made by Shoal"
+        with pytest.raises(ExecutorError, match=said):
+            await asyncio.wait_for(executor.create(t), 30)
+    finally:
+        theirs.remove()
+
+    # Left by a node that is gone, with a (stopped) container still on it: kept, and named.
+    agent.apply([], [net.ID])
+    stale = overlay(prefix)
+    gone = "gone" + new_id()[:8]
+    stale_agent = NetworkAgent(executor.url, gone, "127.0.0.1", ready_timeout_s=20)
+    try:
+        stale_agent.apply([NetworkState(network=stale, node_address=f"{prefix}.251/24")], [], full=True)
+        await wait_for_value(lambda: link_exists(vxlan_name(stale.ID)), True, 10)
+    finally:
+        await stale_agent.close()
+    leftover = engine.containers.create(IMAGE, ["true"], name="ovtest-leftover-" + new_id()[:6],
+                                        network=engine_network_name(stale.ID), labels={"shoal.node.id": gone})
+    try:
+        await asyncio.sleep(LEAVE_GRACE_S + 0.5)
+        agent.apply([state], [], full=True)
+        t = task(agent.node_id, net, "eps", 2, f"{prefix}.10/24")
+        said = rf"made for network ovtest of node {gone}\), still used by container {leftover.name}"
+        with pytest.raises(ExecutorError, match=said):
+            await asyncio.wait_for(executor.create(t), 30)
+    finally:
+        leftover.remove(force=True)
+    await wait_for_value(lambda: net.ID in agent._errors, False, 15)  # the next try: the stale network goes
+    cid = await asyncio.wait_for(executor.create(t), 30)
+    await executor.start(t, cid)
+    assert engine.containers.get(cid).status == "running"
+    with pytest.raises(docker.errors.NotFound):
+        engine.networks.get(engine_network_name(stale.ID))

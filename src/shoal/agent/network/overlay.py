@@ -208,6 +208,13 @@ def engine_network_body(state: NetworkState, node_id: str) -> dict[str, Any]:
     }
 
 
+def _overlaps(cfg: dict[str, Any], want: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    try:
+        return ipaddress.ip_network(cfg.get("Subnet", ""), strict=False).overlaps(want)
+    except (ValueError, TypeError):
+        return False
+
+
 def _matches(existing: dict[str, Any], body: dict[str, Any]) -> bool:
     want = body["IPAM"]["Config"][0]
     have = ((existing.get("IPAM") or {}).get("Config") or [{}])[0]
@@ -258,43 +265,52 @@ class EngineNetworks:
             await self._call("POST", "networks/create", body)
             log.info("engine network %s made for %s", name, state.network.Spec.Name)
         except DockerError as e:
-            # The engine refuses a subnet that overlaps one of its networks. One of ours that no
-            # container uses is left from a network that is gone (a node that left the swarm, a
-            # crash), and the manager may give its subnet out again: it goes, then we try again.
-            if "overlap" not in e.message or not await self._drop_stale_overlapping(body):
+            if "overlap" not in e.message:
                 raise OverlayError(f"engine network {name}: {e.message}") from None
+            held = await self._clear_overlapping(body)
+            if held:
+                raise OverlayError(f"engine network {name} for {state.network.Spec.Name}: its subnet "
+                                   f"{subnet_of(state.network)} overlaps {'; '.join(held)}") from None
             try:
                 await self._call("POST", "networks/create", body)
             except DockerError as e2:
                 raise OverlayError(f"engine network {name}: {e2.message}") from None
 
-    async def _drop_stale_overlapping(self, body: dict[str, Any]) -> bool:
+    async def _clear_overlapping(self, body: dict[str, Any]) -> list[str]:
+        """The engine refuses a subnet that overlaps one of its networks. One of ours that no
+        container uses is left from a network that is gone (a node that left the swarm, a crash),
+        and the manager may give its subnet out again: it goes. Returns what still holds the
+        subnet, each said so that the user knows what to remove (an empty list: try again)."""
         want = ipaddress.ip_network(body["IPAM"]["Config"][0]["Subnet"], strict=False)
-        nets = await self._call("GET", "networks", params={"filters": json.dumps({"label": [LABEL_NETWORK_ID]})})
-        dropped = False
-        for n in nets:
-            if n.get("Name") == body["Name"]:
+        held: list[str] = []
+        for n in await self._call("GET", "networks"):
+            subnets = (n.get("IPAM") or {}).get("Config") or []
+            if n.get("Name") == body["Name"] or not any(_overlaps(cfg, want) for cfg in subnets):
                 continue
-            for cfg in (n.get("IPAM") or {}).get("Config") or []:
-                try:
-                    overlaps = ipaddress.ip_network(cfg.get("Subnet", ""), strict=False).overlaps(want)
-                except ValueError:
-                    overlaps = False
-                if not overlaps:
-                    continue
-                detail = await self._call("GET", f"networks/{n['Id']}")
-                if detail.get("Containers"):
-                    continue
-                log.info("removing stale engine network %s (subnet %s)", n.get("Name"), cfg.get("Subnet"))
-                try:
-                    await self._call("DELETE", f"networks/{n['Id']}")
-                except DockerError:
-                    continue
-                net_id = (n.get("Labels") or {}).get(LABEL_NETWORK_ID, "")
-                if net_id:
-                    await delete_vxlan(net_id)
-                dropped = True
-        return dropped
+            name, labels = str(n.get("Name", "")), n.get("Labels") or {}
+            net_id = labels.get(LABEL_NETWORK_ID, "")
+            if not net_id:
+                held.append(f"engine network {name}, not made by Shoal (remove it, or give this one another subnet)")
+                continue
+            made_for = f"network {labels.get(LABEL_NETWORK_NAME, '?')} of node {labels.get(LABEL_NODE_ID, '?')}"
+            name = f"{name} (made for {made_for})"
+            filters = json.dumps({"network": [n["Name"]]})
+            on = await self._call("GET", "containers/json", params={"all": "1", "filters": filters})
+            if on:
+                names = ", ".join(str((c.get("Names") or ["?"])[0]).lstrip("/") for c in on[:3])
+                held.append(f"engine network {name}, still used by container {names}")
+                continue
+            log.info("removing stale engine network %s (subnet overlaps %s)", name, want)
+            try:
+                await self._call("DELETE", f"networks/{n['Id']}")
+            except DockerError as e:
+                # dockerd can count an endpoint that no container holds (its log says "Fixing
+                # inconsistent endpoint_cnt" at the next start): only its restart clears that.
+                held.append(f"engine network {name}, which the engine will not remove although no container "
+                            f"is on it ({e.message}): restarting dockerd clears it")
+                continue
+            await delete_vxlan(net_id)
+        return held
 
     async def remove_node(self, node_id: str) -> int:
         """Remove every network made for ``node_id`` and its VXLAN device (``swarm leave``, after
