@@ -286,9 +286,10 @@ class Daemon:
     async def _stop_agent_and_clean(self, node_id: str) -> None:
         """``swarm leave``: the node's tasks stop and their containers go, as in Swarm mode."""
         await self._stop_agent()
+        cut_off = self._executor.cut_off if self._executor is not None else set()
         executor = DockerExecutor(self.engine, volumes=self.volumes)
         try:
-            await executor.remove_all(node_id)
+            await executor.remove_all(node_id, cut_off)
         except Exception as e:  # the engine is down: leaving must still work (Swarm's --force)
             log.warning("could not remove the containers of node %s (engine %s): %s", node_id, self.engine, e)
         finally:

@@ -291,6 +291,26 @@ async def test_desired_shutdown_stops_and_delete_removes(env: Env) -> None:
     await wait_until(lambda: env.containers(t.ID) == [])
 
 
+async def test_leave_removes_containers_whose_create_was_cut_off(env: Env) -> None:
+    """`swarm leave` stops the agent mid-create: the engine still makes a container whose create
+    call is gone. The executor remembers the cut-off names and remove_all waits for them, so
+    nothing of the node is left (four created containers were, before)."""
+    executor = DockerExecutor()
+    try:
+        for delay in (0.002, 0.005, 0.01, 0.02):
+            creating = [asyncio.create_task(executor.create(sleeper(env.node_id))) for _ in range(4)]
+            await asyncio.sleep(delay)
+            for c in creating:
+                c.cancel()
+            await asyncio.gather(*creating, return_exceptions=True)
+        assert executor.cut_off  # some create calls were cut off on the wire
+        await executor.remove_all(env.node_id, executor.cut_off)  # at once, as `swarm leave` does
+    finally:
+        await executor.close()
+    await asyncio.sleep(1.5)  # a create the engine would still finish has come by now
+    assert env.containers() == []
+
+
 async def test_deleting_a_running_task_removes_its_container(env: Env) -> None:
     await env.start_agent()
     t = sleeper(env.node_id)

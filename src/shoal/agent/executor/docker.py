@@ -15,7 +15,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any
 
 import aiodocker
@@ -71,6 +71,7 @@ API_VERSION = "v1.41"
 # 16/16 → 22.9 s; 8 creates/4 starts → 28.1 s. Under load from other engine users, 8/8 → 26 s,
 # the same as a bare create+start loop at that moment (28 s): the agent adds no measurable cost.
 CREATE_CONCURRENCY = 8
+CUT_OFF_SETTLE_S = 2.0  # how long `swarm leave` waits for a create the stopped agent cut off
 START_CONCURRENCY = 8
 PULL_FAILURE_TTL_S = 10.0  # a failed pull is not retried for this long: tasks fail fast, not forever
 _DEAD_MEMORY = 10_000  # exits seen before anyone waited for them (a container that died at once)
@@ -220,6 +221,9 @@ class DockerExecutor:
         self._docker: aiodocker.Docker | None = None
         self._connector: aiohttp.BaseConnector | None = None
         self._create_sem = asyncio.Semaphore(create_concurrency)
+        # Containers whose create was cut off (the agent stopped mid-call): the engine may still
+        # make them after the call is gone, so `swarm leave` looks for them once more (remove_all).
+        self.cut_off: set[str] = set()
         self._start_sem = asyncio.Semaphore(start_concurrency)
         self._events_task: asyncio.Task[None] | None = None
         self._events_ready = asyncio.Event()
@@ -435,6 +439,9 @@ class DockerExecutor:
             try:
                 res = await self._call("POST", "containers/create", {"name": name}, body)
                 return str(res["Id"])
+            except asyncio.CancelledError:
+                self.cut_off.add(name)
+                raise
             except DockerError as e:
                 if e.status == 404 and "No such image" in e.message:
                     raise ImageNotFound(f"No such image: {body['Image']}") from None
@@ -563,8 +570,10 @@ class DockerExecutor:
         if self.volumes is not None:  # its nas/ossfs mounts go with the last container that binds them
             await self.volumes.container_removed(container_id)
 
-    async def remove_all(self, node_id: str) -> int:
-        """Remove every container of ``node_id`` (``swarm leave``); returns how many."""
+    async def remove_all(self, node_id: str, cut_off: Iterable[str] = ()) -> int:
+        """Remove every container of ``node_id`` (``swarm leave``); returns how many. ``cut_off``:
+        names whose create the stopped agent cut off; the engine finishes such a create after the
+        call is gone, so each is waited for a moment and removed if it comes."""
         containers = await self.list_task_containers(node_id)
         sem = asyncio.Semaphore(CREATE_CONCURRENCY)
 
@@ -573,6 +582,7 @@ class DockerExecutor:
                 await self.remove(cid)
 
         await asyncio.gather(*(one(c.id) for c in containers))
+        late = await asyncio.gather(*(self._remove_late(name) for name in set(cut_off)))
         try:  # then the node's overlay networks (agent/network/), now that nothing uses them
             await EngineNetworks(self.docker).remove_node(node_id)
         except Exception as exc:
@@ -581,7 +591,22 @@ class DockerExecutor:
             await Mesh().remove()
         except Exception as exc:
             log.warning("removing the routing mesh's kernel state: %s", exc)
-        return len(containers)
+        return len(containers) + sum(late)
+
+    async def _remove_late(self, name: str) -> bool:
+        deadline = time.monotonic() + CUT_OFF_SETTLE_S
+        while True:
+            try:
+                found = await self._call("GET", f"containers/{name}/json")
+            except DockerError as e:
+                if e.status != 404:
+                    raise ExecutorError(e.message) from None
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(0.1)
+                continue
+            await self.remove(str(found["Id"]))
+            return True
 
     def _forget(self, container_id: str) -> None:
         self._dead.pop(container_id, None)
