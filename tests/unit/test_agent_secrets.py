@@ -19,7 +19,7 @@ import pytest
 
 from shoal.agent.executor.base import ExecutorError
 from shoal.agent.executor.hollow import HollowExecutor
-from shoal.agent.secrets import TaskSecrets, fs_type
+from shoal.agent.secrets import TaskSecrets, fs_type, mounted_at
 from shoal.agent.task import TaskController
 from shoal.agent.worker import Worker
 from shoal.dispatcher.protocol import Assignments
@@ -128,6 +128,35 @@ async def test_files_on_tmpfs_with_owner_mode_and_targets(store: TaskSecrets, tm
     assert not store.task_dir(t).exists()
     await store.close()
     assert fs_type(tmp_path / "run") != "tmpfs" and not (tmp_path / "run" / NODE).exists()
+
+
+async def test_a_killed_agents_tmpfs_is_adopted_and_leave_unmounts_it(tmp_path: Path) -> None:
+    """An agent that was killed leaves its tmpfs mounted: the next agent takes it as its own (and
+    unmounts it when it closes), and `swarm leave` unmounts it whoever mounted it."""
+    node_dir = tmp_path / "run" / NODE
+    pw = secret("db-pass", b"hunter2\n")
+    t = task([sref(pw)])
+    killed = TaskSecrets(tmp_path / "run")
+    killed.update(Assignments(full=True, tasks=[t], secrets=[pw]))
+    await killed.mounts(t)  # ... and never closed
+    try:
+        assert mounted_at(node_dir) == [("tmpfs", "shoal-secrets")]
+        again = TaskSecrets(tmp_path / "run")
+        again.update(Assignments(full=True, tasks=[t], secrets=[pw]))
+        await again.mounts(t)
+        assert mounted_at(node_dir) == [("tmpfs", "shoal-secrets")]  # the same one, not a second
+        await again.close()
+        assert mounted_at(node_dir) == [] and not node_dir.exists()
+
+        killed = TaskSecrets(tmp_path / "run")  # killed once more, then the node leaves the swarm
+        killed.update(Assignments(full=True, tasks=[t], secrets=[pw]))
+        await killed.mounts(t)
+        assert mounted_at(node_dir) == [("tmpfs", "shoal-secrets")]
+        await TaskSecrets(tmp_path / "run").drop_node(NODE)
+        assert mounted_at(node_dir) == [] and not node_dir.exists()
+        await TaskSecrets(tmp_path / "run").drop_node(NODE)  # nothing there: nothing to do
+    finally:
+        _force_unmount(node_dir)
 
 
 async def test_missing_reference_fails_the_task_and_writes_nothing(store: TaskSecrets) -> None:

@@ -51,6 +51,22 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
+TMPFS_SOURCE = "shoal-secrets"  # the mount's source name: how a tmpfs of ours is known again
+
+
+def mounted_at(path: str | Path, mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, str]]:
+    """(type, source) of each filesystem mounted exactly at ``path``, oldest first."""
+    real = os.path.realpath(path)
+    found = []
+    with open(mountinfo, encoding="utf-8") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, rest = left.split(), right.split()
+            if len(fields) >= 5 and len(rest) >= 2 and _unescape(fields[4]) == real:
+                found.append((rest[0], _unescape(rest[1])))
+    return found
+
+
 def fs_type(path: str | Path, mountinfo: str = "/proc/self/mountinfo") -> str:
     """The type of the filesystem ``path`` (which must exist) lives on: the last-mounted, deepest
     mount point containing it."""
@@ -162,9 +178,11 @@ class TaskSecrets:
             if node_dir in self._ready:
                 return
             os.makedirs(node_dir, mode=0o700, exist_ok=True)
-            if fs_type(node_dir) != "tmpfs":
+            if ("tmpfs", TMPFS_SOURCE) in mounted_at(node_dir):
+                self._mounted.add(node_dir)  # ours, left by an agent that was killed: ours to unmount
+            elif fs_type(node_dir) != "tmpfs":
                 proc = await asyncio.create_subprocess_exec(
-                    "mount", "-t", "tmpfs", "-o", TMPFS_OPTIONS, "shoal-secrets", str(node_dir),
+                    "mount", "-t", "tmpfs", "-o", TMPFS_OPTIONS, TMPFS_SOURCE, str(node_dir),
                     stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
                 )
                 _, err = await proc.communicate()
@@ -285,13 +303,32 @@ class TaskSecrets:
         """Unmount the tmpfs this agent mounted. Lazily: running containers keep their bind mounts
         (they hold the filesystem), and a restarted agent writes fresh files for what it creates."""
         for node_dir in list(self._mounted):
-            proc = await asyncio.create_subprocess_exec(
-                "umount", "-l", str(node_dir), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-            )
-            _, err = await proc.communicate()
-            if proc.returncode != 0:
-                log.warning("cannot unmount %s: %s", node_dir, err.decode(errors="replace").strip())
-            with contextlib.suppress(OSError):
-                os.rmdir(node_dir)
+            await _unmount(node_dir)
             self._mounted.discard(node_dir)
         self._ready.clear()
+
+    async def drop_node(self, node_id: str) -> None:
+        """``swarm leave``, once the node's containers are gone: its directory goes, with the tmpfs
+        of ours on it whichever agent mounted it (one that was killed leaves it mounted)."""
+        node_dir = self.run_dir / node_id
+        while ("tmpfs", TMPFS_SOURCE) in mounted_at(node_dir):
+            if not await _unmount(node_dir):
+                return
+        self._mounted.discard(node_dir)
+        self._ready.discard(node_dir)
+        shutil.rmtree(node_dir, ignore_errors=True)
+
+
+async def _unmount(node_dir: Path) -> bool:
+    """Lazily (a running container's bind mount holds the filesystem until it goes); then the
+    empty mount point goes too."""
+    proc = await asyncio.create_subprocess_exec(
+        "umount", "-l", str(node_dir), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        log.warning("cannot unmount %s: %s", node_dir, err.decode(errors="replace").strip())
+        return False
+    with contextlib.suppress(OSError):
+        os.rmdir(node_dir)
+    return True

@@ -583,6 +583,7 @@ class DockerExecutor:
 
         await asyncio.gather(*(one(c.id) for c in containers))
         late = await asyncio.gather(*(self._remove_late(name) for name in set(cut_off)))
+        await self.secrets.drop_node(node_id)  # the secrets' tmpfs: no container binds it now
         try:  # then the node's overlay networks (agent/network/), now that nothing uses them
             await EngineNetworks(self.docker).remove_node(node_id)
         except Exception as exc:
