@@ -8,7 +8,7 @@ import contextlib
 import shutil
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -19,6 +19,7 @@ from shoal.api.testing import add_task
 from shoal.compose import ComposeError, load, to_service_specs
 from shoal.controlapi.networks import create_network, ingress_spec
 from shoal.errors import InvalidArgument
+from shoal.lbroute import keeper as keeper_module
 from shoal.lbroute.haproxy import Haproxy, leftover_pid
 from shoal.lbroute.keeper import LoadBalancerKeeper
 from shoal.lbroute.labels import LabelError, LbBinding, Route, parse
@@ -228,6 +229,8 @@ class RecordingHaproxy:
         self.applied: list[str] = []
         self.running = False
         self.stops = 0
+        self.error: str | None = None
+        self.refused = False
 
     async def apply(self, text: str) -> bool:
         self.applied.append(text)
@@ -237,6 +240,66 @@ class RecordingHaproxy:
     async def stop(self) -> None:
         self.stops += self.running
         self.running = False
+
+
+@contextlib.contextmanager
+def _held(port: int) -> Iterator[None]:
+    """Another process's listener on ``port`` (no SO_REUSEPORT: haproxy cannot share it)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past our own probes' TIME_WAIT
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        yield
+
+
+async def test_a_config_haproxy_cannot_load_is_said_and_the_old_one_keeps_serving(tmp_path: Path) -> None:
+    """`haproxy -c` passes a config whose port another process holds: the reload fails in the new
+    worker, and the master keeps the old one, saying so only in its log. Shoal asks the worker
+    which config it runs, and says haproxy's reason."""
+    a, b = _free_port(), _free_port()
+    hp = Haproxy(tmp_path / "lb")
+    try:
+        assert await hp.apply(_cfg(tmp_path / "lb", a)) and hp.error is None
+        pid = hp.proc.pid if hp.proc else 0
+        with _held(b):
+            assert not await hp.apply(_cfg(tmp_path / "lb", b))
+            assert not hp.refused and hp.error is not None
+            assert f"cannot bind socket (Address already in use) for [127.0.0.1:{b}]" in hp.error, hp.error
+            assert "the previous one keeps serving" in hp.error
+            assert hp.running and hp.proc and hp.proc.pid == pid and _answers(a)
+        assert await hp.apply(_cfg(tmp_path / "lb", b)) and hp.error is None  # the port is free now
+        await _until(lambda: _answers(b) and not _answers(a))
+    finally:
+        await hp.stop()
+    fresh = Haproxy(tmp_path / "lb2")  # one that cannot even start
+    with _held(a):
+        assert not await fresh.apply(_cfg(tmp_path / "lb2", a))
+    assert not fresh.running and fresh.error and "none is served" in fresh.error and f"127.0.0.1:{a}" in fresh.error
+
+
+async def test_keeper_tries_a_config_that_could_not_load_again(store: MemoryStore, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keeper_module, "LOAD_RETRY_S", 0.3)
+    monkeypatch.setattr(keeper_module, "WATCHDOG_S", 0.3)
+    front = _free_port()
+    make_node(store, "h1", addr="127.0.0.1")
+    hp = Haproxy(tmp_path / "lb")
+    keeper = LoadBalancerKeeper(store, tmp_path / "lb", haproxy=hp, port=_free_port(), bind="127.0.0.1")
+    with _held(front):
+        controlapi.create_service(store, spec("lbr-a", {"aliyun.lb.port_8080": f"tcp://slb:{front}"}, (8080, 80)))
+        run = asyncio.create_task(keeper.run())
+        try:
+            await _until(lambda: hp.error is not None)
+            assert f"127.0.0.1:{front}" in (hp.error or "") and not hp.refused
+        except BaseException:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            raise
+    try:
+        await _until(lambda: _answers(front) and hp.error is None)  # freed: the next try loads it
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
 
 
 async def _settle() -> None:

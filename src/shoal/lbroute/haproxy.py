@@ -5,13 +5,18 @@ config and tells the old one to finish its connections (soft stop, bounded by ``
 with ``expose-fd listeners`` on the stats socket the new worker takes the listening sockets over
 from the old one, so no connection is refused while reloading and none in flight is cut.
 A config is checked (``haproxy -c``) before it replaces the running one: a bad one is logged and
-the old config keeps serving.
+the old config keeps serving. A config that passes the check can still fail to load (a port that
+another process holds): the master then keeps the old worker, and says so only in its log. So each
+config carries its digest as haproxy's ``description``, and after a start or reload the worker's
+``show info`` on the admin socket must show it; until it does, the load failed, and the reason is
+haproxy's own alert from its log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -21,6 +26,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 5.0
+CONFIRM_S = 10.0  # how long a started or reloaded haproxy has to show that it runs the new config
 
 
 class HaproxyMissing(RuntimeError):
@@ -46,41 +52,116 @@ class Haproxy:
         self.pidfile = workdir / "haproxy.pid"
         self.proc: asyncio.subprocess.Process | None = None
         self.reloads = 0
+        self.error: str | None = None  # why the last config did not load (None: it runs)
+        self.refused = False  # ... and whether that was haproxy -c refusing it (no use trying again)
+        self.log_file = workdir / "haproxy.log"
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
     async def check(self, path: Path) -> str | None:
-        """haproxy's own verdict on a config file: None if valid, else its message."""
+        """haproxy's own verdict on a config file: None if valid, else its alerts."""
         proc = await asyncio.create_subprocess_exec(
-            self._bin(), "-c", "-q", "-f", str(path),
+            self._bin(), "-c", "-f", str(path),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await proc.communicate()
-        return None if proc.returncode == 0 else out.decode(errors="replace").strip()
+        if proc.returncode == 0:
+            return None
+        said = out.decode(errors="replace").splitlines()
+        alerts = [line.split(" : ", 1)[-1].strip() for line in said if line.startswith("[ALERT]")]
+        return "; ".join(alerts) or "\n".join(said).strip() or f"exit status {proc.returncode}"
 
     async def apply(self, text: str) -> bool:
-        """Make haproxy run ``text``: start it, or reload it. False (logged) if haproxy refused it."""
+        """Make haproxy run ``text``: start it, or reload it. False (logged, and the reason in
+        :attr:`error`) if haproxy refused the config or could not load it."""
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        text = stamp(text, digest)
         new = self.cfg.with_suffix(".new")
         new.write_text(text)
         why = await self.check(new)
+        self.refused = why is not None
         if why is not None:
-            log.error("haproxy refused the load balancers' config, keeping the running one: %s", why)
+            self._failed(f"haproxy refused the load balancers' config, keeping the running one: {why}")
             return False
         os.replace(new, self.cfg)
-        if self.running:
+        log_at = self.log_file.stat().st_size if self.log_file.exists() else 0
+        reload = self.running
+        if reload:
             assert self.proc is not None
             self.proc.send_signal(signal.SIGUSR2)
             self.reloads += 1
-            log.info("load balancers: haproxy reloaded (pid %d)", self.proc.pid)
         else:
             await self._start()
+        if str(self.admin_socket) in text:  # without its admin socket there is nothing to ask
+            why = await self._confirm(digest, log_at)
+            if why is not None:
+                self._failed(f"haproxy could not load the load balancers' config ({why}); "
+                             f"{'the previous one keeps serving' if self.running else 'none is served'}")
+                return False
+        assert self.proc is not None
+        log.info("load balancers: haproxy %s (pid %d)", "reloaded" if reload else "started", self.proc.pid)
+        if self.error is not None:
+            log.info("load balancers: haproxy loaded the current config this time")
+        self.error = None
         return True
+
+    def _failed(self, why: str) -> None:
+        """Said once as an error; the same reason again (a retry) only at debug level."""
+        log.log(logging.DEBUG if why == self.error else logging.ERROR, "load balancers: %s", why)
+        self.error = why
+
+    async def _confirm(self, digest: str, log_at: int) -> str | None:
+        """None once the worker runs the config of ``digest``; else haproxy's reason."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONFIRM_S
+        while True:
+            if f"description: shoal-lb-{digest}" in await self._show_info():
+                return None
+            said = await asyncio.to_thread(self._alerts_since, log_at)
+            if said is not None:
+                return said
+            if not self.running or loop.time() >= deadline:
+                return (await asyncio.to_thread(self._alerts_since, log_at, True)) or (
+                    "it exited" if not self.running else f"not running it after {CONFIRM_S:.0f} s")
+            await asyncio.sleep(0.1)
+
+    async def _show_info(self) -> str:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(self.admin_socket)), 1.0)
+        except (OSError, TimeoutError):
+            return ""  # not listening yet (a starting worker), or gone
+        try:
+            writer.write(b"show info\n")
+            return (await asyncio.wait_for(reader.read(), 2.0)).decode(errors="replace")
+        except (OSError, TimeoutError):
+            return ""
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    def _alerts_since(self, offset: int, ended: bool = False) -> str | None:
+        """What our master process (not a leftover it replaced) wrote since ``offset`` as ALERTs,
+        once it has said the load failed (or, with ``ended``, whatever it said); None if not yet."""
+        if self.proc is None:
+            return None
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(offset)
+                said = f.read(65536).decode(errors="replace")
+        except OSError:
+            return None
+        ours = [line for line in said.splitlines() if f"({self.proc.pid}) :" in line]
+        if not ended and not any("Loading failure" in line or "Exiting" in line for line in ours):
+            return None
+        alerts = [line.split(" : ", 1)[-1].strip() for line in ours if line.startswith("[ALERT]")]
+        return "; ".join(alerts) or None
 
     async def _start(self) -> None:
         await self._stop_leftover()
-        err = await asyncio.to_thread(open, self.workdir / "haproxy.log", "ab")
+        err = await asyncio.to_thread(open, self.log_file, "ab")
         with err:
             # -W master-worker, -db: stay in the foreground (our child, so we see it exit); -p: the
             # master's PID, so a daemon killed without stopping it finds it at its next start.
@@ -125,6 +206,14 @@ class Haproxy:
         if self.binary is None:
             self.binary = find_binary()
         return self.binary
+
+
+def stamp(text: str, digest: str) -> str:
+    """``text`` with ``description shoal-lb-<digest>`` as the first line of its global section."""
+    head, sep, rest = text.partition("\nglobal\n")
+    if not sep:
+        return f"global\n    description shoal-lb-{digest}\n{text}"
+    return f"{head}{sep}    description shoal-lb-{digest}\n{rest}"
 
 
 def leftover_pid(pidfile: Path, cfg: Path) -> int | None:

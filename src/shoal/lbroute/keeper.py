@@ -28,6 +28,7 @@ from shoal.store import Action, MemoryStore
 log = logging.getLogger(__name__)
 
 RETRY_S = 2.0
+LOAD_RETRY_S = 10.0  # a config haproxy could not load is tried again this often (while unchanged)
 WATCHDOG_S = 5.0  # how often a dead haproxy is noticed without a store event
 
 
@@ -49,6 +50,7 @@ class LoadBalancerKeeper:
         self.bind = bind_address() if bind is None else bind
         self._services: dict[str, Service] = {}  # the labelled ones, by ID
         self._applied: str | None = None
+        self._unloaded: tuple[str, float] | None = None  # a config that could not load, and when
         self._missing_logged = False
         self.plan = Plan()
 
@@ -62,7 +64,8 @@ class LoadBalancerKeeper:
                     events = [*await asyncio.wait_for(watcher.get(), WATCHDOG_S)]
                 except TimeoutError:
                     if self.plan and not self.haproxy.running:  # it died: start it again
-                        log.warning("load balancers: haproxy is not running; starting it again")
+                        if self.haproxy.error is None:  # (one that could not start said why)
+                            log.warning("load balancers: haproxy is not running; starting it again")
                         self._applied = None
                     events = []
                 await asyncio.sleep(0)  # let ready producers commit into this batch
@@ -98,6 +101,10 @@ class LoadBalancerKeeper:
                       admin_socket=str(self.haproxy.admin_socket))
         if text == self._applied and self.haproxy.running:
             return
+        now = asyncio.get_running_loop().time()
+        if self._unloaded is not None and self._unloaded[0] == text and now - self._unloaded[1] < LOAD_RETRY_S:
+            self._applied = None  # not yet: the watchdog tick comes back here
+            return
         try:
             ok = await self.haproxy.apply(text)
         except HaproxyMissing as e:
@@ -111,4 +118,11 @@ class LoadBalancerKeeper:
             await asyncio.sleep(RETRY_S)
             self._applied = None
             return
-        self._applied = text if ok else self._applied
+        self._unloaded = None
+        if ok:
+            self._applied = text
+        elif not self.haproxy.refused:
+            # It could not load (a port another process holds): tried again every LOAD_RETRY_S, as
+            # the port may be free by then. A config haproxy refused is not tried again.
+            self._applied = None
+            self._unloaded = (text, now)
