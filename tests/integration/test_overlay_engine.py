@@ -126,6 +126,25 @@ async def wait_gone(link: str, within: float) -> None:
     raise AssertionError(f"{link} still exists after {within}s")
 
 
+async def left_by_a_gone_node(executor: DockerExecutor, prefix: str) -> tuple[Network, str]:
+    """An engine network of ours on ``prefix``'s subnet, and its device, as a node that crashed
+    leaves them (closing an agent keeps its networks); and that node's ID."""
+    stale, gone = overlay(prefix), "gone" + new_id()[:8]
+    stale_agent = NetworkAgent(executor.url, gone, "127.0.0.1", ready_timeout_s=20)
+    try:
+        stale_agent.apply([NetworkState(network=stale, node_address=f"{prefix}.251/24")], [], full=True)
+        await wait_for_value(lambda: link_exists(vxlan_name(stale.ID)), True, 10)
+    finally:
+        await stale_agent.close()
+    return stale, gone
+
+
+async def create_fails(agent: NetworkAgent, executor: DockerExecutor, state: NetworkState, t: Task, said: str) -> None:
+    agent.apply([state], [], full=True)
+    with pytest.raises(ExecutorError, match=said):
+        await asyncio.wait_for(executor.create(t), 30)
+
+
 async def test_two_tasks_reach_each_other_by_ip_and_by_name(plumbed: tuple) -> None:
     agent, executor, net, prefix, engine = plumbed
     node_addr = f"{prefix}.250"
@@ -194,13 +213,7 @@ async def test_two_tasks_reach_each_other_by_ip_and_by_name(plumbed: tuple) -> N
 async def test_stale_network_with_the_same_subnet_gives_way_and_leave_removes_ours(plumbed: tuple) -> None:
     agent, executor, net, prefix, engine = plumbed
     # Left by a node that is gone: an engine network of ours on the same subnet, unused, and its device.
-    stale = overlay(prefix)
-    stale_agent = NetworkAgent(executor.url, "gone" + new_id()[:8], "127.0.0.1", ready_timeout_s=20)
-    try:
-        stale_agent.apply([NetworkState(network=stale, node_address=f"{prefix}.251/24")], [], full=True)
-        await wait_for_value(lambda: link_exists(vxlan_name(stale.ID)), True, 10)
-    finally:
-        await stale_agent.close()  # closing keeps networks: exactly what a crash leaves
+    stale, _ = await left_by_a_gone_node(executor, prefix)
 
     t = task(agent.node_id, net, "gamma", 1, f"{prefix}.7/24")
     agent.apply([NetworkState(network=net, node_address=f"{prefix}.250/24")], [], full=True)
@@ -258,33 +271,21 @@ async def test_what_holds_an_overlapping_subnet_is_named_when_it_cannot_go(plumb
     theirs = engine.networks.create("ovtest-theirs-" + new_id()[:6], driver="bridge",
                                     ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=f"{prefix}.0/24")]))
     try:
-        agent.apply([state], [], full=True)
-        t = task(agent.node_id, net, "eps", 1, f"{prefix}.9/24")
         said = rf"its subnet {prefix}\.0/24 overlaps engine network {theirs.name}, not made by Shoal"
-        with pytest.raises(ExecutorError, match=said):
-            await asyncio.wait_for(executor.create(t), 30)
+        await create_fails(agent, executor, state, task(agent.node_id, net, "eps", 1, f"{prefix}.9/24"), said)
     finally:
         theirs.remove()
 
     # Left by a node that is gone, with a (stopped) container still on it: kept, and named.
     agent.apply([], [net.ID])
-    stale = overlay(prefix)
-    gone = "gone" + new_id()[:8]
-    stale_agent = NetworkAgent(executor.url, gone, "127.0.0.1", ready_timeout_s=20)
-    try:
-        stale_agent.apply([NetworkState(network=stale, node_address=f"{prefix}.251/24")], [], full=True)
-        await wait_for_value(lambda: link_exists(vxlan_name(stale.ID)), True, 10)
-    finally:
-        await stale_agent.close()
+    stale, gone = await left_by_a_gone_node(executor, prefix)
     leftover = engine.containers.create(IMAGE, ["true"], name="ovtest-leftover-" + new_id()[:6],
                                         network=engine_network_name(stale.ID), labels={"shoal.node.id": gone})
     try:
         await asyncio.sleep(LEAVE_GRACE_S + 0.5)
-        agent.apply([state], [], full=True)
         t = task(agent.node_id, net, "eps", 2, f"{prefix}.10/24")
         said = rf"made for network ovtest of node {gone}\), still used by container {leftover.name}"
-        with pytest.raises(ExecutorError, match=said):
-            await asyncio.wait_for(executor.create(t), 30)
+        await create_fails(agent, executor, state, t, said)
     finally:
         leftover.remove(force=True)
     await wait_for_value(lambda: net.ID in agent._errors, False, 15)  # the next try: the stale network goes

@@ -55,8 +55,13 @@ def test_vol_service_keeps_its_data_when_it_moves_host(lab: Lab, tmp_path: Path)
         node_availability(lab, "host-1", "drain")
         wait_for(lambda: len(log.read_text().splitlines()) == 2, within=60)
         assert log.read_text().splitlines()[1].endswith("saw 1")  # the task on host-2 read host-1's line
-        running = [t for t in service.tasks() if t["Status"]["State"] == "running"]
-        assert [t["NodeID"] for t in running] != [first[0]["NodeID"]]
+        # The replacement started only once the old task had stopped (never two writers), and it
+        # runs elsewhere (its report may follow its first write).
+        tasks = {t["ID"]: t for t in service.tasks()}
+        assert tasks[first[0]["ID"]]["Status"]["State"] in ("shutdown", "complete", "failed")
+        moved = wait_for(lambda: [t["NodeID"] for t in service.tasks() if t["Status"]["State"] == "running"],
+                         within=30)
+        assert moved != [first[0]["NodeID"]] and len(moved) == 1
         assert sshfs_mounts("volmove")  # host-2's (host-1's too while its stopped container exists)
         service.remove()
         service = None

@@ -140,6 +140,100 @@ async def test_drained_node_tasks_are_shut_down_and_replaced_elsewhere():
     assert slots(store, svc.ID) == [1, 2, 3, 4]
 
 
+class StubbornAgent(FakeAgent):
+    """Runs tasks like FakeAgent, but the tasks on ``keep`` never stop (a long stop grace period)."""
+
+    def __init__(self, store, keep: str) -> None:
+        super().__init__(store)
+        self.keep = keep
+
+    def step(self) -> int:
+        run = [t.ID for t in self.store.list("task")
+               if t.NodeID and t.DesiredState is TaskState.RUNNING and t.Status.State is TaskState.ASSIGNED]
+        stop = [t.ID for t in self.store.list("task")
+                if t.NodeID and t.NodeID != self.keep and t.DesiredState.order > TaskState.RUNNING.order
+                and TaskState.ASSIGNED.order <= t.Status.State.order <= TaskState.RUNNING.order]
+        if run:
+            set_task_state(self.store, run, TaskState.RUNNING)
+        if stop:
+            set_task_state(self.store, stop, TaskState.SHUTDOWN)
+        return len(run) + len(stop)
+
+
+def desired(store, sid) -> Counter:
+    return Counter((t.NodeID, t.DesiredState, t.Status.State) for t in store.tasks_of_service(sid))
+
+
+async def test_a_replica_moved_off_a_drained_node_starts_once_its_old_task_stopped():
+    """As Swarm's restart supervisor (waitStop): the replacement is placed at once but held READY
+    while the old task still runs; it starts when the old one has stopped."""
+    store = make_store()
+    n1, n2 = make_node(store, "n1"), make_node(store, "n2")
+    svc = make_service(store, "web", replicas=2)
+    agent = FakeAgent(store)
+    async with running(ReplicatedOrchestrator(store), Scheduler(store), agent):
+        await wait_for(lambda: sum(t.Status.State is TaskState.RUNNING for t in runnable_tasks(store, svc.ID)) == 2)
+        old = {t.ID for t in store.tasks_on_node(n1.ID)}
+        assert len(old) == 1
+        agent.paused = True  # the old task takes its time to stop
+        update_node(store, n1.ID, availability=NodeAvailability.DRAIN)
+        await wait_for(lambda: desired(store, svc.ID)[(n2.ID, TaskState.READY, TaskState.ASSIGNED)] == 1,
+                       what="the replacement placed on n2, held READY")
+        await settle()
+        assert store.get("task", next(iter(old))).Status.State is TaskState.RUNNING  # still
+        assert desired(store, svc.ID)[(n2.ID, TaskState.READY, TaskState.ASSIGNED)] == 1  # so: not started
+        agent.paused = False
+        agent.step()  # the old task stops: the replacement starts
+        await wait_for(lambda: Counter(t.NodeID for t in runnable_tasks(store, svc.ID)
+                                       if t.Status.State is TaskState.RUNNING) == {n2.ID: 2}, what="both on n2")
+    assert all(store.get("task", t).Status.State is TaskState.SHUTDOWN for t in old)
+
+
+async def test_a_replacement_waits_no_longer_than_its_node_is_up_or_the_timeout(monkeypatch):
+    store = make_store()
+    n1 = make_node(store, "n1")
+    make_node(store, "n2"), make_node(store, "n3")
+    svc = make_service(store, "web", replicas=3)
+    agent = StubbornAgent(store, keep=n1.ID)
+    async with running(ReplicatedOrchestrator(store), Scheduler(store), agent):
+        await wait_for(lambda: sum(t.Status.State is TaskState.RUNNING for t in runnable_tasks(store, svc.ID)) == 3)
+        update_node(store, n1.ID, availability=NodeAvailability.DRAIN)
+        await wait_for(lambda: sum(d is TaskState.READY for _, d, _ in desired(store, svc.ID)) == 1,
+                       what="a replacement held READY")
+        update_node(store, n1.ID, state=NodeState.DOWN)  # the old task's node is lost: no use waiting
+        await wait_for(lambda: [t.NodeID != n1.ID and t.Status.State is TaskState.RUNNING
+                                for t in runnable_tasks(store, svc.ID)] == [True] * 3, what="3 running off n1")
+
+    import shoal.orchestrator.handover as handover
+    monkeypatch.setattr(handover, "OLD_TASK_TIMEOUT_S", 0.3)
+    store = make_store()
+    n1, n2 = make_node(store, "n1"), make_node(store, "n2")
+    svc = make_service(store, "web", replicas=2)
+    agent = StubbornAgent(store, keep=n1.ID)
+    async with running(ReplicatedOrchestrator(store), Scheduler(store), agent):
+        await wait_for(lambda: sum(t.Status.State is TaskState.RUNNING for t in runnable_tasks(store, svc.ID)) == 2)
+        update_node(store, n1.ID, availability=NodeAvailability.DRAIN)
+        # The old task never stops: after the timeout its replacement starts anyway.
+        await wait_for(lambda: Counter(t.NodeID for t in runnable_tasks(store, svc.ID)
+                                       if t.Status.State is TaskState.RUNNING) == {n2.ID: 2}, what="both on n2")
+        assert [t.Status.State for t in store.tasks_on_node(n1.ID)] == [TaskState.RUNNING]
+
+
+async def test_a_new_leader_starts_a_replacement_it_does_not_track():
+    store = make_store()
+    n1, n2 = make_node(store, "n1"), make_node(store, "n2")
+    svc = make_service(store, "web", replicas=2)
+    agent = StubbornAgent(store, keep=n1.ID)
+    async with running(ReplicatedOrchestrator(store), Scheduler(store), agent):
+        await wait_for(lambda: sum(t.Status.State is TaskState.RUNNING for t in runnable_tasks(store, svc.ID)) == 2)
+        update_node(store, n1.ID, availability=NodeAvailability.DRAIN)
+        await wait_for(lambda: sum(d is TaskState.READY for _, d, _ in desired(store, svc.ID)) == 1)
+    # The leader is gone with its memory; the next one starts the held replacement at once.
+    async with running(ReplicatedOrchestrator(store), Scheduler(store), agent):
+        await wait_for(lambda: Counter(t.NodeID for t in runnable_tasks(store, svc.ID)
+                                       if t.Status.State is TaskState.RUNNING) == {n2.ID: 2}, what="both on n2")
+
+
 async def test_down_node_tasks_are_replaced():
     store = make_store()
     n1, n2 = make_node(store, "n1"), make_node(store, "n2")

@@ -21,9 +21,10 @@ import heapq
 import time
 from typing import Any
 
-from shoal.models import Service, Task, TaskState, now_ts
+from shoal.models import NodeState, Service, Task, TaskState, now_ts
 from shoal.orchestrator.base import ServiceOrchestrator
 from shoal.orchestrator.bluegreen import BlueGreen
+from shoal.orchestrator.handover import Handovers
 from shoal.orchestrator.task import (
     age_key,
     evacuate,
@@ -54,6 +55,10 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
         self.bluegreen = BlueGreen(
             store, schedule=self.call_later, on_due=self._poke, clock=kwargs.get("clock", time.monotonic)
         )
+        # Replicas moved off a drained node start once the old task stopped (orchestrator/handover.py).
+        self.handovers = Handovers(
+            store, schedule=self.call_later, on_due=self._poke, clock=kwargs.get("clock", time.monotonic)
+        )
 
     def _task_matters(self, e: Event) -> bool:
         return super()._task_matters(e) or self.bluegreen.matters(e)
@@ -61,6 +66,7 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
     def stopped(self) -> None:
         super().stopped()
         self.bluegreen.clear()
+        self.handovers.clear()
 
     # ------------------------------------------------------------------ loop hooks
 
@@ -88,12 +94,16 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
                 elif is_replicated(e.obj):
                     dirty.add(e.obj.ID)
             elif e.kind == "task":
-                if self._task_matters(e):
-                    dirty.add((e.old if e.action is Action.DELETE else e.obj).ServiceID)
-            elif e.kind == "node" and _node_lost(e):
-                for t in self.store.tasks_on_node(e.obj.ID if e.obj is not None else e.old.ID):
-                    if is_runnable(t):
-                        dirty.add(t.ServiceID)
+                t = e.old if e.action is Action.DELETE else e.obj
+                if self._task_matters(e) or self.handovers.watches(t.ID):
+                    dirty.add(t.ServiceID)
+            elif e.kind == "node":
+                if _node_lost(e):
+                    for t in self.store.tasks_on_node(e.obj.ID if e.obj is not None else e.old.ID):
+                        if is_runnable(t):
+                            dirty.add(t.ServiceID)
+                if e.action is Action.DELETE or e.obj.Status.State is NodeState.DOWN:
+                    dirty |= self.handovers.services()  # an old task waited for may be on that node
         if not dirty and not deleted:
             return
         self._budget = MAX_NEW_TASKS_PER_PASS
@@ -110,6 +120,7 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
 
     def _remove_service(self, tx: Tx, service_id: str) -> None:
         self.restarts.forget_service(service_id)
+        self.handovers.forget_service(service_id)
         self.updater.forget(service_id)
         for t in self.store.tasks_of_service(service_id):
             raise_desired(tx, t, TaskState.REMOVE)
@@ -117,11 +128,14 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
     def _reconcile(self, tx: Tx, svc: Service, ts: str) -> None:
         sid = svc.ID
         store = self.store
+        self.handovers.step(tx, sid)
         by_slot: dict[int, list[Task]] = {}
         runnable: dict[int, list[Task]] = {}
         for t in store.tasks_of_service(sid):
             if t.DesiredState is TaskState.REMOVE:
                 continue
+            if t.DesiredState is TaskState.READY and not self.handovers.holds(t.ID, sid):
+                raise_desired(tx, t, TaskState.RUNNING)  # held by an earlier leader: start it now
             by_slot.setdefault(t.Slot, []).append(t)
             if is_runnable(t):
                 runnable.setdefault(t.Slot, []).append(t)
@@ -129,6 +143,7 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
         # 1. Ended tasks and tasks on nodes that can no longer run them.
         refill: list[int] = []
         done: set[int] = set()
+        moved_from: dict[int, Task] = {}  # evacuated replicas that may still run where they were
         for slot in list(runnable):
             keep: list[Task] = []
             moved = False
@@ -139,6 +154,8 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
                 elif t.NodeID and node_unusable(node := store.get("node", t.NodeID)):
                     evacuate(tx, t, node)
                     moved = True
+                    if (left := tx.get("task", t.ID)) is not None and self.handovers.must_wait(left):
+                        moved_from[slot] = left
                 else:
                     keep.append(t)
             if keep:
@@ -194,6 +211,8 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
         self._budget -= len(fill)
         for slot in fill:
             nt = new_task(svc, slot, ts=ts)
+            if (old := moved_from.get(slot)) is not None:
+                nt = self.handovers.hold(nt, old)
             tx.create("task", nt)
             runnable.setdefault(slot, []).append(nt)
 
