@@ -6,12 +6,15 @@ What a user does: open the overview (its numbers are the API's), deploy the voti
 Compose file (preview with the placement plan, confirm, converge), scale vote and watch the replicas
 follow without a reload, roll vote from v1 to v2 and watch the update finish, force an update, update
 an image and roll it back, cast a vote and read it in vote's and worker's followed logs, and see a
-broken Compose file's error at its line. Screenshots go to docs/img/ for the README.
+broken Compose file's error at its line. Screenshots are taken on the way; they replace the README's
+(docs/img/) only when asked: SHOAL_SCREENSHOTS=docs/img, so that a test run leaves the tree as it was.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,8 @@ from tests.integration.transport_env import listen_addr
 
 pytestmark = pytest.mark.integration
 
-IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+IMG = Path(os.environ.get("SHOAL_SCREENSHOTS") or Path(tempfile.gettempdir()) / "shoal-console-screenshots")
+IMG.mkdir(parents=True, exist_ok=True)
 STACK = "cuvote"
 VOTING_APP = Path(__file__).resolve().parents[2] / "examples" / "voting-app" / "docker-compose.yml"
 SERVICES = ("vote", "redis", "worker", "db", "result")
