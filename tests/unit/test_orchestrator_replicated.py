@@ -164,6 +164,19 @@ def desired(store, sid) -> Counter:
     return Counter((t.NodeID, t.DesiredState, t.Status.State) for t in store.tasks_of_service(sid))
 
 
+def running_on(store, sid) -> Counter:
+    """Replicas running, by node."""
+    return Counter(t.NodeID for t in runnable_tasks(store, sid) if t.Status.State is TaskState.RUNNING)
+
+
+async def drained_with_one_held(store, sid, node_id: str, replicas: int) -> None:
+    """Once ``replicas`` run, ``node_id`` is drained: a replacement is held READY."""
+    await wait_for(lambda: sum(running_on(store, sid).values()) == replicas)
+    update_node(store, node_id, availability=NodeAvailability.DRAIN)
+    await wait_for(lambda: sum(d is TaskState.READY for _, d, _ in desired(store, sid)) == 1,
+                   what="a replacement held READY")
+
+
 async def test_a_replica_moved_off_a_drained_node_starts_once_its_old_task_stopped():
     """As Swarm's restart supervisor (waitStop): the replacement is placed at once but held READY
     while the old task still runs; it starts when the old one has stopped."""
@@ -172,7 +185,7 @@ async def test_a_replica_moved_off_a_drained_node_starts_once_its_old_task_stopp
     svc = make_service(store, "web", replicas=2)
     agent = FakeAgent(store)
     async with running(ReplicatedOrchestrator(store), Scheduler(store), agent):
-        await wait_for(lambda: sum(t.Status.State is TaskState.RUNNING for t in runnable_tasks(store, svc.ID)) == 2)
+        await wait_for(lambda: sum(running_on(store, svc.ID).values()) == 2)
         old = {t.ID for t in store.tasks_on_node(n1.ID)}
         assert len(old) == 1
         agent.paused = True  # the old task takes its time to stop
@@ -184,8 +197,7 @@ async def test_a_replica_moved_off_a_drained_node_starts_once_its_old_task_stopp
         assert desired(store, svc.ID)[(n2.ID, TaskState.READY, TaskState.ASSIGNED)] == 1  # so: not started
         agent.paused = False
         agent.step()  # the old task stops: the replacement starts
-        await wait_for(lambda: Counter(t.NodeID for t in runnable_tasks(store, svc.ID)
-                                       if t.Status.State is TaskState.RUNNING) == {n2.ID: 2}, what="both on n2")
+        await wait_for(lambda: running_on(store, svc.ID) == {n2.ID: 2}, what="both on n2")
     assert all(store.get("task", t).Status.State is TaskState.SHUTDOWN for t in old)
 
 
@@ -196,10 +208,7 @@ async def test_a_replacement_waits_no_longer_than_its_node_is_up_or_the_timeout(
     svc = make_service(store, "web", replicas=3)
     agent = StubbornAgent(store, keep=n1.ID)
     async with running(ReplicatedOrchestrator(store), Scheduler(store), agent):
-        await wait_for(lambda: sum(t.Status.State is TaskState.RUNNING for t in runnable_tasks(store, svc.ID)) == 3)
-        update_node(store, n1.ID, availability=NodeAvailability.DRAIN)
-        await wait_for(lambda: sum(d is TaskState.READY for _, d, _ in desired(store, svc.ID)) == 1,
-                       what="a replacement held READY")
+        await drained_with_one_held(store, svc.ID, n1.ID, 3)
         update_node(store, n1.ID, state=NodeState.DOWN)  # the old task's node is lost: no use waiting
         await wait_for(lambda: [t.NodeID != n1.ID and t.Status.State is TaskState.RUNNING
                                 for t in runnable_tasks(store, svc.ID)] == [True] * 3, what="3 running off n1")
@@ -211,11 +220,9 @@ async def test_a_replacement_waits_no_longer_than_its_node_is_up_or_the_timeout(
     svc = make_service(store, "web", replicas=2)
     agent = StubbornAgent(store, keep=n1.ID)
     async with running(ReplicatedOrchestrator(store), Scheduler(store), agent):
-        await wait_for(lambda: sum(t.Status.State is TaskState.RUNNING for t in runnable_tasks(store, svc.ID)) == 2)
-        update_node(store, n1.ID, availability=NodeAvailability.DRAIN)
+        await drained_with_one_held(store, svc.ID, n1.ID, 2)
         # The old task never stops: after the timeout its replacement starts anyway.
-        await wait_for(lambda: Counter(t.NodeID for t in runnable_tasks(store, svc.ID)
-                                       if t.Status.State is TaskState.RUNNING) == {n2.ID: 2}, what="both on n2")
+        await wait_for(lambda: running_on(store, svc.ID) == {n2.ID: 2}, what="both on n2")
         assert [t.Status.State for t in store.tasks_on_node(n1.ID)] == [TaskState.RUNNING]
 
 
@@ -225,13 +232,10 @@ async def test_a_new_leader_starts_a_replacement_it_does_not_track():
     svc = make_service(store, "web", replicas=2)
     agent = StubbornAgent(store, keep=n1.ID)
     async with running(ReplicatedOrchestrator(store), Scheduler(store), agent):
-        await wait_for(lambda: sum(t.Status.State is TaskState.RUNNING for t in runnable_tasks(store, svc.ID)) == 2)
-        update_node(store, n1.ID, availability=NodeAvailability.DRAIN)
-        await wait_for(lambda: sum(d is TaskState.READY for _, d, _ in desired(store, svc.ID)) == 1)
+        await drained_with_one_held(store, svc.ID, n1.ID, 2)
     # The leader is gone with its memory; the next one starts the held replacement at once.
     async with running(ReplicatedOrchestrator(store), Scheduler(store), agent):
-        await wait_for(lambda: Counter(t.NodeID for t in runnable_tasks(store, svc.ID)
-                                       if t.Status.State is TaskState.RUNNING) == {n2.ID: 2}, what="both on n2")
+        await wait_for(lambda: running_on(store, svc.ID) == {n2.ID: 2}, what="both on n2")
 
 
 async def test_down_node_tasks_are_replaced():
