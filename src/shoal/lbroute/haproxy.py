@@ -69,8 +69,7 @@ class Haproxy:
         if proc.returncode == 0:
             return None
         said = out.decode(errors="replace").splitlines()
-        alerts = [line.split(" : ", 1)[-1].strip() for line in said if line.startswith("[ALERT]")]
-        return "; ".join(alerts) or "\n".join(said).strip() or f"exit status {proc.returncode}"
+        return _alerts(said) or "\n".join(said).strip() or f"exit status {proc.returncode}"
 
     async def apply(self, text: str) -> bool:
         """Make haproxy run ``text``: start it, or reload it. False (logged, and the reason in
@@ -156,8 +155,7 @@ class Haproxy:
         ours = [line for line in said.splitlines() if f"({self.proc.pid}) :" in line]
         if not ended and not any("Loading failure" in line or "Exiting" in line for line in ours):
             return None
-        alerts = [line.split(" : ", 1)[-1].strip() for line in ours if line.startswith("[ALERT]")]
-        return "; ".join(alerts) or None
+        return _alerts(ours) or None
 
     async def _start(self) -> None:
         await self._stop_leftover()
@@ -206,6 +204,11 @@ class Haproxy:
         if self.binary is None:
             self.binary = find_binary()
         return self.binary
+
+
+def _alerts(lines: list[str]) -> str:
+    """haproxy's ALERT lines, without their "[ALERT] (pid) : " prefix, joined."""
+    return "; ".join(line.split(" : ", 1)[-1].strip() for line in lines if line.startswith("[ALERT]"))
 
 
 def stamp(text: str, digest: str) -> str:

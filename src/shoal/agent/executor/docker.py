@@ -438,6 +438,7 @@ class DockerExecutor:
         async with self._create_sem:
             try:
                 res = await self._call("POST", "containers/create", {"name": name}, body)
+                self.cut_off.discard(name)  # made this time: the label finds it (remove_all)
                 return str(res["Id"])
             except asyncio.CancelledError:
                 self.cut_off.add(name)

@@ -294,11 +294,9 @@ class EngineNetworks:
                 continue
             made_for = f"network {labels.get(LABEL_NETWORK_NAME, '?')} of node {labels.get(LABEL_NODE_ID, '?')}"
             name = f"{name} (made for {made_for})"
-            filters = json.dumps({"network": [n["Name"]]})
-            on = await self._call("GET", "containers/json", params={"all": "1", "filters": filters})
+            on = await self.containers_on(net_id)  # (our networks are named engine_network_name(net_id))
             if on:
-                names = ", ".join(str((c.get("Names") or ["?"])[0]).lstrip("/") for c in on[:3])
-                held.append(f"engine network {name}, still used by container {names}")
+                held.append(f"engine network {name}, still used by container {', '.join(on[:3])}")
                 continue
             log.info("removing stale engine network %s (subnet overlaps %s)", name, want)
             try:
@@ -323,11 +321,11 @@ class EngineNetworks:
         return removed
 
     async def containers_on(self, network_id: str) -> list[str]:
-        """IDs of the containers on the network in any state. The network's ``Containers`` lists
+        """Names of the containers on the network in any state. The network's ``Containers`` lists
         only running ones: a created or stopped container naming it is not there."""
         filters = json.dumps({"network": [engine_network_name(network_id)]})
         found = await self._call("GET", "containers/json", params={"all": "1", "filters": filters})
-        return [str(c.get("Id", "")) for c in found or ()]
+        return [str((c.get("Names") or ["?"])[0]).lstrip("/") for c in found or ()]
 
     async def remove(self, network_id: str) -> bool:
         """False while a container, in any state, is on it (try again later). The engine would
